@@ -1,0 +1,299 @@
+"""The one gradient / projection core shared by every attack.
+
+Conventions (K17 section 2.1, N18 section 2 and footnote 3):
+
+* images are float tensors in [0, 1], shape ``[N, C, H, W]``; the model owns its
+  normalisation, so clipping happens in image space;
+* ``eps`` and ``alpha`` are given in pixel units of [0, 255], as a number or a
+  tensor of shape ``[N]`` (one epsilon per example), and divided by 255 here;
+* every adversarial image lies in ``[max(0, x - eps/255), min(1, x + eps/255)]``
+  (``Clip_{X, eps}`` of K17 followed by clipping to the valid image range);
+* the model runs in inference mode during an attack (BatchNorm uses its running
+  statistics and does not update them, dropout is off) and its modes are restored
+  afterwards;
+* gradients are taken with :func:`torch.autograd.grad` with respect to the input
+  only, so no weight gradient is computed or accumulated.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Callable, Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cascade_adv.errors import AttackError
+
+#: Maximises the attack objective, given logits and the attack's labels.
+Objective = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+#: Picks the attack's labels from the clean logits and the true labels.
+LabelRule = Callable[[torch.Tensor, "torch.Tensor | None", "torch.Generator | None"], torch.Tensor]
+
+
+@contextlib.contextmanager
+def inference_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Put every sub-module in eval mode; restore each one's own mode afterwards."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for m, training in modes:
+            m.training = training
+
+
+def eps_pixels(eps, n: int, name: str = "eps") -> torch.Tensor:
+    """Validate ``eps`` (pixel units, number or ``[N]`` tensor); return it as a float64
+    CPU tensor of shape ``[N]`` in pixel units (exact, for step counts)."""
+    t = torch.as_tensor(eps).detach().to(device="cpu", dtype=torch.float64)
+    if t.dim() == 0:
+        t = t.expand(n)
+    if t.dim() != 1 or t.shape[0] != n:
+        raise AttackError(
+            f"{name} must be a number or a tensor of shape [{n}] (one per image), "
+            f"got shape {list(t.shape)}"
+        )
+    if not bool(torch.isfinite(t).all()) or bool((t < 0).any()) or bool((t > 255).any()):
+        bad = t[~torch.isfinite(t) | (t < 0) | (t > 255)][0].item()
+        raise AttackError(
+            f"{name}={bad:g} is outside [0, 255]; give {name} in pixel units of [0, 255] "
+            "(e.g. 16), not as a fraction of 1"
+        )
+    return t
+
+
+def pixel_eps(eps, n: int, x: torch.Tensor, name: str = "eps") -> torch.Tensor:
+    """Validate ``eps`` (pixel units, number or ``[N]`` tensor); return ``eps / 255``
+    shaped ``[N, 1, 1, 1]`` in ``x``'s dtype and device."""
+    t = eps_pixels(eps, n, name)
+    return (t / 255.0).to(device=x.device, dtype=x.dtype).view(n, *([1] * (x.dim() - 1)))
+
+
+def validate_eps(values, name: str = "eps") -> list[float]:
+    """Check a list of epsilons (pixel units) before any work starts; return them as floats."""
+    values = [float(v) for v in (values if isinstance(values, (list, tuple)) else [values])]
+    if values:
+        t = torch.tensor(values)
+        pixel_eps(t, len(values), t, name)
+    return values
+
+
+def iterative_steps(eps) -> torch.Tensor:
+    """K17 section 2.2: ``floor(min(eps + 4, 1.25 * eps))`` iterations (eps in pixels).
+
+    A relative tolerance of 1e-6 absorbs the rounding of an eps given in float32
+    (e.g. 0.8 or 3.2, where 1.25 eps is a whole number)."""
+    t = torch.as_tensor(eps).to(torch.float64)
+    m = torch.minimum(t + 4.0, 1.25 * t)
+    return torch.floor(m + 1e-6 * m.abs().clamp_min(1.0)).to(torch.int64)
+
+
+def project(x_adv: torch.Tensor, x: torch.Tensor, eps01: torch.Tensor) -> torch.Tensor:
+    """Clip to the L-infinity ball of radius ``eps01`` around ``x`` and to [0, 1]."""
+    lower = torch.clamp(x - eps01, min=0.0)
+    upper = torch.clamp(x + eps01, max=1.0)
+    return torch.maximum(torch.minimum(x_adv, upper), lower)
+
+
+def input_gradient(
+    model: nn.Module,
+    x: torch.Tensor,
+    labels: torch.Tensor | None,
+    objective: Objective,
+    label_rule: LabelRule | None = None,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gradient of ``objective`` with respect to the input only.
+
+    If ``label_rule`` is given, the attack's labels are chosen from the detached
+    logits of this same forward pass (one forward, one input-backward).
+    Returns ``(gradient, labels_used)``.
+    """
+    x = x.detach().requires_grad_(True)
+    with torch.enable_grad():
+        logits = model(x)
+        if label_rule is not None:
+            labels = label_rule(logits.detach(), labels, generator)
+        loss = objective(logits, labels)
+        (grad,) = torch.autograd.grad(loss, x)
+    return grad, labels
+
+
+# --- objectives (maximised by every attack) ----------------------------------------
+
+
+def loss_true(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """J(X, y): untargeted, increase the loss of ``labels`` (FGSM, iter_FGSM)."""
+    return F.cross_entropy(logits.float(), labels, reduction="sum")
+
+
+def loss_target(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """-J(X, y_target): targeted, decrease the loss of the target (step_ll, step_rnd)."""
+    return -F.cross_entropy(logits.float(), labels, reduction="sum")
+
+
+def entropy(logits: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+    """Entropy of the predicted distribution (K17 appendix A, "fast entropy")."""
+    logp = F.log_softmax(logits.float(), dim=1)
+    return -(logp.exp() * logp).sum()
+
+
+# --- label rules (K17 section 2.2, appendix A, section 4.2) --------------------------
+
+
+def true_label(logits, y, generator=None):
+    if y is None:
+        raise AttackError("this attack needs the true labels y; pass y")
+    return y
+
+
+def predicted_label(logits, y=None, generator=None):
+    return logits.argmax(dim=1)
+
+
+def least_likely_label(logits, y=None, generator=None):
+    """y_LL = argmin_y p(y | X), from the clean image."""
+    return logits.argmin(dim=1)
+
+
+def random_other_label(logits, y, generator=None):
+    """A uniformly random class different from the true one (step_rnd)."""
+    if y is None:
+        raise AttackError("this attack needs the true labels y; pass y")
+    num_classes = logits.shape[1]
+    shift = torch.randint(1, num_classes, y.shape, device=y.device, generator=generator)
+    return (y + shift) % num_classes
+
+
+# --- step directions ----------------------------------------------------------------
+
+
+def sign_direction(g: torch.Tensor) -> torch.Tensor:
+    return g.sign()
+
+
+def l2_direction(g: torch.Tensor) -> torch.Tensor:
+    """g / ||g||_2 per example (K17 "fast grad. L2")."""
+    norm = g.flatten(1).norm(p=2, dim=1).clamp_min(1e-12)
+    return g / norm.view(-1, *([1] * (g.dim() - 1)))
+
+
+def linf_direction(g: torch.Tensor) -> torch.Tensor:
+    """g / ||g||_inf per example (K17 "fast grad. L-inf")."""
+    norm = g.flatten(1).abs().amax(dim=1).clamp_min(1e-12)
+    return g / norm.view(-1, *([1] * (g.dim() - 1)))
+
+
+# --- the two attack loops --------------------------------------------------------------
+
+
+def one_step(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor | None,
+    eps,
+    objective: Objective,
+    label_rule: LabelRule,
+    direction: Callable[[torch.Tensor], torch.Tensor] = sign_direction,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """``X_adv = clip(X + eps * direction(grad_X objective))``: one gradient, one step."""
+    eps01 = pixel_eps(eps, x.shape[0], x)
+    with inference_mode(model):
+        grad, _ = input_gradient(model, x, y, objective, label_rule, generator)
+    return project(x + eps01 * direction(grad), x, eps01).detach()
+
+
+def iterate(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor | None,
+    eps,
+    objective: Objective,
+    label_rule: LabelRule,
+    alpha=1.0,
+    steps=None,
+    random_start: bool = False,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """``X_{N+1} = Clip_{X,eps}(X_N + alpha * sign(grad objective(X_N)))``.
+
+    ``steps=None`` uses K17's ``floor(min(eps + 4, 1.25 eps))`` per example; with a
+    per-example ``eps`` every example runs its own count: the loop runs to the
+    largest count and examples that are done stop moving (a per-example mask), so
+    the result equals separate calls.  The labels are chosen once, on the clean
+    image (iter_ll fixes its least-likely class there).
+    """
+    n = x.shape[0]
+    eps01 = pixel_eps(eps, n, x)
+    alpha01 = pixel_eps(alpha, n, x, name="alpha")
+    if bool((alpha01 <= 0).any()):
+        raise AttackError("alpha must be > 0 (pixel units, e.g. 1)")
+    if steps is None:
+        # From the exact pixel value: eps01 in float32 times 255 can fall just below a
+        # whole number (eps=0.8 gave 0 steps instead of 1).
+        steps_t = iterative_steps(eps_pixels(eps, n))
+    else:
+        steps_t = torch.as_tensor(steps, dtype=torch.int64).expand(n)
+        if bool((steps_t < 0).any()):
+            raise AttackError(f"steps must be >= 0, got {steps}")
+    max_steps = int(steps_t.max().item()) if n else 0
+    steps_t = steps_t.to(x.device)
+    uniform_count = bool((steps_t == max_steps).all())
+
+    with inference_mode(model):
+        if label_rule is None:
+            labels = y
+        elif label_rule is true_label:  # needs no logits: no extra forward pass
+            labels = true_label(None, y, generator)
+        else:
+            with torch.no_grad():
+                labels = label_rule(model(x), y, generator)
+        x_adv = x.detach().clone()
+        if random_start:
+            noise = torch.rand(x.shape, device=x.device, dtype=x.dtype, generator=generator)
+            x_adv = project(x + (2 * noise - 1) * eps01, x, eps01)
+        for step in range(max_steps):
+            grad, _ = input_gradient(model, x_adv, labels, objective)
+            moved = project(x_adv + alpha01 * grad.sign(), x, eps01)
+            if uniform_count:
+                x_adv = moved
+            else:
+                active = (steps_t > step).view(n, *([1] * (x.dim() - 1)))
+                x_adv = torch.where(active, moved, x_adv)
+    return x_adv.detach()
+
+
+def check_images(x: torch.Tensor, y: torch.Tensor | None) -> None:
+    """Clear errors for inputs outside the conventions (public entry point only)."""
+    if not torch.is_floating_point(x) or x.dim() < 2:
+        raise AttackError(
+            f"images must be a float tensor [N, C, H, W] in [0, 1], got {x.dtype} of shape "
+            f"{list(x.shape)}; convert uint8 images with cascade_adv.data.to_float"
+        )
+    if x.numel() and (
+        not bool(torch.isfinite(x).all()) or float(x.min()) < 0.0 or float(x.max()) > 1.0
+    ):
+        raise AttackError(
+            "images must lie in [0, 1] (no NaN); put normalisation (mean subtraction) "
+            "inside the model"
+        )
+    if y is not None and (y.dim() != 1 or y.shape[0] != x.shape[0]):
+        raise AttackError(f"labels must have shape [{x.shape[0]}], got {list(y.shape)}")
+    if y is not None and (torch.is_floating_point(y) or torch.is_complex(y) or y.dtype == torch.bool):
+        raise AttackError(f"labels must be integer class indices, got {y.dtype}")
+
+
+def truncated_normal(shape, std: torch.Tensor, bound: torch.Tensor, x: torch.Tensor,
+                     generator: torch.Generator | None = None) -> torch.Tensor:
+    """Normal(0, std) samples truncated to [-bound, bound] (per-example std/bound)."""
+    # Inverse-CDF sampling: exact truncation without rejection loops.
+    ratio = (bound / std.clamp_min(1e-12)).expand(shape)
+    lo = torch.special.ndtr(-ratio)
+    u = torch.rand(shape, device=x.device, dtype=x.dtype, generator=generator)
+    p = lo + u * (1 - 2 * lo)
+    z = torch.special.ndtri(p.clamp(1e-7, 1 - 1e-7)) * std
+    return torch.maximum(torch.minimum(z, bound), -bound)
+

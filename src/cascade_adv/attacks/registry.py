@@ -1,0 +1,186 @@
+"""Every attack of K17 section 2.2 and appendix A (plus PGD), by name.
+
+All attacks share one signature::
+
+    fn(model, x, y, eps, *, generator=None, **options) -> x_adv
+
+and are built from the loops in :mod:`cascade_adv.attacks.core`; the registry
+maps the names used by every command and config to them.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+
+from cascade_adv.attacks import core
+from cascade_adv.errors import AttackError
+
+
+@dataclass(frozen=True)
+class AttackSpec:
+    name: str
+    fn: Callable[..., torch.Tensor]
+    kind: str  # "one_step" | "iterative" | "random"
+    description: str
+
+    @property
+    def options(self) -> tuple[str, ...]:
+        params = inspect.signature(self.fn).parameters.values()
+        return tuple(p.name for p in params if p.kind == inspect.Parameter.KEYWORD_ONLY)
+
+
+_REGISTRY: dict[str, AttackSpec] = {}
+
+
+def register(name: str, kind: str, description: str):
+    """Decorator adding an attack function to the registry under ``name``."""
+
+    def deco(fn):
+        if name in _REGISTRY:
+            raise ValueError(f"attack {name!r} registered twice")
+        _REGISTRY[name] = AttackSpec(name, fn, kind, description)
+        return fn
+
+    return deco
+
+
+def names(kind: str | None = None) -> list[str]:
+    """Every registered attack name (optionally only one ``kind``)."""
+    return [n for n, s in _REGISTRY.items() if kind is None or s.kind == kind]
+
+
+def get(name: str) -> AttackSpec:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise AttackError(
+            f"unknown attack {name!r}; choose one of: {', '.join(_REGISTRY)}"
+        ) from None
+
+
+def run(name: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor | None = None,
+        eps=16, **options) -> torch.Tensor:
+    """Run attack ``name`` on images ``x`` in [0, 1] with labels ``y``.
+
+    ``eps`` is in pixel units of [0, 255], a number or a tensor of shape ``[N]``.
+    The result has the shape and dtype of ``x``.
+    """
+    spec = get(name)
+    unknown = set(options) - set(spec.options)
+    if unknown:
+        raise AttackError(
+            f"attack {name!r} has no option {sorted(unknown)[0]!r}; "
+            f"its options are: {', '.join(spec.options) or 'none'}"
+        )
+    core.check_images(x, y)
+    return spec.fn(model, x, y, eps, **options).to(x.dtype)
+
+
+# --- one-step attacks (K17 section 2.2 and appendix A) ---------------------------------
+
+
+@register("step_fgsm", "one_step", "FGSM: X + eps sign(grad J(X, y_true))  [K17 eq. 1]")
+def step_fgsm(model, x, y, eps, *, generator=None):
+    return core.one_step(model, x, y, eps, core.loss_true, core.true_label)
+
+
+@register("fgsm_pred", "one_step", "FGSM with the predicted label instead of the true one")
+def fgsm_pred(model, x, y, eps, *, generator=None):
+    return core.one_step(model, x, y, eps, core.loss_true, core.predicted_label)
+
+
+@register("step_ll", "one_step", "X - eps sign(grad J(X, y_LL)), y_LL least likely  [K17 eq. 2]")
+def step_ll(model, x, y, eps, *, generator=None):
+    return core.one_step(model, x, y, eps, core.loss_target, core.least_likely_label)
+
+
+@register("step_rnd", "one_step", "X - eps sign(grad J(X, y_rnd)), y_rnd random != y_true")
+def step_rnd(model, x, y, eps, *, generator=None):
+    return core.one_step(
+        model, x, y, eps, core.loss_target, core.random_other_label, generator=generator
+    )
+
+
+@register("fast_entropy", "one_step", "X + eps sign(grad H(p(.|X))): maximise predictive entropy")
+def fast_entropy(model, x, y, eps, *, generator=None):
+    return core.one_step(model, x, y, eps, core.entropy, core.predicted_label)
+
+
+@register("fast_grad_l2", "one_step", "X + eps grad J / ||grad J||_2")
+def fast_grad_l2(model, x, y, eps, *, generator=None):
+    return core.one_step(
+        model, x, y, eps, core.loss_true, core.true_label, direction=core.l2_direction
+    )
+
+
+@register("fast_grad_linf", "one_step", "X + eps grad J / ||grad J||_inf")
+def fast_grad_linf(model, x, y, eps, *, generator=None):
+    return core.one_step(
+        model, x, y, eps, core.loss_true, core.true_label, direction=core.linf_direction
+    )
+
+
+# --- random perturbations (K17 appendix A) --------------------------------------------
+
+
+@register("random_sign", "random", "X + eps sign(N(0, I))")
+def random_sign(model, x, y, eps, *, generator=None):
+    eps01 = core.pixel_eps(eps, x.shape[0], x)
+    noise = torch.randn(x.shape, device=x.device, dtype=x.dtype, generator=generator)
+    return core.project(x + eps01 * noise.sign(), x, eps01)
+
+
+@register("random_normal", "random", "X + T, T truncated normal, std 0.5 eps, on [-eps, eps]")
+def random_normal(model, x, y, eps, *, generator=None):
+    eps01 = core.pixel_eps(eps, x.shape[0], x)
+    t = core.truncated_normal(x.shape, 0.5 * eps01, eps01, x, generator)
+    return core.project(x + t, x, eps01)
+
+
+# --- iterative attacks (K17 section 2.2) and PGD ---------------------------------------
+
+
+@register("iter_fgsm", "iterative", "basic iterative: alpha = 1, floor(min(eps+4, 1.25 eps)) steps")
+def iter_fgsm(model, x, y, eps, *, alpha=1.0, steps=None, generator=None):
+    return core.iterate(model, x, y, eps, core.loss_true, core.true_label, alpha, steps)
+
+
+@register("iter_ll", "iterative", "iterative least likely; y_LL fixed on the clean image")
+def iter_ll(model, x, y, eps, *, alpha=1.0, steps=None, generator=None):
+    return core.iterate(model, x, y, eps, core.loss_target, core.least_likely_label, alpha, steps)
+
+
+@register("pgd", "iterative", "PGD (Madry et al.): random start, restarts keep the worst case")
+def pgd(model, x, y, eps, *, alpha=None, steps=None, restarts=1, generator=None):
+    """Projected gradient descent on J(X, y_true) from a uniform random start.
+
+    Defaults: K17's step count rule and ``alpha = 2.5 * eps / steps``; with
+    ``restarts > 1`` each example keeps the restart with the highest loss.
+    """
+    if restarts < 1:
+        raise AttackError(f"restarts must be >= 1, got {restarts}")
+    n = x.shape[0]
+    eps_px = core.eps_pixels(eps, n)
+    steps_t = core.iterative_steps(eps_px) if steps is None else torch.full((n,), int(steps))
+    if alpha is None:
+        alpha = (2.5 * eps_px / steps_t.clamp_min(1).double()).clamp_min(1e-6)
+    best, best_loss = x.detach().clone(), None
+    for _ in range(restarts):
+        cand = core.iterate(model, x, y, eps, core.loss_true, core.true_label, alpha, steps_t,
+                            random_start=True, generator=generator)
+        if restarts == 1:
+            return cand
+        with core.inference_mode(model), torch.no_grad():
+            loss = torch.nn.functional.cross_entropy(model(cand).float(), y, reduction="none")
+        if best_loss is None:
+            best, best_loss = cand, loss
+        else:
+            better = loss > best_loss
+            best = torch.where(better.view(n, *([1] * (x.dim() - 1))), cand, best)
+            best_loss = torch.maximum(loss, best_loss)
+    return best

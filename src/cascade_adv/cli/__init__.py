@@ -1,0 +1,1 @@
+"""The ``cascade-adv`` command line: a thin layer over the library."""

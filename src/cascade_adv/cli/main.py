@@ -1,0 +1,243 @@
+"""``cascade-adv``: train, evaluate and attack image classifiers.
+
+Every command calls library functions that the tests also call; user errors
+(``CascadeAdvError``) print one line and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from cascade_adv.errors import CascadeAdvError
+
+EXAMPLES_TRAIN = """
+\b
+Examples:
+  cascade-adv train --config configs/digits_baseline.yaml
+  cascade-adv train --config configs/mnist_baseline.yaml --out runs/mnist_baseline \\
+      data.root=../shared/data optim.iterations=500
+"""
+
+EXAMPLES_EVAL = """
+\b
+Examples:
+  cascade-adv eval --checkpoint runs/mnist_baseline --attacks step_ll,step_fgsm,iter_ll,iter_fgsm \\
+      --eps 16,32
+  cascade-adv eval --checkpoint runs/cifar_baseline/final --eps 2,4,8,16 --limit 1000 \\
+      --results results.db --csv table.csv
+"""
+
+EXAMPLES_ATTACK = """
+\b
+Examples:
+  cascade-adv attack --checkpoint runs/mnist_baseline --attack iter_fgsm --eps 16,32 \\
+      --out adv/mnist_iter_fgsm
+  cascade-adv attack --checkpoint runs/cifar_pivot --attack iter_fgsm --eps 1,2,3,4 \\
+      --split train --out adv/cifar_pivot_train
+"""
+
+
+def _csv_list(value: str, cast=str) -> list:
+    items = [v.strip() for v in value.split(",") if v.strip()]
+    try:
+        return [cast(v) for v in items]
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a comma-separated list of numbers") from None
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="cascade-adv")
+def cli() -> None:
+    """Adversarial training and robustness evaluation of image classifiers.
+
+    Methods of Kurakin et al., "Adversarial Machine Learning at Scale" (ICLR 2017)
+    and Na et al., "Cascade Adversarial Machine Learning Regularized with a
+    Unified Embedding" (ICLR 2018). Epsilons are in pixel units of [0, 255].
+    """
+
+
+@cli.command(epilog=EXAMPLES_TRAIN)
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), required=True,
+              help="YAML training config (see configs/).")
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="Run folder (default: runs/<config name>).")
+@click.option("--resume/--no-resume", default=True, show_default=True,
+              help="Continue from the run folder's last checkpoint.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.argument("overrides", nargs=-1)
+def train(config_path, out, resume, quiet, overrides):
+    """Train a model; KEY=VALUE arguments override config entries (e.g. optim.lr=0.05)."""
+    from cascade_adv.training import load_config
+    from cascade_adv.training import train as run_training
+
+    cfg = load_config(config_path, overrides)
+    run_dir = Path(out) if out else Path("runs") / cfg.name
+    result = run_training(cfg, run_dir, resume=resume, progress=not quiet)
+    click.echo(f"trained {cfg.name}: {result.iterations} iterations, final loss "
+               f"{result.final_loss:.4f}, {result.seconds:.1f} s -> {run_dir / 'final'}")
+
+
+def _load_for_eval(checkpoint: str, dataset: str | None, data_root: str | None, split: str,
+                   device: str, limit: int | None):
+    """Model, its name and hash, and the evaluation split it was trained for."""
+    from cascade_adv.data import load_dataset
+    from cascade_adv.models import load_model, weights_hash
+    from cascade_adv.models import resolve_weights
+    from cascade_adv.training import resolve_device
+
+    weights = resolve_weights(checkpoint)
+    dev = resolve_device(device)
+    model = load_model(weights, map_location=dev)
+    run_cfg = _run_config(weights)
+    name = dataset or model.config.dataset or (run_cfg.data.dataset if run_cfg else None)
+    if name is None:
+        raise CascadeAdvError(f"cannot tell which dataset {checkpoint} was trained on; "
+                              "pass --dataset")
+    root = data_root or (run_cfg.data.root if run_cfg else None)
+    data = load_dataset(name, split, root=root)
+    if limit:
+        data = data.subset(limit)
+    label = _model_label(weights)
+    return model, label, weights_hash(weights), data.to(dev)
+
+
+def _run_config(weights: Path):
+    from cascade_adv.training import load_config
+
+    for folder in (weights.parent, weights.parent.parent, weights.parent.parent.parent):
+        if (folder / "config.yaml").is_file():
+            return load_config(folder / "config.yaml")
+    return None
+
+
+def _model_label(weights: Path) -> str:
+    """A readable model name: the run folder's name."""
+    folder = weights.parent
+    while folder.name in {"final", "checkpoints"} or folder.name.startswith("ckpt-"):
+        folder = folder.parent
+    return folder.name
+
+
+common_eval_options = [
+    click.option("--checkpoint", required=True, type=click.Path(),
+                 help="Run folder, checkpoint folder or .safetensors file."),
+    click.option("--dataset", type=click.Choice(["digits", "mnist", "cifar10"]), default=None,
+                 help="Dataset (default: the one the model was trained on)."),
+    click.option("--data-root", type=click.Path(file_okay=False), default=None,
+                 help="Folder with the dataset files (default: $CASCADE_ADV_DATA or ./data)."),
+    click.option("--split", type=click.Choice(["train", "test"]), default="test",
+                 show_default=True),
+    click.option("--limit", type=int, default=None, help="Use only the first N images."),
+    click.option("--batch-size", type=int, default=500, show_default=True),
+    click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:1, auto."),
+    click.option("--quiet", is_flag=True, help="No progress bar."),
+]
+
+
+def _apply(options):
+    def deco(fn):
+        for opt in reversed(options):
+            fn = opt(fn)
+        return fn
+    return deco
+
+
+@cli.command(name="eval", epilog=EXAMPLES_EVAL)
+@_apply(common_eval_options)
+@click.option("--attacks", "attack_names", default="step_ll,step_fgsm,iter_ll,iter_fgsm",
+              show_default=True, help="Comma-separated attack names (see 'cascade-adv attacks').")
+@click.option("--eps", "eps_list", default="16,32", show_default=True,
+              help="Comma-separated epsilons in pixel units [0, 255].")
+@click.option("--results", type=click.Path(dir_okay=False), default="results/results.db",
+              show_default=True, help="SQLite results store (rows are upserted).")
+@click.option("--csv", "csv_path", type=click.Path(dir_okay=False), default=None)
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None)
+@click.option("--name", default=None, help="Model name in tables (default: run folder name).")
+@click.option("--seed", type=int, default=0, show_default=True)
+def evaluate(checkpoint, dataset, data_root, split, limit, batch_size, device, quiet,
+             attack_names, eps_list, results, csv_path, json_path, name, seed):
+    """White-box accuracy (top-1, top-5) of one model under attacks x epsilons."""
+    from cascade_adv import attacks
+    from cascade_adv.evaluation import ResultsStore, evaluate_whitebox
+
+    names = _csv_list(attack_names)
+    eps = _csv_list(eps_list, float)
+    for a in names:
+        attacks.get(a)
+    attacks.validate_eps(eps)
+    model, label, digest, data = _load_for_eval(checkpoint, dataset, data_root, split, device,
+                                                limit)
+    table = evaluate_whitebox(model, data, names, eps, batch_size=batch_size, seed=seed,
+                              model_name=name or label, model_hash=digest, progress=not quiet)
+    click.echo(table.to_markdown())
+    if results:
+        with ResultsStore(results) as store:
+            store.upsert(table)
+    if csv_path:
+        table.to_csv(csv_path)
+    if json_path:
+        table.to_json(json_path)
+
+
+@cli.command(epilog=EXAMPLES_ATTACK)
+@_apply(common_eval_options)
+@click.option("--attack", "attack_name", required=True, help="Attack name.")
+@click.option("--eps", "eps_list", required=True, help="Comma-separated epsilons [0, 255].")
+@click.option("--out", required=True, type=click.Path(file_okay=False),
+              help="Folder to write the adversarial set to.")
+@click.option("--seed", type=int, default=0, show_default=True)
+def attack(checkpoint, dataset, data_root, split, limit, batch_size, device, quiet,
+           attack_name, eps_list, out, seed):
+    """Write adversarial images of a split to disk (uint8 .npy + meta.json)."""
+    from cascade_adv import attacks
+    from cascade_adv.evaluation import craft_adversarial_set, prepare_images
+
+    attacks.get(attack_name)
+    eps = _csv_list(eps_list, float)
+    attacks.validate_eps(eps)
+    model, label, digest, data = _load_for_eval(checkpoint, dataset, data_root, split, device,
+                                                limit)
+    path = craft_adversarial_set(
+        model, data, out, attack_name, eps, prepare=lambda x: prepare_images(model, x),
+        batch_size=batch_size, source_name=label, source_hash=digest, seed=seed,
+        progress=not quiet,
+    )
+    click.echo(f"wrote {len(data) * len(eps)} {attack_name} images of {data.name}/{split} "
+               f"(eps {', '.join(f'{e:g}' for e in eps)}) from {label} to {path}")
+
+
+@cli.command(name="attacks")
+def list_attacks():
+    """List every registered attack with its formula."""
+    from cascade_adv import attacks
+
+    for n in attacks.names():
+        spec = attacks.get(n)
+        opts = f"  [options: {', '.join(o for o in spec.options if o != 'generator')}]" \
+            if len(spec.options) > 1 else ""
+        click.echo(f"{n:15s} {spec.kind:9s} {spec.description}{opts}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    try:
+        cli.main(args=argv, prog_name="cascade-adv", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except CascadeAdvError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        click.echo("interrupted; rerun the same command to resume from the last checkpoint",
+                   err=True)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

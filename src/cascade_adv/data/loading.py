@@ -1,0 +1,58 @@
+"""The single entry point :func:`load_dataset` and data-root resolution."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from cascade_adv.data import sources
+from cascade_adv.data.cifar import load_cifar10
+from cascade_adv.data.dataset import DATASETS, SPLITS, ImageDataset
+from cascade_adv.data.digits import load_digits_dataset
+from cascade_adv.data.mnist import load_mnist
+from cascade_adv.errors import DatasetError
+
+_ALIASES = {"cifar-10": "cifar10", "cifar_10": "cifar10"}
+
+
+def resolve_data_root(root: str | os.PathLike | None = None) -> Path:
+    """``root`` if given, else ``$CASCADE_ADV_DATA`` if set and non-empty, else ``./data``."""
+    if root is None or str(root) == "":
+        root = os.environ.get(sources.DATA_ENV) or "data"
+    return Path(root).expanduser()
+
+
+def load_dataset(
+    name: str,
+    split: str = "train",
+    root: str | os.PathLike | None = None,
+    download: bool = False,
+    mirror: str | None = None,
+) -> ImageDataset:
+    """Load a whole split into memory (CPU) as an :class:`ImageDataset`.
+
+    ``name`` is one of :data:`DATASETS`, ``split`` ``"train"`` or ``"test"``. Files are
+    looked up under :func:`resolve_data_root` (``root/mnist/``, ``root/cifar10/
+    cifar-10-batches-bin/``, ... see the loaders) and verified against published md5
+    sums. With ``download=True`` missing files are fetched from ``mirror`` (a base URL,
+    or several comma-separated), else ``$CASCADE_ADV_MIRROR``, else the official
+    locations. Every user-fixable problem raises :class:`DatasetError`.
+    """
+    if not isinstance(name, str) or not isinstance(split, str):
+        raise DatasetError(
+            f"dataset name and split must be strings, got {name!r} and {split!r}; use one of "
+            f"{', '.join(DATASETS)} and one of {', '.join(SPLITS)}"
+        )
+    key = name.strip().lower()
+    key = _ALIASES.get(key, key)
+    if key not in DATASETS:
+        raise DatasetError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")
+    split_key = split.strip().lower()
+    if split_key not in SPLITS:
+        raise DatasetError(f"unknown split {split!r}; choose one of: {', '.join(SPLITS)}")
+    if key == "digits":
+        return load_digits_dataset(split_key)
+    data_root = resolve_data_root(root)
+    if key == "mnist":
+        return load_mnist(split_key, data_root, download=download, mirror=mirror)
+    return load_cifar10(split_key, data_root, download=download, mirror=mirror)

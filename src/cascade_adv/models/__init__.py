@@ -1,0 +1,28 @@
+"""Models: CIFAR-style ResNet-(6n+2) with width multiplier, activation choice and
+per-pixel-mean normalisation inside the model; saved with their config."""
+
+from cascade_adv.models.config import ACTIVATIONS, ModelConfig
+from cascade_adv.models.resnet import ReluDecay, ResNet
+from cascade_adv.models.serialize import (
+    WEIGHTS_FILE,
+    build_model,
+    load_model,
+    read_model_config,
+    resolve_weights,
+    save_model,
+    weights_hash,
+)
+
+__all__ = [
+    "ACTIVATIONS",
+    "ModelConfig",
+    "ReluDecay",
+    "ResNet",
+    "WEIGHTS_FILE",
+    "build_model",
+    "load_model",
+    "read_model_config",
+    "resolve_weights",
+    "save_model",
+    "weights_hash",
+]

@@ -1,0 +1,127 @@
+"""Saving and loading a model together with the config that rebuilds it.
+
+Weights are stored with safetensors (no code runs on load); the model config is
+kept as JSON in the safetensors metadata, so one file rebuilds the model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError, safe_open
+
+from cascade_adv.errors import CheckpointError
+from cascade_adv.io import atomic_path
+from cascade_adv.models.config import ModelConfig
+from cascade_adv.models.resnet import ResNet
+
+WEIGHTS_FILE = "model.safetensors"
+
+
+def build_model(cfg: ModelConfig | dict) -> ResNet:
+    """A freshly initialised model for ``cfg``."""
+    if isinstance(cfg, dict):
+        cfg = ModelConfig(**cfg)
+    return ResNet(cfg)
+
+
+def save_model(model: ResNet, path: str | os.PathLike) -> None:
+    """Write ``model``'s weights and config to ``path`` (a .safetensors file), atomically."""
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    meta = {"format": "cascade-adv/model/1", "config": model.config.model_dump_json()}
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp), metadata=meta)
+
+
+def read_model_config(path: str | os.PathLike) -> ModelConfig:
+    """The model config stored in a weights file."""
+    path = resolve_weights(path)
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            meta = fh.metadata() or {}
+    except (SafetensorError, OSError) as exc:
+        raise CheckpointError(
+            f"{path} is not a readable safetensors file ({exc}); pass a checkpoint written by cascade-adv"
+        ) from None
+    if "config" not in meta:
+        raise CheckpointError(f"{path} holds no model config; pass a checkpoint written by cascade-adv")
+    try:
+        return ModelConfig(**json.loads(meta["config"]))
+    except (ValueError, TypeError) as exc:  # JSONDecodeError and pydantic's ValidationError
+        first = str(exc).strip().splitlines()[0]
+        raise CheckpointError(
+            f"{path} holds an invalid model config ({first}); it is damaged or was not "
+            "written by cascade-adv"
+        ) from None
+
+
+def load_model(
+    path: str | os.PathLike,
+    expected: ModelConfig | None = None,
+    map_location: str | torch.device = "cpu",
+) -> ResNet:
+    """Rebuild the model stored at ``path`` (file or checkpoint folder).
+
+    If ``expected`` is given, the stored architecture must equal it; otherwise a
+    :class:`CheckpointError` names the differing fields.
+    """
+    path = resolve_weights(path)
+    cfg = read_model_config(path)
+    if expected is not None and expected != cfg:
+        diff = {
+            k: (v, getattr(expected, k))
+            for k, v in cfg.model_dump().items()
+            if getattr(expected, k) != v
+        }
+        detail = ", ".join(f"{k}: checkpoint {a!r} vs config {b!r}" for k, (a, b) in diff.items())
+        raise CheckpointError(
+            f"checkpoint {path} is another architecture ({detail}); "
+            "use the config it was trained with or another checkpoint"
+        )
+    model = ResNet(cfg)
+    try:
+        state = load_file(str(path), device="cpu")
+    except (SafetensorError, OSError) as exc:
+        raise CheckpointError(f"checkpoint {path} cannot be read ({exc}); it is damaged") from None
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
+        detail = " ".join(lines[:2])[:300]
+        raise CheckpointError(f"checkpoint {path} does not fit its model ({detail}); it is damaged") from None
+    return model.to(map_location)
+
+
+def weights_hash(path: str | os.PathLike) -> str:
+    """Short sha256 of a weights file: identifies the source of saved results."""
+    path = resolve_weights(path)
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    return digest[:16]
+
+
+def resolve_weights(path: str | os.PathLike) -> Path:
+    """The weights file for a .safetensors path, a checkpoint folder or a run folder.
+
+    A run folder resolves to its ``final/`` weights, or else to the checkpoint that
+    ``checkpoints/latest`` names (an unfinished run).
+    """
+    path = Path(path)
+    candidates = [path]
+    if path.is_dir():
+        candidates = [path / WEIGHTS_FILE, path / "final" / WEIGHTS_FILE]
+        latest = path / "checkpoints" / "latest"
+        if latest.is_file():
+            candidates.append(latest.parent / latest.read_text().strip() / WEIGHTS_FILE)
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    raise CheckpointError(
+        f"no model weights at {path}; pass a run folder written by 'cascade-adv train', "
+        "one of its checkpoint folders, or a .safetensors file"
+    )

@@ -1,0 +1,31 @@
+"""Training: the paper's SGD recipe by iterations, checkpoints and exact resume.
+
+Adversarial training (Algorithm 1 of K17 and N18, the loss of N18 section 3.1)
+plugs into :func:`train` through its ``objective`` argument.
+"""
+
+from cascade_adv.training.checkpoint import latest_checkpoint, read_state, save_checkpoint
+from cascade_adv.training.config import TrainConfig, dump_config, load_config
+from cascade_adv.training.loop import (
+    TrainResult,
+    clean_objective,
+    learning_rate,
+    model_config_for,
+    resolve_device,
+    train,
+)
+
+__all__ = [
+    "TrainConfig",
+    "TrainResult",
+    "clean_objective",
+    "dump_config",
+    "latest_checkpoint",
+    "learning_rate",
+    "load_config",
+    "model_config_for",
+    "read_state",
+    "resolve_device",
+    "save_checkpoint",
+    "train",
+]

@@ -1,0 +1,82 @@
+"""Atomic, resumable checkpoints.
+
+Layout of a run folder::
+
+    run/
+      config.yaml                 resolved training config
+      metrics.jsonl               one JSON object per logged iteration
+      checkpoints/ckpt-0001000/   model.safetensors + state.pt
+      checkpoints/latest          name of the newest complete checkpoint
+      final/model.safetensors     the trained model (written at the end)
+
+A checkpoint folder is written under a temporary name and renamed into place,
+then ``latest`` is replaced atomically, so a crash at any moment leaves the
+previous checkpoint intact.  ``state.pt`` holds only tensors and plain values
+(iteration, optimizer state) and is read with ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from cascade_adv.errors import CheckpointError
+from cascade_adv.io import atomic_path, atomic_write_text
+from cascade_adv.models import WEIGHTS_FILE, save_model
+
+STATE_FILE = "state.pt"
+CHECKPOINTS = "checkpoints"
+
+
+def save_checkpoint(run_dir: str | os.PathLike, model: nn.Module, optimizer: torch.optim.Optimizer,
+                    iteration: int, keep: int = 2) -> Path:
+    """Write checkpoint ``ckpt-{iteration}`` and point ``latest`` at it."""
+    root = Path(run_dir) / CHECKPOINTS
+    root.mkdir(parents=True, exist_ok=True)
+    name = f"ckpt-{iteration:07d}"
+    tmp = root / f".{name}.tmp"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    save_model(model, tmp / WEIGHTS_FILE)
+    with atomic_path(tmp / STATE_FILE) as path:
+        torch.save({"iteration": iteration, "optimizer": optimizer.state_dict()}, path)
+    final = root / name
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    atomic_write_text(root / "latest", name + "\n")
+    for old in sorted(p for p in root.glob("ckpt-*") if p.is_dir())[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
+    """The newest complete checkpoint folder of a run, or None."""
+    pointer = Path(run_dir) / CHECKPOINTS / "latest"
+    if not pointer.is_file():
+        return None
+    path = pointer.parent / pointer.read_text().strip()
+    if not (path / WEIGHTS_FILE).is_file() or not (path / STATE_FILE).is_file():
+        raise CheckpointError(
+            f"checkpoint {path} named by {pointer} is incomplete; delete {pointer} to start over"
+        )
+    return path
+
+
+def read_state(path: Path, device: torch.device | str = "cpu") -> dict:
+    """The training state of a checkpoint folder (``weights_only=True``: no code runs)."""
+    try:
+        state = torch.load(path / STATE_FILE, map_location=device, weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unreadable state is the same user problem
+        raise CheckpointError(
+            f"cannot read {path / STATE_FILE} ({type(exc).__name__}); "
+            "delete this checkpoint folder to resume from the previous one"
+        ) from None
+    if not isinstance(state, dict) or "iteration" not in state or "optimizer" not in state:
+        raise CheckpointError(f"{path / STATE_FILE} is not a cascade-adv training state")
+    return state

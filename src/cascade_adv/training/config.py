@@ -1,0 +1,168 @@
+"""Validated training configuration (YAML file + ``key=value`` overrides).
+
+Unknown keys and wrong types are rejected with one line that names the key and
+lists the valid choices (see :func:`load_config`).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from cascade_adv.errors import ConfigError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DataSection(_Strict):
+    """Which dataset, where its files are, and the training-time augmentation.
+
+    N18 section 3.3: MNIST without augmentation; CIFAR-10 random 24x24 crop and
+    horizontal flip for training, center crop for testing.
+    """
+
+    dataset: Literal["digits", "mnist", "cifar10"] = "digits"
+    root: str | None = None
+    crop_size: int | None = Field(None, ge=4)
+    flip: bool = False
+    download: bool = False
+
+
+class ModelSection(_Strict):
+    """Architecture; channels, input size and classes come from the dataset.
+
+    ``normalize: auto`` subtracts the per-pixel mean for CIFAR-10 (N18 section 3.3)
+    and nothing for MNIST / digits.
+    """
+
+    depth: int = Field(20, ge=8)
+    width: float = Field(1.0, gt=0)
+    activation: Literal["relu", "relu6", "relu_decay", "tanh", "elu"] = "relu"
+    relu_decay_beta: float = Field(0.1, gt=0)
+    normalize: Literal["auto", "per_pixel_mean", "none"] = "auto"
+
+
+class OptimSection(_Strict):
+    """SGD recipe of N18 section 3.3: momentum 0.9, weight decay 1e-4, batch 128,
+    learning rate 0.1 divided by 10 at each milestone (by iteration)."""
+
+    iterations: int = Field(8000, ge=1)
+    batch_size: int = Field(128, ge=1)
+    lr: float = Field(0.1, gt=0)
+    lr_milestones: list[int] = [4000, 6000]
+    lr_gamma: float = Field(0.1, gt=0)
+    momentum: float = Field(0.9, ge=0)
+    weight_decay: float = Field(1e-4, ge=0)
+
+
+class CheckpointSection(_Strict):
+    every: int = Field(1000, ge=1)
+    keep: int = Field(2, ge=1)
+
+
+class TrainConfig(_Strict):
+    """A full training run: ``cascade-adv train --config FILE [key=value ...]``."""
+
+    name: str = "run"
+    seed: int = 0
+    device: str = "auto"
+    log_every: int = Field(50, ge=1)
+    data: DataSection = DataSection()
+    model: ModelSection = ModelSection()
+    optim: OptimSection = OptimSection()
+    checkpoint: CheckpointSection = CheckpointSection()
+
+    @model_validator(mode="after")
+    def _milestones_sorted(self) -> "TrainConfig":
+        ms = self.optim.lr_milestones
+        if any(b <= a for a, b in zip(ms, ms[1:])):
+            raise ValueError(f"optim.lr_milestones must be increasing, got {ms}")
+        return self
+
+
+def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = tree
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {dotted!r}: {part!r} is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def parse_overrides(overrides: list[str] | tuple[str, ...]) -> dict:
+    """``["optim.lr=0.05", "data.dataset=mnist"]`` -> nested dict (values parsed as YAML)."""
+    tree: dict = {}
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"override {item!r} is not key=value; write e.g. optim.lr=0.05")
+        _set_dotted(tree, key.strip(), yaml.safe_load(raw) if raw.strip() else None)
+    return tree
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for k, v in extra.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _section_fields(model: type[BaseModel], loc: tuple) -> list[str]:
+    """The valid keys at ``loc`` (a pydantic error location) of ``model``."""
+    node: Any = model
+    for part in loc[:-1]:
+        field = node.model_fields.get(part) if isinstance(node, type) else None
+        if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
+            return []
+        node = field.annotation
+    return list(node.model_fields)
+
+
+def format_validation_error(exc: ValidationError, model: type[BaseModel], where: str) -> str:
+    """The first problem of a pydantic error, as one line naming key and fix."""
+    err = exc.errors()[0]
+    loc = tuple(str(p) for p in err["loc"])
+    key = ".".join(loc) or "(top level)"
+    if err["type"] == "extra_forbidden":
+        valid = _section_fields(model, err["loc"])
+        return f"{where}: unknown key {key!r}; valid keys here: {', '.join(valid)}"
+    msg = err["msg"]
+    if err["type"] == "literal_error":
+        msg = msg.replace("Input should be", "must be one of")
+    return f"{where}: {key}: {msg} (got {err.get('input')!r})"
+
+
+def load_config(path: str | os.PathLike | None = None, overrides=(), model=TrainConfig):
+    """Read a YAML config, apply ``key=value`` overrides and validate it."""
+    tree: dict = {}
+    where = "config"
+    if path is not None:
+        path = Path(path)
+        where = str(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} not found; pass an existing YAML file (see configs/)")
+        try:
+            tree = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            line = getattr(getattr(exc, "problem_mark", None), "line", None)
+            at = f" at line {line + 1}" if line is not None else ""
+            raise ConfigError(f"{path} is not valid YAML{at}; fix its syntax") from None
+        if not isinstance(tree, dict):
+            raise ConfigError(f"{path} must hold a mapping of keys to values")
+    tree = _merge(tree, parse_overrides(list(overrides)))
+    try:
+        return model.model_validate(tree)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, model, where)) from None
+
+
+def dump_config(cfg: BaseModel) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,227 @@
+"""Training by iterations with the paper's SGD recipe, atomic checkpoints and exact resume.
+
+Randomness is stateless per iteration: the batch order of epoch ``e`` comes from a
+generator seeded with ``(seed, e)`` and the augmentation of iteration ``t`` from
+one seeded with ``(seed, t)``.  A resumed run therefore draws exactly the batches
+and crops of an uninterrupted one, and with the weights, BatchNorm statistics and
+momentum buffers restored from the checkpoint it reproduces the uninterrupted
+weights (bit for bit on CPU).
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from cascade_adv.data import ImageDataset, load_dataset, per_pixel_mean, random_crop_flip, to_float
+from cascade_adv.errors import CheckpointError, ConfigError, TrainingDiverged
+from cascade_adv.io import atomic_write_text
+from cascade_adv.models import ModelConfig, ResNet, build_model, load_model, save_model
+from cascade_adv.models.serialize import WEIGHTS_FILE
+from cascade_adv.training.checkpoint import latest_checkpoint, read_state, save_checkpoint
+from cascade_adv.training.config import TrainConfig, dump_config
+
+#: ``objective(model, x, y, iteration, generator) -> (loss, logits_for_accuracy, labels)``
+Objective = Callable[[nn.Module, torch.Tensor, torch.Tensor, int, torch.Generator],
+                     tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def model_config_for(cfg: TrainConfig, train_set: ImageDataset) -> ModelConfig:
+    """The architecture implied by the config and the dataset's image shape."""
+    c, h, _ = train_set.image_shape
+    normalize = cfg.model.normalize
+    if normalize == "auto":
+        normalize = "per_pixel_mean" if cfg.data.dataset == "cifar10" else "none"
+    return ModelConfig(
+        depth=cfg.model.depth, width=cfg.model.width, activation=cfg.model.activation,
+        relu_decay_beta=cfg.model.relu_decay_beta, in_channels=c,
+        input_size=cfg.data.crop_size or h, num_classes=train_set.num_classes,
+        normalize=normalize, dataset=cfg.data.dataset,
+    )
+
+
+def learning_rate(cfg: TrainConfig, iteration: int) -> float:
+    """Piecewise-constant LR: ``lr * gamma ** (number of milestones <= iteration)``."""
+    o = cfg.optim
+    return o.lr * o.lr_gamma ** bisect.bisect_right(o.lr_milestones, iteration)
+
+
+def _seed(*parts: int) -> int:
+    value = 0x9E3779B9
+    for p in parts:
+        value = (value * 1_000_003 + int(p)) & 0x7FFF_FFFF_FFFF_FFFF
+    return value
+
+
+class Sampler:
+    """Device-resident batches: epoch permutations and augmentation from seeded generators."""
+
+    def __init__(self, data: ImageDataset, cfg: TrainConfig, device: torch.device):
+        self.data = data
+        self.batch_size = cfg.optim.batch_size
+        if len(data) < self.batch_size:
+            raise ConfigError(
+                f"the {data.name} training split has {len(data)} images, fewer than "
+                f"optim.batch_size={self.batch_size}; lower optim.batch_size"
+            )
+        self.per_epoch = len(data) // self.batch_size
+        self.seed = cfg.seed
+        self.crop = cfg.data.crop_size
+        self.flip = cfg.data.flip
+        self.device = device
+        self._epoch, self._perm = -1, None
+
+    def generator(self, iteration: int, stream: int = 0) -> torch.Generator:
+        return torch.Generator(self.device).manual_seed(_seed(self.seed, iteration, stream))
+
+    def batch(self, iteration: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Float images in [0, 1] (augmented) and labels of iteration ``iteration``."""
+        epoch, pos = divmod(iteration, self.per_epoch)
+        if epoch != self._epoch:
+            g = torch.Generator().manual_seed(_seed(self.seed, epoch, 1))
+            self._perm = torch.randperm(len(self.data), generator=g).to(self.device)
+            self._epoch = epoch
+        idx = self._perm[pos * self.batch_size : (pos + 1) * self.batch_size]
+        x = self.data.images[idx]
+        if self.crop is not None or self.flip:
+            size = self.crop or x.shape[-1]
+            x = random_crop_flip(x, size, self.generator(iteration, 2), flip=self.flip)
+        return to_float(x), self.data.labels[idx]
+
+
+def clean_objective(model, x, y, iteration, generator):
+    """Standard training: mean cross-entropy of the clean batch (the Baseline rows)."""
+    logits = model(x)
+    return F.cross_entropy(logits, y), logits, y
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    model: ResNet
+    iterations: int
+    final_loss: float
+    seconds: float
+    resumed_from: int
+
+
+class _Metrics:
+    """Appends one JSON line per logged iteration; on resume drops lines past the checkpoint."""
+
+    def __init__(self, path: Path, start: int):
+        self.path = path
+        if path.exists():
+            keep = [ln for ln in path.read_text().splitlines()
+                    if ln.strip() and json.loads(ln).get("iteration", 0) <= start]
+            atomic_write_text(path, "".join(ln + "\n" for ln in keep))
+
+    def write(self, record: dict) -> None:
+        with open(self.path, "a") as fh:
+            fh.write(json.dumps(record) + "\n")
+
+
+def train(
+    cfg: TrainConfig,
+    run_dir: str | Path,
+    *,
+    resume: bool = True,
+    progress: bool = True,
+    objective: Objective = clean_objective,
+    init_from: str | Path | None = None,
+    divergence_hint: str = "lower optim.lr",
+    on_step: Callable[[int, float], None] | None = None,
+) -> TrainResult:
+    """Train a ResNet with ``cfg`` into ``run_dir``; resume from its last checkpoint.
+
+    ``objective`` computes the loss of one batch (clean cross-entropy by default;
+    adversarial training plugs its batch composition in here).  ``init_from`` starts
+    from the weights of another run (a shared pre-trained start).  A non-finite
+    loss stops the run with :class:`TrainingDiverged`; the last good checkpoint is
+    kept.
+    """
+    run_dir = Path(run_dir)
+    device = resolve_device(cfg.device)
+    train_set = load_dataset(cfg.data.dataset, "train", root=cfg.data.root,
+                             download=cfg.data.download).to(device)
+    model_cfg = model_config_for(cfg, train_set)
+    sampler = Sampler(train_set, cfg, device)
+
+    ckpt = latest_checkpoint(run_dir) if resume else None
+    if ckpt is not None:
+        model = load_model(ckpt, expected=model_cfg, map_location=device)
+        state = read_state(ckpt, device)
+        start = state["iteration"]
+    else:
+        if not resume and (run_dir / "checkpoints" / "latest").exists():
+            raise CheckpointError(
+                f"{run_dir} already holds a run; pick a new --out folder or resume it"
+            )
+        if init_from is not None:
+            model = load_model(init_from, expected=model_cfg, map_location=device)
+        else:
+            torch.manual_seed(cfg.seed)
+            model = build_model(model_cfg).to(device)
+            if model_cfg.normalize == "per_pixel_mean":
+                model.set_mean_image(per_pixel_mean(train_set.images))
+        state, start = None, 0
+    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.optim.lr, momentum=cfg.optim.momentum,
+                                weight_decay=cfg.optim.weight_decay)
+    if state is not None:
+        optimizer.load_state_dict(state["optimizer"])
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
+    metrics = _Metrics(run_dir / "metrics.jsonl", start)
+    total = cfg.optim.iterations
+    model.train()
+    t0 = time.perf_counter()
+    loss_value = math.nan
+    bar = tqdm(range(start, total), initial=start, total=total, disable=not progress,
+               desc=f"train {cfg.name}", unit="it", dynamic_ncols=True)
+    for it in bar:
+        lr = learning_rate(cfg, it)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        x, y = sampler.batch(it)
+        loss, logits, labels = objective(model, x, y, it, sampler.generator(it, 3))
+        loss_value = float(loss.detach())
+        if not math.isfinite(loss_value):
+            last = latest_checkpoint(run_dir)
+            kept = f"the last good checkpoint {last} is kept" if last else "no checkpoint was written yet"
+            raise TrainingDiverged(
+                f"training diverged: loss is {loss_value} at iteration {it} (lr {lr:g}); "
+                f"{kept}; {divergence_hint}"
+            )
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        done = it + 1
+        if done % cfg.log_every == 0 or done == total:
+            acc = (logits.detach().argmax(1) == labels).float().mean().item() * 100
+            metrics.write({"iteration": done, "loss": loss_value, "lr": lr, "train_acc": acc,
+                           "seconds": round(time.perf_counter() - t0, 3)})
+            bar.set_postfix(loss=f"{loss_value:.4f}", acc=f"{acc:.1f}", lr=f"{lr:g}")
+        if done % cfg.checkpoint.every == 0 or done == total:
+            save_checkpoint(run_dir, model, optimizer, done, keep=cfg.checkpoint.keep)
+        if on_step is not None:
+            on_step(done, loss_value)
+    bar.close()
+    save_model(model, run_dir / "final" / WEIGHTS_FILE)
+    model.eval()
+    return TrainResult(run_dir, model, total, loss_value, time.perf_counter() - t0, start)
