@@ -9,6 +9,13 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 ACTIVATIONS = ("relu", "relu6", "relu_decay", "tanh", "elu")
 
 
+def check_depth(v: int) -> int:
+    """ResNet depth must be 6n + 2 (20, 32, 44, 56, 110, ...)."""
+    if (v - 2) % 6 != 0:
+        raise ValueError(f"depth must be 6n+2 (20, 32, 44, 56, 110, ...), got {v}")
+    return v
+
+
 class ModelConfig(BaseModel):
     """Architecture of a CIFAR-style ResNet.
 
@@ -29,9 +36,4 @@ class ModelConfig(BaseModel):
     normalize: Literal["per_pixel_mean", "none"] = "per_pixel_mean"
     dataset: str | None = None  # the dataset it was trained on, when known
 
-    @field_validator("depth")
-    @classmethod
-    def _depth_is_6n_plus_2(cls, v: int) -> int:
-        if (v - 2) % 6 != 0:
-            raise ValueError(f"depth must be 6n+2 (20, 32, 44, 56, 110, ...), got {v}")
-        return v
+    _depth = field_validator("depth")(check_depth)

@@ -99,10 +99,26 @@ def load_model(
 
 
 def weights_hash(path: str | os.PathLike) -> str:
-    """Short sha256 of a weights file: identifies the source of saved results."""
+    """Short sha256 of a weights file's content: identifies the source of saved results.
+
+    safetensors writes its metadata map in a random order (two saves of the same
+    model gave different bytes), so the digest covers the JSON header re-serialised
+    with sorted keys plus the tensor bytes: the same weights and config always give
+    the same hash, any change to either gives another.  A file that is not valid
+    safetensors is hashed as raw bytes.
+    """
     path = resolve_weights(path)
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    return digest[:16]
+    data = path.read_bytes()
+    try:
+        n = int.from_bytes(data[:8], "little")
+        if len(data) < 8 or 8 + n > len(data):
+            raise ValueError("short file")
+        header = json.loads(data[8 : 8 + n])
+        canonical = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+        digest = hashlib.sha256(b"safetensors\0" + canonical + b"\0" + data[8 + n :])
+    except ValueError:  # not safetensors (JSONDecodeError and UnicodeDecodeError included)
+        digest = hashlib.sha256(data)
+    return digest.hexdigest()[:16]
 
 
 def resolve_weights(path: str | os.PathLike) -> Path:

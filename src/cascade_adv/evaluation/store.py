@@ -1,0 +1,234 @@
+"""The results store: every evaluation's rows in one SQLite file.
+
+>>> with ResultsStore("results.sqlite") as store:
+...     store.upsert(evaluate_whitebox(model, test_set, ["step_ll"], [0, 2, 4, 8, 16]))
+...     print(store.query(attack="step_ll", metric="top1").to_markdown())
+
+One table, ``results``, holds the rows of :class:`~cascade_adv.reporting.ResultTable`
+(``model, model_hash, dataset, split, attack, eps, source, metric, value, n``)
+plus ``created`` (UTC ISO time of the write), with a UNIQUE key on
+``(model, dataset, split, attack, eps, source, metric)``: evaluating the same
+thing again replaces its row instead of adding a duplicate.  Each
+:meth:`ResultsStore.upsert` is one transaction, so a crash never leaves half an
+evaluation behind; concurrent writers wait for each other (busy timeout).  The
+schema version lives in ``PRAGMA user_version``; a store written by a newer
+cascade-adv is refused rather than silently misread.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from collections.abc import Iterable, Mapping
+from datetime import datetime, timezone
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+from cascade_adv.errors import CascadeAdvError
+from cascade_adv.reporting.tables import KEY_COLUMNS, ROW_KEYS, ResultTable, normalize_row
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
+
+#: Version of the ``results`` schema written by this cascade-adv (``PRAGMA user_version``).
+SCHEMA_VERSION = 1
+
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+
+_SCHEMA = f"""
+CREATE TABLE results (
+    model      TEXT    NOT NULL,
+    model_hash TEXT    NOT NULL DEFAULT '',
+    dataset    TEXT    NOT NULL,
+    split      TEXT    NOT NULL,
+    attack     TEXT    NOT NULL,
+    eps        REAL    NOT NULL,
+    source     TEXT    NOT NULL,
+    metric     TEXT    NOT NULL,
+    value      REAL    NOT NULL,
+    n          INTEGER NOT NULL,
+    created    TEXT    NOT NULL,
+    UNIQUE ({", ".join(KEY_COLUMNS)})
+)
+"""
+
+_COLUMNS = ROW_KEYS + ("created",)
+_UPSERT = (
+    f"INSERT INTO results ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))}) "
+    f"ON CONFLICT ({', '.join(KEY_COLUMNS)}) DO UPDATE SET "
+    + ", ".join(f"{c} = excluded.{c}" for c in _COLUMNS if c not in KEY_COLUMNS)
+)
+
+
+def _utc_now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+class ResultsStore:
+    """Evaluation rows in the SQLite file ``path`` (created if missing).
+
+    Use as a context manager, or call :meth:`close`.  ``":memory:"`` gives a
+    throw-away in-memory store.
+    """
+
+    def __init__(self, path: str | os.PathLike, *, timeout: float = 30.0) -> None:
+        self.path = str(path)
+        self._conn: sqlite3.Connection | None = None
+        if self.path != ":memory:":
+            p = Path(path)
+            if p.is_dir():
+                raise CascadeAdvError(
+                    f"results store {p} is a directory; give a file path such as {p}/results.sqlite"
+                )
+            if p.exists():
+                with open(p, "rb") as fh:
+                    head = fh.read(len(_SQLITE_MAGIC))
+                if head and head != _SQLITE_MAGIC:
+                    raise CascadeAdvError(
+                        f"results store {p} is not an SQLite database; "
+                        "give another --results path (e.g. results.sqlite)"
+                    )
+            else:
+                p.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            # isolation_level=None: transactions are explicit (BEGIN ... COMMIT below).
+            self._conn = sqlite3.connect(self.path, timeout=timeout, isolation_level=None)
+            self._open()
+        except sqlite3.DatabaseError as e:
+            self.close()
+            raise CascadeAdvError(
+                f"cannot open results store {self.path}: {e}; give another --results path"
+            ) from None
+        except BaseException:
+            self.close()
+            raise
+
+    # --- schema ---------------------------------------------------------------------------
+
+    def _open(self) -> None:
+        conn = self._connection
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise CascadeAdvError(
+                f"results store {self.path} was written by a newer cascade-adv (schema "
+                f"{version} > {SCHEMA_VERSION}); upgrade cascade-adv or use another --results path"
+            )
+        if version == SCHEMA_VERSION:
+            return
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]  # re-read under lock
+            if version == 0:
+                tables = [r[0] for r in conn.execute(
+                    "SELECT name FROM sqlite_master WHERE type = 'table'")]
+                if tables:
+                    raise CascadeAdvError(
+                        f"{self.path} is an SQLite database but not a cascade-adv results store "
+                        f"(it has tables {', '.join(tables)}); give another --results path"
+                    )
+                conn.execute(_SCHEMA)
+                conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    @property
+    def _connection(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise CascadeAdvError(f"results store {self.path} is closed; open it again")
+        return self._conn
+
+    @property
+    def schema_version(self) -> int:
+        return int(self._connection.execute("PRAGMA user_version").fetchone()[0])
+
+    # --- writing ----------------------------------------------------------------------------
+
+    def upsert(self, rows: ResultTable | Iterable[Mapping[str, Any]]) -> int:
+        """Insert rows, replacing those with the same key; one transaction.  Returns the count."""
+        created = _utc_now()
+        values = [
+            tuple(r[c] for c in ROW_KEYS) + (created,)
+            for r in (normalize_row(row) for row in rows)
+        ]
+        conn = self._connection
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.executemany(_UPSERT, values)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return len(values)
+
+    def delete(self, **filters: Any) -> int:
+        """Delete the rows matching ``filters`` (see :meth:`query`); returns the count."""
+        where, params = _where(filters)
+        conn = self._connection
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            count = conn.execute(f"DELETE FROM results{where}", params).rowcount
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return int(count)
+
+    # --- reading ----------------------------------------------------------------------------
+
+    def query(self, **filters: Any) -> ResultTable:
+        """Rows whose columns equal the given values, in insertion order.
+
+        A list, tuple or set means "any of": ``query(model="pivot", eps=[0, 16])``.
+        """
+        where, params = _where(filters)
+        cur = self._connection.execute(
+            f"SELECT {', '.join(ROW_KEYS)} FROM results{where} ORDER BY rowid", params
+        )
+        return ResultTable(dict(zip(ROW_KEYS, r)) for r in cur)
+
+    def __len__(self) -> int:
+        return int(self._connection.execute("SELECT COUNT(*) FROM results").fetchone()[0])
+
+    # --- lifetime ---------------------------------------------------------------------------
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._conn is None else f"{len(self)} rows"
+        return f"ResultsStore({self.path!r}, {state})"
+
+
+def _where(filters: Mapping[str, Any]) -> tuple[str, list[Any]]:
+    clauses: list[str] = []
+    params: list[Any] = []
+    for key, value in filters.items():
+        if key not in ROW_KEYS:
+            raise CascadeAdvError(
+                f"cannot filter results on {key!r}; the columns are: {', '.join(ROW_KEYS)}"
+            )
+        values = list(value) if isinstance(value, (list, tuple, set, frozenset)) else [value]
+        if key in ("eps", "value"):
+            values = [float(v) for v in values]
+        elif key == "n":
+            values = [int(v) for v in values]
+        if not values:
+            clauses.append("0")
+        elif len(values) == 1:
+            clauses.append(f"{key} = ?")
+        else:
+            clauses.append(f"{key} IN ({', '.join('?' * len(values))})")
+        params.extend(values)
+    return (" WHERE " + " AND ".join(clauses) if clauses else ""), params

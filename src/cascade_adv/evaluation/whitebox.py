@@ -1,0 +1,286 @@
+"""White-box evaluation: accuracy of one model under every attack x epsilon.
+
+This produces the papers' white-box tables (N18 tables 1-4, K17 tables 1-2):
+top-1 (and top-5) accuracy on the test set, clean and under each attack at each
+epsilon (pixel units of [0, 255]; N18 tests MNIST at 0, 16, 32 and CIFAR-10 at
+0, 2, 4, 8, 16).  Adversarial examples are crafted against the model itself, in
+inference mode (BatchNorm running statistics, dropout off).
+
+Speed (DESIGN.md, "batch evaluation"): for each image batch and attack the batch
+is repeated once per non-zero epsilon and the attack is called once on the
+stacked batch with a per-example epsilon tensor; iterative attacks then run each
+example's own step count ``floor(min(eps + 4, 1.25 eps))`` with a mask, so the
+result equals separate per-epsilon calls.  Correct predictions are summed into
+counters on the device and read back once at the end (no host sync per batch
+from the counting itself).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from cascade_adv import attacks as attack_registry
+from cascade_adv.data.transforms import center_crop, iterate_batches, to_float
+from cascade_adv.errors import CascadeAdvError
+from cascade_adv.reporting.tables import CLEAN, WHITEBOX, ResultTable
+
+
+def prepare_images(model: nn.Module, images_uint8: torch.Tensor) -> torch.Tensor:
+    """``uint8 [N, C, H, W]`` dataset images -> float ``[0, 1]`` model inputs.
+
+    Images larger than ``model.config.input_size`` are center-cropped to it (the
+    CIFAR-10 test protocol of N18 section 3.3: 32x32 images, 24x24 center crop for
+    a model trained on random 24x24 crops); images of the model's size are only
+    converted.  Smaller images, or a channel mismatch, raise :class:`CascadeAdvError`.
+    Models without a ``config`` attribute (a user's own ``nn.Module``) get the
+    converted images unchanged.
+    """
+    if not isinstance(images_uint8, torch.Tensor) or images_uint8.dtype != torch.uint8 \
+            or images_uint8.dim() != 4:
+        got = (f"{images_uint8.dtype} {list(images_uint8.shape)}"
+               if isinstance(images_uint8, torch.Tensor) else type(images_uint8).__name__)
+        raise CascadeAdvError(
+            f"prepare_images expects uint8 images [N, C, H, W] (an ImageDataset's images), "
+            f"got {got}"
+        )
+    cfg = getattr(model, "config", None)
+    size = getattr(cfg, "input_size", None)
+    channels = getattr(cfg, "in_channels", None)
+    if size is None or channels is None:
+        return to_float(images_uint8)
+    _, c, h, w = (int(s) for s in images_uint8.shape)
+    if c != channels or h < size or w < size:
+        raise CascadeAdvError(
+            f"dataset images are {c}x{h}x{w} (CxHxW) but the model expects "
+            f"{channels}x{size}x{size}; evaluate on a dataset with {channels}-channel images "
+            f"of at least {size}x{size}, or use a model built for {c}x{h}x{w} inputs"
+        )
+    if h != size or w != size:
+        images_uint8 = center_crop(images_uint8, size)
+    return to_float(images_uint8)
+
+
+def _check_eps(eps: Sequence[float]) -> list[float]:
+    if isinstance(eps, (int, float)):
+        eps = [eps]
+    values: list[float] = []
+    for e in eps:
+        try:
+            v = float(e)
+        except (TypeError, ValueError):
+            raise CascadeAdvError(f"eps {e!r} is not a number; give epsilons in pixel units "
+                                  "of [0, 255], e.g. 0 2 4 8 16") from None
+        if not math.isfinite(v) or not 0.0 <= v <= 255.0:
+            raise CascadeAdvError(
+                f"eps={v:g} is outside [0, 255]; give eps in pixel units of [0, 255] "
+                "(e.g. 16), not as a fraction of 1"
+            )
+        if v not in values:
+            values.append(v)
+    return values
+
+
+def _check_attacks(
+    names: Sequence[str], options: Mapping[str, Mapping[str, Any]] | None
+) -> tuple[list[str], dict[str, dict[str, Any]]]:
+    if isinstance(names, str):
+        names = [names]
+    out: list[str] = []
+    for name in names:
+        if name == CLEAN:
+            continue  # the clean accuracy is always measured
+        attack_registry.get(name)  # AttackError (one line) for an unknown name
+        if name not in out:
+            out.append(name)
+    opts: dict[str, dict[str, Any]] = {}
+    for name, o in (options or {}).items():
+        if name not in out:
+            raise CascadeAdvError(
+                f"attack_options names attack {name!r}, which is not evaluated; "
+                f"key attack_options by one of: {', '.join(out) or '(no attacks)'}"
+            )
+        allowed = [p for p in attack_registry.get(name).options if p != "generator"]
+        for key in o:
+            if key not in allowed:
+                raise CascadeAdvError(
+                    f"attack {name!r} has no option {key!r}; its options are: "
+                    f"{', '.join(allowed) or 'none'} (random attacks are seeded with seed=)"
+                )
+        opts[name] = dict(o)
+    return out, opts
+
+
+def _check_topk(topk: Sequence[int]) -> list[int]:
+    ks: list[int] = []
+    for k in (topk,) if isinstance(topk, int) else topk:
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise CascadeAdvError(f"topk values must be positive integers, got {k!r}")
+        if k not in ks:
+            ks.append(k)
+    return sorted(ks)
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    for t in model.parameters():
+        return t.device
+    for t in model.buffers():
+        return t.device
+    return torch.device("cpu")
+
+
+def count_correct(logits: torch.Tensor, labels: torch.Tensor, ks: Sequence[int]) -> torch.Tensor:
+    """Number of examples whose label is among the top-k logits, for each k: ``int64 [len(ks)]``.
+
+    ``labels`` may be ``[N]`` or ``[G, N]`` with logits ``[G * N, classes]``; then the
+    result is ``[G, len(ks)]`` (one row per group).
+    """
+    kmax = min(max(ks), logits.shape[1])
+    top = logits.topk(kmax, dim=1).indices  # [M, kmax]
+    hit = top == labels.reshape(-1, 1)  # at most one True per row
+    cum = hit.cumsum(dim=1)  # cum[:, k-1] = label within top k
+    per_example = torch.stack([cum[:, min(k, kmax) - 1] for k in ks], dim=1)  # [M, K], 0/1
+    if labels.dim() == 2:
+        return per_example.view(labels.shape[0], labels.shape[1], -1).sum(dim=1)
+    return per_example.sum(dim=0)
+
+
+def evaluate_whitebox(
+    model: nn.Module,
+    dataset: Any,
+    attacks: Sequence[str],
+    eps: Sequence[float],
+    *,
+    batch_size: int = 500,
+    device: torch.device | str | None = None,
+    topk: Sequence[int] = (1, 5),
+    attack_options: Mapping[str, Mapping[str, Any]] | None = None,
+    seed: int = 0,
+    model_name: str = "model",
+    model_hash: str = "",
+    progress: bool = True,
+    max_batch: int | None = None,
+) -> ResultTable:
+    """Top-1 / top-5 accuracy (percent) of ``model`` on ``dataset`` under white-box attacks.
+
+    Returns one row per metric for the clean images (``attack="clean"``, ``eps=0``)
+    and for every ``attack`` x non-zero ``eps`` (``source="whitebox"``).  ``eps`` is
+    in pixel units of [0, 255]; ``eps=0`` needs no attack (it is the clean column of
+    the papers' tables).  Top-k is reported for each ``k`` in ``topk`` that is 1 or
+    smaller than the number of classes (no top-5 for 5 classes or fewer).
+
+    ``dataset`` is an :class:`~cascade_adv.data.ImageDataset` (uint8 images; see
+    :func:`prepare_images` for the center crop).  ``device`` defaults to the
+    model's device; when given, the model is moved there (in place).
+    ``attack_options`` maps an attack name to its keyword options (e.g.
+    ``{"pgd": {"restarts": 2}}``).  Random attacks draw from a ``torch.Generator``
+    seeded with ``seed`` (one per attack, so results do not depend on the order of
+    ``attacks``).  ``max_batch`` caps the images sent to one attack call (default
+    ``batch_size * len(eps)``: the whole batch at every epsilon at once; never less
+    than one epsilon's batch); lower it if the stacked batch does not fit in memory.
+    """
+    # --- validate everything before any work -----------------------------------------
+    eps_values = _check_eps(eps)
+    names, opts = _check_attacks(attacks, attack_options)
+    ks = _check_topk(topk)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise CascadeAdvError(f"batch_size must be a positive integer, got {batch_size!r}")
+    images = getattr(dataset, "images", None)
+    labels = getattr(dataset, "labels", None)
+    if not isinstance(images, torch.Tensor) or not isinstance(labels, torch.Tensor):
+        raise CascadeAdvError(
+            "dataset must be an ImageDataset (uint8 images, int64 labels); "
+            "load one with cascade_adv.data.load_dataset"
+        )
+    n_total = int(images.shape[0])
+    if n_total == 0:
+        raise CascadeAdvError("the dataset is empty; evaluate on a dataset with images")
+    prepare_images(model, images[:1])  # shape / channel check
+    adv_eps = [e for e in eps_values if e != 0.0]
+    limit = batch_size * max(len(eps_values), 1) if max_batch is None else int(max_batch)
+    if limit < 1:
+        raise CascadeAdvError(f"max_batch must be a positive integer, got {max_batch!r}")
+
+    if device is None:
+        device = _model_device(model)
+    else:
+        device = torch.device(device)
+        model.to(device)
+    num_classes = getattr(getattr(model, "config", None), "num_classes", None)
+    if num_classes is not None:
+        ks = [k for k in ks if k == 1 or k < num_classes]
+
+    generators: dict[str, torch.Generator] = {}
+    for name in names:
+        g = torch.Generator(device=device)
+        g.manual_seed(int(seed))
+        generators[name] = g
+
+    clean_counts: torch.Tensor | None = None
+    adv_counts: dict[str, torch.Tensor] = {}
+    n_batches = math.ceil(n_total / batch_size)
+    bar = tqdm(iterate_batches(dataset, batch_size), total=n_batches, disable=not progress,
+               desc=f"white-box {model_name}", unit="batch", leave=False)
+    for xb_uint8, yb in bar:
+        xb_uint8 = xb_uint8.to(device, non_blocking=True)
+        yb = yb.to(device, non_blocking=True)
+        x = prepare_images(model, xb_uint8)
+        b = x.shape[0]
+        with attack_registry.inference_mode(model), torch.no_grad():
+            logits = model(x)
+        if clean_counts is None:  # the first batch fixes the metrics
+            if num_classes is None:
+                ks = [k for k in ks if k == 1 or k < logits.shape[1]]
+            clean_counts = torch.zeros(len(ks), dtype=torch.int64, device=device)
+            for name in names:
+                adv_counts[name] = torch.zeros(len(adv_eps), len(ks), dtype=torch.int64,
+                                               device=device)
+        clean_counts += count_correct(logits, yb, ks)
+
+        per_call = max(1, limit // b)  # epsilons stacked into one attack call
+        for name in names:
+            for first in range(0, len(adv_eps), per_call):
+                group = adv_eps[first:first + per_call]
+                g = len(group)
+                xs = x.repeat(g, 1, 1, 1) if g > 1 else x  # [g * b, ...], epsilon-major
+                ys = yb.repeat(g) if g > 1 else yb
+                eps_t = torch.tensor(group, dtype=torch.float64).repeat_interleave(b)
+                x_adv = attack_registry.run(name, model, xs, ys, eps=eps_t,
+                                            generator=generators[name], **opts.get(name, {}))
+                with attack_registry.inference_mode(model), torch.no_grad():
+                    logits = model(x_adv)
+                adv_counts[name][first:first + g] += count_correct(logits, ys.view(g, b), ks)
+    bar.close()
+
+    # --- one read-back, then the rows ----------------------------------------------------
+    assert clean_counts is not None
+    stacked = torch.cat([clean_counts.view(1, -1)] + [adv_counts[name] for name in names])
+    host = stacked.tolist()  # the only device -> host sync of the counting
+    clean_host, adv_host = host[0], {}
+    for i, name in enumerate(names):
+        adv_host[name] = host[1 + i * len(adv_eps): 1 + (i + 1) * len(adv_eps)]
+    common = {
+        "model": model_name,
+        "model_hash": model_hash,
+        "dataset": str(getattr(dataset, "name", "")),
+        "split": str(getattr(dataset, "split", "")),
+        "source": WHITEBOX,
+        "n": n_total,
+    }
+    rows: list[dict[str, Any]] = []
+
+    def add(attack: str, e: float, counts: list[int]) -> None:
+        for k, c in zip(ks, counts):
+            rows.append({**common, "attack": attack, "eps": e, "metric": f"top{k}",
+                         "value": 100.0 * c / n_total})
+
+    add(CLEAN, 0.0, clean_host)
+    for name in names:
+        for i, e in enumerate(adv_eps):
+            add(name, e, adv_host[name][i])
+    return ResultTable(rows)

@@ -1,0 +1,259 @@
+"""Tidy result tables: one row per (model, attack, epsilon, source, metric).
+
+Every evaluation (white-box tables, black-box matrices, ...) returns a
+:class:`ResultTable`; the results store keeps the same rows in SQLite, and the
+reports render them in the papers' layout (N18 tables 1-4, K17 tables 1-2):
+
+>>> table.to_markdown()
+| model | clean | step_ll 16 | step_ll 32 | iter_fgsm 16 | iter_fgsm 32 |
+| --- | ---: | ---: | ---: | ---: | ---: |
+| pivot | 99.6 | 99.4 | 98.8 | 98.8 | 96.4 |
+
+Row keys (:data:`ROW_KEYS`): ``model``, ``model_hash``, ``dataset``, ``split``,
+``attack`` (``"clean"`` for the clean accuracy, at ``eps`` 0), ``eps`` (pixel units
+of [0, 255]), ``source`` (``"whitebox"`` for white-box attacks, the source model's
+name for black-box ones), ``metric`` (``"top1"``, ``"top5"``), ``value`` (accuracy
+in percent) and ``n`` (number of images).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
+
+from cascade_adv.errors import CascadeAdvError
+from cascade_adv.io import atomic_write_text
+
+#: The keys of every row, in column order.
+ROW_KEYS: tuple[str, ...] = (
+    "model", "model_hash", "dataset", "split", "attack", "eps", "source", "metric", "value", "n",
+)
+#: The keys that identify a row (the results store's UNIQUE key).
+KEY_COLUMNS: tuple[str, ...] = ("model", "dataset", "split", "attack", "eps", "source", "metric")
+#: ``attack`` of the clean-accuracy rows (always at ``eps`` 0).
+CLEAN = "clean"
+#: ``source`` of white-box rows.
+WHITEBOX = "whitebox"
+
+_STR_KEYS = ("model", "model_hash", "dataset", "split", "attack", "source", "metric")
+
+
+def normalize_row(row: Mapping[str, Any]) -> dict[str, Any]:
+    """Check one row's keys and types; return a new dict in :data:`ROW_KEYS` order.
+
+    ``model_hash`` may be left out (empty string); any other missing or unknown
+    key raises :class:`CascadeAdvError`.
+    """
+    if not isinstance(row, Mapping):
+        raise CascadeAdvError(f"a result row must be a mapping with keys {ROW_KEYS}, got {row!r}")
+    unknown = sorted(set(row) - set(ROW_KEYS))
+    if unknown:
+        raise CascadeAdvError(
+            f"result row has unknown key {unknown[0]!r}; the keys are: {', '.join(ROW_KEYS)}"
+        )
+    missing = [k for k in ROW_KEYS if k not in row and k != "model_hash"]
+    if missing:
+        raise CascadeAdvError(
+            f"result row lacks key {missing[0]!r}; the keys are: {', '.join(ROW_KEYS)}"
+        )
+    out: dict[str, Any] = {}
+    try:
+        for k in ROW_KEYS:
+            v = row.get(k, "")
+            if k in _STR_KEYS:
+                out[k] = "" if v is None else str(v)
+            elif k == "n":
+                out[k] = int(v)
+            else:
+                out[k] = float(v)
+    except (TypeError, ValueError):
+        raise CascadeAdvError(
+            f"result row has a non-numeric {k!r}: {row.get(k)!r}; eps and value are numbers, "
+            "n an integer"
+        ) from None
+    if not math.isfinite(out["eps"]):
+        raise CascadeAdvError(f"result row has a non-finite eps: {out['eps']!r}")
+    return out
+
+
+def _fmt_eps(eps: float) -> str:
+    return f"{eps:g}"
+
+
+class ResultTable:
+    """An ordered list of tidy result rows (dicts with the keys :data:`ROW_KEYS`)."""
+
+    def __init__(self, rows: Iterable[Mapping[str, Any]] = ()) -> None:
+        self._rows: list[dict[str, Any]] = [normalize_row(r) for r in rows]
+
+    @classmethod
+    def from_rows(cls, rows: Iterable[Mapping[str, Any]]) -> ResultTable:
+        """A table of ``rows`` (validated; ``model_hash`` defaults to ``""``)."""
+        return cls(rows)
+
+    @property
+    def rows(self) -> list[dict[str, Any]]:
+        """Copies of the rows, in order."""
+        return [dict(r) for r in self._rows]
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        return iter(self.rows)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, ResultTable):
+            return NotImplemented
+        return self._rows == other._rows
+
+    def __repr__(self) -> str:
+        models = list(dict.fromkeys(r["model"] for r in self._rows))
+        return f"ResultTable({len(self)} rows, models={models})"
+
+    def extend(self, rows: Iterable[Mapping[str, Any]] | ResultTable) -> None:
+        """Append rows (validated)."""
+        self._rows.extend(normalize_row(r) for r in rows)
+
+    def filter(self, **filters: Any) -> ResultTable:
+        """Rows whose columns equal the given values (a list/tuple/set means "any of")."""
+        for k in filters:
+            if k not in ROW_KEYS:
+                raise CascadeAdvError(
+                    f"cannot filter on {k!r}; the columns are: {', '.join(ROW_KEYS)}"
+                )
+
+        def keep(row: dict[str, Any]) -> bool:
+            for k, v in filters.items():
+                allowed = v if isinstance(v, (list, tuple, set, frozenset)) else (v,)
+                if row[k] not in allowed:
+                    return False
+            return True
+
+        return ResultTable(r for r in self._rows if keep(r))
+
+    def value(self, model: str, attack: str, eps: float = 0.0, metric: str = "top1",
+              source: str | None = None) -> float | None:
+        """The value of the first matching row (``None`` if there is none)."""
+        for r in self._rows:
+            if (r["model"] == model and r["attack"] == attack and r["eps"] == float(eps)
+                    and r["metric"] == metric and (source is None or r["source"] == source)):
+                return r["value"]
+        return None
+
+    # --- the papers' layout -----------------------------------------------------------
+
+    def to_markdown(self, metric: str = "top1") -> str:
+        """The papers' layout (N18 table 1): one row per model, a ``clean`` (eps 0)
+        column, then columns grouped by attack, then by increasing epsilon.
+
+        Values are accuracies in percent with one decimal; ``-`` marks a missing
+        cell.  When the table holds several sources (black-box rows) or several
+        dataset/splits, ``source`` / ``dataset`` columns are added to the row labels.
+        """
+        rows = [r for r in self._rows if r["metric"] == metric]
+        if not rows:
+            return f"(no {metric} results)\n"
+        multi_data = len({(r["dataset"], r["split"]) for r in rows}) > 1
+        multi_source = len({r["source"] for r in rows if r["attack"] != CLEAN}) > 1
+
+        def data_of(r: dict[str, Any]) -> str:
+            return f"{r['dataset']} {r['split']}".strip()
+
+        # Column order: attacks in order of first appearance, eps increasing.
+        attacks: dict[str, set[float]] = {}
+        has_clean = False
+        for r in rows:
+            if r["attack"] == CLEAN:
+                has_clean = True
+            else:
+                attacks.setdefault(r["attack"], set()).add(r["eps"])
+        columns: list[tuple[str, float]] = [(CLEAN, 0.0)] if has_clean else []
+        for name, eps_set in attacks.items():
+            columns.extend((name, e) for e in sorted(eps_set))
+
+        # Row labels: (model[, dataset][, source]) in order of first appearance.
+        def label_of(r: dict[str, Any]) -> tuple[str, ...]:
+            label = (r["model"],) + ((data_of(r),) if multi_data else ())
+            return label + ((r["source"],) if multi_source else ())
+
+        cells: dict[tuple[str, ...], dict[tuple[str, float], float]] = {}
+        clean: dict[tuple[str, str], float] = {}
+        for r in rows:
+            if r["attack"] != CLEAN:
+                cells.setdefault(label_of(r), {}).setdefault((r["attack"], r["eps"]), r["value"])
+        for r in rows:
+            if r["attack"] == CLEAN:
+                key = (r["model"], data_of(r))
+                clean.setdefault(key, r["value"])
+                if not any(lab[0] == key[0] and (not multi_data or lab[1] == key[1])
+                           for lab in cells):
+                    cells[label_of(r)] = {}  # a model with only its clean accuracy
+        the_data = data_of(rows[0])
+
+        head = ["model"] + (["dataset"] if multi_data else []) + (["source"] if multi_source else [])
+        n_label = len(head)
+        head += [CLEAN if a == CLEAN else f"{a} {_fmt_eps(e)}" for a, e in columns]
+        lines = [
+            "| " + " | ".join(head) + " |",
+            "| " + " | ".join(["---"] * n_label + ["---:"] * len(columns)) + " |",
+        ]
+        for label, values in cells.items():
+            data = label[1] if multi_data else the_data
+            texts = []
+            for col in columns:
+                v = clean.get((label[0], data)) if col[0] == CLEAN else values.get(col)
+                texts.append("-" if v is None else f"{v:.1f}")
+            lines.append("| " + " | ".join(list(label) + texts) + " |")
+        return "\n".join(lines) + "\n"
+
+    def __str__(self) -> str:
+        return self.to_markdown()
+
+    # --- files ---------------------------------------------------------------------------
+
+    def to_csv_string(self) -> str:
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=list(ROW_KEYS), lineterminator="\n")
+        writer.writeheader()
+        for r in self._rows:
+            writer.writerow({**r, "eps": repr(r["eps"]), "value": repr(r["value"])})
+        return buf.getvalue()
+
+    def to_csv(self, path: str | os.PathLike) -> None:
+        """Write the rows as CSV (header :data:`ROW_KEYS`), atomically."""
+        atomic_write_text(path, self.to_csv_string())
+
+    def to_json(self, path: str | os.PathLike) -> None:
+        """Write the rows as a JSON list of objects, atomically."""
+        atomic_write_text(path, json.dumps(self._rows, indent=1) + "\n")
+
+    @classmethod
+    def from_csv(cls, path: str | os.PathLike) -> ResultTable:
+        """Read a table written by :meth:`to_csv`."""
+        try:
+            with open(path, newline="", encoding="utf-8") as fh:
+                return cls(csv.DictReader(fh))
+        except OSError as e:
+            raise CascadeAdvError(f"cannot read results CSV {path}: {e.strerror}") from None
+
+    @classmethod
+    def from_json(cls, path: str | os.PathLike) -> ResultTable:
+        """Read a table written by :meth:`to_json` (a list, or an object with ``rows``)."""
+        try:
+            with open(path, encoding="utf-8") as fh:
+                data = json.load(fh)
+        except OSError as e:
+            raise CascadeAdvError(f"cannot read results JSON {path}: {e.strerror}") from None
+        except json.JSONDecodeError as e:
+            raise CascadeAdvError(f"results JSON {path} is not valid JSON: {e}") from None
+        if isinstance(data, dict):
+            data = data.get("rows")
+        if not isinstance(data, list):
+            raise CascadeAdvError(f"results JSON {path} must hold a list of row objects")
+        return cls(data)

@@ -1,0 +1,128 @@
+"""The command line end to end on tiny data, and its one-line errors (exit status 2)."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cascade_adv.evaluation.advset import load_adversarial_set
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def cli(*args, cwd=None, env=None):
+    """Run ``cascade-adv`` in a fresh interpreter, as a user would."""
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run([sys.executable, "-m", "cascade_adv.cli.main", *args], cwd=cwd,
+                          env=full_env, capture_output=True, text=True, timeout=600)
+
+
+def assert_user_error(result, *words):
+    assert result.returncode == 2, (result.returncode, result.stdout, result.stderr)
+    err = result.stderr.strip()
+    assert "Traceback" not in err
+    assert len(err.splitlines()) == 1, err
+    for word in words:
+        assert word in err, err
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    work = tmp_path_factory.mktemp("cli")
+    result = cli("train", "--config", str(ROOT / "configs/digits_baseline.yaml"), "--out",
+                 str(work / "run"), "--quiet", "model.depth=8", "optim.iterations=30",
+                 "optim.lr_milestones=[20, 25]", "checkpoint.every=10", cwd=work)
+    assert result.returncode == 0, result.stderr
+    assert "trained digits_baseline" in result.stdout
+    return work
+
+
+def test_train_writes_run_folder(trained_run):
+    run = trained_run / "run"
+    for name in ("config.yaml", "metrics.jsonl", "final/model.safetensors", "checkpoints/latest"):
+        assert (run / name).exists(), name
+
+
+def test_eval_prints_table_and_upserts(trained_run):
+    args = ["eval", "--checkpoint", str(trained_run / "run"), "--attacks", "step_ll,iter_fgsm",
+            "--eps", "4,8", "--limit", "64", "--quiet", "--results", "res.db", "--csv", "t.csv",
+            "--json", "t.json"]
+    first = cli(*args, cwd=trained_run)
+    assert first.returncode == 0, first.stderr
+    header = first.stdout.splitlines()[0]
+    assert "clean" in header and "step_ll 4" in header and "iter_fgsm 8" in header
+    again = cli(*args, cwd=trained_run)
+    assert again.returncode == 0, again.stderr
+    with sqlite3.connect(trained_run / "res.db") as con:
+        rows = con.execute("SELECT attack, eps, metric FROM results").fetchall()
+    assert len(rows) == len(set(rows)) == 10  # (clean + 2 attacks x 2 eps) x (top1, top5)
+    assert json.loads((trained_run / "t.json").read_text())
+    assert (trained_run / "t.csv").read_text().startswith("model,")
+
+
+def test_attack_writes_loadable_set(trained_run):
+    out = trained_run / "adv"
+    result = cli("attack", "--checkpoint", str(trained_run / "run"), "--attack", "iter_fgsm",
+                 "--eps", "4,8", "--limit", "20", "--quiet", "--out", str(out), cwd=trained_run)
+    assert result.returncode == 0, result.stderr
+    adv = load_adversarial_set(out, dataset="digits", split="test", image_shape=[1, 8, 8])
+    assert len(adv) == 40 and sorted(set(adv.eps.tolist())) == [4.0, 8.0]
+    assert adv.images.dtype == np.uint8
+
+
+@pytest.mark.parametrize("args,words", [
+    (["eval", "--checkpoint", "RUN", "--attacks", "step_lll"], ["step_lll", "step_ll"]),
+    (["eval", "--checkpoint", "RUN", "--eps", "300"], ["300", "[0, 255]"]),
+    (["eval", "--checkpoint", "RUN", "--eps", "-1"], ["[0, 255]"]),
+    (["eval", "--checkpoint", "missing_folder"], ["missing_folder"]),
+    (["attack", "--checkpoint", "RUN", "--attack", "nope", "--eps", "4", "--out", "x"], ["nope"]),
+])
+def test_bad_input_is_one_line_exit_2(trained_run, args, words):
+    args = [str(trained_run / "run") if a == "RUN" else a for a in args]
+    assert_user_error(cli(*args, cwd=trained_run), *words)
+
+
+def test_unknown_config_key(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("optim:\n  learning_rate: 0.1\n")
+    assert_user_error(cli("train", "--config", str(cfg), cwd=tmp_path), "learning_rate", "lr")
+
+
+def test_checkpoint_of_another_architecture(trained_run):
+    result = cli("train", "--config", str(ROOT / "configs/digits_baseline.yaml"), "--out",
+                 str(trained_run / "run"), "--quiet", "model.depth=14", "optim.iterations=40",
+                 cwd=trained_run)
+    assert_user_error(result, "another architecture", "depth")
+
+
+def test_corrupt_dataset_files(tmp_path):
+    mnist = tmp_path / "data" / "mnist"
+    mnist.mkdir(parents=True)
+    for name in ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
+                 "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"):
+        with gzip.open(mnist / name, "wb") as fh:
+            fh.write(b"\x00\x00\x08\x03not mnist")
+    before = {p: p.read_bytes() for p in mnist.iterdir()}
+    result = cli("train", "--config", str(ROOT / "configs/mnist_baseline.yaml"), "--out",
+                 str(tmp_path / "run"), f"data.root={tmp_path / 'data'}", cwd=tmp_path)
+    assert_user_error(result, "mnist")
+    assert {p: p.read_bytes() for p in mnist.iterdir()} == before  # nothing damaged
+    missing = cli("train", "--config", str(ROOT / "configs/mnist_baseline.yaml"), "--out",
+                  str(tmp_path / "run2"), f"data.root={tmp_path / 'nowhere'}", cwd=tmp_path)
+    assert_user_error(missing, "not found")
+
+
+def test_every_command_has_help_with_examples():
+    for command in ("train", "eval", "attack"):
+        result = cli(command, "--help")
+        assert result.returncode == 0 and "Examples:" in result.stdout, command
+    listing = cli("attacks")
+    assert listing.returncode == 0 and "iter_fgsm" in listing.stdout
