@@ -11,9 +11,17 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from cascade_adv.errors import ConfigError
+from cascade_adv.models.config import check_depth
 
 
 class _Strict(BaseModel):
@@ -47,6 +55,8 @@ class ModelSection(_Strict):
     relu_decay_beta: float = Field(0.1, gt=0)
     normalize: Literal["auto", "per_pixel_mean", "none"] = "auto"
 
+    _depth = field_validator("depth")(check_depth)
+
 
 class OptimSection(_Strict):
     """SGD recipe of N18 section 3.3: momentum 0.9, weight decay 1e-4, batch 128,
@@ -66,6 +76,52 @@ class CheckpointSection(_Strict):
     keep: int = Field(2, ge=1)
 
 
+class SourceSection(_Strict):
+    """Where ``count`` of the k adversarial examples of each batch come from.
+
+    - ``current``: a one-step attack (``method``) on the network being trained;
+    - ``saved``: images crafted beforehand (``cascade-adv craft``) by other networks,
+      ``paths`` naming one or more saved sets (N18 section 6, cascade training;
+      several sets mix sources, as N18's conclusion recommends);
+    - ``static``: a one-step attack on a fixed network chosen at random each
+      iteration from the checkpoints in ``paths`` (ensemble adversarial training,
+      Tramer et al.).
+    """
+
+    kind: Literal["current", "saved", "static"] = "current"
+    count: int = Field(64, ge=1)
+    method: str = "step_ll"
+    paths: list[str] = []
+
+
+class AdversarialSection(_Strict):
+    """Algorithm 1 of K17 (``mode: replace``) and of N18 (``mode: append``).
+
+    m = ``optim.batch_size``, k = ``k``; the loss is N18 section 3.1's with
+    ``lam``, ``lam2``, ``distance`` (pivot / bidirectional / null) and ``norm``.
+    Each adversarial example gets its own epsilon from ``eps_sampler`` with
+    ``max_e`` (pixel units).  ``delay`` clean-only iterations come first (K17);
+    ``init_from`` starts from a shared pre-trained run (N18 section 3.3).
+    """
+
+    mode: Literal["none", "replace", "append"] = "none"
+    k: int = Field(64, ge=1)
+    lam: float = Field(0.3, ge=0)
+    lam2: float = Field(1e-4, ge=0)
+    distance: Literal["pivot", "bidirectional"] | None = None
+    norm: Literal["l2", "l1"] = "l2"
+    method: str = "step_ll"
+    max_e: float = Field(16.0, gt=0, le=255)
+    eps_sampler: Literal["n18", "k17", "fixed", "uniform"] = "n18"
+    delay: int = Field(0, ge=0)
+    init_from: str | None = None
+    sources: list[SourceSection] | None = None
+
+    def resolved_sources(self) -> list[SourceSection]:
+        """``sources``, or all k from ``method`` on the current network."""
+        return self.sources or [SourceSection(kind="current", count=self.k, method=self.method)]
+
+
 class TrainConfig(_Strict):
     """A full training run: ``cascade-adv train --config FILE [key=value ...]``."""
 
@@ -77,12 +133,31 @@ class TrainConfig(_Strict):
     model: ModelSection = ModelSection()
     optim: OptimSection = OptimSection()
     checkpoint: CheckpointSection = CheckpointSection()
+    adversarial: AdversarialSection = AdversarialSection()
 
     @model_validator(mode="after")
-    def _milestones_sorted(self) -> "TrainConfig":
+    def _consistent(self) -> "TrainConfig":
         ms = self.optim.lr_milestones
         if any(b <= a for a, b in zip(ms, ms[1:])):
             raise ValueError(f"optim.lr_milestones must be increasing, got {ms}")
+        adv, m = self.adversarial, self.optim.batch_size
+        if adv.mode == "none":
+            return self
+        if adv.mode == "append" and 2 * adv.k > m:
+            raise ValueError(f"adversarial.k={adv.k} > m/2 with mode append (m = optim.batch_size"
+                             f" = {m}): N18 Algorithm 1 requires k <= m/2; lower k")
+        if adv.mode == "replace" and adv.k > m:
+            raise ValueError(f"adversarial.k={adv.k} > m = optim.batch_size = {m}; lower k")
+        if adv.mode == "replace" and adv.distance is not None:
+            raise ValueError("adversarial.distance needs clean twins in the batch: use mode "
+                             "append, or distance null for K17's replace mode")
+        total = sum(s.count for s in adv.resolved_sources())
+        if total != adv.k:
+            raise ValueError(f"adversarial.sources counts add up to {total}, not k={adv.k}; "
+                             "make them sum to k")
+        for src in adv.resolved_sources():
+            if src.kind in ("saved", "static") and not src.paths:
+                raise ValueError(f"adversarial source of kind {src.kind} needs paths")
         return self
 
 
@@ -135,6 +210,9 @@ def format_validation_error(exc: ValidationError, model: type[BaseModel], where:
         valid = _section_fields(model, err["loc"])
         return f"{where}: unknown key {key!r}; valid keys here: {', '.join(valid)}"
     msg = err["msg"]
+    if err["type"] == "value_error":
+        prefix = "" if not loc else f"{key}: "
+        return f"{where}: {prefix}{msg.removeprefix('Value error, ')}"
     if err["type"] == "literal_error":
         msg = msg.replace("Input should be", "must be one of")
     return f"{where}: {key}: {msg} (got {err.get('input')!r})"

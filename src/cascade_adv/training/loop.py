@@ -28,6 +28,7 @@ from cascade_adv.errors import CheckpointError, ConfigError, TrainingDiverged
 from cascade_adv.io import atomic_write_text
 from cascade_adv.models import ModelConfig, ResNet, build_model, load_model, save_model
 from cascade_adv.models.serialize import WEIGHTS_FILE
+from cascade_adv.training.adversarial import AdversarialObjective
 from cascade_adv.training.checkpoint import latest_checkpoint, read_state, save_checkpoint
 from cascade_adv.training.config import TrainConfig, dump_config
 
@@ -72,13 +73,14 @@ def _seed(*parts: int) -> int:
 class Sampler:
     """Device-resident batches: epoch permutations and augmentation from seeded generators."""
 
-    def __init__(self, data: ImageDataset, cfg: TrainConfig, device: torch.device):
+    def __init__(self, data: ImageDataset, cfg: TrainConfig, device: torch.device,
+                 batch_size: int | None = None):
         self.data = data
-        self.batch_size = cfg.optim.batch_size
+        self.batch_size = batch_size or cfg.optim.batch_size
         if len(data) < self.batch_size:
             raise ConfigError(
                 f"the {data.name} training split has {len(data)} images, fewer than "
-                f"optim.batch_size={self.batch_size}; lower optim.batch_size"
+                f"a batch of {self.batch_size}; lower optim.batch_size"
             )
         self.per_epoch = len(data) // self.batch_size
         self.seed = cfg.seed
@@ -142,16 +144,18 @@ def train(
     *,
     resume: bool = True,
     progress: bool = True,
-    objective: Objective = clean_objective,
+    objective: Objective | None = None,
     init_from: str | Path | None = None,
     divergence_hint: str = "lower optim.lr",
     on_step: Callable[[int, float], None] | None = None,
 ) -> TrainResult:
     """Train a ResNet with ``cfg`` into ``run_dir``; resume from its last checkpoint.
 
-    ``objective`` computes the loss of one batch (clean cross-entropy by default;
-    adversarial training plugs its batch composition in here).  ``init_from`` starts
-    from the weights of another run (a shared pre-trained start).  A non-finite
+    ``objective`` computes the loss of one batch; by default it is clean
+    cross-entropy, or with ``adversarial.mode`` set, Algorithm 1 with the loss of
+    N18 section 3.1 (:class:`AdversarialObjective`).  ``init_from`` (or
+    ``adversarial.init_from``) starts from the weights of another run, e.g. a
+    shared pre-trained start.  A non-finite
     loss stops the run with :class:`TrainingDiverged`; the last good checkpoint is
     kept.
     """
@@ -160,7 +164,14 @@ def train(
     train_set = load_dataset(cfg.data.dataset, "train", root=cfg.data.root,
                              download=cfg.data.download).to(device)
     model_cfg = model_config_for(cfg, train_set)
-    sampler = Sampler(train_set, cfg, device)
+    if objective is None and cfg.adversarial.mode != "none":
+        adv_objective = AdversarialObjective(cfg, train_set, model_cfg, device)
+        objective, divergence_hint = adv_objective, adv_objective.divergence_hint()
+        sampler = Sampler(train_set, cfg, device, adv_objective.clean_per_batch)
+    else:
+        sampler = Sampler(train_set, cfg, device)
+    objective = objective or clean_objective
+    init_from = init_from or cfg.adversarial.init_from
 
     ckpt = latest_checkpoint(run_dir) if resume else None
     if ckpt is not None:

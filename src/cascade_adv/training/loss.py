@@ -1,0 +1,64 @@
+"""The loss of N18 section 3.1 (and K17 section 3 as its special case)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+DISTANCES = (None, "pivot", "bidirectional")
+NORMS = ("l2", "l1")
+
+
+def embedding_distance(e_adv: torch.Tensor, e_clean: torch.Tensor, distance: str,
+                       norm: str = "l2") -> torch.Tensor:
+    """``sum_i L_dist(E_adv_i, E_i)`` over the k pairs (N18 section 3.2).
+
+    ``norm="l2"`` is N = 2 as in the authors' code, ``0.5 * sum(diff ** 2)``;
+    ``norm="l1"`` is N = 1, ``sum |diff|``.  ``distance="pivot"`` detaches the
+    clean embedding, so only the adversarial embedding moves towards it (the
+    clean embedding serves as the pivot); ``"bidirectional"`` moves both.
+    """
+    if distance == "pivot":
+        e_clean = e_clean.detach()
+    elif distance != "bidirectional":
+        raise ValueError(f"distance must be one of {DISTANCES}, got {distance!r}")
+    diff = e_adv.float() - e_clean.float()
+    if norm == "l2":
+        return 0.5 * diff.pow(2).sum()
+    if norm == "l1":
+        return diff.abs().sum()
+    raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
+
+
+def unified_loss(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    k: int,
+    lam: float = 0.3,
+    lam2: float = 1e-4,
+    distance: str | None = "pivot",
+    norm: str = "l2",
+) -> torch.Tensor:
+    """N18 section 3.1::
+
+        Loss = (sum_{i in CLEAN} L(X_i | y_i) + lam * sum_{i in ADV} L(X_adv_i | y_i))
+               / ((m - k) + lam * k)
+               + lam2 * sum_{i=1..k} L_dist(E_adv_i, E_i)
+
+    ``logits`` holds the batch of m rows: rows ``0..k-1`` are the adversarial
+    examples, rows ``k..2k-1`` their clean twins and the rest clean (N18's
+    ``append`` layout).  The embedding E is the logits (the layer right before the
+    softmax).  ``distance=None`` gives K17's loss with no embedding term, for
+    ``replace`` batches whose adversarial rows ``0..k-1`` have no twins.
+    """
+    m = logits.shape[0]
+    if not 0 <= k <= m:
+        raise ValueError(f"k={k} must lie in [0, m={m}]")
+    ce = F.cross_entropy(logits.float(), labels, reduction="none")
+    loss = (ce[k:].sum() + lam * ce[:k].sum()) / ((m - k) + lam * k)
+    if distance is None or k == 0:
+        return loss
+    if 2 * k > m:
+        raise ValueError(f"the distance term needs k={k} clean twins after the adversarial rows; "
+                         f"m={m} < 2k")
+    return loss + lam2 * embedding_distance(logits[:k], logits[k:2 * k], distance, norm)
