@@ -12,15 +12,6 @@ from cascade_adv.evaluation import count_correct, evaluate_whitebox, prepare_ima
 from cascade_adv.models import build_model
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: one intra-op thread avoids OpenMP spin-waits on a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 # --- a model with hand-set logits ------------------------------------------------------
 
 #: Clean logits of four examples over 7 classes, and their labels.

@@ -60,12 +60,25 @@ def cli() -> None:
 
 
 @cli.command(epilog=EXAMPLES_TRAIN)
-@click.option("--config", "config_path", type=click.Path(dir_okay=False), required=True,
-              help="YAML training config (see configs/).")
-@click.option("--out", type=click.Path(file_okay=False), default=None,
-              help="Run folder (default: runs/<config name>).")
-@click.option("--resume/--no-resume", default=True, show_default=True,
-              help="Continue from the run folder's last checkpoint.")
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False),
+    required=True,
+    help="YAML training config (see configs/).",
+)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Run folder (default: runs/<config name>).",
+)
+@click.option(
+    "--resume/--no-resume",
+    default=True,
+    show_default=True,
+    help="Continue from the run folder's last checkpoint.",
+)
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.argument("overrides", nargs=-1)
 def train(config_path, out, resume, quiet, overrides):
@@ -76,12 +89,20 @@ def train(config_path, out, resume, quiet, overrides):
     cfg = load_config(config_path, overrides)
     run_dir = Path(out) if out else Path("runs") / cfg.name
     result = run_training(cfg, run_dir, resume=resume, progress=not quiet)
-    click.echo(f"trained {cfg.name}: {result.iterations} iterations, final loss "
-               f"{result.final_loss:.4f}, {result.seconds:.1f} s -> {run_dir / 'final'}")
+    click.echo(
+        f"trained {cfg.name}: {result.iterations} iterations, final loss "
+        f"{result.final_loss:.4f}, {result.seconds:.1f} s -> {run_dir / 'final'}"
+    )
 
 
-def _load_for_eval(checkpoint: str, dataset: str | None, data_root: str | None, split: str,
-                   device: str, limit: int | None):
+def _load_for_eval(
+    checkpoint: str,
+    dataset: str | None,
+    data_root: str | None,
+    split: str,
+    device: str,
+    limit: int | None,
+):
     """Model, its name and hash, and the evaluation split it was trained for."""
     from cascade_adv.data import load_dataset
     from cascade_adv.models import load_model, weights_hash
@@ -94,8 +115,9 @@ def _load_for_eval(checkpoint: str, dataset: str | None, data_root: str | None, 
     run_cfg = _run_config(weights)
     name = dataset or model.config.dataset or (run_cfg.data.dataset if run_cfg else None)
     if name is None:
-        raise CascadeAdvError(f"cannot tell which dataset {checkpoint} was trained on; "
-                              "pass --dataset")
+        raise CascadeAdvError(
+            f"cannot tell which dataset {checkpoint} was trained on; pass --dataset"
+        )
     root = data_root or (run_cfg.data.root if run_cfg else None)
     data = load_dataset(name, split, root=root)
     if limit:
@@ -121,20 +143,40 @@ def _model_label(weights: Path) -> str:
     return folder.name
 
 
-common_eval_options = [
-    click.option("--checkpoint", required=True, type=click.Path(),
-                 help="Run folder, checkpoint folder or .safetensors file."),
-    click.option("--dataset", type=click.Choice(["digits", "mnist", "cifar10"]), default=None,
-                 help="Dataset (default: the one the model was trained on)."),
-    click.option("--data-root", type=click.Path(file_okay=False), default=None,
-                 help="Folder with the dataset files (default: $CASCADE_ADV_DATA or ./data)."),
-    click.option("--split", type=click.Choice(["train", "test"]), default="test",
-                 show_default=True),
-    click.option("--limit", type=int, default=None, help="Use only the first N images."),
-    click.option("--batch-size", type=int, default=500, show_default=True),
-    click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:1, auto."),
-    click.option("--quiet", is_flag=True, help="No progress bar."),
-]
+def model_data_options(split_default: str = "test") -> list:
+    """Options shared by the commands that load a model and a dataset split."""
+    return [
+        click.option(
+            "--checkpoint",
+            required=True,
+            type=click.Path(),
+            help="Run folder, checkpoint folder or .safetensors file.",
+        ),
+        click.option(
+            "--dataset",
+            type=click.Choice(["digits", "mnist", "cifar10"]),
+            default=None,
+            help="Dataset (default: the one the model was trained on).",
+        ),
+        click.option(
+            "--data-root",
+            type=click.Path(file_okay=False),
+            default=None,
+            help="Folder with the dataset files (default: $CASCADE_ADV_DATA or ./data).",
+        ),
+        click.option(
+            "--split",
+            type=click.Choice(["train", "test"]),
+            default=split_default,
+            show_default=True,
+        ),
+        click.option("--limit", type=int, default=None, help="Use only the first N images."),
+        click.option("--batch-size", type=int, default=500, show_default=True),
+        click.option(
+            "--device", default="auto", show_default=True, help="cpu, cuda, cuda:1, auto."
+        ),
+        click.option("--quiet", is_flag=True, help="No progress bar."),
+    ]
 
 
 def _apply(options):
@@ -142,23 +184,54 @@ def _apply(options):
         for opt in reversed(options):
             fn = opt(fn)
         return fn
+
     return deco
 
 
 @cli.command(name="eval", epilog=EXAMPLES_EVAL)
-@_apply(common_eval_options)
-@click.option("--attacks", "attack_names", default="step_ll,step_fgsm,iter_ll,iter_fgsm",
-              show_default=True, help="Comma-separated attack names (see 'cascade-adv attacks').")
-@click.option("--eps", "eps_list", default="16,32", show_default=True,
-              help="Comma-separated epsilons in pixel units [0, 255].")
-@click.option("--results", type=click.Path(dir_okay=False), default="results/results.db",
-              show_default=True, help="SQLite results store (rows are upserted).")
+@_apply(model_data_options())
+@click.option(
+    "--attacks",
+    "attack_names",
+    default="step_ll,step_fgsm,iter_ll,iter_fgsm",
+    show_default=True,
+    help="Comma-separated attack names (see 'cascade-adv attacks').",
+)
+@click.option(
+    "--eps",
+    "eps_list",
+    default="16,32",
+    show_default=True,
+    help="Comma-separated epsilons in pixel units [0, 255].",
+)
+@click.option(
+    "--results",
+    type=click.Path(dir_okay=False),
+    default="results/results.db",
+    show_default=True,
+    help="SQLite results store (rows are upserted).",
+)
 @click.option("--csv", "csv_path", type=click.Path(dir_okay=False), default=None)
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None)
 @click.option("--name", default=None, help="Model name in tables (default: run folder name).")
 @click.option("--seed", type=int, default=0, show_default=True)
-def evaluate(checkpoint, dataset, data_root, split, limit, batch_size, device, quiet,
-             attack_names, eps_list, results, csv_path, json_path, name, seed):
+def evaluate(
+    checkpoint,
+    dataset,
+    data_root,
+    split,
+    limit,
+    batch_size,
+    device,
+    quiet,
+    attack_names,
+    eps_list,
+    results,
+    csv_path,
+    json_path,
+    name,
+    seed,
+):
     """White-box accuracy (top-1, top-5) of one model under attacks x epsilons."""
     from cascade_adv import attacks
     from cascade_adv.evaluation import ResultsStore, evaluate_whitebox
@@ -168,10 +241,20 @@ def evaluate(checkpoint, dataset, data_root, split, limit, batch_size, device, q
     for a in names:
         attacks.get(a)
     attacks.validate_eps(eps)
-    model, label, digest, data = _load_for_eval(checkpoint, dataset, data_root, split, device,
-                                                limit)
-    table = evaluate_whitebox(model, data, names, eps, batch_size=batch_size, seed=seed,
-                              model_name=name or label, model_hash=digest, progress=not quiet)
+    model, label, digest, data = _load_for_eval(
+        checkpoint, dataset, data_root, split, device, limit
+    )
+    table = evaluate_whitebox(
+        model,
+        data,
+        names,
+        eps,
+        batch_size=batch_size,
+        seed=seed,
+        model_name=name or label,
+        model_hash=digest,
+        progress=not quiet,
+    )
     click.echo(table.to_markdown())
     if results:
         with ResultsStore(results) as store:
@@ -182,31 +265,96 @@ def evaluate(checkpoint, dataset, data_root, split, limit, batch_size, device, q
         table.to_json(json_path)
 
 
-@cli.command(epilog=EXAMPLES_ATTACK)
-@_apply(common_eval_options)
-@click.option("--attack", "attack_name", required=True, help="Attack name.")
-@click.option("--eps", "eps_list", required=True, help="Comma-separated epsilons [0, 255].")
-@click.option("--out", required=True, type=click.Path(file_okay=False),
-              help="Folder to write the adversarial set to.")
-@click.option("--seed", type=int, default=0, show_default=True)
-def attack(checkpoint, dataset, data_root, split, limit, batch_size, device, quiet,
-           attack_name, eps_list, out, seed):
-    """Write adversarial images of a split to disk (uint8 .npy + meta.json)."""
+def _write_set(
+    checkpoint,
+    dataset,
+    data_root,
+    split,
+    limit,
+    batch_size,
+    device,
+    quiet,
+    attack_name,
+    eps_list,
+    out,
+    seed,
+):
+    """Shared body of ``attack`` and ``craft``: attack a split, save the set."""
     from cascade_adv import attacks
     from cascade_adv.evaluation import craft_adversarial_set, prepare_images
 
     attacks.get(attack_name)
-    eps = _csv_list(eps_list, float)
-    attacks.validate_eps(eps)
-    model, label, digest, data = _load_for_eval(checkpoint, dataset, data_root, split, device,
-                                                limit)
+    eps = attacks.validate_eps(_csv_list(eps_list, float))
+    model, label, digest, data = _load_for_eval(
+        checkpoint, dataset, data_root, split, device, limit
+    )
     path = craft_adversarial_set(
-        model, data, out, attack_name, eps, prepare=lambda x: prepare_images(model, x),
-        batch_size=batch_size, source_name=label, source_hash=digest, seed=seed,
+        model,
+        data,
+        out,
+        attack_name,
+        eps,
+        prepare=lambda x: prepare_images(model, x),
+        batch_size=batch_size,
+        source_name=label,
+        source_hash=digest,
+        seed=seed,
         progress=not quiet,
     )
-    click.echo(f"wrote {len(data) * len(eps)} {attack_name} images of {data.name}/{split} "
-               f"(eps {', '.join(f'{e:g}' for e in eps)}) from {label} to {path}")
+    click.echo(
+        f"wrote {len(data) * len(eps)} {attack_name} images of {data.name}/{split} "
+        f"(eps {', '.join(f'{e:g}' for e in eps)}) from {label} to {path}"
+    )
+
+
+@cli.command(epilog=EXAMPLES_ATTACK)
+@_apply(model_data_options())
+@click.option("--attack", "attack_name", required=True, help="Attack name.")
+@click.option("--eps", "eps_list", required=True, help="Comma-separated epsilons [0, 255].")
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="Folder to write the adversarial set to.",
+)
+@click.option("--seed", type=int, default=0, show_default=True)
+def attack(**kwargs):
+    """Write adversarial images of a split to disk (uint8 .npy + meta.json)."""
+    _write_set(**kwargs)
+
+
+EXAMPLES_CRAFT = """
+\b
+Examples:
+  cascade-adv craft --checkpoint runs/n18_cifar10_P2 --out adv/n18_cifar10_P2_iter_fgsm_train
+  cascade-adv craft --checkpoint runs/mnist_pivot --eps 1,2,4,8,16,32 --out adv/mnist_pivot
+"""
+
+
+@cli.command(epilog=EXAMPLES_CRAFT)
+@_apply(model_data_options(split_default="train"))
+@click.option("--attack", "attack_name", default="iter_fgsm", show_default=True)
+@click.option(
+    "--eps",
+    "eps_list",
+    default=",".join(str(e) for e in range(1, 17)),
+    show_default=True,
+    help="Comma-separated epsilons [0, 255].",
+)
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="Folder to write the set to; name it in adversarial.sources of a config.",
+)
+@click.option("--seed", type=int, default=0, show_default=True)
+def craft(**kwargs):
+    """Save iter_FGSM images of the training split for cascade training (N18 section 6).
+
+    The images are the model's inputs (center crops for CIFAR-10), attacked at
+    every epsilon; cascade training draws from them with a random saved epsilon.
+    """
+    _write_set(**kwargs)
 
 
 @cli.command(name="attacks")
@@ -216,8 +364,11 @@ def list_attacks():
 
     for n in attacks.names():
         spec = attacks.get(n)
-        opts = f"  [options: {', '.join(o for o in spec.options if o != 'generator')}]" \
-            if len(spec.options) > 1 else ""
+        opts = (
+            f"  [options: {', '.join(o for o in spec.options if o != 'generator')}]"
+            if len(spec.options) > 1
+            else ""
+        )
         click.echo(f"{n:15s} {spec.kind:9s} {spec.description}{opts}")
 
 
@@ -234,8 +385,9 @@ def main(argv: list[str] | None = None) -> None:
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
     except KeyboardInterrupt:
-        click.echo("interrupted; rerun the same command to resume from the last checkpoint",
-                   err=True)
+        click.echo(
+            "interrupted; rerun the same command to resume from the last checkpoint", err=True
+        )
         sys.exit(130)
 
 

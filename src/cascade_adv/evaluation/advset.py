@@ -81,6 +81,9 @@ def craft_adversarial_set(
     eps = attacks.validate_eps(list(eps))
     if not eps:
         raise CascadeAdvError("no epsilon given; pass at least one, e.g. --eps 16")
+    if len(dataset) == 0:
+        raise CascadeAdvError(f"the {dataset.name}/{dataset.split} images to attack are empty; "
+                              "pass a non-empty split (check --limit)")
     prepare = prepare or to_float
     device = next(model.parameters()).device
     out = Path(out)

@@ -100,8 +100,7 @@ class AdversarialSection(_Strict):
     m = ``optim.batch_size``, k = ``k``; the loss is N18 section 3.1's with
     ``lam``, ``lam2``, ``distance`` (pivot / bidirectional / null) and ``norm``.
     Each adversarial example gets its own epsilon from ``eps_sampler`` with
-    ``max_e`` (pixel units).  ``delay`` clean-only iterations come first (K17);
-    ``init_from`` starts from a shared pre-trained run (N18 section 3.3).
+    ``max_e`` (pixel units).  ``delay`` clean-only iterations come first (K17).
     """
 
     mode: Literal["none", "replace", "append"] = "none"
@@ -114,7 +113,6 @@ class AdversarialSection(_Strict):
     max_e: float = Field(16.0, gt=0, le=255)
     eps_sampler: Literal["n18", "k17", "fixed", "uniform"] = "n18"
     delay: int = Field(0, ge=0)
-    init_from: str | None = None
     sources: list[SourceSection] | None = None
 
     def resolved_sources(self) -> list[SourceSection]:
@@ -127,6 +125,7 @@ class TrainConfig(_Strict):
 
     name: str = "run"
     seed: int = 0
+    init_from: str | None = None  # start from another run's weights (N18: shared pre-training)
     device: str = "auto"
     log_every: int = Field(50, ge=1)
     data: DataSection = DataSection()
@@ -218,23 +217,34 @@ def format_validation_error(exc: ValidationError, model: type[BaseModel], where:
     return f"{where}: {key}: {msg} (got {err.get('input')!r})"
 
 
+def read_yaml_tree(path: str | os.PathLike, _seen: tuple = ()) -> dict:
+    """A config file as a dict; ``extends: other.yaml`` (relative to the file) is
+    read first and this file's entries are merged over it."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} not found; pass an existing YAML file (see configs/)")
+    if path.resolve() in _seen:
+        raise ConfigError(f"config {path} extends itself in a cycle; fix its 'extends' entry")
+    try:
+        tree = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        line = getattr(getattr(exc, "problem_mark", None), "line", None)
+        at = f" at line {line + 1}" if line is not None else ""
+        raise ConfigError(f"{path} is not valid YAML{at}; fix its syntax") from None
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{path} must hold a mapping of keys to values")
+    parent = tree.pop("extends", None)
+    if parent is not None:
+        base = read_yaml_tree(path.parent / str(parent), _seen + (path.resolve(),))
+        tree = _merge(base, tree)
+    return tree
+
+
 def load_config(path: str | os.PathLike | None = None, overrides=(), model=TrainConfig):
-    """Read a YAML config, apply ``key=value`` overrides and validate it."""
-    tree: dict = {}
-    where = "config"
-    if path is not None:
-        path = Path(path)
-        where = str(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {path} not found; pass an existing YAML file (see configs/)")
-        try:
-            tree = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            line = getattr(getattr(exc, "problem_mark", None), "line", None)
-            at = f" at line {line + 1}" if line is not None else ""
-            raise ConfigError(f"{path} is not valid YAML{at}; fix its syntax") from None
-        if not isinstance(tree, dict):
-            raise ConfigError(f"{path} must hold a mapping of keys to values")
+    """Read a YAML config (following ``extends``), apply ``key=value`` overrides and
+    validate it."""
+    tree = read_yaml_tree(path) if path is not None else {}
+    where = str(path) if path is not None else "config"
     tree = _merge(tree, parse_overrides(list(overrides)))
     try:
         return model.model_validate(tree)

@@ -153,9 +153,9 @@ def train(
 
     ``objective`` computes the loss of one batch; by default it is clean
     cross-entropy, or with ``adversarial.mode`` set, Algorithm 1 with the loss of
-    N18 section 3.1 (:class:`AdversarialObjective`).  ``init_from`` (or
-    ``adversarial.init_from``) starts from the weights of another run, e.g. a
-    shared pre-trained start.  A non-finite
+    N18 section 3.1 (:class:`AdversarialObjective`).  ``init_from`` (or the
+    config's ``init_from``) starts from the weights of another run, e.g. a shared
+    pre-trained start; the optimizer starts fresh.  A non-finite
     loss stops the run with :class:`TrainingDiverged`; the last good checkpoint is
     kept.
     """
@@ -171,7 +171,7 @@ def train(
     else:
         sampler = Sampler(train_set, cfg, device)
     objective = objective or clean_objective
-    init_from = init_from or cfg.adversarial.init_from
+    init_from = init_from or cfg.init_from
 
     ckpt = latest_checkpoint(run_dir) if resume else None
     if ckpt is not None:
