@@ -73,10 +73,15 @@ def pixel_eps(eps, n: int, x: torch.Tensor, name: str = "eps") -> torch.Tensor:
 
 def validate_eps(values, name: str = "eps") -> list[float]:
     """Check a list of epsilons (pixel units) before any work starts; return them as floats."""
-    values = [float(v) for v in (values if isinstance(values, (list, tuple)) else [values])]
+    if isinstance(values, (int, float)):
+        values = [values]
+    try:
+        values = [float(v) for v in values]
+    except (TypeError, ValueError):
+        raise AttackError(f"{name} {values!r} holds a non-number; give epsilons in pixel units "
+                          "of [0, 255], e.g. 0 2 4 8 16") from None
     if values:
-        t = torch.tensor(values)
-        pixel_eps(t, len(values), t, name)
+        eps_pixels(torch.tensor(values, dtype=torch.float64), len(values), name)
     return values
 
 

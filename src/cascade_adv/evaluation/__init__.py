@@ -10,6 +10,7 @@ from cascade_adv.evaluation.advset import (
     craft_adversarial_set,
     load_adversarial_set,
 )
+from cascade_adv.evaluation.blackbox import evaluate_transfer
 from cascade_adv.evaluation.store import SCHEMA_VERSION, ResultsStore
 from cascade_adv.evaluation.whitebox import count_correct, evaluate_whitebox, prepare_images
 from cascade_adv.reporting.tables import ResultTable
@@ -21,6 +22,7 @@ __all__ = [
     "ResultsStore",
     "count_correct",
     "craft_adversarial_set",
+    "evaluate_transfer",
     "evaluate_whitebox",
     "load_adversarial_set",
     "prepare_images",

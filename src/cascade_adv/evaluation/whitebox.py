@@ -67,23 +67,8 @@ def prepare_images(model: nn.Module, images_uint8: torch.Tensor) -> torch.Tensor
 
 
 def _check_eps(eps: Sequence[float]) -> list[float]:
-    if isinstance(eps, (int, float)):
-        eps = [eps]
-    values: list[float] = []
-    for e in eps:
-        try:
-            v = float(e)
-        except (TypeError, ValueError):
-            raise CascadeAdvError(f"eps {e!r} is not a number; give epsilons in pixel units "
-                                  "of [0, 255], e.g. 0 2 4 8 16") from None
-        if not math.isfinite(v) or not 0.0 <= v <= 255.0:
-            raise CascadeAdvError(
-                f"eps={v:g} is outside [0, 255]; give eps in pixel units of [0, 255] "
-                "(e.g. 16), not as a fraction of 1"
-            )
-        if v not in values:
-            values.append(v)
-    return values
+    """Validated epsilons, duplicates dropped, order kept."""
+    return list(dict.fromkeys(attack_registry.validate_eps(eps)))
 
 
 def _check_attacks(

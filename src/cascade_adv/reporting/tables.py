@@ -148,15 +148,21 @@ class ResultTable:
 
     # --- the papers' layout -----------------------------------------------------------
 
-    def to_markdown(self, metric: str = "top1") -> str:
+    def to_markdown(self, metric: str = "top1", sources_as_columns: bool = False) -> str:
         """The papers' layout (N18 table 1): one row per model, a ``clean`` (eps 0)
         column, then columns grouped by attack, then by increasing epsilon.
 
         Values are accuracies in percent with one decimal; ``-`` marks a missing
         cell.  When the table holds several sources (black-box rows) or several
-        dataset/splits, ``source`` / ``dataset`` columns are added to the row labels.
+        dataset/splits, ``source`` / ``dataset`` columns are added to the row labels;
+        with ``sources_as_columns`` black-box results get columns of their own
+        (``iter_fgsm from SOURCE 16``) beside the white-box ones instead.
         """
         rows = [r for r in self._rows if r["metric"] == metric]
+        if sources_as_columns:
+            rows = [r if r["attack"] == CLEAN or r["source"] == WHITEBOX else
+                    {**r, "attack": f"{r['attack']} from {r['source']}", "source": WHITEBOX}
+                    for r in rows]
         if not rows:
             return f"(no {metric} results)\n"
         multi_data = len({(r["dataset"], r["split"]) for r in rows}) > 1
