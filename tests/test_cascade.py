@@ -31,7 +31,7 @@ def source(tmp_path_factory):
 
 
 def test_saved_set_round_trips_bit_exactly(source):
-    root, run, data, path = source
+    _root, run, data, path = source
     saved = load_adversarial_set(path, dataset="digits", split="train", image_shape=[1, 8, 8])
     assert len(saved) == 120
     assert sorted(set(saved.eps.tolist())) == [2.0, 4.0, 8.0]
@@ -51,7 +51,7 @@ def test_saved_set_round_trips_bit_exactly(source):
 
 
 def test_tampered_or_mismatched_sets_are_refused(source, tmp_path):
-    root, run, data, path = source
+    _root, _run, _data, path = source
     import shutil
 
     copy = tmp_path / "copy"
@@ -77,11 +77,11 @@ def test_tampered_or_mismatched_sets_are_refused(source, tmp_path):
 
 
 def test_cascade_batch_pairs_saved_images_with_their_clean_twins(source):
-    root, run, data, path = source
+    _root, run, _data, path = source
     cfg = load_config(None, BASE + [
         "adversarial.mode=append", "adversarial.k=8", "adversarial.distance=pivot",
-        f"adversarial.sources=[{{kind: current, count: 4, method: step_ll}}, "
-        f"{{kind: saved, count: 4, paths: [{path}]}}]",
+        (f"adversarial.sources=[{{kind: current, count: 4, method: step_ll}}, "
+        f"{{kind: saved, count: 4, paths: [{path}]}}]"),
     ])
     train_set = load_dataset("digits", "train")
     from cascade_adv.training.loop import model_config_for
@@ -100,7 +100,7 @@ def test_cascade_batch_pairs_saved_images_with_their_clean_twins(source):
     model.forward = spy
     x = torch.rand(24, 1, 8, 8)
     y = torch.randint(0, 10, (24,))
-    loss, logits, labels = objective(model, x, y, 0, torch.Generator().manual_seed(1))
+    loss, _logits, labels = objective(model, x, y, 0, torch.Generator().manual_seed(1))
     model.forward = original_forward
     batch = captured["x"]
     assert batch.shape[0] == 32 and torch.isfinite(loss)
@@ -116,7 +116,7 @@ def test_cascade_batch_pairs_saved_images_with_their_clean_twins(source):
 
 
 def test_cascade_training_runs_end_to_end(source, tmp_path):
-    root, run, data, path = source
+    root, _run, _data, path = source
     cfg = load_config(None, BASE + [
         f"init_from={root / 'source'}", "adversarial.mode=append", "adversarial.k=8",
         "adversarial.distance=pivot", "adversarial.max_e=8",
@@ -127,17 +127,17 @@ def test_cascade_training_runs_end_to_end(source, tmp_path):
 
 
 def test_ensemble_training_with_static_source(source, tmp_path):
-    root, run, data, path = source
+    root, _run, _data, _path = source
     cfg = load_config(None, BASE + [
         "adversarial.mode=replace", "adversarial.k=8",
-        f"adversarial.sources=[{{kind: static, count: 8, method: step_fgsm, "
-        f"paths: [{root / 'source'}]}}]",
+        (f"adversarial.sources=[{{kind: static, count: 8, method: step_fgsm, "
+        f"paths: [{root / 'source'}]}}]"),
     ])
     assert np.isfinite(train(cfg, tmp_path / "ens", progress=False).final_loss)
 
 
 def test_bad_cascade_sources_fail_before_training(source, tmp_path):
-    root, run, data, path = source
+    _root, _run, _data, path = source
     # a set made for another image shape (here: another dataset name in its meta)
     other = tmp_path / "other"
     import shutil
@@ -163,7 +163,7 @@ def test_bad_cascade_sources_fail_before_training(source, tmp_path):
 
 
 def test_empty_saved_set_is_refused(source, tmp_path):
-    root, run, data, path = source
+    _root, run, data, path = source
     with pytest.raises(CascadeAdvError, match="empty"):
         craft_adversarial_set(run.model, data.subset(torch.arange(0)), tmp_path / "none",
                               "iter_fgsm", [2], progress=False)

@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def cli(*args, cwd=None, env=None):
     """Run ``cascade-adv`` in a fresh interpreter, as a user would."""
     full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
-    return subprocess.run([sys.executable, "-m", "cascade_adv.cli.main", *args], cwd=cwd,
+    return subprocess.run([sys.executable, "-m", "cascade_adv.cli.main", *args], check=False, cwd=cwd,
                           env=full_env, capture_output=True, text=True, timeout=600)
 
 

@@ -11,7 +11,6 @@ from cascade_adv.errors import CascadeAdvError
 from cascade_adv.evaluation import count_correct, evaluate_whitebox, prepare_images
 from cascade_adv.models import build_model
 
-
 # --- a model with hand-set logits ------------------------------------------------------
 
 #: Clean logits of four examples over 7 classes, and their labels.

@@ -24,7 +24,6 @@ from cascade_adv.models import (
     weights_hash,
 )
 
-
 TINY = {"depth": 8, "in_channels": 1, "input_size": 8}
 
 

@@ -10,6 +10,6 @@ Sub-packages (each importable on its own): ``data``, ``models``, ``attacks``,
 
 __version__ = "0.1.0"
 
-from cascade_adv.errors import CascadeAdvError  # noqa: E402
+from cascade_adv.errors import CascadeAdvError
 
 __all__ = ["CascadeAdvError", "__version__"]

@@ -18,7 +18,7 @@ Conventions (K17 section 2.1, N18 section 2 and footnote 3):
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 import torch.nn.functional as F

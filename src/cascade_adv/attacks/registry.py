@@ -11,8 +11,8 @@ maps the names used by every command and config to them.
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import nn
@@ -74,7 +74,7 @@ def run(name: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor | None = N
     unknown = set(options) - set(spec.options)
     if unknown:
         raise AttackError(
-            f"attack {name!r} has no option {sorted(unknown)[0]!r}; "
+            f"attack {name!r} has no option {min(unknown)!r}; "
             f"its options are: {', '.join(spec.options) or 'none'}"
         )
     core.check_images(x, y)

@@ -105,8 +105,7 @@ def _load_for_eval(
 ):
     """Model, its name and hash, and the evaluation split it was trained for."""
     from cascade_adv.data import load_dataset
-    from cascade_adv.models import load_model, weights_hash
-    from cascade_adv.models import resolve_weights
+    from cascade_adv.models import load_model, resolve_weights, weights_hash
     from cascade_adv.training import resolve_device
 
     weights = resolve_weights(checkpoint)

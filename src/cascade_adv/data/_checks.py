@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import functools
+import gzip
 import os
+import zlib
 from pathlib import Path
 
 from cascade_adv.errors import DatasetError
@@ -39,3 +41,17 @@ def check_file_md5(path: Path, expected: str, what: str, fix: str) -> None:
 def one_line(text: object) -> str:
     """``str(text)`` with all whitespace runs (newlines included) collapsed to one space."""
     return " ".join(str(text).split())
+
+
+def read_maybe_gzip(path: Path, what: str, fix: str) -> bytes:
+    """The bytes of ``path``, gunzipped when its name ends in ``.gz``; a truncated or
+    unreadable file raises :class:`DatasetError` naming it and ``fix``."""
+    try:
+        if path.suffix == ".gz":
+            with gzip.open(path, "rb") as fh:
+                return fh.read()
+        return path.read_bytes()
+    except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
+        raise DatasetError(f"gzip file {path} is truncated or corrupt ({one_line(exc)}); {fix}") from exc
+    except OSError as exc:
+        raise DatasetError(f"cannot read {what} file {path} ({one_line(exc)}); {fix}") from exc

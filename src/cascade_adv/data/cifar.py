@@ -13,17 +13,15 @@ pickle is refused, since unpickling runs arbitrary code.
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import pickle
-import zlib
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from cascade_adv.data import sources
-from cascade_adv.data._checks import check_file_md5, one_line
+from cascade_adv.data._checks import check_file_md5, one_line, read_maybe_gzip
 from cascade_adv.data.dataset import ImageDataset
 from cascade_adv.data.download import download_file, extract_cifar10_bin, resolve_mirrors
 from cascade_adv.errors import DatasetError
@@ -58,20 +56,7 @@ def _bin_path(folder: Path, batch: str) -> Path | None:
 
 def _read_bin_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """Read one (optionally gzipped) ``.bin`` batch, checking its content md5."""
-    try:
-        if path.suffix == ".gz":
-            with gzip.open(path, "rb") as fh:
-                data = fh.read()
-        else:
-            data = path.read_bytes()
-    except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
-        raise DatasetError(
-            f"gzip file {path} is truncated or corrupt ({one_line(exc)}); {_REFETCH}"
-        ) from exc
-    except OSError as exc:
-        raise DatasetError(
-            f"cannot read CIFAR-10 file {path} ({one_line(exc)}); {_REFETCH}"
-        ) from exc
+    data = read_maybe_gzip(path, "CIFAR-10", _REFETCH)
     bin_name = path.name.removesuffix(".gz")
     expected = sources.CIFAR10_BIN_MD5.get(bin_name)
     if expected is None:

@@ -9,17 +9,15 @@ md5 of the published files' decompressed content (:mod:`cascade_adv.data.sources
 
 from __future__ import annotations
 
-import gzip
 import math
 import struct
-import zlib
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from cascade_adv.data import sources
-from cascade_adv.data._checks import check_file_md5, one_line
+from cascade_adv.data._checks import check_file_md5, read_maybe_gzip
 from cascade_adv.data.dataset import ImageDataset
 from cascade_adv.data.download import download_file, resolve_mirrors
 from cascade_adv.errors import DatasetError
@@ -69,18 +67,7 @@ def parse_idx(
 def read_idx(path: str | Path, expected_magic: int | None = None) -> np.ndarray:
     """Read an IDX file, gunzipping it when its name ends in ``.gz`` (no md5 check)."""
     path = Path(path)
-    try:
-        if path.suffix == ".gz":
-            with gzip.open(path, "rb") as fh:
-                data = fh.read()
-        else:
-            data = path.read_bytes()
-    except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
-        raise DatasetError(
-            f"gzip file {path} is truncated or corrupt ({one_line(exc)}); {_REFETCH}"
-        ) from exc
-    except OSError as exc:
-        raise DatasetError(f"cannot read IDX file {path} ({one_line(exc)}); {_REFETCH}") from exc
+    data = read_maybe_gzip(path, "IDX", _REFETCH)
     return parse_idx(data, str(path), expected_magic)
 
 

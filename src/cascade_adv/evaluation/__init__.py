@@ -16,8 +16,8 @@ from cascade_adv.evaluation.whitebox import count_correct, evaluate_whitebox, pr
 from cascade_adv.reporting.tables import ResultTable
 
 __all__ = [
-    "AdversarialSet",
     "SCHEMA_VERSION",
+    "AdversarialSet",
     "ResultTable",
     "ResultsStore",
     "count_correct",

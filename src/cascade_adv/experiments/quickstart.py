@@ -68,8 +68,8 @@ def _configs(out: Path) -> dict[str, list[str]]:
             "name=pivot", pre, "adversarial.mode=append", "adversarial.distance=pivot"],
         "pivot_cascade": COMMON + SCHEDULE + ADVERSARIAL + [
             "name=pivot_cascade", pre, "adversarial.mode=append", "adversarial.distance=pivot",
-            f"adversarial.sources=[{{kind: current, count: 32, method: step_ll}}, "
-            f"{{kind: saved, count: 32, paths: ['{out / 'saved_pivot_iter_fgsm_train'}']}}]"],
+            (f"adversarial.sources=[{{kind: current, count: 32, method: step_ll}}, "
+            f"{{kind: saved, count: 32, paths: ['{out / 'saved_pivot_iter_fgsm_train'}']}}]")],
     }
 
 

@@ -15,10 +15,10 @@ from cascade_adv.models.serialize import (
 
 __all__ = [
     "ACTIVATIONS",
+    "WEIGHTS_FILE",
     "ModelConfig",
     "ReluDecay",
     "ResNet",
-    "WEIGHTS_FILE",
     "build_model",
     "load_model",
     "read_model_config",

@@ -17,8 +17,8 @@ similarity loss compares is the layer right before the softmax, i.e. the logits.
 from __future__ import annotations
 
 import torch
-from torch import nn
 import torch.nn.functional as F
+from torch import nn
 
 from cascade_adv.models.config import ModelConfig
 

@@ -12,9 +12,8 @@ import os
 from pathlib import Path
 
 import torch
-
-from safetensors.torch import load_file, save_file
 from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save_file
 
 from cascade_adv.errors import CheckpointError
 from cascade_adv.io import atomic_path

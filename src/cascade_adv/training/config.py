@@ -6,6 +6,7 @@ lists the valid choices (see :func:`load_config`).
 
 from __future__ import annotations
 
+import itertools
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -135,9 +136,9 @@ class TrainConfig(_Strict):
     adversarial: AdversarialSection = AdversarialSection()
 
     @model_validator(mode="after")
-    def _consistent(self) -> "TrainConfig":
+    def _consistent(self) -> TrainConfig:
         ms = self.optim.lr_milestones
-        if any(b <= a for a, b in zip(ms, ms[1:])):
+        if any(b <= a for a, b in itertools.pairwise(ms)):
             raise ValueError(f"optim.lr_milestones must be increasing, got {ms}")
         adv, m = self.adversarial, self.optim.batch_size
         if adv.mode == "none":
