@@ -204,7 +204,7 @@ def test_large_lambda2_divergence_names_lambda2(tmp_path):
 
 def test_multi_source_cascade_draws_from_every_saved_set(source, tmp_path):
     """Several saved sets in one source mix uniformly over all their images."""
-    root, run, data, path = source
+    _root, run, data, path = source
     second = craft_adversarial_set(run.model, data, tmp_path / "second", "step_fgsm", [16],
                                    prepare=lambda x: prepare_images(run.model, x),
                                    source_name="other", progress=False)
@@ -218,7 +218,7 @@ def test_multi_source_cascade_draws_from_every_saved_set(source, tmp_path):
     objective = AdversarialObjective(cfg, train_set, model_config_for(cfg, train_set),
                                      torch.device("cpu"))
     saved = objective.saved[0]
-    images, labels, eps, index = saved.sample(4000, torch.Generator().manual_seed(0))
+    _images, labels, eps, index = saved.sample(4000, torch.Generator().manual_seed(0))
     # set 1 holds 120 images (eps 2, 4, 8), set 2 holds 40 (eps 16): a 3:1 mix
     assert set(eps.tolist()) == {2.0, 4.0, 8.0, 16.0}
     assert (eps == 16).float().mean().item() == pytest.approx(0.25, abs=0.03)

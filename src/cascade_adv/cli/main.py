@@ -214,23 +214,8 @@ def _apply(options):
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None)
 @click.option("--name", default=None, help="Model name in tables (default: run folder name).")
 @click.option("--seed", type=int, default=0, show_default=True)
-def evaluate(
-    checkpoint,
-    dataset,
-    data_root,
-    split,
-    limit,
-    batch_size,
-    device,
-    quiet,
-    attack_names,
-    eps_list,
-    results,
-    csv_path,
-    json_path,
-    name,
-    seed,
-):
+def evaluate(attack_names, eps_list, results, csv_path, json_path, name, seed, batch_size,
+             quiet, **model_data):
     """White-box accuracy (top-1, top-5) of one model under attacks x epsilons."""
     from cascade_adv import attacks
     from cascade_adv.evaluation import ResultsStore, evaluate_whitebox
@@ -240,9 +225,7 @@ def evaluate(
     for a in names:
         attacks.get(a)
     attacks.validate_eps(eps)
-    model, label, digest, data = _load_for_eval(
-        checkpoint, dataset, data_root, split, device, limit
-    )
+    model, label, digest, data = _load_for_eval(**model_data)
     table = evaluate_whitebox(
         model,
         data,
@@ -264,29 +247,14 @@ def evaluate(
         table.to_json(json_path)
 
 
-def _write_set(
-    checkpoint,
-    dataset,
-    data_root,
-    split,
-    limit,
-    batch_size,
-    device,
-    quiet,
-    attack_name,
-    eps_list,
-    out,
-    seed,
-):
+def _write_set(attack_name, eps_list, out, seed, batch_size, quiet, **model_data):
     """Shared body of ``attack`` and ``craft``: attack a split, save the set."""
     from cascade_adv import attacks
     from cascade_adv.evaluation import craft_adversarial_set, prepare_images
 
     attacks.get(attack_name)
     eps = attacks.validate_eps(_csv_list(eps_list, float))
-    model, label, digest, data = _load_for_eval(
-        checkpoint, dataset, data_root, split, device, limit
-    )
+    model, label, digest, data = _load_for_eval(**model_data)
     path = craft_adversarial_set(
         model,
         data,
@@ -301,7 +269,7 @@ def _write_set(
         progress=not quiet,
     )
     click.echo(
-        f"wrote {len(data) * len(eps)} {attack_name} images of {data.name}/{split} "
+        f"wrote {len(data) * len(eps)} {attack_name} images of {data.name}/{data.split} "
         f"(eps {', '.join(f'{e:g}' for e in eps)}) from {label} to {path}"
     )
 
