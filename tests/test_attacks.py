@@ -80,6 +80,20 @@ class Counting(nn.Module):
         return self.inner(x)
 
 
+def spy_labels(monkeypatch) -> list[torch.Tensor]:
+    """Record the labels each input-gradient pass of an attack really used."""
+    used: list[torch.Tensor] = []
+    original = core.input_gradient
+
+    def spy(*args, **kwargs):
+        grad, labels = original(*args, **kwargs)
+        used.append(labels.clone())
+        return grad, labels
+
+    monkeypatch.setattr(core, "input_gradient", spy)
+    return used
+
+
 def tiny_resnet(seed=0) -> nn.Module:
     """ResNet-8 on 1x8x8 with non-trivial BatchNorm running statistics."""
     torch.manual_seed(seed)
@@ -306,15 +320,7 @@ def test_step_ll_targets_clean_least_likely_class_and_lowers_its_loss(monkeypatc
     y = torch.randint(0, NUM_CLASSES, (8,), generator=g)
     y_ll = torch.from_numpy(np_logits(model, x).argmin(axis=1))
 
-    used = []
-    original = core.input_gradient
-
-    def spy(*args, **kwargs):
-        grad, labels = original(*args, **kwargs)
-        used.append(labels.clone())
-        return grad, labels
-
-    monkeypatch.setattr(core, "input_gradient", spy)
+    used = spy_labels(monkeypatch)
     x_adv = attacks.run("step_ll", model, x, y, eps=1)
     assert len(used) == 1 and torch.equal(used[0], y_ll)
     with torch.no_grad():
@@ -472,15 +478,7 @@ def test_one_step_attacks_equal_hand_computation(eps, monkeypatch):
     assert torch.equal(attacks.run("step_ll", model, x, y, eps=eps), expected(-np.sign(g_ll)))
 
     # step_rnd: - sign(grad J(X, y_rnd)) for the random target it drew
-    targets = []
-    original = core.input_gradient
-
-    def spy(*args, **kwargs):
-        grad, labels = original(*args, **kwargs)
-        targets.append(labels.clone())
-        return grad, labels
-
-    monkeypatch.setattr(core, "input_gradient", spy)
+    targets = spy_labels(monkeypatch)
     x_rnd = attacks.run(
         "step_rnd", model, x, y, eps=eps, generator=torch.Generator().manual_seed(0)
     )
@@ -495,15 +493,7 @@ def test_step_rnd_targets_every_other_class_uniformly_never_the_true_one(monkeyp
     g = torch.Generator().manual_seed(0)
     x = torch.rand(n, 1, 8, 8, generator=g)
     y = torch.arange(n) % NUM_CLASSES
-    targets = []
-    original = core.input_gradient
-
-    def spy(*args, **kwargs):
-        grad, labels = original(*args, **kwargs)
-        targets.append(labels.clone())
-        return grad, labels
-
-    monkeypatch.setattr(core, "input_gradient", spy)
+    targets = spy_labels(monkeypatch)
     a = attacks.run("step_rnd", model, x, y, eps=4, generator=torch.Generator().manual_seed(7))
     b = attacks.run("step_rnd", model, x, y, eps=4, generator=torch.Generator().manual_seed(7))
     assert torch.equal(a, b) and torch.equal(targets[0], targets[1])  # seeded

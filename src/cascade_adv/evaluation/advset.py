@@ -103,13 +103,14 @@ def craft_adversarial_set(
     row = 0
     for start in range(0, n, batch_size):
         xb = prepare(dataset.images[start:start + batch_size].to(device))
-        yb = dataset.labels[start:start + batch_size].to(device)
+        y_host = dataset.labels[start:start + batch_size].cpu()
+        yb = y_host.to(device)
+        m = xb.shape[0]
         for e in eps:
             adv = attacks.run(attack, model, xb, yb, eps=e, generator=generator,
                               **(attack_options or {}))
-            m = xb.shape[0]
             images[row:row + m] = to_uint8(adv).cpu().numpy()
-            labels[row:row + m] = yb.cpu().numpy()
+            labels[row:row + m] = y_host.numpy()
             eps_arr[row:row + m] = e
             index[row:row + m] = np.arange(start, start + m)
             row += m

@@ -59,12 +59,14 @@ def evaluate_transfer(
             n_classes = logits.shape[1]
             labels = labels.to(device)
             for e in eps_values:
-                mask = (eps == e).to(device)
-                if not bool(mask.any()):
+                mask = eps == e  # on the host: no device sync to test or count it
+                n = int(mask.sum())
+                if n == 0:
                     continue
+                mask = mask.to(device)
                 hits = count_correct(logits[mask], labels[mask], topk)
                 counts[e] = hits if counts[e] is None else counts[e] + hits
-                totals[e] += int(mask.sum())
+                totals[e] += n
     rows_out = []
     for e in eps_values:
         for k, hits in zip(topk, counts[e].tolist()):

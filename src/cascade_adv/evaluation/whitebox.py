@@ -235,8 +235,11 @@ def evaluate_whitebox(
                 xs = x.repeat(g, 1, 1, 1) if g > 1 else x  # [g * b, ...], epsilon-major
                 ys = yb.repeat(g) if g > 1 else yb
                 eps_t = torch.tensor(group, dtype=torch.float64).repeat_interleave(b)
-                x_adv = attack_registry.run(name, model, xs, ys, eps=eps_t,
-                                            generator=generators[name], **opts.get(name, {}))
+                # names, epsilons, options and images were validated up front, so the
+                # attack runs without attacks.run's per-call checks (device syncs)
+                x_adv = attack_registry.get(name).fn(model, xs, ys, eps_t,
+                                                     generator=generators[name],
+                                                     **opts.get(name, {}))
                 with attack_registry.inference_mode(model), torch.no_grad():
                     logits = model(x_adv)
                 adv_counts[name][first:first + g] += count_correct(logits, ys.view(g, b), ks)
