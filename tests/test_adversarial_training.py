@@ -79,6 +79,20 @@ def test_pivot_detaches_clean_embedding_and_bidirectional_does_not():
         assert torch.count_nonzero(g[4:]) == 0
 
 
+def test_distance_on_another_embedding_layer():
+    """adversarial.embedding=features: CE on the logits, the distance on the features."""
+    feats = torch.tensor([[1.0, 2.0], [0.0, 1.0], [1.0, 0.0], [2.0, 2.0], [5.0, 5.0], [9.0, 9.0]])
+    got = unified_loss(LOGITS, LABELS, 2, lam=0.3, lam2=0.5, distance="pivot", embeddings=feats)
+    ce = unified_loss(LOGITS, LABELS, 2, lam=0.3, distance=None)
+    # 0.5 * (|(1,2) - (1,0)|^2 + |(0,1) - (2,2)|^2) = 0.5 * (4 + 5)
+    assert (got - ce).item() == pytest.approx(0.5 * 0.5 * 9.0)
+    cfg = load_config(None, ["adversarial.mode=append", "adversarial.distance=pivot",
+                             "adversarial.embedding=features"])
+    assert cfg.adversarial.embedding == "features"
+    with pytest.raises(ConfigError, match="embedding"):
+        load_config(None, ["adversarial.embedding=pool5"])
+
+
 def test_append_needs_k_at_most_half():
     with pytest.raises(ValueError, match="2k"):
         unified_loss(LOGITS, LABELS, k=4, distance="pivot")

@@ -95,3 +95,40 @@ def test_closed_store_and_bad_rows() -> None:
     store.close()
     with pytest.raises(CascadeAdvError, match="closed"):
         store.query()
+
+
+def test_version1_store_is_upgraded_in_place(tmp_path: Path) -> None:
+    path = tmp_path / "old.sqlite"
+    con = sqlite3.connect(path)
+    con.execute(
+        "CREATE TABLE results (model TEXT NOT NULL, model_hash TEXT NOT NULL DEFAULT '', "
+        "dataset TEXT NOT NULL, split TEXT NOT NULL, attack TEXT NOT NULL, eps REAL NOT NULL, "
+        "source TEXT NOT NULL, metric TEXT NOT NULL, value REAL NOT NULL, n INTEGER NOT NULL, "
+        "created TEXT NOT NULL, UNIQUE (model, dataset, split, attack, eps, source, metric))"
+    )
+    con.execute("INSERT INTO results VALUES ('m', '', 'mnist', 'test', 'clean', 0, 'whitebox', "
+                "'top1', 99.0, 10, 'then')")
+    con.execute("PRAGMA user_version = 1")
+    con.commit()
+    con.close()
+    with ResultsStore(path) as store:
+        assert store.schema_version == SCHEMA_VERSION == 2
+        assert store.query().rows[0]["value"] == 99.0  # old rows kept
+        store.register_model("m", init="seed:0")
+        assert [m.name for m in store.models()] == ["m"]
+
+
+def test_models_registry_and_same_init(tmp_path: Path) -> None:
+    with ResultsStore(tmp_path / "r.sqlite") as store:
+        store.register_model("B1", model_hash="h1", dataset="mnist", init="weights:aa")
+        store.register_model("K1", init="weights:aa", experiment="bb", params={"lam2": 0})
+        store.register_model("B2", init="weights:bb")
+        store.register_model("X", init="")
+        store.register_model("K1", init="weights:aa", experiment="bb", params={"lam2": 1e-4})
+        assert store.same_init("B1", "K1")
+        assert not store.same_init("B1", "B2")
+        assert not store.same_init("X", "X")  # unknown init never counts as shared
+        assert not store.same_init("B1", "unregistered")
+        (k1,) = store.models(experiment="bb")
+        assert k1.params == {"lam2": 1e-4} and k1.init == "weights:aa"
+        assert [m.name for m in store.models()] == ["B1", "K1", "B2", "X"]

@@ -366,6 +366,10 @@ def list_attacks():
         click.echo(f"{n:15s} {spec.kind:9s} {spec.description}{opts}")
 
 
+# The research commands (transfer, analyze, report) live in their own module.
+from cascade_adv.cli import research  # noqa: F401
+
+
 def main(argv: list[str] | None = None) -> None:
     try:
         cli.main(args=argv, prog_name="cascade-adv", standalone_mode=False)
@@ -386,4 +390,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    # run the canonical module's main: the research commands register on its ``cli``
+    from cascade_adv.cli.main import main as _main
+
+    _main()

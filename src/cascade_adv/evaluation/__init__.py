@@ -1,4 +1,5 @@
-"""Evaluation: white-box accuracy tables, saved adversarial sets and the SQLite results store.
+"""Evaluation: white-box tables, black-box transfer matrices, saved adversarial sets and the
+SQLite results store.
 
 >>> from cascade_adv.evaluation import evaluate_whitebox, ResultsStore
 >>> table = evaluate_whitebox(model, test_set, ["step_ll", "iter_fgsm"], [0, 2, 4, 8, 16])
@@ -10,20 +11,31 @@ from cascade_adv.evaluation.advset import (
     craft_adversarial_set,
     load_adversarial_set,
 )
-from cascade_adv.evaluation.blackbox import evaluate_transfer
-from cascade_adv.evaluation.store import SCHEMA_VERSION, ResultsStore
-from cascade_adv.evaluation.whitebox import count_correct, evaluate_whitebox, prepare_images
+from cascade_adv.evaluation.blackbox import check_pair, evaluate_transfer, rates_from_ranks
+from cascade_adv.evaluation.store import SCHEMA_VERSION, ModelInfo, ResultsStore
+from cascade_adv.evaluation.transfer import transfer_matrix
+from cascade_adv.evaluation.whitebox import (
+    count_correct,
+    evaluate_whitebox,
+    prepare_images,
+    true_class_rank,
+)
 from cascade_adv.reporting.tables import ResultTable
 
 __all__ = [
     "SCHEMA_VERSION",
     "AdversarialSet",
+    "ModelInfo",
     "ResultTable",
     "ResultsStore",
+    "check_pair",
     "count_correct",
     "craft_adversarial_set",
     "evaluate_transfer",
     "evaluate_whitebox",
     "load_adversarial_set",
     "prepare_images",
+    "rates_from_ranks",
+    "transfer_matrix",
+    "true_class_rank",
 ]

@@ -6,6 +6,12 @@ A set is a folder that loads without executing code::
     labels.npy   int64 [N]           true labels
     eps.npy      float32 [N]         epsilon of each image, pixel units
     index.npy    int64 [N]           index of the clean image in its split
+    source_clean_rank.npy, source_adv_rank.npy
+                 int16 [N]           rank of the true class in the source model's
+                                     logits on the clean and the adversarial image
+                                     (0 = top-1 correct): K17's transfer rate counts
+                                     only images the source gets right clean and
+                                     wrong adversarial
     meta.json    method, epsilons, dataset, split, image shape, source model and
                  its weights hash, sha256 of each .npy file
 
@@ -32,10 +38,13 @@ from tqdm.auto import tqdm
 from cascade_adv import attacks
 from cascade_adv.data import ImageDataset, to_float, to_uint8
 from cascade_adv.errors import CascadeAdvError
+from cascade_adv.evaluation.whitebox import true_class_rank
 from cascade_adv.io import atomic_write_text, file_sha256
 
 FORMAT = "cascade-adv/advset/1"
 ARRAYS = ("images", "labels", "eps", "index")
+#: Arrays written since the source ranks were added; older sets lack them.
+OPTIONAL_ARRAYS = ("source_clean_rank", "source_adv_rank")
 
 
 @dataclass
@@ -45,6 +54,8 @@ class AdversarialSet:
     eps: np.ndarray
     index: np.ndarray
     meta: dict
+    source_clean_rank: np.ndarray | None = None
+    source_adv_rank: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
@@ -98,6 +109,8 @@ def craft_adversarial_set(
     labels = np.empty(shape[0], np.int64)
     eps_arr = np.empty(shape[0], np.float32)
     index = np.empty(shape[0], np.int64)
+    clean_rank = np.empty(shape[0], np.int16)
+    adv_rank = np.empty(shape[0], np.int16)
     generator = torch.Generator(device).manual_seed(seed)
     bar = tqdm(total=shape[0], disable=not progress, desc=f"craft {attack}", unit="img")
     row = 0
@@ -106,10 +119,17 @@ def craft_adversarial_set(
         y_host = dataset.labels[start:start + batch_size].cpu()
         yb = y_host.to(device)
         m = xb.shape[0]
+        with attacks.inference_mode(model), torch.no_grad():
+            rank_clean = true_class_rank(model(xb), yb).cpu().numpy()
         for e in eps:
-            adv = attacks.run(attack, model, xb, yb, eps=e, generator=generator,
-                              **(attack_options or {}))
-            images[row:row + m] = to_uint8(adv).cpu().numpy()
+            adv = to_uint8(attacks.run(attack, model, xb, yb, eps=e, generator=generator,
+                                       **(attack_options or {})))
+            with attacks.inference_mode(model), torch.no_grad():
+                # the source's verdict on the saved (uint8) image, as a target would see it
+                rank_adv = true_class_rank(model(to_float(adv)), yb)
+            images[row:row + m] = adv.cpu().numpy()
+            clean_rank[row:row + m] = rank_clean
+            adv_rank[row:row + m] = rank_adv.cpu().numpy()
             labels[row:row + m] = y_host.numpy()
             eps_arr[row:row + m] = e
             index[row:row + m] = np.arange(start, start + m)
@@ -118,13 +138,14 @@ def craft_adversarial_set(
     bar.close()
     images.flush()
     del images
-    for name, arr in (("labels", labels), ("eps", eps_arr), ("index", index)):
+    for name, arr in (("labels", labels), ("eps", eps_arr), ("index", index),
+                      ("source_clean_rank", clean_rank), ("source_adv_rank", adv_rank)):
         np.save(tmp / f"{name}.npy", arr, allow_pickle=False)
     meta = {
         "format": FORMAT, "method": attack, "eps": eps, "dataset": dataset.name,
         "split": dataset.split, "image_shape": list(shape[1:]), "count": shape[0],
         "source": source_name, "source_hash": source_hash, "attack_options": attack_options or {},
-        "sha256": {f"{a}.npy": file_sha256(tmp / f"{a}.npy") for a in ARRAYS},
+        "sha256": {f"{a}.npy": file_sha256(tmp / f"{a}.npy") for a in ARRAYS + OPTIONAL_ARRAYS},
     }
     atomic_write_text(tmp / "meta.json", json.dumps(meta, indent=2) + "\n")
     if out.exists():
@@ -167,8 +188,14 @@ def load_adversarial_set(
     if image_shape is not None and list(meta["image_shape"]) != list(image_shape):
         raise CascadeAdvError(f"adversarial set {path} holds images of shape {meta['image_shape']}"
                               f", the model expects {list(image_shape)}; craft a matching set")
+    present = [a for a in ARRAYS + OPTIONAL_ARRAYS
+               if a in ARRAYS or f"{a}.npy" in meta["sha256"]]
+    for a in ARRAYS:
+        if f"{a}.npy" not in meta["sha256"]:
+            raise CascadeAdvError(f"adversarial set {path} lacks {a}.npy in meta.json; "
+                                  "re-create the set")
     arrays = {a: np.load(path / f"{a}.npy", mmap_mode="r" if a == "images" else None,
-                         allow_pickle=False) for a in ARRAYS}
+                         allow_pickle=False) for a in present}
     if meta["count"] == 0 or arrays["images"].shape[0] == 0:
         raise CascadeAdvError(f"adversarial set {path} is empty; craft it again from a non-empty split")
     return AdversarialSet(meta=meta, **arrays)

@@ -10,16 +10,25 @@ plus ``created`` (UTC ISO time of the write), with a UNIQUE key on
 ``(model, dataset, split, attack, eps, source, metric)``: evaluating the same
 thing again replaces its row instead of adding a duplicate.  Each
 :meth:`ResultsStore.upsert` is one transaction, so a crash never leaves half an
-evaluation behind; concurrent writers wait for each other (busy timeout).  The
-schema version lives in ``PRAGMA user_version``; a store written by a newer
-cascade-adv is refused rather than silently misread.
+evaluation behind; concurrent writers wait for each other (busy timeout).
+
+A second table, ``models``, keeps one record per model: weights hash, dataset,
+initialisation, experiment and its parameters (:meth:`ResultsStore.register_model`).
+Reports use it to mark black-box pairs that share their initialisation and to
+group the networks of a sweep or a multi-seed experiment.
+
+The schema version lives in ``PRAGMA user_version``; an older store is upgraded
+in place, a store written by a newer cascade-adv is refused rather than silently
+misread.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from types import TracebackType
@@ -31,8 +40,9 @@ from cascade_adv.reporting.tables import KEY_COLUMNS, ROW_KEYS, ResultTable, nor
 if TYPE_CHECKING:
     from typing_extensions import Self
 
-#: Version of the ``results`` schema written by this cascade-adv (``PRAGMA user_version``).
-SCHEMA_VERSION = 1
+#: Version of the schema written by this cascade-adv (``PRAGMA user_version``).
+#: 1: ``results``; 2: adds ``models`` (a version-1 store is upgraded in place on open).
+SCHEMA_VERSION = 2
 
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 
@@ -53,12 +63,36 @@ CREATE TABLE results (
 )
 """
 
+_MODELS_SCHEMA = """
+CREATE TABLE models (
+    name       TEXT NOT NULL PRIMARY KEY,
+    model_hash TEXT NOT NULL DEFAULT '',
+    dataset    TEXT NOT NULL DEFAULT '',
+    init       TEXT NOT NULL DEFAULT '',
+    experiment TEXT NOT NULL DEFAULT '',
+    params     TEXT NOT NULL DEFAULT '{}',
+    created    TEXT NOT NULL
+)
+"""
+
 _COLUMNS = ROW_KEYS + ("created",)
 _UPSERT = (
     f"INSERT INTO results ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))}) "
     f"ON CONFLICT ({', '.join(KEY_COLUMNS)}) DO UPDATE SET "
     + ", ".join(f"{c} = excluded.{c}" for c in _COLUMNS if c not in KEY_COLUMNS)
 )
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """A model's record in the store (see :meth:`ResultsStore.register_model`)."""
+
+    name: str
+    model_hash: str
+    dataset: str
+    init: str
+    experiment: str
+    params: dict = field(default_factory=dict)
 
 
 def _utc_now() -> str:
@@ -128,7 +162,9 @@ class ResultsStore:
                         f"(it has tables {', '.join(tables)}); give another --results path"
                     )
                 conn.execute(_SCHEMA)
-                conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            if version < 2:
+                conn.execute(_MODELS_SCHEMA)
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
@@ -162,6 +198,46 @@ class ResultsStore:
             conn.execute("ROLLBACK")
             raise
         return len(values)
+
+    def register_model(self, name: str, *, model_hash: str = "", dataset: str = "",
+                       init: str = "", experiment: str = "",
+                       params: Mapping[str, Any] | None = None) -> None:
+        """Record (or replace) what is known about model ``name``: its weights hash,
+        dataset, initialisation (see :func:`cascade_adv.models.read_model_init`), the
+        experiment it belongs to and that experiment's parameters (JSON-serialisable)."""
+        try:
+            params_json = json.dumps(dict(params or {}), sort_keys=True)
+        except TypeError as exc:
+            raise CascadeAdvError(f"parameters of model {name!r} are not JSON: {exc}") from None
+        conn = self._connection
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.execute(
+                "INSERT INTO models (name, model_hash, dataset, init, experiment, params, created)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET"
+                " model_hash = excluded.model_hash, dataset = excluded.dataset,"
+                " init = excluded.init, experiment = excluded.experiment,"
+                " params = excluded.params, created = excluded.created",
+                (str(name), model_hash, dataset, init, experiment, params_json, _utc_now()),
+            )
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    def models(self, experiment: str | None = None) -> list[ModelInfo]:
+        """The registered models (of one ``experiment`` if given), in registration order."""
+        sql = "SELECT name, model_hash, dataset, init, experiment, params FROM models"
+        args: tuple = ()
+        if experiment is not None:
+            sql, args = sql + " WHERE experiment = ?", (experiment,)
+        rows = self._connection.execute(sql + " ORDER BY rowid", args).fetchall()
+        return [ModelInfo(*r[:5], params=json.loads(r[5])) for r in rows]
+
+    def same_init(self, a: str, b: str) -> bool:
+        """True when models ``a`` and ``b`` are registered with the same, known init."""
+        info = {m.name: m.init for m in self.models()}
+        return bool(info.get(a)) and info.get(a) == info.get(b)
 
     def delete(self, **filters: Any) -> int:
         """Delete the rows matching ``filters`` (see :meth:`query`); returns the count."""

@@ -119,6 +119,14 @@ def _model_device(model: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
+def true_class_rank(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """How many classes score strictly above the true one (``int64 [N]``): the example
+    is top-k correct when its rank is below k.  Storing ranks instead of hits keeps
+    every k available (K17 reports top-1 and top-5 transfer rates)."""
+    true = logits.gather(1, labels.view(-1, 1))
+    return (logits > true).sum(dim=1)
+
+
 def count_correct(logits: torch.Tensor, labels: torch.Tensor, ks: Sequence[int]) -> torch.Tensor:
     """Number of examples whose label is among the top-k logits, for each k: ``int64 [len(ks)]``.
 

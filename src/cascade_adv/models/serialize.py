@@ -30,24 +30,45 @@ def build_model(cfg: ModelConfig | dict) -> ResNet:
     return ResNet(cfg)
 
 
-def save_model(model: ResNet, path: str | os.PathLike) -> None:
-    """Write ``model``'s weights and config to ``path`` (a .safetensors file), atomically."""
+def save_model(model: ResNet, path: str | os.PathLike, *, init: str = "") -> None:
+    """Write ``model``'s weights and config to ``path`` (a .safetensors file), atomically.
+
+    ``init`` records where the weights started (see :func:`read_model_init`).
+    """
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     meta = {"format": "cascade-adv/model/1", "config": model.config.model_dump_json()}
+    if init:
+        meta["init"] = init
     with atomic_path(path) as tmp:
         save_file(state, str(tmp), metadata=meta)
+
+
+def _read_metadata(path: Path) -> dict[str, str]:
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            return fh.metadata() or {}
+    except (SafetensorError, OSError) as exc:
+        raise CheckpointError(
+            f"{path} is not a readable safetensors file ({exc}); pass a checkpoint written by cascade-adv"
+        ) from None
+
+
+def read_model_init(path: str | os.PathLike) -> str:
+    """Where a model's training started: the weights hash of the run it was initialised
+    from (``init_from``, e.g. a shared pre-trained start), or ``seed:N`` for a model
+    trained from a random initialisation with seed N; ``""`` when unknown.
+
+    Two models share their initialisation when these are equal and not empty: the
+    case that N18 tables 4 and 8 keep apart ("Models with the same number in their
+    name share the same initialization").
+    """
+    return _read_metadata(resolve_weights(path)).get("init", "")
 
 
 def read_model_config(path: str | os.PathLike) -> ModelConfig:
     """The model config stored in a weights file."""
     path = resolve_weights(path)
-    try:
-        with safe_open(str(path), framework="pt") as fh:
-            meta = fh.metadata() or {}
-    except (SafetensorError, OSError) as exc:
-        raise CheckpointError(
-            f"{path} is not a readable safetensors file ({exc}); pass a checkpoint written by cascade-adv"
-        ) from None
+    meta = _read_metadata(path)
     if "config" not in meta:
         raise CheckpointError(f"{path} holds no model config; pass a checkpoint written by cascade-adv")
     try:

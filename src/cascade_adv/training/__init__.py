@@ -9,6 +9,7 @@ from cascade_adv.training.config import TrainConfig, dump_config, load_config
 from cascade_adv.training.loop import (
     TrainResult,
     clean_objective,
+    init_id,
     learning_rate,
     model_config_for,
     resolve_device,
@@ -20,6 +21,7 @@ __all__ = [
     "TrainResult",
     "clean_objective",
     "dump_config",
+    "init_id",
     "latest_checkpoint",
     "learning_rate",
     "load_config",

@@ -184,9 +184,14 @@ class AdversarialObjective:
             row += src.count
         x_adv = torch.cat(adv_images)
         batch_x, batch_y = compose_batch(adv.mode, x, y, x_adv, y[:k])
-        logits = model(batch_x)
         distance = adv.distance if adv.mode == "append" else None
-        loss = unified_loss(logits, batch_y, k, adv.lam, adv.lam2, distance, adv.norm)
+        if distance is not None and adv.embedding == "features":
+            embeddings = model.features(batch_x)
+            logits = model.fc(embeddings)
+        else:
+            embeddings, logits = None, model(batch_x)
+        loss = unified_loss(logits, batch_y, k, adv.lam, adv.lam2, distance, adv.norm,
+                            embeddings)
         return loss, logits, batch_y
 
     def divergence_hint(self) -> str:

@@ -33,7 +33,7 @@ CHECKPOINTS = "checkpoints"
 
 
 def save_checkpoint(run_dir: str | os.PathLike, model: nn.Module, optimizer: torch.optim.Optimizer,
-                    iteration: int, keep: int = 2) -> Path:
+                    iteration: int, keep: int = 2, init: str = "") -> Path:
     """Write checkpoint ``ckpt-{iteration}`` and point ``latest`` at it."""
     root = Path(run_dir) / CHECKPOINTS
     root.mkdir(parents=True, exist_ok=True)
@@ -42,7 +42,7 @@ def save_checkpoint(run_dir: str | os.PathLike, model: nn.Module, optimizer: tor
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
-    save_model(model, tmp / WEIGHTS_FILE)
+    save_model(model, tmp / WEIGHTS_FILE, init=init)
     with atomic_path(tmp / STATE_FILE) as path:
         torch.save({"iteration": iteration, "optimizer": optimizer.state_dict()}, path)
     final = root / name

@@ -110,6 +110,7 @@ class AdversarialSection(_Strict):
     lam2: float = Field(1e-4, ge=0)
     distance: Literal["pivot", "bidirectional"] | None = None
     norm: Literal["l2", "l1"] = "l2"
+    embedding: Literal["logits", "features"] = "logits"
     method: str = "step_ll"
     max_e: float = Field(16.0, gt=0, le=255)
     eps_sampler: Literal["n18", "k17", "fixed", "uniform"] = "n18"

@@ -11,6 +11,7 @@ weights (bit for bit on CPU).
 from __future__ import annotations
 
 import bisect
+import hashlib
 import json
 import math
 import time
@@ -26,7 +27,14 @@ from tqdm.auto import tqdm
 from cascade_adv.data import ImageDataset, load_dataset, per_pixel_mean, random_crop_flip, to_float
 from cascade_adv.errors import CheckpointError, ConfigError, TrainingDiverged
 from cascade_adv.io import atomic_write_text
-from cascade_adv.models import ModelConfig, ResNet, build_model, load_model, save_model
+from cascade_adv.models import (
+    ModelConfig,
+    ResNet,
+    build_model,
+    load_model,
+    save_model,
+    weights_hash,
+)
 from cascade_adv.models.serialize import WEIGHTS_FILE
 from cascade_adv.training.adversarial import AdversarialObjective
 from cascade_adv.training.checkpoint import latest_checkpoint, read_state, save_checkpoint
@@ -55,6 +63,16 @@ def model_config_for(cfg: TrainConfig, train_set: ImageDataset) -> ModelConfig:
         input_size=cfg.data.crop_size or h, num_classes=train_set.num_classes,
         normalize=normalize, dataset=cfg.data.dataset,
     )
+
+
+def init_id(init_from: str | Path | None, seed: int, model_cfg: ModelConfig) -> str:
+    """Where a run's weights start, saved with every checkpoint: ``weights:HASH`` of the
+    ``init_from`` model, or ``seed:N:ARCH`` for a random initialisation.  Black-box
+    pairs that share it are the "same initialization" case of N18 appendix B."""
+    if init_from is not None:
+        return f"weights:{weights_hash(init_from)}"
+    arch = hashlib.sha256(model_cfg.model_dump_json().encode()).hexdigest()[:8]
+    return f"seed:{seed}:{arch}"
 
 
 def learning_rate(cfg: TrainConfig, iteration: int) -> float:
@@ -191,6 +209,7 @@ def train(
             if model_cfg.normalize == "per_pixel_mean":
                 model.set_mean_image(per_pixel_mean(train_set.images))
         state, start = None, 0
+    init = init_id(init_from, cfg.seed, model_cfg)
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.optim.lr, momentum=cfg.optim.momentum,
                                 weight_decay=cfg.optim.weight_decay)
     if state is not None:
@@ -229,10 +248,11 @@ def train(
                            "seconds": round(time.perf_counter() - t0, 3)})
             bar.set_postfix(loss=f"{loss_value:.4f}", acc=f"{acc:.1f}", lr=f"{lr:g}")
         if done % cfg.checkpoint.every == 0 or done == total:
-            save_checkpoint(run_dir, model, optimizer, done, keep=cfg.checkpoint.keep)
+            save_checkpoint(run_dir, model, optimizer, done, keep=cfg.checkpoint.keep,
+                            init=init)
         if on_step is not None:
             on_step(done, loss_value)
     bar.close()
-    save_model(model, run_dir / "final" / WEIGHTS_FILE)
+    save_model(model, run_dir / "final" / WEIGHTS_FILE, init=init)
     model.eval()
     return TrainResult(run_dir, model, total, loss_value, time.perf_counter() - t0, start)

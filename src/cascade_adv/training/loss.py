@@ -38,6 +38,7 @@ def unified_loss(
     lam2: float = 1e-4,
     distance: str | None = "pivot",
     norm: str = "l2",
+    embeddings: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """N18 section 3.1::
 
@@ -48,7 +49,8 @@ def unified_loss(
     ``logits`` holds the batch of m rows: rows ``0..k-1`` are the adversarial
     examples, rows ``k..2k-1`` their clean twins and the rest clean (N18's
     ``append`` layout).  The embedding E is the logits (the layer right before the
-    softmax).  ``distance=None`` gives K17's loss with no embedding term, for
+    softmax) unless ``embeddings`` (one row per batch row) gives another layer.
+    ``distance=None`` gives K17's loss with no embedding term, for
     ``replace`` batches whose adversarial rows ``0..k-1`` have no twins.
     """
     m = logits.shape[0]
@@ -61,4 +63,5 @@ def unified_loss(
     if 2 * k > m:
         raise ValueError(f"the distance term needs k={k} clean twins after the adversarial rows; "
                          f"m={m} < 2k")
-    return loss + lam2 * embedding_distance(logits[:k], logits[k:2 * k], distance, norm)
+    e = logits if embeddings is None else embeddings
+    return loss + lam2 * embedding_distance(e[:k], e[k:2 * k], distance, norm)

@@ -1,0 +1,483 @@
+"""Commands for black-box transfer, the papers' analyses and reports.
+
+Registered on the ``cascade-adv`` group by :mod:`cascade_adv.cli.main`; each one
+only parses options and calls library functions.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from cascade_adv.cli.main import _csv_list, _model_label, _run_config, cli
+from cascade_adv.errors import CascadeAdvError
+
+
+def model_init(weights: Path) -> str:
+    """The model's initialisation id: from its metadata, else from its run's config."""
+    from cascade_adv.models import read_model_config, read_model_init
+    from cascade_adv.training import init_id
+
+    init = read_model_init(weights)
+    if init:
+        return init
+    run_cfg = _run_config(weights)
+    if run_cfg is None:
+        return ""
+    return init_id(run_cfg.init_from, run_cfg.seed, read_model_config(weights))
+
+
+class LoadedModel:
+    """A model given on the command line, with what the store records about it."""
+
+    def __init__(self, spec: str, device):
+        from cascade_adv.models import load_model, resolve_weights, weights_hash
+
+        name, sep, path = spec.partition("=")
+        if not sep:
+            name, path = "", spec
+        self.weights = resolve_weights(path)
+        self.name = name or _model_label(self.weights)
+        self.model = load_model(self.weights, map_location=device)
+        self.hash = weights_hash(self.weights)
+        self.init = model_init(self.weights)
+        self.run_config = _run_config(self.weights)
+
+    @property
+    def dataset(self) -> str:
+        cfg_name = self.model.config.dataset
+        return cfg_name or (self.run_config.data.dataset if self.run_config else "")
+
+    def register(self, store, experiment: str = "", params: dict | None = None) -> None:
+        store.register_model(self.name, model_hash=self.hash, dataset=self.dataset,
+                             init=self.init, experiment=experiment, params=params)
+
+
+def load_models(specs: tuple[str, ...], device) -> dict[str, LoadedModel]:
+    """``NAME=PATH`` or ``PATH`` (named after its run folder) -> loaded models."""
+    out: dict[str, LoadedModel] = {}
+    for spec in specs:
+        m = LoadedModel(spec, device)
+        if m.name in out and out[m.name].weights != m.weights:
+            raise CascadeAdvError(
+                f"two models are named {m.name!r}; name them with NAME=PATH")
+        out[m.name] = m
+    return out
+
+
+def load_split(models: list[LoadedModel], dataset: str | None, data_root: str | None,
+               split: str, limit: int | None, device):
+    """The evaluation images: ``dataset`` or the one every model was trained on."""
+    from cascade_adv.data import load_dataset
+
+    names = {m.dataset for m in models if m.dataset}
+    if dataset is None:
+        if len(names) > 1:
+            raise CascadeAdvError(
+                f"the models were trained on different datasets ({', '.join(sorted(names))}); "
+                "black-box pairs must share one"
+            )
+        if not names:
+            raise CascadeAdvError("cannot tell which dataset the models were trained on; "
+                                  "pass --dataset")
+        dataset = names.pop()
+    root = data_root or next((m.run_config.data.root for m in models if m.run_config), None)
+    data = load_dataset(dataset, split, root=root)
+    return (data.subset(limit) if limit else data).to(device)
+
+
+def common_options(fn):
+    """Dataset, device and output options shared by the commands below."""
+    options = [
+        click.option("--dataset", type=click.Choice(["digits", "mnist", "cifar10"]),
+                     default=None, help="Dataset (default: the one the models were trained on)."),
+        click.option("--data-root", type=click.Path(file_okay=False), default=None,
+                     help="Folder with the dataset files (default: $CASCADE_ADV_DATA or ./data)."),
+        click.option("--limit", type=int, default=None, help="Use only the first N test images."),
+        click.option("--batch-size", type=int, default=500, show_default=True),
+        click.option("--device", default="auto", show_default=True,
+                     help="cpu, cuda, cuda:1, auto."),
+        click.option("--results", type=click.Path(dir_okay=False),
+                     default="results/results.db", show_default=True,
+                     help="SQLite results store (rows are upserted)."),
+        click.option("--seed", type=int, default=0, show_default=True),
+        click.option("--quiet", is_flag=True, help="No progress bars."),
+    ]
+    for opt in reversed(options):
+        fn = opt(fn)
+    return fn
+
+
+EXAMPLES_TRANSFER = """
+\b
+Examples:
+  # N18 table 4: targets B1, K1, P1; sources B2, K2, P2 (different initialisation)
+  cascade-adv transfer --source B2=runs/B2 --source K2=runs/K2 --source P2=runs/P2 \\
+      --target B1=runs/B1 --target K1=runs/K1 --target P1=runs/P1 \\
+      --attacks step_fgsm,iter_ll,iter_fgsm --eps 16
+  # K17 figure 2: transfer rate vs epsilon between two models, keeping the sets
+  cascade-adv transfer --source A=runs/a --target B=runs/b --attacks step_fgsm \\
+      --eps 2,4,8,16 --sets adv_sets --limit 1000
+"""
+
+
+@cli.command(epilog=EXAMPLES_TRANSFER)
+@click.option("--source", "sources", multiple=True, required=True,
+              help="Source model NAME=PATH (or PATH); repeat for several.")
+@click.option("--target", "targets", multiple=True, required=True,
+              help="Target model NAME=PATH (or PATH); repeat for several.")
+@click.option("--attacks", "attack_names", default="step_fgsm,iter_fgsm", show_default=True,
+              help="Comma-separated attacks crafted on each source.")
+@click.option("--eps", "eps_list", default="16", show_default=True,
+              help="Comma-separated epsilons in pixel units [0, 255].")
+@click.option("--sets", "sets_dir", type=click.Path(file_okay=False), default=None,
+              help="Keep the crafted sets here and reuse them when the weights match.")
+@click.option("--csv", "csv_path", type=click.Path(dir_okay=False), default=None)
+@common_options
+def transfer(sources, targets, attack_names, eps_list, sets_dir, csv_path, dataset, data_root,
+             limit, batch_size, device, results, seed, quiet):
+    """Black-box matrices: accuracy, error rate and transfer rate, source x target.
+
+    Each source attacks the test images once per attack; every target (and the
+    source itself, for the diagonal) is evaluated on those images. Rows go to
+    the results store with source = the source model's name; every model is
+    registered with its initialisation, so reports mark same-initialisation pairs.
+    """
+    from cascade_adv import attacks
+    from cascade_adv.evaluation import ResultsStore, transfer_matrix
+    from cascade_adv.reporting.tables import ResultTable
+    from cascade_adv.training import resolve_device
+
+    names = _csv_list(attack_names)
+    for a in names:
+        attacks.get(a)
+    eps = attacks.validate_eps(_csv_list(eps_list, float))
+    dev = resolve_device(device)
+    src = load_models(sources, dev)
+    tgt = load_models(targets, dev)
+    everyone = {**src, **tgt}
+    data = load_split(list(everyone.values()), dataset, data_root, "test", limit, dev)
+    table = transfer_matrix(
+        {n: m.model for n, m in src.items()}, {n: m.model for n, m in tgt.items()}, data,
+        names, eps, hashes={n: m.hash for n, m in everyone.items()}, sets_dir=sets_dir,
+        batch_size=batch_size, seed=seed, progress=not quiet,
+    )
+    with ResultsStore(results) as store:
+        for m in everyone.values():
+            m.register(store)
+        store.upsert(table)
+        same = store.same_init
+        for metric in ("top1", "transfer_top1", "error_top1"):
+            click.echo(f"\n{metric}:")
+            click.echo(_matrix_text(ResultTable(table.filter(metric=metric)), names, same))
+    if csv_path:
+        table.to_csv(csv_path)
+
+
+def _matrix_text(table, attacks, same_init) -> str:
+    from cascade_adv.reporting.paper_tables import render_blackbox
+
+    eps = sorted({r["eps"] for r in table})
+    metric = next(iter(table)).get("metric", "top1") if len(table) else "top1"
+    return "\n".join(render_blackbox(table, attack=attacks, eps=e, metric=metric,
+                                     same_init=same_init, fmt="markdown") for e in eps)
+
+
+# --- cascade-adv analyze NAME ------------------------------------------------------------
+
+EXAMPLES_ANALYZE = """
+\b
+Examples:
+  cascade-adv analyze softmax --model B=runs/B1 --model K=runs/K1 --model P=runs/P1
+  cascade-adv analyze gradcorr --model B=runs/B1 --model K=runs/K1 --model P=runs/P1
+  cascade-adv analyze transfer-eps --source A=runs/a --target B=runs/b --limit 1000
+  cascade-adv analyze lambda2 --config configs/n18/table1_mnist_pivot.yaml \\
+      --values 0,1e-4,1e-3,1e-2,0.1 --out runs/lambda2
+  cascade-adv analyze capacity --config configs/k17/table1_cifar10_step_ll.yaml \\
+      --widths 0.5,1,2 --out runs/capacity
+  cascade-adv analyze activations --config configs/k17/table1_cifar10_step_ll.yaml
+  cascade-adv analyze label-leaking --config configs/k17/table1_cifar10_step_ll.yaml
+  cascade-adv analyze seeds --config configs/n18/table1_mnist_pivot.yaml --seeds 1,2,3,4,5
+"""
+
+
+@cli.group(epilog=EXAMPLES_ANALYZE)
+def analyze():
+    """The papers' analyses: each stores its rows and draws its figure (PNG)."""
+
+
+def _figure_option(default: str):
+    return click.option("--figure", type=click.Path(dir_okay=False), default=default,
+                        show_default=True, help="Where to write the PNG figure.")
+
+
+def _model_analysis(kind, models, eps_list, images, figure, dataset, data_root, limit,
+                    batch_size, device, results, seed, quiet, **kw):
+    """Shared body of ``softmax`` and ``gradcorr``: run on every model, store, plot."""
+    from cascade_adv import analysis
+    from cascade_adv.evaluation import ResultsStore
+    from cascade_adv.reporting import figures
+    from cascade_adv.reporting.tables import ResultTable
+    from cascade_adv.training import resolve_device
+
+    eps = _csv_list(eps_list, float)
+    dev = resolve_device(device)
+    loaded = load_models(models, dev)
+    data = load_split(list(loaded.values()), dataset, data_root, "test", limit, dev)
+    run = analysis.softmax_argument if kind == "softmax" else analysis.gradient_correlation
+    table = ResultTable()
+    for m in loaded.values():
+        table.extend(run(m.model, data, eps=eps, n_images=images, seed=seed,
+                         batch_size=batch_size, model_name=m.name, model_hash=m.hash, **kw))
+    with ResultsStore(results) as store:
+        for m in loaded.values():
+            m.register(store)
+        store.upsert(table)
+    plot = (figures.plot_softmax_argument if kind == "softmax"
+            else figures.plot_gradient_correlation)
+    path = plot(table, figure, models=list(loaded))
+    click.echo(f"{len(table)} rows stored in {results}; figure {path}")
+
+
+def _model_analysis_options(fn):
+    for opt in reversed([
+        click.option("--model", "models", multiple=True, required=True,
+                     help="Model NAME=PATH (or PATH); repeat for several."),
+        click.option("--eps", "eps_list", default=",".join(str(e) for e in range(17)),
+                     show_default=True, help="Comma-separated epsilons (pixel units)."),
+        click.option("--images", type=int, default=128, show_default=True,
+                     help="Randomly chosen test images (the same for every model)."),
+    ]):
+        fn = opt(fn)
+    return common_options(fn)
+
+
+@analyze.command(epilog=EXAMPLES_ANALYZE)
+@_model_analysis_options
+@click.option("--methods", default="step_ll,step_fgsm,random_sign", show_default=True,
+              help="Directions to move along.")
+@_figure_option("figures/n18_fig4_softmax_argument.png")
+def softmax(methods, **kw):
+    """N18 figures 4 and 6: logit of the true class and mean logit of the false
+    classes vs epsilon (mean +- std over the images)."""
+    _model_analysis("softmax", methods=tuple(_csv_list(methods)), **kw)
+
+
+@analyze.command(epilog=EXAMPLES_ANALYZE)
+@_model_analysis_options
+@_figure_option("figures/n18_fig5_gradient_correlation.png")
+def gradcorr(**kw):
+    """N18 figure 5: Pearson correlation of input gradients, clean vs step_ll /
+    step_FGSM / random sign and step_ll vs step_FGSM, vs epsilon (mean +- 0.5 std)."""
+    _model_analysis("gradcorr", **kw)
+
+
+@analyze.command(name="transfer-eps", epilog=EXAMPLES_ANALYZE)
+@click.option("--source", required=True, help="Source model NAME=PATH (or PATH).")
+@click.option("--target", required=True, help="Target model NAME=PATH (or PATH).")
+@click.option("--attacks", "attack_names", default="step_fgsm,iter_fgsm,iter_ll",
+              show_default=True)
+@click.option("--eps", "eps_list", default="2,4,8,16", show_default=True)
+@click.option("--sets", "sets_dir", type=click.Path(file_okay=False), default=None,
+              help="Keep the crafted sets here and reuse them.")
+@click.option("--figure-dir", type=click.Path(file_okay=False), default="figures",
+              show_default=True)
+@common_options
+def transfer_eps(source, target, attack_names, eps_list, sets_dir, figure_dir, dataset,
+                 data_root, limit, batch_size, device, results, seed, quiet):
+    """K17 figures 2 and 5: transfer rate and error rate vs epsilon, source -> target."""
+    from cascade_adv import attacks
+    from cascade_adv.evaluation import ResultsStore, transfer_matrix
+    from cascade_adv.reporting import figures
+    from cascade_adv.training import resolve_device
+
+    names = _csv_list(attack_names)
+    for a in names:
+        attacks.get(a)
+    eps = attacks.validate_eps(_csv_list(eps_list, float))
+    dev = resolve_device(device)
+    (src,) = load_models((source,), dev).values()
+    (tgt,) = load_models((target,), dev).values()
+    if src.name == tgt.name:
+        raise CascadeAdvError("source and target are the same model; name two different ones")
+    data = load_split([src, tgt], dataset, data_root, "test", limit, dev)
+    table = transfer_matrix({src.name: src.model}, {tgt.name: tgt.model}, data, names, eps,
+                            hashes={src.name: src.hash, tgt.name: tgt.hash}, sets_dir=sets_dir,
+                            batch_size=batch_size, seed=seed, progress=not quiet)
+    with ResultsStore(results) as store:
+        src.register(store)
+        tgt.register(store)
+        store.upsert(table)
+    for kind, fig in (("transfer", "k17_fig2_transfer_rate"), ("error", "k17_fig5_error_rate")):
+        path = figures.plot_transfer_vs_eps(table, Path(figure_dir) / f"{fig}.png",
+                                            source=src.name, target=tgt.name, attacks=names,
+                                            kind=kind)
+        click.echo(f"figure {path}")
+
+
+def _sweep_options(fn):
+    for opt in reversed([
+        click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False),
+                     help="Training config every network starts from."),
+        click.option("--out", type=click.Path(file_okay=False), default=None,
+                     help="Folder for the runs (default: runs/EXPERIMENT)."),
+        click.option("--attacks", "attack_names", default="step_ll,step_fgsm,iter_ll,iter_fgsm",
+                     show_default=True, help="White-box attacks to evaluate."),
+        click.option("--eps", "eps_list", default="16", show_default=True),
+        click.option("--limit", type=int, default=None, help="Evaluate on the first N test "
+                     "images."),
+        click.option("--batch-size", type=int, default=500, show_default=True),
+        click.option("--results", type=click.Path(dir_okay=False), default="results/results.db",
+                     show_default=True),
+        click.option("--quiet", is_flag=True, help="No progress bars."),
+        click.argument("overrides", nargs=-1),
+    ]):
+        fn = opt(fn)
+    return fn
+
+
+def _run_sweep(experiment, variants, config_path, out, attack_names, eps_list, limit,
+               batch_size, results, quiet, overrides):
+    from cascade_adv import attacks
+    from cascade_adv.analysis.sweeps import run_variants
+    from cascade_adv.evaluation import ResultsStore
+
+    names = _csv_list(attack_names)
+    for a in names:
+        attacks.get(a)
+    eps = attacks.validate_eps(_csv_list(eps_list, float))
+    out = out or f"runs/{experiment.replace(':', '_')}"
+    with ResultsStore(results) as store:
+        table = run_variants(config_path, variants, out, store, experiment=experiment,
+                             overrides=overrides, attacks=names, eps=eps, limit=limit,
+                             batch_size=batch_size, progress=not quiet)
+    click.echo(table.to_markdown())
+    return table, names, eps
+
+
+@analyze.command(epilog=EXAMPLES_ANALYZE)
+@_sweep_options
+@click.option("--values", default="0,1e-4,1e-3,1e-2,0.1,0.3", show_default=True,
+              help="Comma-separated lambda2 values.")
+@_figure_option("figures/n18_fig3_lambda2.png")
+def lambda2(values, figure, **kw):
+    """N18 figure 3: clean and adversarial accuracy vs lambda2 (Pivot, step_ll)."""
+    from cascade_adv.analysis.sweeps import lambda2_variants
+    from cascade_adv.reporting import figures
+
+    variants = lambda2_variants(_csv_list(values, float))
+    table, names, eps = _run_sweep("lambda2", variants, **kw)
+    path = figures.plot_sweep(table, figure, values={f"lambda2/{v.name}": v.params["lam2"]
+                                                     for v in variants},
+                              xlabel="lambda2", series=[("clean", 0.0)] +
+                              [(a, e) for a in names for e in eps], log_x=True,
+                              title="N18 fig. 3: accuracy vs lambda2")
+    click.echo(f"figure {path}")
+
+
+@analyze.command(epilog=EXAMPLES_ANALYZE)
+@_sweep_options
+@click.option("--widths", default="0.5,1,2", show_default=True,
+              help="Comma-separated width multipliers rho.")
+@_figure_option("figures/k17_fig1_capacity.png")
+def capacity(widths, figure, **kw):
+    """K17 figures 1 and 4: adversarial / clean accuracy ratio vs width multiplier rho,
+    with and without adversarial training."""
+    from cascade_adv.analysis.sweeps import capacity_variants
+    from cascade_adv.reporting import figures
+
+    variants = capacity_variants(_csv_list(widths, float))
+    table, names, eps = _run_sweep("capacity", variants, **kw)
+    layout = {f"capacity/{v.name}": (v.params["width"], v.params["adversarial"])
+              for v in variants}
+    for k, fig in ((1, Path(figure)), (5, Path(figure).with_name(
+            Path(figure).stem.replace("fig1", "fig4") + "_top5.png"))):
+        if table.filter(metric=f"top{k}").rows:
+            path = figures.plot_capacity(table, fig, widths=layout, attacks=names, eps=eps, k=k)
+            click.echo(f"figure {path}")
+
+
+@analyze.command(epilog=EXAMPLES_ANALYZE)
+@_sweep_options
+@click.option("--activations", "activation_list", default="relu,relu6,relu_decay:0.001,relu_decay:0.01,relu_decay:0.1,tanh",
+    show_default=True, help="Activations; relu_decay:BETA for ReluDecay.")
+def activations(activation_list, **kw):
+    """K17 table 7: adversarially trained networks with each activation function."""
+    from cascade_adv.analysis.sweeps import activation_variants
+
+    _run_sweep("activations", activation_variants(_csv_list(activation_list)), **kw)
+
+
+@analyze.command(name="label-leaking", epilog=EXAMPLES_ANALYZE)
+@_sweep_options
+@click.option("--methods", default="step_fgsm,step_ll", show_default=True,
+              help="One-step methods to train with (each evaluated with itself).")
+def label_leaking(methods, **kw):
+    """K17 table 3: train with FGSM and with step_ll; adversarial accuracy above clean
+    accuracy under the training method means the labels leak."""
+    from cascade_adv.analysis.sweeps import label_leaking_table, label_leaking_variants
+
+    variants = label_leaking_variants(_csv_list(methods))
+    table, _, _ = _run_sweep("label_leaking", variants, **kw)
+    rows = label_leaking_table(table, {f"label_leaking/{v.name}": v.params["train_method"]
+                                       for v in variants})
+    for r in rows:
+        flag = "  <- label leaking" if r["leak"] else ""
+        click.echo(f"{r['model']}: clean {r['clean']:.1f}, {r['method']} eps {r['eps']:g} "
+                   f"{r['adversarial']:.1f}{flag}")
+
+
+@analyze.command(epilog=EXAMPLES_ANALYZE)
+@_sweep_options
+@click.option("--seeds", default="1,2,3,4,5", show_default=True)
+@click.option("--shared-init/--no-shared-init", default=True, show_default=True,
+              help="Start every network from the config's init_from, or each from its own "
+                   "random initialisation.")
+@click.option("--label", default=None, help="Group label in tables (default: config name).")
+def seeds(seeds, shared_init, label, **kw):
+    """N18 table 3: N networks of one configuration, mean +- std of every cell."""
+    from cascade_adv.analysis.sweeps import seed_variants
+    from cascade_adv.evaluation.stats import aggregate_seeds, format_mean_std
+    from cascade_adv.training import load_config
+
+    cfg = load_config(kw["config_path"], kw["overrides"])
+    group = label or cfg.name
+    variants = seed_variants(_csv_list(seeds, int), shared_init)
+    table, _, _ = _run_sweep(f"seeds:{group}", variants, **kw)
+    stats = aggregate_seeds(table, {group: [f"seeds:{group}/{v.name}" for v in variants]})
+    for r in stats.filter(metric="top1_mean"):
+        std = stats.value(group, r["attack"], r["eps"], "top1_std")
+        click.echo(f"{group} {r['attack']} {r['eps']:g}: {format_mean_std(r['value'], std)} "
+                   f"(n={r['n']})")
+
+
+# --- cascade-adv report ------------------------------------------------------------------
+
+EXAMPLES_REPORT = """
+\b
+Examples:
+  cascade-adv report                               # results/results.db -> report/
+  cascade-adv report --results runs/t1/results.db --out report/t1
+"""
+
+
+@cli.command(epilog=EXAMPLES_REPORT)
+@click.option("--results", type=click.Path(dir_okay=False), default="results/results.db",
+              show_default=True, help="SQLite results store to report on.")
+@click.option("--out", type=click.Path(file_okay=False), default="report", show_default=True,
+              help="Folder for report.html, report.md and figures/.")
+@click.option("--title", default="cascade-adv report", show_default=True)
+def report(results, out, title):
+    """One HTML page and one Markdown file with every table and figure the store can
+    fill, in the papers' layout, the published numbers beside ours and the sanity
+    warnings."""
+    from cascade_adv.evaluation import ResultsStore
+    from cascade_adv.reporting.report import build_report
+
+    if not Path(results).is_file():
+        raise CascadeAdvError(f"no results store at {results}; run 'cascade-adv eval' first or "
+                              "pass --results")
+    with ResultsStore(results) as store:
+        html_path, md_path = build_report(store, out, title=title)
+    click.echo(f"report: {html_path} and {md_path}")

@@ -1,0 +1,308 @@
+"""The report: every table and figure that the results store can fill, as one HTML
+page and one Markdown file, rebuilt from the store alone.
+
+Sections, each present when the store holds its rows:
+
+1. sanity warnings (:mod:`cascade_adv.evaluation.sanity`) with what they mean;
+2. white-box tables in the papers' layout, grouped by the paper table a model's
+   recipe reproduces, with the published row under ours;
+3. black-box matrices (N18 tables 4, 7-10: accuracy; K17 tables 4 and 6:
+   transfer and error rate), same-initialisation cells marked;
+4. multi-seed mean +- std (N18 table 3);
+5. the analyses: lambda2 sweep (N18 fig. 3), softmax argument (figs. 4, 6),
+   gradient correlation (fig. 5), label leaking (K17 table 3), transfer rate vs
+   epsilon (K17 figs. 2, 5), model capacity (figs. 1, 4), activations (table 7).
+
+Figures are written next to the page (``figures/*.png``) and linked relatively,
+so the folder can be moved or served as it is.
+"""
+
+from __future__ import annotations
+
+import html
+import os
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from cascade_adv.errors import CascadeAdvError
+from cascade_adv.evaluation.sanity import check_results, format_warnings
+from cascade_adv.evaluation.stats import aggregate_seeds, format_mean_std
+from cascade_adv.evaluation.store import ResultsStore
+from cascade_adv.experiments.published import get_table, recipe_for
+from cascade_adv.io import atomic_write_text
+from cascade_adv.reporting import figures
+from cascade_adv.reporting.paper_tables import render_blackbox, render_whitebox
+from cascade_adv.reporting.tables import CLEAN, WHITEBOX, ResultTable
+
+ANALYSIS_SOURCES = ("softmax_argument", "gradient_correlation")
+
+
+@dataclass
+class _Page:
+    """Sections collected as (title, html, markdown)."""
+
+    sections: list[tuple[str, str, str]] = field(default_factory=list)
+
+    def add(self, title: str, html_body: str, md_body: str) -> None:
+        self.sections.append((title, html_body, md_body))
+
+
+def _para(text: str) -> tuple[str, str]:
+    return f"<p>{html.escape(text)}</p>", text + "\n"
+
+
+def _figure(path: Path, root: Path, caption: str) -> tuple[str, str]:
+    rel = path.relative_to(root).as_posix()
+    return ((f'<figure><img src="{html.escape(rel)}" alt="{html.escape(caption)}">'
+            f"<figcaption>{html.escape(caption)}</figcaption></figure>"),
+            f"![{caption}]({rel})\n")
+
+
+def _whitebox_sections(page: _Page, rows: ResultTable) -> None:
+    white = ResultTable(r for r in rows if r["source"] == WHITEBOX)
+    if not len(white):
+        return
+    by_table: dict[str, list[str]] = {}
+    others: dict[str, list[str]] = {}
+    for model in dict.fromkeys(r["model"] for r in white):
+        recipe = recipe_for(model)
+        if recipe is None:
+            dataset = next(r["dataset"] for r in white if r["model"] == model)
+            others.setdefault(dataset, []).append(model)
+        else:
+            by_table.setdefault(recipe[0], []).append(model)
+    for table_id, models in by_table.items():
+        paper = get_table(table_id)
+        row_map = {m: recipe_for(m)[1] for m in models}
+        ours = white.filter(model=models)
+        title = f"{paper.paper} table {paper.number}: {paper.title}"
+        h = render_whitebox(ours, published=paper, row_map=row_map, fmt="html", title="")
+        md = render_whitebox(ours, published=paper, row_map=row_map, fmt="markdown", title="")
+        note = ("Our rows with the published row below each; the settings may differ "
+                "(schedule, test images): see each run's config.")
+        if paper.notes:
+            note += " " + paper.notes
+        ph, pm = _para(note)
+        page.add(title, h + ph, md + "\n" + pm)
+    for dataset, models in others.items():
+        ours = white.filter(model=models)
+        title = f"White-box accuracy, {dataset}"
+        page.add(title, render_whitebox(ours, fmt="html", title=""),
+                 render_whitebox(ours, fmt="markdown", title=""))
+
+
+def _blackbox_sections(page: _Page, rows: ResultTable, same_init: Callable[[str, str], bool]
+                       ) -> None:
+    black = ResultTable(r for r in rows
+                        if r["source"] not in (WHITEBOX, *ANALYSIS_SOURCES)
+                        and r["attack"] != CLEAN)
+    if not len(black):
+        return
+    groups: dict[tuple[str, float], list[str]] = {}
+    for r in black:
+        attacks = groups.setdefault((r["dataset"], r["eps"]), [])
+        if r["attack"] not in attacks:
+            attacks.append(r["attack"])
+    for (dataset, eps), attacks in groups.items():
+        part = black.filter(dataset=dataset, eps=eps)
+        for metric, what in (("top1", "accuracy (%), N18 tables 4, 7-10"),
+                             ("transfer_top1", "transfer rate (%), K17 table 4"),
+                             ("error_top1", "error rate (%), K17 table 6")):
+            sub = part.filter(metric=metric)
+            if not len(sub):
+                continue
+            title = f"Black-box {what}: {dataset}, eps {eps:g}"
+            page.add(title,
+                     render_blackbox(sub, attack=attacks, eps=eps, metric=metric,
+                                     same_init=same_init, fmt="html", title=""),
+                     render_blackbox(sub, attack=attacks, eps=eps, metric=metric,
+                                     same_init=same_init, fmt="markdown", title=""))
+
+
+def _seed_sections(page: _Page, rows: ResultTable, store: ResultsStore) -> None:
+    groups: dict[str, list[str]] = {}
+    for m in store.models():
+        if m.experiment.startswith("seeds:"):
+            groups.setdefault(m.experiment.split(":", 1)[1], []).append(m.name)
+    if not groups:
+        return
+    stats = aggregate_seeds(rows, groups)
+    lines_h = [("<table class=\"paper\"><thead><tr><th>group</th><th>attack</th><th>eps</th>"
+               "<th>top-1 mean ± std</th><th>networks</th></tr></thead><tbody>")]
+    lines_m = ["| group | attack | eps | top-1 mean ± std | networks |",
+               "| --- | --- | ---: | ---: | ---: |"]
+    for r in stats.filter(metric="top1_mean"):
+        std = stats.value(r["model"], r["attack"], r["eps"], "top1_std")
+        cell = format_mean_std(r["value"], std)
+        lines_h.append(f"<tr><td>{html.escape(r['model'])}</td><td>{html.escape(r['attack'])}"
+                       f"</td><td>{r['eps']:g}</td><td>{cell}</td><td>{r['n']}</td></tr>")
+        lines_m.append(f"| {r['model']} | {r['attack']} | {r['eps']:g} | {cell} | {r['n']} |")
+    lines_h.append("</tbody></table>")
+    page.add("Multiple seeds: mean ± std (N18 table 3)", "\n".join(lines_h),
+             "\n".join(lines_m) + "\n")
+
+
+def _analysis_sections(page: _Page, rows: ResultTable, store: ResultsStore, root: Path,
+                       figdir: Path) -> None:
+    def add_fig(title: str, path: Path, caption: str) -> None:
+        h, m = _figure(path, root, caption)
+        page.add(title, h, m)
+
+    def experiment(name: str, key: str) -> dict:
+        return {m.name: m.params[key] for m in store.models(experiment=name) if key in m.params}
+
+    white = ResultTable(r for r in rows if r["source"] == WHITEBOX)
+    lam2 = experiment("lambda2", "lam2")
+    if lam2 and white.filter(model=list(lam2)).rows:
+        series = [(CLEAN, 0.0)] + sorted({(r["attack"], r["eps"]) for r in white.filter(
+            model=list(lam2)) if r["attack"] != CLEAN})
+        path = figures.plot_sweep(white, figdir / "n18_fig3_lambda2.png", values=lam2,
+                                  xlabel="lambda2", series=series, log_x=True,
+                                  title="N18 fig. 3: accuracy vs lambda2")
+        add_fig("Effect of lambda2 (N18 figure 3)", path, "Accuracy vs lambda2")
+    soft = rows.filter(source="softmax_argument")
+    if len(soft):
+        path = figures.plot_softmax_argument(soft, figdir / "n18_fig4_softmax_argument.png")
+        add_fig("Argument to the softmax vs epsilon (N18 figures 4, 6)", path,
+                "True-class logit (blue) and mean false-class logit (red), mean ± 1 std")
+    corr = rows.filter(source="gradient_correlation")
+    if len(corr):
+        path = figures.plot_gradient_correlation(corr, figdir / "n18_fig5_gradient_corr.png")
+        add_fig("Gradient correlation vs epsilon (N18 figure 5)", path,
+                "Pearson correlation of input gradients, mean ± 0.5 std")
+    leak = experiment("label_leaking", "train_method")
+    if leak:
+        from cascade_adv.analysis.sweeps import label_leaking_table
+
+        table_rows = label_leaking_table(white, leak)
+        h = [("<table class=\"paper\"><thead><tr><th>trained and attacked with</th><th>eps</th>"
+             "<th>clean</th><th>adversarial</th><th>label leaking</th></tr></thead><tbody>")]
+        m = ["| trained and attacked with | eps | clean | adversarial | label leaking |",
+             "| --- | ---: | ---: | ---: | --- |"]
+        for r in table_rows:
+            clean = "-" if r["clean"] is None else f"{r['clean']:.1f}"
+            flag = "yes" if r["leak"] else "no"
+            h.append(f"<tr><td>{html.escape(r['method'])}</td><td>{r['eps']:g}</td>"
+                     f"<td>{clean}</td><td>{r['adversarial']:.1f}</td><td>{flag}</td></tr>")
+            m.append(f"| {r['method']} | {r['eps']:g} | {clean} | {r['adversarial']:.1f} | "
+                     f"{flag} |")
+        h.append("</tbody></table>")
+        page.add("Label leaking (K17 table 3)", "\n".join(h), "\n".join(m) + "\n")
+    pairs = dict.fromkeys((r["source"], r["model"]) for r in rows
+                          if r["metric"] == "transfer_top1" and r["source"] != r["model"])
+    for source, target in pairs:
+        sub = rows.filter(source=source, model=target)
+        if len({r["eps"] for r in sub if r["metric"] == "transfer_top1"}) < 3:
+            continue  # a curve needs a few epsilons (K17 figure 2 has four)
+        attacks = list(dict.fromkeys(r["attack"] for r in sub))
+        for kind, fig in (("transfer", "k17_fig2_transfer"), ("error", "k17_fig5_error")):
+            path = figures.plot_transfer_vs_eps(
+                sub, figdir / f"{fig}_{_slug(source)}_to_{_slug(target)}.png", source=source,
+                target=target, attacks=attacks, kind=kind)
+            add_fig(f"{kind.capitalize()} rate vs epsilon, {source} -> {target} "
+                    f"(K17 figure {'2' if kind == 'transfer' else '5'})", path,
+                    f"{kind} rate (top-1) of images crafted on {source}, classified by {target}")
+    cap = {m.name: (m.params["width"], m.params["adversarial"])
+           for m in store.models(experiment="capacity")}
+    if cap and white.filter(model=list(cap)).rows:
+        sub = white.filter(model=list(cap))
+        attacks = list(dict.fromkeys(r["attack"] for r in sub if r["attack"] != CLEAN))
+        eps = sorted({r["eps"] for r in sub if r["attack"] != CLEAN})
+        path = figures.plot_capacity(sub, figdir / "k17_fig1_capacity.png", widths=cap,
+                                     attacks=attacks, eps=eps, k=1)
+        add_fig("Model capacity (K17 figure 1)", path,
+                "Adversarial / clean top-1 accuracy ratio vs width multiplier rho")
+    act = experiment("activations", "activation")
+    if act and white.filter(model=list(act)).rows:
+        ours = white.filter(model=list(act))
+        # our "relu_decay:0.01" is the paper's "ReluDecay0.01"
+        labels = {m: a.replace("relu_decay:", "ReluDecay") for m, a in act.items()}
+        paper = get_table("k17-table7")
+        title = "Activation functions (K17 table 7)"
+        page.add(title, *(render_whitebox(ours, fmt=fmt, title="", published=paper,
+                                          row_map=labels) for fmt in ("html", "markdown")))
+
+
+def _slug(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+
+
+CSS = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }
+table.paper { border-collapse: collapse; margin: 0.5em 0 1.5em; font-size: 0.9em; }
+table.paper th, table.paper td { border: 1px solid #bbb; padding: 0.2em 0.5em; }
+table.paper td { text-align: right; }
+table.paper td:first-child { text-align: left; }
+tr.published td { color: #666; font-style: italic; }
+.warning { background: #fff4e5; border-left: 4px solid #f0a020; padding: 0.3em 0.8em; }
+figure img { max-width: 100%; }
+"""
+
+# Marks the page once every image has decoded, so a headless browser can check it.
+IMAGE_CHECK = """
+window.addEventListener('load', function () {
+  var imgs = Array.prototype.slice.call(document.images);
+  var ok = imgs.filter(function (i) { return i.complete && i.naturalWidth > 0; }).length;
+  document.body.setAttribute('data-images', imgs.length);
+  document.body.setAttribute('data-images-decoded', ok);
+});
+"""
+
+
+def build_report(store: ResultsStore, out: str | os.PathLike, *,
+                 title: str = "cascade-adv report") -> tuple[Path, Path]:
+    """Write ``out/report.html``, ``out/report.md`` and ``out/figures/*.png`` from the
+    store; returns the two page paths.  Figures are drawn in a scratch folder and moved
+    into place with the pages, so a failure leaves any previous report intact."""
+    rows = store.query()
+    if not len(rows):
+        raise CascadeAdvError(f"results store {store.path} is empty; run 'cascade-adv eval' "
+                              "or another evaluation first")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    stage = out / ".report.tmp"
+    if stage.exists():
+        shutil.rmtree(stage)
+    figdir = stage / "figures"
+    figdir.mkdir(parents=True)
+    page = _Page()
+    warnings = check_results(rows)
+    warn_md = format_warnings(warnings)
+    warn_html = (
+        "<p>No sanity warnings.</p>" if not warnings else "<ul>" + "".join(
+            f'<li class="warning">{html.escape(w.message)} <em>{html.escape(w.meaning)}</em>'
+            "</li>" for w in warnings) + "</ul>")
+    page.add("Sanity checks", warn_html, warn_md)
+    _whitebox_sections(page, rows)
+    # the diagonal (a model attacked by itself) is white-box, not a same-init pair
+    _blackbox_sections(page, rows, lambda a, b: a != b and store.same_init(a, b))
+    _seed_sections(page, rows, store)
+    _analysis_sections(page, rows, store, stage, figdir)
+
+    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    intro = (f"Built {stamp} from {store.path} ({len(rows)} rows, "
+             f"{len(store.models())} registered models).")
+    body = [f"<h1>{html.escape(title)}</h1>", f"<p>{html.escape(intro)}</p>", "<nav><ul>"]
+    body += [f'<li><a href="#s{i}">{html.escape(t)}</a></li>'
+             for i, (t, _, _) in enumerate(page.sections)]
+    body.append("</ul></nav>")
+    md = [f"# {title}", "", intro, ""]
+    for i, (t, h, m) in enumerate(page.sections):
+        body.append(f'<section id="s{i}"><h2>{html.escape(t)}</h2>{h}</section>')
+        md += [f"## {t}", "", m, ""]
+    doc = ("<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">"
+           f"<title>{html.escape(title)}</title><style>{CSS}</style>"
+           f"<script>{IMAGE_CHECK}</script></head><body>" + "\n".join(body) + "</body></html>\n")
+    atomic_write_text(stage / "report.html", doc)
+    atomic_write_text(stage / "report.md", "\n".join(md))
+    final_figs = out / "figures"
+    if final_figs.exists():
+        shutil.rmtree(final_figs)
+    os.replace(figdir, final_figs)
+    for name in ("report.md", "report.html"):
+        os.replace(stage / name, out / name)
+    shutil.rmtree(stage, ignore_errors=True)
+    return out / "report.html", out / "report.md"
