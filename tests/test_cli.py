@@ -121,8 +121,88 @@ def test_corrupt_dataset_files(tmp_path):
 
 
 def test_every_command_has_help_with_examples():
-    for command in ("train", "eval", "attack"):
-        result = cli(command, "--help")
-        assert result.returncode == 0 and "Examples:" in result.stdout, command
+    from click.testing import CliRunner
+
+    from cascade_adv.cli.main import cli as group
+
+    runner = CliRunner()
+    commands = [[name] for name in group.commands if name != "analyze"]
+    commands += [["analyze", name] for name in group.commands["analyze"].commands]
+    assert len(commands) >= 16
+    for command in commands:
+        result = runner.invoke(group, [*command, "--help"])
+        if command == ["attacks"]:
+            continue  # a listing with nothing to configure
+        assert result.exit_code == 0 and "Examples:" in result.output, command
     listing = cli("attacks")
     assert listing.returncode == 0 and "iter_fgsm" in listing.stdout
+
+
+@pytest.fixture(scope="module")
+def second_run(trained_run):
+    """Another tiny digits model (different seed): a black-box partner for the first."""
+    result = cli("train", "--config", str(ROOT / "configs/digits_baseline.yaml"), "--out",
+                 str(trained_run / "run2"), "--quiet", "model.depth=8", "optim.iterations=20",
+                 "optim.lr_milestones=[]", "seed=5", cwd=trained_run)
+    assert result.returncode == 0, result.stderr
+    return trained_run / "run2"
+
+
+def test_transfer_analyze_and_report(trained_run, second_run):
+    work, db = trained_run, "research.db"
+    a, b = f"A={trained_run / 'run'}", f"B={second_run}"
+    result = cli("transfer", "--source", a, "--source", b, "--target", a, "--target", b,
+                 "--attacks", "step_fgsm,iter_fgsm", "--eps", "8,16", "--limit", "40", "--quiet",
+                 "--results", db, "--sets", "sets", cwd=work)
+    assert result.returncode == 0, result.stderr
+    assert "top1:" in result.stdout and "transfer_top1:" in result.stdout
+    with sqlite3.connect(work / db) as con:
+        metrics = {r[0] for r in con.execute("SELECT DISTINCT metric FROM results")}
+        inits = dict(con.execute("SELECT name, init FROM models"))
+    assert {"top1", "error_top1"} <= metrics
+    assert inits["A"].startswith("seed:0:") and inits["B"].startswith("seed:5:")
+    assert sorted(p.name for p in (work / "sets").iterdir()) == [
+        "A-iter_fgsm", "A-step_fgsm", "B-iter_fgsm", "B-step_fgsm"]
+    for sub in ("softmax", "gradcorr"):
+        result = cli("analyze", sub, "--model", a, "--model", b, "--eps", "0,4,8", "--images",
+                     "8", "--quiet", "--results", db, "--figure", f"{sub}.png", cwd=work)
+        assert result.returncode == 0, result.stderr
+        assert (work / f"{sub}.png").stat().st_size > 1000
+    result = cli("report", "--results", db, "--out", "rep", cwd=work)
+    assert result.returncode == 0, result.stderr
+    page = (work / "rep" / "report.html").read_text()
+    assert "Black-box accuracy" in page and "figures/n18_fig5_gradient_corr.png" in page
+
+
+def test_sweep_analysis_trains_registers_and_plots(tmp_path):
+    result = cli("analyze", "lambda2", "--config", str(ROOT / "configs/digits_baseline.yaml"),
+                 "--values", "0,0.01", "--out", "sweep", "--attacks", "step_ll", "--eps", "8",
+                 "--limit", "40", "--quiet", "--results", "r.db", "--figure", "lam.png",
+                 "model.depth=8", "optim.iterations=4", "optim.lr_milestones=[]",
+                 "adversarial.mode=append", "adversarial.distance=pivot", "adversarial.k=32",
+                 "optim.batch_size=64", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "lam.png").is_file()
+    with sqlite3.connect(tmp_path / "r.db") as con:
+        models = dict(con.execute("SELECT name, params FROM models WHERE experiment='lambda2'"))
+    assert {json.loads(p)["lam2"] for p in models.values()} == {0.0, 0.01}
+
+
+def test_research_commands_bad_input(trained_run, tmp_path):
+    from cascade_adv.models import build_model, save_model
+
+    other = build_model({"depth": 8, "width": 0.25, "in_channels": 1, "input_size": 28, "num_classes": 10,
+                             "dataset": "mnist"})
+    save_model(other, tmp_path / "mnist.safetensors")
+    run = str(trained_run / "run")
+    result = cli("transfer", "--source", f"S={tmp_path / 'mnist.safetensors'}", "--target",
+                 f"T={run}", "--dataset", "digits", "--results", "x.db", "--quiet", cwd=tmp_path)
+    assert_user_error(result, "mnist", "digits")
+    assert not (tmp_path / "x.db").exists()  # nothing written
+    newer = tmp_path / "newer.db"
+    with sqlite3.connect(newer) as con:
+        con.execute("PRAGMA user_version = 99")
+    assert_user_error(cli("report", "--results", str(newer), cwd=tmp_path), "newer", "schema")
+    assert_user_error(cli("analyze", "lambda2", "--config",
+                          str(ROOT / "configs/digits_baseline.yaml"), "--values", "-1",
+                          cwd=tmp_path), "lambda2", "-1")

@@ -12,6 +12,8 @@ from cascade_adv.evaluation.advset import (
     load_adversarial_set,
 )
 from cascade_adv.evaluation.blackbox import check_pair, evaluate_transfer, rates_from_ranks
+from cascade_adv.evaluation.sanity import SanityWarning, check_results, format_warnings
+from cascade_adv.evaluation.stats import aggregate_seeds, format_mean_std, mean_std
 from cascade_adv.evaluation.store import SCHEMA_VERSION, ModelInfo, ResultsStore
 from cascade_adv.evaluation.transfer import transfer_matrix
 from cascade_adv.evaluation.whitebox import (
@@ -28,12 +30,18 @@ __all__ = [
     "ModelInfo",
     "ResultTable",
     "ResultsStore",
+    "SanityWarning",
+    "aggregate_seeds",
     "check_pair",
+    "check_results",
     "count_correct",
     "craft_adversarial_set",
     "evaluate_transfer",
     "evaluate_whitebox",
+    "format_mean_std",
+    "format_warnings",
     "load_adversarial_set",
+    "mean_std",
     "prepare_images",
     "rates_from_ranks",
     "transfer_matrix",
