@@ -48,6 +48,22 @@ def filled_store(tmp_path_factory) -> Path:
             kw = {"eps": (0, 4, 8), "n_images": 8, "model_name": name}
             store.upsert(softmax_argument(models[name], test, **kw))
             store.upsert(gradient_correlation(models[name], test, **kw))
+        experiments = {  # the training sweeps, with untrained stand-ins
+            "lambda2": [("l0", {"lam2": 0.0}), ("l1", {"lam2": 1e-3})],
+            "capacity": [(f"c{r}{a}", {"width": r, "adversarial": a})
+                         for r in (0.5, 1.0) for a in (False, True)],
+            "activations": [("relu", {"activation": "relu"}),
+                            ("tanh", {"activation": "tanh"})],
+            "label_leaking": [("fg", {"train_method": "step_fgsm"}),
+                              ("ll", {"train_method": "step_ll"})],
+        }
+        for i, (experiment, members) in enumerate(experiments.items()):
+            for j, (name, params) in enumerate(members):
+                store.upsert(evaluate_whitebox(_model(20 + 10 * i + j), test,
+                                               ["step_ll", "step_fgsm"], [8, 16],
+                                               model_name=f"{experiment}/{name}", progress=False))
+                store.register_model(f"{experiment}/{name}", experiment=experiment,
+                                     params=params)
         for s in (1, 2, 3):  # a multi-seed group
             name = f"seeds:g/seed={s}"
             store.upsert(evaluate_whitebox(_model(10 + s), test, ["step_ll"], [16],
@@ -86,7 +102,9 @@ def test_report_has_every_section(filled_store: Path, tmp_path: Path) -> None:
     page = html_path.read_text()
     for heading in ("Sanity checks", "N18 table 1", "White-box accuracy, digits",
                     "Black-box accuracy", "transfer rate", "error rate", "mean ± std",
-                    "N18 figures 4, 6", "N18 figure 5"):
+                    "N18 figures 4, 6", "N18 figure 5", "lambda2 (N18 figure 3)",
+                    "Model capacity", "Activation functions (K17 table 7)",
+                    "Label leaking (K17 table 3)"):
         assert heading in page, heading
     parsed = _Tables()
     parsed.feed(page)
@@ -95,7 +113,9 @@ def test_report_has_every_section(filled_store: Path, tmp_path: Path) -> None:
     assert parsed.rows[0] >= 0 and max(parsed.rows) >= 3
     # the same-initialisation dagger appears for the two models sharing "weights:a"
     assert "†" in page
-    assert len(parsed.images) == 4  # softmax, gradient correlation, transfer and error rate
+    # softmax, gradient correlation, transfer and error rate, lambda2, capacity,
+    # label leaking, activations
+    assert len(parsed.images) == 8
     for src in parsed.images:
         assert (html_path.parent / src).is_file()
     md = md_path.read_text()
@@ -124,7 +144,7 @@ def test_report_loads_in_headless_chromium(filled_store: Path, tmp_path: Path) -
     images = re.search(r'data-images="(\d+)"', dom)
     decoded = re.search(r'data-images-decoded="(\d+)"', dom)
     assert images and decoded, "the page's load handler did not run"
-    assert int(images.group(1)) == 4 and int(decoded.group(1)) == 4  # every image decoded
+    assert int(images.group(1)) == 8 and int(decoded.group(1)) == 8  # every image decoded
     parsed = _Tables()
     parsed.feed(dom)
     expected = _Tables()

@@ -400,25 +400,37 @@ def capacity(widths, figure, **kw):
 
 @analyze.command(epilog=EXAMPLES_ANALYZE)
 @_sweep_options
-@click.option("--activations", "activation_list", default="relu,relu6,relu_decay:0.001,relu_decay:0.01,relu_decay:0.1,tanh",
-    show_default=True, help="Activations; relu_decay:BETA for ReluDecay.")
-def activations(activation_list, **kw):
+@click.option("--activations", "activation_list",
+              default="relu,relu6,relu_decay:0.001,relu_decay:0.01,relu_decay:0.1,tanh",
+              show_default=True, help="Activations; relu_decay:BETA for ReluDecay.")
+@_figure_option("figures/k17_table7_activations.png")
+def activations(activation_list, figure, **kw):
     """K17 table 7: adversarially trained networks with each activation function."""
     from cascade_adv.analysis.sweeps import activation_variants
+    from cascade_adv.reporting import figures
 
-    _run_sweep("activations", activation_variants(_csv_list(activation_list)), **kw)
+    variants = activation_variants(_csv_list(activation_list))
+    table, names, _ = _run_sweep("activations", variants, **kw)
+    path = figures.plot_accuracy_vs_eps(table, figure, attacks=names,
+                                        models=[f"activations/{v.name}" for v in variants])
+    click.echo(f"figure {path}")
 
 
 @analyze.command(name="label-leaking", epilog=EXAMPLES_ANALYZE)
 @_sweep_options
 @click.option("--methods", default="step_fgsm,step_ll", show_default=True,
               help="One-step methods to train with (each evaluated with itself).")
-def label_leaking(methods, **kw):
+@_figure_option("figures/k17_table3_label_leaking.png")
+def label_leaking(methods, figure, **kw):
     """K17 table 3: train with FGSM and with step_ll; adversarial accuracy above clean
     accuracy under the training method means the labels leak."""
     from cascade_adv.analysis.sweeps import label_leaking_table, label_leaking_variants
+    from cascade_adv.reporting import figures
 
     variants = label_leaking_variants(_csv_list(methods))
+    for v in variants:  # each network must be attacked with its own training method
+        if v.params["train_method"] not in _csv_list(kw["attack_names"]):
+            kw["attack_names"] += f",{v.params['train_method']}"
     table, _, _ = _run_sweep("label_leaking", variants, **kw)
     rows = label_leaking_table(table, {f"label_leaking/{v.name}": v.params["train_method"]
                                        for v in variants})
@@ -426,6 +438,10 @@ def label_leaking(methods, **kw):
         flag = "  <- label leaking" if r["leak"] else ""
         click.echo(f"{r['model']}: clean {r['clean']:.1f}, {r['method']} eps {r['eps']:g} "
                    f"{r['adversarial']:.1f}{flag}")
+    path = figures.plot_accuracy_vs_eps(table, figure, models=[f"label_leaking/{v.name}"
+                                                               for v in variants],
+                                        attacks=[v.params["train_method"] for v in variants])
+    click.echo(f"figure {path}")
 
 
 @analyze.command(epilog=EXAMPLES_ANALYZE)

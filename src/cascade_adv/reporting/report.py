@@ -190,7 +190,11 @@ def _analysis_sections(page: _Page, rows: ResultTable, store: ResultsStore, root
             m.append(f"| {r['method']} | {r['eps']:g} | {clean} | {r['adversarial']:.1f} | "
                      f"{flag} |")
         h.append("</tbody></table>")
-        page.add("Label leaking (K17 table 3)", "\n".join(h), "\n".join(m) + "\n")
+        path = figures.plot_accuracy_vs_eps(white, figdir / "k17_table3_label_leaking.png",
+                                            models=list(leak), attacks=sorted(set(leak.values())))
+        fh, fm = _figure(path, root, "Accuracy vs epsilon under each training method's own "
+                                     "attack (eps 0: clean)")
+        page.add("Label leaking (K17 table 3)", "\n".join(h) + fh, "\n".join(m) + "\n" + fm)
     pairs = dict.fromkeys((r["source"], r["model"]) for r in rows
                           if r["metric"] == "transfer_top1" and r["source"] != r["model"])
     for source, target in pairs:
@@ -222,8 +226,13 @@ def _analysis_sections(page: _Page, rows: ResultTable, store: ResultsStore, root
         labels = {m: a.replace("relu_decay:", "ReluDecay") for m, a in act.items()}
         paper = get_table("k17-table7")
         title = "Activation functions (K17 table 7)"
-        page.add(title, *(render_whitebox(ours, fmt=fmt, title="", published=paper,
-                                          row_map=labels) for fmt in ("html", "markdown")))
+        html_t, md_t = (render_whitebox(ours, fmt=fmt, title="", published=paper,
+                                        row_map=labels) for fmt in ("html", "markdown"))
+        attacks = list(dict.fromkeys(r["attack"] for r in ours if r["attack"] != CLEAN))
+        path = figures.plot_accuracy_vs_eps(ours, figdir / "k17_table7_activations.png",
+                                            models=list(act), attacks=attacks)
+        fh, fm = _figure(path, root, "Accuracy vs epsilon per activation function")
+        page.add(title, html_t + fh, md_t + "\n" + fm)
 
 
 def _slug(name: str) -> str:
