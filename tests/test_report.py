@@ -150,3 +150,21 @@ def test_report_loads_in_headless_chromium(filled_store: Path, tmp_path: Path) -
     expected = _Tables()
     expected.feed(html_path.read_text())
     assert parsed.rows == expected.rows and len(parsed.rows) >= 8
+
+
+def test_black_box_rows_find_their_published_matrix():
+    from cascade_adv.reporting import ResultTable
+    from cascade_adv.reporting.report import _published_matrix
+
+    def rows(targets, sources):
+        return ResultTable({"model": t, "source": s, "dataset": "cifar10", "split": "test",
+                            "attack": "iter_fgsm", "eps": 16, "metric": "top1", "value": 1.0,
+                            "n": 1} for t in targets for s in sources)
+
+    # targets of initialisation 1, sources of initialisation 2: N18 table 4
+    table4 = rows(["n18_cifar10_baseline", "n18_cifar10_step_ll_pivot"], ["n18_cifar10_P2"])
+    assert _published_matrix(table4).id == "n18-table4"
+    # sources and targets of initialisation 1: table 8
+    table8 = rows(["n18_cifar10_baseline"], ["n18_cifar10_step_ll_kurakin"])
+    assert _published_matrix(table8).id == "n18-table8"
+    assert _published_matrix(rows(["mine"], ["yours"])) is None
