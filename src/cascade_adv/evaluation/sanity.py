@@ -43,9 +43,12 @@ CHECKS: tuple[str, ...] = (
 )
 
 #: (iterative attack, one-step attack it must be at least as strong as).
+#: Only untargeted pairs: iter_ll walks towards one fixed class in small steps and
+#: measures success differently from step_ll; N18 table 1 itself reports it weaker
+#: (MNIST Baseline, eps 32: iter_ll 66.2 vs step_ll 30.2), so that pair would flag
+#: correct evaluations.
 ITERATIVE_VS_ONE_STEP: tuple[tuple[str, str], ...] = (
     ("iter_fgsm", "step_fgsm"),
-    ("iter_ll", "step_ll"),
     ("pgd", "step_fgsm"),
 )
 #: Iterative white-box attacks whose accuracy cannot rise with eps.
