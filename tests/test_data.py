@@ -388,11 +388,11 @@ def test_cifar_python_verified(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
 
 
 def test_unknown_name_and_split() -> None:
-    with pytest.raises(DatasetError, match="unknown dataset 'imagenet'; choose one of: digits"):
-        load_dataset("imagenet")
+    with pytest.raises(DatasetError, match="unknown dataset 'svhn'; choose one of: digits"):
+        load_dataset("svhn")
     with pytest.raises(DatasetError, match="unknown split 'val'; choose one of: train, test"):
         load_dataset("digits", "val")
-    assert DATASETS == ("digits", "mnist", "cifar10")
+    assert DATASETS == ("digits", "mnist", "cifar10", "imagenet")
 
 
 def test_image_dataset_api() -> None:

@@ -235,7 +235,7 @@ def test_recipes_point_at_published_rows():
         assert label in (t.sources if label in t.sources else t.row_order), name
     assert RECIPES["n18_cifar10_step_fgsm_pivot"] == ("n18-table2", "step_FGSM, Pivot")
     assert RECIPES["n18_cifar10_K2"] == ("n18-table4", "K2")
-    assert len(RECIPES) == 30
+    assert len(RECIPES) == 32
 
 
 def test_recipe_for_matches_seeds():
@@ -249,7 +249,7 @@ def test_recipe_for_matches_seeds():
 
 
 def test_approximate_k17_recipes():
-    assert APPROXIMATE == {k for k in RECIPES if k.startswith("k17_")}
+    assert APPROXIMATE == {k for k in RECIPES if k.startswith("k17_cifar10_")}
     assert len(APPROXIMATE) == 10
     assert is_approximate("k17_cifar10_step_rnd-seed1")
     assert not is_approximate("n18_mnist_pivot")

@@ -12,7 +12,10 @@ Conventions (K17 section 2.1, N18 section 2 and footnote 3):
   statistics and does not update them, dropout is off) and its modes are restored
   afterwards;
 * gradients are taken with :func:`torch.autograd.grad` with respect to the input
-  only, so no weight gradient is computed or accumulated.
+  only, so no weight gradient is computed or accumulated;
+* under bf16 autocast (:mod:`cascade_adv.speed`) the logits are cast to float32
+  before the objective and the label rule, and the input - hence its gradient
+  and the adversarial image - stays float32.
 """
 
 from __future__ import annotations
@@ -102,6 +105,14 @@ def project(x_adv: torch.Tensor, x: torch.Tensor, eps01: torch.Tensor) -> torch.
     return torch.maximum(torch.minimum(x_adv, upper), lower)
 
 
+def _float32(out):
+    """bf16 logits (autocast) -> float32; anything else unchanged, so that callers can
+    still check and reject a model output that is not a logits tensor."""
+    if isinstance(out, torch.Tensor) and out.dtype in (torch.bfloat16, torch.float16):
+        return out.float()
+    return out
+
+
 def input_gradient(
     model: nn.Module,
     x: torch.Tensor,
@@ -114,11 +125,12 @@ def input_gradient(
 
     If ``label_rule`` is given, the attack's labels are chosen from the detached
     logits of this same forward pass (one forward, one input-backward).
-    Returns ``(gradient, labels_used)``.
+    Returns ``(gradient, labels_used)``.  The logits are taken in float32 (a no-op
+    unless the model runs under bf16 autocast); the gradient has ``x``'s dtype.
     """
     x = x.detach().requires_grad_(True)
     with torch.enable_grad():
-        logits = model(x)
+        logits = _float32(model(x))
         if label_rule is not None:
             labels = label_rule(logits.detach(), labels, generator)
         loss = objective(logits, labels)
@@ -255,7 +267,7 @@ def iterate(
             labels = true_label(None, y, generator)
         else:
             with torch.no_grad():
-                labels = label_rule(model(x), y, generator)
+                labels = label_rule(_float32(model(x)), y, generator)
         x_adv = x.detach().clone()
         if random_start:
             noise = torch.rand(x.shape, device=x.device, dtype=x.dtype, generator=generator)

@@ -85,14 +85,16 @@ def train(config_path, out, resume, quiet, overrides):
     """Train a model; KEY=VALUE arguments override config entries (e.g. optim.lr=0.05)."""
     from cascade_adv.training import load_config
     from cascade_adv.training import train as run_training
+    from cascade_adv.training.distributed import env_rank
 
     cfg = load_config(config_path, overrides)
     run_dir = Path(out) if out else Path("runs") / cfg.name
     result = run_training(cfg, run_dir, resume=resume, progress=not quiet)
-    click.echo(
-        f"trained {cfg.name}: {result.iterations} iterations, final loss "
-        f"{result.final_loss:.4f}, {result.seconds:.1f} s -> {run_dir / 'final'}"
-    )
+    if env_rank() == 0:  # under torchrun, rank 0 reports
+        click.echo(
+            f"trained {cfg.name}: {result.iterations} iterations, final loss "
+            f"{result.final_loss:.4f}, {result.seconds:.1f} s -> {run_dir / 'final'}"
+        )
 
 
 def _load_for_eval(
@@ -118,11 +120,23 @@ def _load_for_eval(
             f"cannot tell which dataset {checkpoint} was trained on; pass --dataset"
         )
     root = data_root or (run_cfg.data.root if run_cfg else None)
-    data = load_dataset(name, split, root=root)
+    data = load_dataset(name, split, root=root, **_size_option(name, model.config, run_cfg))
     if limit:
         data = data.subset(limit)
     label = _model_label(weights)
     return model, label, weights_hash(weights), data.to(dev)
+
+
+def _size_option(name: str, model_config, run_cfg) -> dict:
+    """``{"image_size": S}`` for ImageNet folders: the size the model's run decoded its
+    training images at, else the model's input size; ``{}`` for the other datasets."""
+    if name != "imagenet":
+        return {}
+    from cascade_adv.data.imagefolder import DEFAULT_IMAGE_SIZE
+
+    if run_cfg is not None and run_cfg.data.dataset == "imagenet":
+        return {"image_size": run_cfg.data.image_size or DEFAULT_IMAGE_SIZE}
+    return {"image_size": model_config.input_size}
 
 
 def _run_config(weights: Path):
@@ -153,7 +167,7 @@ def model_data_options(split_default: str = "test") -> list:
         ),
         click.option(
             "--dataset",
-            type=click.Choice(["digits", "mnist", "cifar10"]),
+            type=click.Choice(["digits", "mnist", "cifar10", "imagenet"]),
             default=None,
             help="Dataset (default: the one the model was trained on).",
         ),
@@ -214,29 +228,65 @@ def _apply(options):
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None)
 @click.option("--name", default=None, help="Model name in tables (default: run folder name).")
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "--precision",
+    type=click.Choice(["auto", "float32", "bf16"]),
+    default="auto",
+    show_default=True,
+    help="bf16 autocast (auto: on CUDA only) or float32 everywhere.",
+)
+@click.option(
+    "--channels-last",
+    type=click.Choice(["auto", "true", "false"]),
+    default="auto",
+    show_default=True,
+    help="NHWC weights and images (auto: on CUDA only).",
+)
+@click.option(
+    "--compile/--no-compile",
+    "compile_model",
+    default=False,
+    show_default=True,
+    help="torch.compile the model's forward (checked before any work).",
+)
 def evaluate(attack_names, eps_list, results, csv_path, json_path, name, seed, batch_size,
-             quiet, **model_data):
+             quiet, precision, channels_last, compile_model, **model_data):
     """White-box accuracy (top-1, top-5) of one model under attacks x epsilons."""
     from cascade_adv import attacks
     from cascade_adv.evaluation import ResultsStore, evaluate_whitebox
+    from cascade_adv.speed import resolve_speed
+    from cascade_adv.training import distributed
 
     names = _csv_list(attack_names)
     eps = _csv_list(eps_list, float)
     for a in names:
         attacks.get(a)
     attacks.validate_eps(eps)
-    model, label, digest, data = _load_for_eval(**model_data)
-    table = evaluate_whitebox(
-        model,
-        data,
-        names,
-        eps,
-        batch_size=batch_size,
-        seed=seed,
-        model_name=name or label,
-        model_hash=digest,
-        progress=not quiet,
-    )
+    # under torchrun every rank evaluates its shard of the images; rank 0 reports
+    ctx = distributed.setup("auto", model_data["device"])
+    model_data["device"] = str(ctx.device)
+    try:
+        # unsupported --precision / --compile: one line before the model is loaded
+        resolve_speed(ctx.device, precision, channels_last, compile_model, via="cli")
+        model, label, digest, data = _load_for_eval(**model_data)
+        table = evaluate_whitebox(
+            model,
+            data,
+            names,
+            eps,
+            batch_size=batch_size,
+            seed=seed,
+            model_name=name or label,
+            model_hash=digest,
+            progress=not quiet and ctx.is_main,
+            precision=precision,
+            channels_last=channels_last,
+            compile=compile_model,
+        )
+    finally:
+        ctx.close()
+    if not ctx.is_main:
+        return
     click.echo(table.to_markdown())
     if results:
         with ResultsStore(results) as store:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from cascade_adv.cli.main import _csv_list, _model_label, _run_config, cli
+from cascade_adv.cli.main import _csv_list, _model_label, _run_config, _size_option, cli
 from cascade_adv.errors import CascadeAdvError
 
 
@@ -83,14 +83,16 @@ def load_split(models: list[LoadedModel], dataset: str | None, data_root: str | 
                                   "pass --dataset")
         dataset = names.pop()
     root = data_root or next((m.run_config.data.root for m in models if m.run_config), None)
-    data = load_dataset(dataset, split, root=root)
+    first = models[0] if models else None
+    size = _size_option(dataset, first.model.config, first.run_config) if first else {}
+    data = load_dataset(dataset, split, root=root, **size)
     return (data.subset(limit) if limit else data).to(device)
 
 
 def common_options(fn):
     """Dataset, device and output options shared by the commands below."""
     options = [
-        click.option("--dataset", type=click.Choice(["digits", "mnist", "cifar10"]),
+        click.option("--dataset", type=click.Choice(["digits", "mnist", "cifar10", "imagenet"]),
                      default=None, help="Dataset (default: the one the models were trained on)."),
         click.option("--data-root", type=click.Path(file_okay=False), default=None,
                      help="Folder with the dataset files (default: $CASCADE_ADV_DATA or ./data)."),

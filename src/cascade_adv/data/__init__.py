@@ -1,7 +1,10 @@
-"""Datasets (digits, MNIST, CIFAR-10) as in-memory ``uint8`` tensors, and transforms.
+"""Datasets (digits, MNIST, CIFAR-10, ImageNet-style folders) as in-memory ``uint8``
+tensors, and transforms.
 
 ``load_dataset(name, split, root, download)`` returns an :class:`ImageDataset`; files
-are verified against published md5 sums (see :mod:`cascade_adv.data.sources`).
+are verified against published md5 sums (see :mod:`cascade_adv.data.sources`);
+ImageNet folders are decoded with Pillow and cached (see
+:mod:`cascade_adv.data.imagefolder`).
 """
 
 from cascade_adv.data.dataset import DATASETS, SPLITS, ImageDataset

@@ -9,7 +9,7 @@ import torch
 from cascade_adv.errors import DatasetError
 
 #: Names accepted by :func:`cascade_adv.data.load_dataset`.
-DATASETS: tuple[str, ...] = ("digits", "mnist", "cifar10")
+DATASETS: tuple[str, ...] = ("digits", "mnist", "cifar10", "imagenet")
 #: Splits accepted by :func:`cascade_adv.data.load_dataset`.
 SPLITS: tuple[str, ...] = ("train", "test")
 

@@ -9,6 +9,7 @@ from cascade_adv.data import sources
 from cascade_adv.data.cifar import load_cifar10
 from cascade_adv.data.dataset import DATASETS, SPLITS, ImageDataset
 from cascade_adv.data.digits import load_digits_dataset
+from cascade_adv.data.imagefolder import DEFAULT_IMAGE_SIZE, load_imagenet
 from cascade_adv.data.mnist import load_mnist
 from cascade_adv.errors import DatasetError
 
@@ -28,15 +29,20 @@ def load_dataset(
     root: str | os.PathLike | None = None,
     download: bool = False,
     mirror: str | None = None,
+    image_size: int | None = None,
 ) -> ImageDataset:
     """Load a whole split into memory (CPU) as an :class:`ImageDataset`.
 
     ``name`` is one of :data:`DATASETS`, ``split`` ``"train"`` or ``"test"``. Files are
     looked up under :func:`resolve_data_root` (``root/mnist/``, ``root/cifar10/
-    cifar-10-batches-bin/``, ... see the loaders) and verified against published md5
-    sums. With ``download=True`` missing files are fetched from ``mirror`` (a base URL,
-    or several comma-separated), else ``$CASCADE_ADV_MIRROR``, else the official
-    locations. Every user-fixable problem raises :class:`DatasetError`.
+    cifar-10-batches-bin/``, ``root/imagenet/{train,val}/<class>/``, ... see the
+    loaders) and verified against published md5 sums (not ImageNet folders). With
+    ``download=True`` missing files are fetched from ``mirror`` (a base URL, or several
+    comma-separated), else ``$CASCADE_ADV_MIRROR``, else the official locations
+    (not ImageNet). ``image_size`` is the side of ImageNet images after resizing and
+    center cropping (default 299, K17's Inception v3 input; see
+    :mod:`cascade_adv.data.imagefolder`); the other datasets have fixed sizes. Every
+    user-fixable problem raises :class:`DatasetError`.
     """
     if not isinstance(name, str) or not isinstance(split, str):
         raise DatasetError(
@@ -50,9 +56,18 @@ def load_dataset(
     split_key = split.strip().lower()
     if split_key not in SPLITS:
         raise DatasetError(f"unknown split {split!r}; choose one of: {', '.join(SPLITS)}")
+    if image_size is not None and key != "imagenet":
+        raise DatasetError(f"image_size applies to the imagenet dataset only, not {key}; "
+                           "leave it unset")
     if key == "digits":
         return load_digits_dataset(split_key)
     data_root = resolve_data_root(root)
+    if key == "imagenet":
+        if download:
+            raise DatasetError("ImageNet cannot be downloaded automatically; put its images "
+                               f"under {data_root}/imagenet/{{train,val}}/<class>/")
+        size = DEFAULT_IMAGE_SIZE if image_size is None else image_size
+        return load_imagenet(split_key, data_root, size)
     if key == "mnist":
         return load_mnist(split_key, data_root, download=download, mirror=mirror)
     return load_cifar10(split_key, data_root, download=download, mirror=mirror)

@@ -13,6 +13,14 @@ example's own step count ``floor(min(eps + 4, 1.25 eps))`` with a mask, so the
 result equals separate per-epsilon calls.  Correct predictions are summed into
 counters on the device and read back once at the end (no host sync per batch
 from the counting itself).
+
+Several processes (``torchrun``; DESIGN.md "Scale beyond one GPU"): when a
+``torch.distributed`` process group is initialised, rank r evaluates the r-th
+contiguous ``1/W`` of the images and the counters are summed over ranks before
+the read-back, so every rank returns the table of the whole set.  Deterministic
+attacks give the same counts as one process (per-example attacks in inference
+mode); random ones (random_sign, step_rnd, PGD's random start) draw their noise
+per rank, from the same seed, so their draws - not their distribution - differ.
 """
 
 from __future__ import annotations
@@ -22,6 +30,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -29,6 +38,7 @@ from cascade_adv import attacks as attack_registry
 from cascade_adv.data.transforms import center_crop, iterate_batches, to_float
 from cascade_adv.errors import CascadeAdvError
 from cascade_adv.reporting.tables import CLEAN, WHITEBOX, ResultTable
+from cascade_adv.speed import prepare_input, prepared, resolve_speed
 
 
 def prepare_images(model: nn.Module, images_uint8: torch.Tensor) -> torch.Tensor:
@@ -143,6 +153,13 @@ def count_correct(logits: torch.Tensor, labels: torch.Tensor, ks: Sequence[int])
     return per_example.sum(dim=0)
 
 
+def _shard_of(distributed: bool | None) -> tuple[int, int]:
+    """``(rank, world)`` to shard the test set over; ``(0, 1)`` without a process group."""
+    if distributed is False or not (dist.is_available() and dist.is_initialized()):
+        return 0, 1
+    return dist.get_rank(), dist.get_world_size()
+
+
 def evaluate_whitebox(
     model: nn.Module,
     dataset: Any,
@@ -158,6 +175,10 @@ def evaluate_whitebox(
     model_hash: str = "",
     progress: bool = True,
     max_batch: int | None = None,
+    distributed: bool | None = None,
+    precision: str = "auto",
+    channels_last: bool | str = "auto",
+    compile: bool = False,
 ) -> ResultTable:
     """Top-1 / top-5 accuracy (percent) of ``model`` on ``dataset`` under white-box attacks.
 
@@ -176,6 +197,17 @@ def evaluate_whitebox(
     ``attacks``).  ``max_batch`` caps the images sent to one attack call (default
     ``batch_size * len(eps)``: the whole batch at every epsilon at once; never less
     than one epsilon's batch); lower it if the stacked batch does not fit in memory.
+
+    ``distributed``: ``None`` shards the images over the ranks of an initialised
+    ``torch.distributed`` process group (every rank must call this function) and
+    sums the counts; ``False`` evaluates the whole set in this process.
+
+    ``precision`` (``auto``: bf16 autocast on CUDA, float32 elsewhere; ``float32``;
+    ``bf16``), ``channels_last`` (``auto``: on for CUDA) and ``compile``
+    (``torch.compile`` of the model's forward) are :mod:`cascade_adv.speed`'s options,
+    applied around every forward pass and attack and undone afterwards; the images
+    and their attack gradients stay float32.  An unsupported choice raises
+    :class:`~cascade_adv.errors.ConfigError` before any work.
     """
     # --- validate everything before any work -----------------------------------------
     eps_values = _check_eps(eps)
@@ -198,12 +230,20 @@ def evaluate_whitebox(
     limit = batch_size * max(len(eps_values), 1) if max_batch is None else int(max_batch)
     if limit < 1:
         raise CascadeAdvError(f"max_batch must be a positive integer, got {max_batch!r}")
+    rank, world = _shard_of(distributed)
+    if n_total < world:
+        raise CascadeAdvError(f"the dataset has {n_total} images, fewer than the {world} "
+                              "processes that share it; evaluate more images or fewer processes")
+    shard = dataset
+    if world > 1:  # rank r: the r-th contiguous 1/W of the images
+        shard = dataset.subset(slice(n_total * rank // world, n_total * (rank + 1) // world))
 
     if device is None:
         device = _model_device(model)
     else:
         device = torch.device(device)
         model.to(device)
+    speed = resolve_speed(device, precision, channels_last, compile, model=model)
     num_classes = getattr(getattr(model, "config", None), "num_classes", None)
     if num_classes is not None:
         ks = [k for k in ks if k == 1 or k < num_classes]
@@ -216,46 +256,54 @@ def evaluate_whitebox(
 
     clean_counts: torch.Tensor | None = None
     adv_counts: dict[str, torch.Tensor] = {}
-    n_batches = math.ceil(n_total / batch_size)
-    bar = tqdm(iterate_batches(dataset, batch_size), total=n_batches, disable=not progress,
+    n_batches = math.ceil(int(shard.images.shape[0]) / batch_size)
+    bar = tqdm(iterate_batches(shard, batch_size), total=n_batches,
+               disable=not progress or rank != 0,
                desc=f"white-box {model_name}", unit="batch", leave=False)
-    for xb_uint8, yb in bar:
-        xb_uint8 = xb_uint8.to(device, non_blocking=True)
-        yb = yb.to(device, non_blocking=True)
-        x = prepare_images(model, xb_uint8)
-        b = x.shape[0]
-        with attack_registry.inference_mode(model), torch.no_grad():
-            logits = model(x)
-        if clean_counts is None:  # the first batch fixes the metrics
-            if num_classes is None:
-                ks = [k for k in ks if k == 1 or k < logits.shape[1]]
-            clean_counts = torch.zeros(len(ks), dtype=torch.int64, device=device)
-            for name in names:
-                adv_counts[name] = torch.zeros(len(adv_eps), len(ks), dtype=torch.int64,
-                                               device=device)
-        clean_counts += count_correct(logits, yb, ks)
+    # channels_last / compile on the model, bf16 autocast around forwards and attacks
+    with prepared(model, speed), speed.autocast():
+        for xb_uint8, yb in bar:
+            xb_uint8 = xb_uint8.to(device, non_blocking=True)
+            yb = yb.to(device, non_blocking=True)
+            x = prepare_input(prepare_images(model, xb_uint8), speed)
+            b = x.shape[0]
+            with attack_registry.inference_mode(model), torch.no_grad():
+                logits = model(x)
+            if clean_counts is None:  # the first batch fixes the metrics
+                if num_classes is None:
+                    ks = [k for k in ks if k == 1 or k < logits.shape[1]]
+                clean_counts = torch.zeros(len(ks), dtype=torch.int64, device=device)
+                for name in names:
+                    adv_counts[name] = torch.zeros(len(adv_eps), len(ks), dtype=torch.int64,
+                                                   device=device)
+            clean_counts += count_correct(logits, yb, ks)
 
-        per_call = max(1, limit // b)  # epsilons stacked into one attack call
-        for name in names:
-            for first in range(0, len(adv_eps), per_call):
-                group = adv_eps[first:first + per_call]
-                g = len(group)
-                xs = x.repeat(g, 1, 1, 1) if g > 1 else x  # [g * b, ...], epsilon-major
-                ys = yb.repeat(g) if g > 1 else yb
-                eps_t = torch.tensor(group, dtype=torch.float64).repeat_interleave(b)
-                # names, epsilons, options and images were validated up front, so the
-                # attack runs without attacks.run's per-call checks (device syncs)
-                x_adv = attack_registry.get(name).fn(model, xs, ys, eps_t,
-                                                     generator=generators[name],
-                                                     **opts.get(name, {}))
-                with attack_registry.inference_mode(model), torch.no_grad():
-                    logits = model(x_adv)
-                adv_counts[name][first:first + g] += count_correct(logits, ys.view(g, b), ks)
+            per_call = max(1, limit // b)  # epsilons stacked into one attack call
+            for name in names:
+                for first in range(0, len(adv_eps), per_call):
+                    group = adv_eps[first:first + per_call]
+                    g = len(group)
+                    xs = x.repeat(g, 1, 1, 1) if g > 1 else x  # [g * b, ...], epsilon-major
+                    ys = yb.repeat(g) if g > 1 else yb
+                    eps_t = torch.tensor(group, dtype=torch.float64).repeat_interleave(b)
+                    # names, epsilons, options and images were validated up front, so the
+                    # attack runs without attacks.run's per-call checks (device syncs)
+                    x_adv = attack_registry.get(name).fn(model, xs, ys, eps_t,
+                                                         generator=generators[name],
+                                                         **opts.get(name, {}))
+                    with attack_registry.inference_mode(model), torch.no_grad():
+                        logits = model(x_adv)
+                    adv_counts[name][first:first + g] += count_correct(logits, ys.view(g, b), ks)
     bar.close()
 
     # --- one read-back, then the rows ----------------------------------------------------
     assert clean_counts is not None
     stacked = torch.cat([clean_counts.view(1, -1)] + [adv_counts[name] for name in names])
+    if world > 1:  # the counts of every rank's shard (nccl reduces CUDA tensors only)
+        on = stacked.device if dist.get_backend() == "nccl" else torch.device("cpu")
+        total = stacked.to(on)
+        dist.all_reduce(total)
+        stacked = total
     host = stacked.tolist()  # the only device -> host sync of the counting
     clean_host, adv_host = host[0], {}
     for i, name in enumerate(names):

@@ -652,6 +652,9 @@ RECIPES: dict[str, tuple[str, str]] = {
     "k17_cifar10_fast_grad_linf": ("k17-table5", "Fast grad. L∞"),
     "k17_cifar10_random_sign": ("k17-table5", "Sign of random perturbation"),
     "k17_cifar10_random_normal": ("k17-table5", "Random normal perturbation"),
+    # the ImageNet path (Inception v3); their K17 table 2 rows are the same networks
+    "k17_imagenet_baseline": ("k17-table1", "Baseline (standard training)"),
+    "k17_imagenet_step_ll": ("k17-table1", "Adv. training"),
 }
 
 #: Recipes that re-create a published row only approximately: K17 table 5 is an

@@ -1,7 +1,8 @@
-"""Models: CIFAR-style ResNet-(6n+2) with width multiplier, activation choice and
-per-pixel-mean normalisation inside the model; saved with their config."""
+"""Models: CIFAR-style ResNet-(6n+2) and Inception v3 (K17's ImageNet model) with width
+multiplier, activation choice and normalisation inside the model; saved with their config."""
 
-from cascade_adv.models.config import ACTIVATIONS, ModelConfig
+from cascade_adv.models.config import ACTIVATIONS, ARCHS, ModelConfig
+from cascade_adv.models.inception import InceptionV3
 from cascade_adv.models.resnet import ReluDecay, ResNet
 from cascade_adv.models.serialize import (
     WEIGHTS_FILE,
@@ -16,7 +17,9 @@ from cascade_adv.models.serialize import (
 
 __all__ = [
     "ACTIVATIONS",
+    "ARCHS",
     "WEIGHTS_FILE",
+    "InceptionV3",
     "ModelConfig",
     "ReluDecay",
     "ResNet",

@@ -86,6 +86,37 @@ class PerPixelMean(nn.Module):
         return x - self.mean if self.enabled else x
 
 
+class InceptionScale(nn.Module):
+    """``2 x - 1``: [0, 1] images to [-1, 1], the scaling of TF-slim's Inception
+    preprocessing (K17's ImageNet models).  No parameters or buffers."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * 2.0 - 1.0
+
+
+def make_normalization(cfg: ModelConfig) -> nn.Module:
+    """The model's first layer for ``cfg.normalize`` (see :class:`ModelConfig`)."""
+    if cfg.normalize == "inception":
+        return InceptionScale()
+    return PerPixelMean(
+        cfg.in_channels, (cfg.input_size, cfg.input_size), cfg.normalize == "per_pixel_mean"
+    )
+
+
+def set_mean_image(normalize: nn.Module, mean: torch.Tensor) -> None:
+    """Copy the per-pixel mean image into a :class:`PerPixelMean` layer (center-cropped
+    to its size); see :meth:`ResNet.set_mean_image`."""
+    if not hasattr(normalize, "mean"):
+        raise ValueError("this model does not subtract a per-pixel mean (normalize is not "
+                         "per_pixel_mean)")
+    c, h, w = normalize.mean.shape
+    if mean.dim() != 3 or mean.shape[0] != c or mean.shape[1] < h or mean.shape[2] < w:
+        raise ValueError(f"mean image of shape {tuple(mean.shape)} does not fit input {c}x{h}x{w}")
+    top, left = (mean.shape[1] - h) // 2, (mean.shape[2] - w) // 2
+    with torch.no_grad():
+        normalize.mean.copy_(mean[:, top : top + h, left : left + w])
+
+
 class ResNet(nn.Module):
     """ResNet-``depth`` (depth = 6n + 2) mapping images in [0, 1] to logits."""
 
@@ -94,9 +125,7 @@ class ResNet(nn.Module):
         self.config = cfg
         n = (cfg.depth - 2) // 6
         widths = [max(1, round(c * cfg.width)) for c in (16, 32, 64)]
-        self.normalize = PerPixelMean(
-            cfg.in_channels, (cfg.input_size, cfg.input_size), cfg.normalize == "per_pixel_mean"
-        )
+        self.normalize = make_normalization(cfg)
         self.conv1 = nn.Conv2d(cfg.in_channels, widths[0], 3, 1, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(widths[0])
         self.act1 = make_activation(cfg)
@@ -123,12 +152,7 @@ class ResNet(nn.Module):
         center-cropped: exact for the center-cropped test images, and within the
         smooth variation of the mean image for random training crops.
         """
-        c, h, w = self.normalize.mean.shape
-        if mean.dim() != 3 or mean.shape[0] != c or mean.shape[1] < h or mean.shape[2] < w:
-            raise ValueError(f"mean image of shape {tuple(mean.shape)} does not fit input {c}x{h}x{w}")
-        top, left = (mean.shape[1] - h) // 2, (mean.shape[2] - w) // 2
-        with torch.no_grad():
-            self.normalize.mean.copy_(mean[:, top : top + h, left : left + w])
+        set_mean_image(self.normalize, mean)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Pooled features before the final linear layer."""

@@ -18,19 +18,23 @@ from safetensors.torch import load_file, save_file
 from cascade_adv.errors import CheckpointError
 from cascade_adv.io import atomic_path
 from cascade_adv.models.config import ModelConfig
+from cascade_adv.models.inception import InceptionV3
 from cascade_adv.models.resnet import ResNet
 
 WEIGHTS_FILE = "model.safetensors"
 
 
-def build_model(cfg: ModelConfig | dict) -> ResNet:
-    """A freshly initialised model for ``cfg``."""
+def build_model(cfg: ModelConfig | dict) -> ResNet | InceptionV3:
+    """A freshly initialised model for ``cfg``: a :class:`ResNet` or, for
+    ``arch: inception_v3``, an :class:`InceptionV3`."""
     if isinstance(cfg, dict):
         cfg = ModelConfig(**cfg)
+    if cfg.arch == "inception_v3":
+        return InceptionV3(cfg)
     return ResNet(cfg)
 
 
-def save_model(model: ResNet, path: str | os.PathLike, *, init: str = "") -> None:
+def save_model(model: ResNet | InceptionV3, path: str | os.PathLike, *, init: str = "") -> None:
     """Write ``model``'s weights and config to ``path`` (a .safetensors file), atomically.
 
     ``init`` records where the weights started (see :func:`read_model_init`).
@@ -85,7 +89,7 @@ def load_model(
     path: str | os.PathLike,
     expected: ModelConfig | None = None,
     map_location: str | torch.device = "cpu",
-) -> ResNet:
+) -> ResNet | InceptionV3:
     """Rebuild the model stored at ``path`` (file or checkpoint folder).
 
     If ``expected`` is given, the stored architecture must equal it; otherwise a
@@ -104,7 +108,7 @@ def load_model(
             f"checkpoint {path} is another architecture ({detail}); "
             "use the config it was trained with or another checkpoint"
         )
-    model = ResNet(cfg)
+    model = build_model(cfg)
     try:
         state = load_file(str(path), device="cpu")
     except (SafetensorError, OSError) as exc:

@@ -12,6 +12,11 @@ Per iteration (after ``delay`` clean-only iterations):
    m - k clean images, so rows k..2k-1 are their clean twins (N18);
 4. the loss is :func:`~cascade_adv.training.loss.unified_loss`.
 
+Under ``torchrun`` (``world`` > 1) every rank receives the same global batch and
+keeps its share: the adversarial rows ``rank, rank + W, ...``, their twins and a
+contiguous ``1/W`` of the other clean rows, with the global normaliser; see
+:mod:`cascade_adv.training.distributed` for what stays exact.
+
 Saved (cascade) images are used as stored: no random crop (N18 section 6); their
 clean twins are the matching training images prepared as at test time (center
 crop), so the similarity loss pairs each saved image with its own clean image.
@@ -19,6 +24,7 @@ crop), so the similarity loss pairs each saved image with its own clean image.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,6 +37,7 @@ from cascade_adv.errors import CascadeAdvError, ConfigError
 from cascade_adv.evaluation.advset import AdversarialSet, load_adversarial_set
 from cascade_adv.models import ModelConfig, load_model
 from cascade_adv.training.config import AdversarialSection, SourceSection, TrainConfig
+from cascade_adv.training.distributed import unwrap
 from cascade_adv.training.epsilon import sample_eps
 from cascade_adv.training.loss import unified_loss
 
@@ -61,6 +68,45 @@ def one_step_examples(method: str, model: nn.Module, x: torch.Tensor, y: torch.T
             one_step_examples("step_fgsm", model, x[h:], y[h:], eps[h:], generator),
         ])
     return attacks.get(method).fn(model, x, y, eps, generator=generator)
+
+
+class _Probe(nn.Module):
+    """A fixed linear map of 2x2 images to 3 logits (no parameters, no random init)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = torch.linspace(-1.0, 1.0, 12, dtype=x.dtype, device=x.device).view(4, 3)
+        return x.flatten(1) @ w
+
+
+@functools.cache
+def draws_random(method: str) -> bool:
+    """Whether training method ``method`` draws from its generator (step_rnd,
+    random_sign, ...), found once by running it on a tiny fixed model.  Under DDP
+    such a method runs on its whole block of rows on every rank, so the draws equal
+    a single process's."""
+    g = torch.Generator().manual_seed(0)
+    before = g.get_state()
+    x = torch.full((2, 1, 2, 2), 0.5)
+    one_step_examples(method, _Probe(), x, torch.tensor([0, 1]), torch.full((2,), 8.0), g)
+    return not torch.equal(before, g.get_state())
+
+
+def logits_and_features(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits and pooled features (the input of the final layer ``fc``) from one forward
+    pass.  A DDP-wrapped model must run its own forward for the gradients to be
+    averaged, so there the features are taken by a hook on ``fc`` (its input: the
+    pooled features for ResNet; for Inception v3 in training, after its dropout)."""
+    net = unwrap(model)
+    if net is model:
+        embeddings = model.features(x)
+        return model.fc(embeddings), embeddings
+    seen: list[torch.Tensor] = []
+    handle = net.fc.register_forward_hook(lambda _m, inputs, _out: seen.append(inputs[0]))
+    try:
+        logits = model(x)
+    finally:
+        handle.remove()
+    return logits, seen[0]
 
 
 def compose_batch(mode: str, x: torch.Tensor, y: torch.Tensor, x_adv: torch.Tensor,
@@ -101,10 +147,19 @@ class _Saved:
 
 
 class AdversarialObjective:
-    """The per-iteration loss of adversarial training, built from the config."""
+    """The per-iteration loss of adversarial training, built from the config.
+
+    ``rank`` / ``world``: this process's share under DDP (see the module docstring);
+    the loss it returns is ``world`` times its share of the global loss, so that
+    DDP's average of the ranks' gradients is the single-process gradient.
+    """
+
+    #: the training loop passes the whole global batch; the objective keeps its rows
+    shards_batch = True
 
     def __init__(self, cfg: TrainConfig, train_set: ImageDataset, model_cfg: ModelConfig,
-                 device: torch.device):
+                 device: torch.device, rank: int = 0, world: int = 1):
+        self.rank, self.world = rank, world
         self.adv: AdversarialSection = cfg.adversarial
         self.m = cfg.optim.batch_size
         self.train_set = train_set
@@ -157,15 +212,49 @@ class AdversarialObjective:
             images = center_crop(images, size)
         return to_float(images).to(self.device)
 
+    def _share(self, start: int, count: int) -> slice:
+        """This rank's contiguous ``1/W`` of rows ``start .. start + count - 1``."""
+        per = count // self.world
+        return slice(start + self.rank * per, start + (self.rank + 1) * per)
+
+    def _scaled(self, loss: torch.Tensor) -> torch.Tensor:
+        return loss * self.world if self.world > 1 else loss
+
+    def _attack(self, method: str, net: nn.Module, x, y, eps, rows: slice, mine: torch.Tensor,
+                generator: torch.Generator) -> torch.Tensor:
+        """Adversarial images of this rank's rows ``mine`` of the source block ``rows``."""
+        if self.world == 1:
+            return one_step_examples(method, net, x[rows], y[rows], eps[rows], generator)
+        a, b = rows.start, rows.stop
+        h = a + (b - a) // 2  # step_both: the block's first half step_ll, the rest step_fgsm
+        parts = [("step_ll", a, h), ("step_fgsm", h, b)] if method == STEP_BOTH \
+            else [(method, a, b)]
+        out = []
+        for name, lo, hi in parts:
+            sel = mine[(mine >= lo) & (mine < hi)]
+            if draws_random(name):  # the whole block, as one process draws it
+                whole = one_step_examples(name, net, x[lo:hi], y[lo:hi], eps[lo:hi], generator)
+                out.append(whole[sel - lo])
+            elif sel.numel():
+                out.append(one_step_examples(name, net, x[sel], y[sel], eps[sel], generator))
+        return torch.cat(out) if out else x[mine]
+
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, iteration: int,
                  generator: torch.Generator):
+        """``x, y``: the global batch (every rank gets the same one); ``model`` may be
+        DDP-wrapped.  Returns the loss, the logits and labels of this rank's rows."""
         adv = self.adv
         if iteration < adv.delay:
+            n = x.shape[0]
+            x, y = x[self._share(0, n)], y[self._share(0, n)]
             logits = model(x)
-            return unified_loss(logits, y, 0, distance=None), logits, y
+            loss = unified_loss(logits, y, 0, distance=None, normaliser=n)
+            return self._scaled(loss), logits, y
         k = adv.k
         eps = sample_eps(adv.eps_sampler, k, adv.max_e, generator, x.device)
         x, y = x.clone(), y.clone()
+        net = unwrap(model)  # attacks run on the plain module, in inference mode
+        mine = torch.arange(self.rank, k, self.world, device=x.device)  # my adversarial rows
         adv_images, row = [], 0
         for i, src in enumerate(self.sources):
             rows = slice(row, row + src.count)
@@ -173,26 +262,33 @@ class AdversarialObjective:
                 images, labels, _, index = self.saved[i].sample(src.count, generator)
                 x[rows] = self._twins(index)  # the clean twin of each saved image
                 y[rows] = labels.to(y.device)
+                if self.world > 1:
+                    own = mine[(mine >= rows.start) & (mine < rows.stop)] - rows.start
+                    images = images[own.to(images.device)]
                 adv_images.append(to_float(images.to(x.device)))
             else:
-                net = model
+                net_i = net
                 if src.kind == "static":
                     pick = int(torch.randint(0, len(self.static[i]), (1,), generator=generator))
-                    net = self.static[i][pick]
-                adv_images.append(one_step_examples(src.method, net, x[rows], y[rows], eps[rows],
-                                                    generator))
+                    net_i = self.static[i][pick]
+                adv_images.append(self._attack(src.method, net_i, x, y, eps, rows, mine,
+                                               generator))
             row += src.count
         x_adv = torch.cat(adv_images)
-        batch_x, batch_y = compose_batch(adv.mode, x, y, x_adv, y[:k])
+        if self.world > 1:  # my twins, then my share of the other clean rows
+            others = torch.arange(x.shape[0], device=x.device)[self._share(k, x.shape[0] - k)]
+            keep = torch.cat([mine, others])
+            x, y = x[keep], y[keep]
+        k_mine = x_adv.shape[0]
+        batch_x, batch_y = compose_batch(adv.mode, x, y, x_adv, y[:k_mine])
         distance = adv.distance if adv.mode == "append" else None
         if distance is not None and adv.embedding == "features":
-            embeddings = model.features(batch_x)
-            logits = model.fc(embeddings)
+            logits, embeddings = logits_and_features(model, batch_x)
         else:
             embeddings, logits = None, model(batch_x)
-        loss = unified_loss(logits, batch_y, k, adv.lam, adv.lam2, distance, adv.norm,
-                            embeddings)
-        return loss, logits, batch_y
+        loss = unified_loss(logits, batch_y, k_mine, adv.lam, adv.lam2, distance, adv.norm,
+                            embeddings, normaliser=(self.m - k) + adv.lam * k)
+        return self._scaled(loss), logits, batch_y
 
     def divergence_hint(self) -> str:
         if self.adv.distance is not None:

@@ -21,8 +21,10 @@ from pydantic import (
     model_validator,
 )
 
+from cascade_adv.data.imagefolder import DEFAULT_IMAGE_SIZE as INCEPTION_DEFAULT_SIZE
 from cascade_adv.errors import ConfigError
-from cascade_adv.models.config import check_depth
+from cascade_adv.models.config import INCEPTION_MIN_SIZE, check_depth
+from cascade_adv.speed import SpeedConfig
 
 
 class _Strict(BaseModel):
@@ -33,11 +35,15 @@ class DataSection(_Strict):
     """Which dataset, where its files are, and the training-time augmentation.
 
     N18 section 3.3: MNIST without augmentation; CIFAR-10 random 24x24 crop and
-    horizontal flip for training, center crop for testing.
+    horizontal flip for training, center crop for testing.  ``imagenet`` reads
+    ``root/imagenet/{train,val}/<class>/`` (K17), resized and center-cropped to
+    ``image_size`` (default 299, Inception v3's input; see
+    :mod:`cascade_adv.data.imagefolder`).
     """
 
-    dataset: Literal["digits", "mnist", "cifar10"] = "digits"
+    dataset: Literal["digits", "mnist", "cifar10", "imagenet"] = "digits"
     root: str | None = None
+    image_size: int | None = Field(None, ge=8)
     crop_size: int | None = Field(None, ge=4)
     flip: bool = False
     download: bool = False
@@ -46,23 +52,34 @@ class DataSection(_Strict):
 class ModelSection(_Strict):
     """Architecture; channels, input size and classes come from the dataset.
 
-    ``normalize: auto`` subtracts the per-pixel mean for CIFAR-10 (N18 section 3.3)
-    and nothing for MNIST / digits.
+    ``arch``: ``resnet`` (N18; ``depth`` = 6n + 2) or ``inception_v3`` (K17's ImageNet
+    model; ``depth`` is ignored, ``width`` is rho of K17 section 4.3).
+    ``normalize: auto`` subtracts the per-pixel mean for CIFAR-10 (N18 section 3.3),
+    scales to [-1, 1] for ImageNet (``inception``, the preprocessing K17's Inception
+    v3 was trained with) and does nothing for MNIST / digits.
     """
 
+    arch: Literal["resnet", "inception_v3"] = "resnet"
     depth: int = Field(20, ge=8)
     width: float = Field(1.0, gt=0)
     activation: Literal["relu", "relu6", "relu_decay", "tanh", "elu"] = "relu"
     relu_decay_beta: float = Field(0.1, gt=0)
-    normalize: Literal["auto", "per_pixel_mean", "none"] = "auto"
+    normalize: Literal["auto", "per_pixel_mean", "none", "inception"] = "auto"
 
     _depth = field_validator("depth")(check_depth)
 
 
 class OptimSection(_Strict):
     """SGD recipe of N18 section 3.3: momentum 0.9, weight decay 1e-4, batch 128,
-    learning rate 0.1 divided by 10 at each milestone (by iteration)."""
+    learning rate 0.1 divided by 10 at each milestone (by iteration).
 
+    ``name: rmsprop`` is K17's optimizer ("RMSProp optimizer with learning rate 0.045",
+    section 4); ``rmsprop_alpha`` (decay), ``rmsprop_eps`` and ``momentum`` default to
+    the TF-slim Inception recipe K17 builds on (0.9, 1.0, 0.9); see
+    :func:`cascade_adv.training.optim.make_optimizer`.
+    """
+
+    name: Literal["sgd", "rmsprop"] = "sgd"
     iterations: int = Field(8000, ge=1)
     batch_size: int = Field(128, ge=1)
     lr: float = Field(0.1, gt=0)
@@ -70,11 +87,27 @@ class OptimSection(_Strict):
     lr_gamma: float = Field(0.1, gt=0)
     momentum: float = Field(0.9, ge=0)
     weight_decay: float = Field(1e-4, ge=0)
+    rmsprop_alpha: float = Field(0.9, gt=0, lt=1)
+    rmsprop_eps: float = Field(1.0, gt=0)
 
 
 class CheckpointSection(_Strict):
     every: int = Field(1000, ge=1)
     keep: int = Field(2, ge=1)
+
+
+class DistributedSection(_Strict):
+    """Several GPUs or machines (``torchrun``; see :mod:`cascade_adv.training.distributed`).
+
+    ``backend``: ``auto`` (``nccl`` on CUDA, ``gloo`` on CPU), ``gloo`` or ``nccl``
+    (CUDA only).  ``sync_batchnorm``: BatchNorm statistics over the global batch
+    instead of each rank's rows, which makes a step equal a single process's up to
+    float rounding, at the cost of one all-reduce per BatchNorm layer.  Ignored
+    when not launched by ``torchrun``.
+    """
+
+    backend: Literal["auto", "gloo", "nccl"] = "auto"
+    sync_batchnorm: bool = False
 
 
 class SourceSection(_Strict):
@@ -135,6 +168,28 @@ class TrainConfig(_Strict):
     optim: OptimSection = OptimSection()
     checkpoint: CheckpointSection = CheckpointSection()
     adversarial: AdversarialSection = AdversarialSection()
+    distributed: DistributedSection = DistributedSection()
+    #: precision auto|float32|bf16, channels_last auto|true|false, compile false|true
+    #: (see :mod:`cascade_adv.speed`; the defaults are float32 on CPU, bf16 on CUDA)
+    speed: SpeedConfig = SpeedConfig()
+
+    @model_validator(mode="after")
+    def _image_sizes(self) -> TrainConfig:
+        if self.data.image_size is not None and self.data.dataset != "imagenet":
+            raise ValueError(f"data.image_size applies to the imagenet dataset only, not "
+                             f"{self.data.dataset}; remove it")
+        if self.model.arch == "inception_v3":
+            size = self.data.crop_size or self.data.image_size
+            if self.data.dataset == "imagenet" and size is None:
+                size = INCEPTION_DEFAULT_SIZE
+            if size is None or size < INCEPTION_MIN_SIZE:
+                got = f"got {size}x{size}" if size else f"{self.data.dataset} images are smaller"
+                raise ValueError(
+                    f"model.arch inception_v3 needs inputs of at least {INCEPTION_MIN_SIZE}x"
+                    f"{INCEPTION_MIN_SIZE} ({got}); use data.dataset imagenet with "
+                    f"data.image_size >= {INCEPTION_MIN_SIZE}"
+                )
+        return self
 
     @model_validator(mode="after")
     def _consistent(self) -> TrainConfig:

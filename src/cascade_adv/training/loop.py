@@ -36,9 +36,12 @@ from cascade_adv.models import (
     weights_hash,
 )
 from cascade_adv.models.serialize import WEIGHTS_FILE
+from cascade_adv.speed import Speed, prepare_input, prepare_model, release_model, speed_from_config
+from cascade_adv.training import distributed
 from cascade_adv.training.adversarial import AdversarialObjective
 from cascade_adv.training.checkpoint import latest_checkpoint, read_state, save_checkpoint
 from cascade_adv.training.config import TrainConfig, dump_config
+from cascade_adv.training.optim import make_optimizer
 
 #: ``objective(model, x, y, iteration, generator) -> (loss, logits_for_accuracy, labels)``
 Objective = Callable[[nn.Module, torch.Tensor, torch.Tensor, int, torch.Generator],
@@ -56,10 +59,11 @@ def model_config_for(cfg: TrainConfig, train_set: ImageDataset) -> ModelConfig:
     c, h, _ = train_set.image_shape
     normalize = cfg.model.normalize
     if normalize == "auto":
-        normalize = "per_pixel_mean" if cfg.data.dataset == "cifar10" else "none"
+        normalize = {"cifar10": "per_pixel_mean", "imagenet": "inception"}.get(cfg.data.dataset,
+                                                                              "none")
     return ModelConfig(
-        depth=cfg.model.depth, width=cfg.model.width, activation=cfg.model.activation,
-        relu_decay_beta=cfg.model.relu_decay_beta, in_channels=c,
+        arch=cfg.model.arch, depth=cfg.model.depth, width=cfg.model.width,
+        activation=cfg.model.activation, relu_decay_beta=cfg.model.relu_decay_beta, in_channels=c,
         input_size=cfg.data.crop_size or h, num_classes=train_set.num_classes,
         normalize=normalize, dataset=cfg.data.dataset,
     )
@@ -126,9 +130,10 @@ class Sampler:
 
 
 def clean_objective(model, x, y, iteration, generator):
-    """Standard training: mean cross-entropy of the clean batch (the Baseline rows)."""
+    """Standard training: mean cross-entropy of the clean batch (the Baseline rows),
+    in float32 also when the logits come from bf16 autocast."""
     logits = model(x)
-    return F.cross_entropy(logits, y), logits, y
+    return F.cross_entropy(logits.float(), y), logits, y
 
 
 @dataclass
@@ -139,6 +144,15 @@ class TrainResult:
     final_loss: float
     seconds: float
     resumed_from: int
+
+
+def _accuracy(logits: torch.Tensor, labels: torch.Tensor, ctx: distributed.DistContext) -> float:
+    """Training accuracy (percent) of the batch; under DDP over every rank's rows."""
+    hits = (logits.detach().argmax(1) == labels).float()
+    if not ctx.distributed:
+        return hits.mean().item() * 100
+    total = ctx.all_reduce_sum(torch.stack([hits.sum(), hits.new_tensor(hits.numel())]))
+    return (total[0] / total[1]).item() * 100
 
 
 class _Metrics:
@@ -173,18 +187,45 @@ def train(
     cross-entropy, or with ``adversarial.mode`` set, Algorithm 1 with the loss of
     N18 section 3.1 (:class:`AdversarialObjective`).  ``init_from`` (or the
     config's ``init_from``) starts from the weights of another run, e.g. a shared
-    pre-trained start; the optimizer starts fresh.  A non-finite
-    loss stops the run with :class:`TrainingDiverged`; the last good checkpoint is
-    kept.
+    pre-trained start; the optimizer starts fresh.
+
+    A non-finite loss stops the run with :class:`TrainingDiverged`; the last good
+    checkpoint is kept.  The losses stay on the device and are read back together
+    (one host sync) at each log point, checkpoint point and the end, so divergence
+    is detected at the next such point after it happens - the message names the
+    first bad iteration and the range checked - and every checkpoint is written
+    only after the losses since the previous check were found finite.  ``on_step``
+    gets each iteration's loss as a float, which costs a host sync per iteration.
+
+    ``cfg.speed`` (:mod:`cascade_adv.speed`): the objective - forward passes, its
+    attacks and the loss - runs under bf16 autocast when ``precision`` resolves to
+    bf16 (auto on CUDA); weights, optimizer state and the loss stay float32.
+    ``channels_last`` and ``compile`` are applied to the model in place and undone
+    on the returned model.  An unsupported ``compile`` or ``bf16`` raises
+    :class:`ConfigError` before any work.
+
+    Launched by ``torchrun``, every process trains its share of each global batch
+    under DDP (:mod:`cascade_adv.training.distributed`); only rank 0 writes files.
+    A user's ``objective`` then gets a contiguous ``1/W`` of the batch and its loss
+    is averaged over ranks.  A world size that does not divide the batch, or
+    ``nccl`` without CUDA, raises :class:`ConfigError` before any work.
     """
     run_dir = Path(run_dir)
-    device = resolve_device(cfg.device)
+    distributed.check_batch_split(cfg, distributed.env_world_size())
+    ctx = distributed.setup(cfg.distributed.backend, cfg.device)
+    device = ctx.device
+    speed = speed_from_config(cfg.speed, device)  # bad / unsupported options: before any work
     train_set = load_dataset(cfg.data.dataset, "train", root=cfg.data.root,
-                             download=cfg.data.download).to(device)
+                             download=cfg.data.download,
+                             image_size=cfg.data.image_size).to(device)
     model_cfg = model_config_for(cfg, train_set)
     if objective is None and cfg.adversarial.mode != "none":
-        adv_objective = AdversarialObjective(cfg, train_set, model_cfg, device)
+        adv_objective = AdversarialObjective(cfg, train_set, model_cfg, device, ctx.rank,
+                                             ctx.world)
         objective, divergence_hint = adv_objective, adv_objective.divergence_hint()
+        for nets in adv_objective.static.values():  # fixed ensemble sources: layout only
+            for fixed in nets:
+                prepare_model(fixed, Speed(device, channels_last=speed.channels_last))
         sampler = Sampler(train_set, cfg, device, adv_objective.clean_per_batch)
     else:
         sampler = Sampler(train_set, cfg, device)
@@ -209,50 +250,93 @@ def train(
             if model_cfg.normalize == "per_pixel_mean":
                 model.set_mean_image(per_pixel_mean(train_set.images))
         state, start = None, 0
+    ctx.check_same(start, f"the torchrun processes see different checkpoints in {run_dir} "
+                          "(iterations {low} to {high}); put the run folder on a filesystem "
+                          "that every node shares")
+    if ctx.distributed and cfg.distributed.sync_batchnorm:
+        model = distributed.convert_sync_batchnorm(model, device)
+    prepare_model(model, speed)  # channels_last / compile, in place (parameters kept)
     init = init_id(init_from, cfg.seed, model_cfg)
-    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.optim.lr, momentum=cfg.optim.momentum,
-                                weight_decay=cfg.optim.weight_decay)
+    optimizer = make_optimizer(cfg, model.parameters())
     if state is not None:
         optimizer.load_state_dict(state["optimizer"])
 
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
-    metrics = _Metrics(run_dir / "metrics.jsonl", start)
+    metrics = None
+    if ctx.is_main:  # under torchrun only rank 0 writes files
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
+        metrics = _Metrics(run_dir / "metrics.jsonl", start)
     total = cfg.optim.iterations
     model.train()
+    net = ctx.wrap(model)  # DDP under torchrun: averages the ranks' gradients
+    if ctx.distributed:  # dropout (Inception v3): independent masks on each rank's rows
+        torch.manual_seed(_seed(cfg.seed, start, ctx.rank, 4))
     t0 = time.perf_counter()
     loss_value = math.nan
-    bar = tqdm(range(start, total), initial=start, total=total, disable=not progress,
-               desc=f"train {cfg.name}", unit="it", dynamic_ncols=True)
+    pending: list[torch.Tensor] = []  # this rank's losses since the last check, on the device
+
+    def check_losses(done: int) -> float:
+        """The global losses of iterations ``done - len(pending) .. done - 1`` in one
+        read-back; raise :class:`TrainingDiverged` at the first non-finite one."""
+        first = done - len(pending)
+        losses = ctx.all_reduce_sum(torch.stack(pending)) / ctx.world
+        pending.clear()
+        values = losses.tolist()  # the host sync of the loss, once per check
+        for i, value in enumerate(values):
+            if not math.isfinite(value):
+                last = latest_checkpoint(run_dir)
+                kept = (f"the last good checkpoint {last} is kept" if last
+                        else "no checkpoint was written yet")
+                bad = first + i
+                raise TrainingDiverged(
+                    f"training diverged: loss is {value} at iteration {bad} "
+                    f"(lr {learning_rate(cfg, bad):g}; found when checking iterations "
+                    f"{first}-{done - 1}); {kept}; {divergence_hint}"
+                )
+        return values[-1]
+
+    bar = tqdm(range(start, total), initial=start, total=total,
+               disable=not (progress and ctx.is_main), desc=f"train {cfg.name}", unit="it",
+               dynamic_ncols=True)
     for it in bar:
         lr = learning_rate(cfg, it)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        x, y = sampler.batch(it)
-        loss, logits, labels = objective(model, x, y, it, sampler.generator(it, 3))
-        loss_value = float(loss.detach())
-        if not math.isfinite(loss_value):
-            last = latest_checkpoint(run_dir)
-            kept = f"the last good checkpoint {last} is kept" if last else "no checkpoint was written yet"
-            raise TrainingDiverged(
-                f"training diverged: loss is {loss_value} at iteration {it} (lr {lr:g}); "
-                f"{kept}; {divergence_hint}"
-            )
+        x, y = sampler.batch(it)  # the global batch, the same on every rank
+        if ctx.distributed and not getattr(objective, "shards_batch", False):
+            x, y = x[ctx.rows(x.shape[0])], y[ctx.rows(x.shape[0])]
+        x = prepare_input(x, speed)
+        with speed.autocast():  # a no-op for float32; the attacks inside run under it too
+            loss, logits, labels = objective(net, x, y, it, sampler.generator(it, 3))
+        pending.append(loss.detach().float())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         done = it + 1
-        if done % cfg.log_every == 0 or done == total:
-            acc = (logits.detach().argmax(1) == labels).float().mean().item() * 100
-            metrics.write({"iteration": done, "loss": loss_value, "lr": lr, "train_acc": acc,
-                           "seconds": round(time.perf_counter() - t0, 3)})
+        logged = done % cfg.log_every == 0 or done == total
+        saving = done % cfg.checkpoint.every == 0 or done == total
+        if logged or saving or on_step is not None:
+            loss_value = check_losses(done)  # before any checkpoint is written
+        if logged:
+            acc = _accuracy(logits, labels, ctx)
+            if metrics is not None:
+                metrics.write({"iteration": done, "loss": loss_value, "lr": lr, "train_acc": acc,
+                               "seconds": round(time.perf_counter() - t0, 3)})
             bar.set_postfix(loss=f"{loss_value:.4f}", acc=f"{acc:.1f}", lr=f"{lr:g}")
-        if done % cfg.checkpoint.every == 0 or done == total:
-            save_checkpoint(run_dir, model, optimizer, done, keep=cfg.checkpoint.keep,
-                            init=init)
+        if saving:
+            if ctx.is_main:
+                save_checkpoint(run_dir, model, optimizer, done, keep=cfg.checkpoint.keep,
+                                init=init)
+            ctx.barrier()
         if on_step is not None:
             on_step(done, loss_value)
     bar.close()
-    save_model(model, run_dir / "final" / WEIGHTS_FILE, init=init)
+    if ctx.is_main:
+        save_model(model, run_dir / "final" / WEIGHTS_FILE, init=init)
+    ctx.barrier()
+    release_model(model)  # eager forward, contiguous weights
+    if ctx.distributed and cfg.distributed.sync_batchnorm:
+        model = distributed.revert_sync_batchnorm(model)
+    ctx.close()
     model.eval()
     return TrainResult(run_dir, model, total, loss_value, time.perf_counter() - t0, start)

@@ -39,6 +39,7 @@ def unified_loss(
     distance: str | None = "pivot",
     norm: str = "l2",
     embeddings: torch.Tensor | None = None,
+    normaliser: float | None = None,
 ) -> torch.Tensor:
     """N18 section 3.1::
 
@@ -52,12 +53,19 @@ def unified_loss(
     softmax) unless ``embeddings`` (one row per batch row) gives another layer.
     ``distance=None`` gives K17's loss with no embedding term, for
     ``replace`` batches whose adversarial rows ``0..k-1`` have no twins.
+
+    ``normaliser`` replaces ``(m - k) + lam * k`` of these rows: under DDP each rank
+    passes its share of the batch (its k adversarial rows, their twins, its clean
+    rows) with the normaliser of the *global* batch, so the ranks' losses sum to the
+    single-process loss (see :mod:`cascade_adv.training.distributed`).
     """
     m = logits.shape[0]
     if not 0 <= k <= m:
         raise ValueError(f"k={k} must lie in [0, m={m}]")
     ce = F.cross_entropy(logits.float(), labels, reduction="none")
-    loss = (ce[k:].sum() + lam * ce[:k].sum()) / ((m - k) + lam * k)
+    if normaliser is None:
+        normaliser = (m - k) + lam * k
+    loss = (ce[k:].sum() + lam * ce[:k].sum()) / normaliser
     if distance is None or k == 0:
         return loss
     if 2 * k > m:

@@ -1,0 +1,110 @@
+#!/usr/bin/env python
+"""Print the results table of docs/performance.md from a ``benchmarks/run.py --json`` file.
+
+    python benchmarks/to_markdown.py results.json
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+
+def _num(v, spec=".2f", none="not installed"):
+    return none if v is None else format(v, spec)
+
+
+def _spread(num, den):
+    """Per-round ratio range of two interleaved contenders (from the raw timings)."""
+    r = [a / b for a, b in zip(num, den)]
+    return f"per round {min(r):.2f}-{max(r):.2f}"
+
+
+def _ok(value, op, bound):
+    if value is None:
+        return "n/a"
+    good = value <= bound if op == "<=" else value >= bound
+    return "met" if good else "**missed**"
+
+
+def markdown(r: dict) -> str:
+    lines = [
+        (f"Device: {r['device']}; torch {r['torch']} ({r['num_threads']} threads); "
+        f"peers {', '.join(f'{k} {v}' for k, v in r['peers'].items())}; date {r['date']}; "
+        f"commit `{r['git_commit']}`; command `{r['command']}`; "
+        f"load average before / after {r['load_average_before']} / "
+        f"{r['load_average_after']}; timed calls used "
+         f"{_num(r.get('cpu_seconds_per_wall_second'), '.2f', '?')} CPU s per wall s; "
+         f"total {r['wall_s']:.0f} s."),
+        "",
+        "| figure | measured | target | |",
+        "| --- | --- | --- | --- |",
+    ]
+    tr = r["training"]["n18_cifar10"]["median_s"]
+    raw = r["training"]["n18_cifar10"]["times_s"]
+    ratio = r["adv_clean_ratio"]
+    lines.append(f"| adversarial / clean iteration (N18 CIFAR-10, m 128, k 64) | {ratio:.3f} "
+                 f"({_spread(raw['adversarial'], raw['clean'])}; "
+                 f"{tr['adversarial'] * 1e3:.0f} ms / {tr['clean'] * 1e3:.0f} ms; attack part "
+                 f"{tr['attack_part'] * 1e3:.0f} ms) | <= 1.5 | {_ok(ratio, '<=', 1.5)} |")
+    for name, a in r["attacks"].items():
+        ips = a["images_per_s"]
+        lines.append(f"| {name} images/s (batch {a['batch']}): ours / torchattacks / Foolbox / "
+                     f"floor | {ips['ours']:.0f} / {_num(ips['torchattacks'], '.0f')} / "
+                     f"{_num(ips['foolbox'], '.0f')} / {a['floor_images_per_s']:.0f} | | |")
+        st = r["attack_speedup_vs_torchattacks"][name]
+        sf = r["attack_speedup_vs_foolbox"][name]
+        t = a["times_s"]
+        for peer, v, label, bound in (("torchattacks", st, "torchattacks", 1.0),
+                                      ("foolbox", sf, "Foolbox", 5.0)):
+            text = "not installed" if v is None else (
+                f"{v:.2f}x ({_spread(t[peer], t['ours'])})")
+            lines.append(f"| {name} speedup vs {label} | {text} | >= {bound:g}x | "
+                         f"{_ok(v, '>=', bound)} |")
+        ov = a["overhead_over_floor_pct"]
+        lines.append(f"| {name} overhead over the floor ({a['steps']} x forward + input "
+                     f"gradient) | {ov:+.1f} % (ours / floor "
+                     f"{_spread(t['ours'], t['floor'])}) | <= 10 % | {_ok(ov, '<=', 10.0)} |")
+        for peer in ("torchattacks", "foolbox"):
+            ag = a["agreement"].get(peer)
+            text = "not installed" if ag is None else (
+                f"max abs diff {ag['max_abs_diff']:.3g} ({ag['max_abs_diff_pixels']:.2f} "
+                f"pixel levels), {100 * ag['frac_pixels_diff_gt_1e-5']:.3f} % of pixels "
+                "differ by > 1e-5")
+            lines.append(f"| {name} agreement with {peer} | {text} | | |")
+    t = r["whitebox_table"]
+    how = (f"extrapolated from {t['images']} images, batch {t['batch_size']}"
+           if t["extrapolated"] else "measured")
+    lines.append(f"| white-box table, 5 attacks x 4 eps x 10,000 images | "
+                 f"{t['full_table_s']:.0f} s ({how}) | | |")
+    lines.append(f"| same with one epsilon per attack call (`max_batch=batch_size`) | "
+                 f"{t['per_epsilon_calls']['full_table_s']:.0f} s ({how}) | | |")
+    fl = t["floor_grad_passes_s"]
+    lines.append(f"| table floor: gradient passes x floor pass time, as run / minimum | "
+                 f"{fl['as_run']:.0f} s / {fl['minimum']:.0f} s (derived) | | |")
+    for recipe, rc in r["recipes"].items():
+        med = r["training"][recipe]["median_s"]
+        lines.append(f"| {recipe} recipe ({rc['clean_iterations']} clean + "
+                     f"{rc['adversarial_iterations']} adversarial iterations) | "
+                     f"{rc['seconds'] / 3600:.2f} h (extrapolated from {med['clean'] * 1e3:.0f} "
+                     f"/ {med['adversarial'] * 1e3:.0f} ms per clean / adversarial iteration, "
+                     f"ratio {r['training'][recipe]['ratio']:.3f}) | | |")
+    lines += ["", "H100 projections (not measurements; assumptions below):", "",
+              ("| figure | eager (projected) | CUDA graphs (projected) | FLOPs alone | kernels "
+              "| target |"), "| --- | --- | --- | --- | --- | --- |"]
+    p = r["h100_projection"]
+    for key, label, bound in (("n18_mnist_recipe", "N18 MNIST recipe", 60),
+                              ("n18_cifar10_recipe", "N18 CIFAR-10 ResNet-20 recipe", 300),
+                              ("whitebox_table", "white-box table", 30)):
+        q = p[key]
+        lines.append(f"| {label} | {q['eager_s']:.1f} s ({_ok(q['eager_s'], '<=', bound)}) | "
+                     f"{q['graphed_s']:.1f} s ({_ok(q['graphed_s'], '<=', bound)}) | "
+                     f"{q['flop_term_s']:.1f} s | {q['kernels']:.3g} | <= {bound} s |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2:
+        sys.exit(__doc__)
+    with open(sys.argv[1]) as fh:
+        print(markdown(json.load(fh)))
