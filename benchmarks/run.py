@@ -479,9 +479,12 @@ def table_passes() -> dict[str, float]:
     white-box table, as ``evaluate_whitebox`` runs it and as the minimum."""
     steps = [int(attacks.iterative_steps(e)) for e in TABLE_EPS]
     n_one, n_iter, n_eps = 3, 2, len(TABLE_EPS)
+    minimum = n_one * n_eps + n_iter * sum(steps)
     return {
-        "grad_passes_as_run": n_one * n_eps + n_iter * n_eps * max(steps),  # masked loop
-        "grad_passes_minimum": n_one * n_eps + n_iter * sum(steps),
+        # the iterative loop drops rows whose own step count is done (attacks.core.iterate),
+        # so stacked epsilons cost exactly the minimum
+        "grad_passes_as_run": minimum,
+        "grad_passes_minimum": minimum,
         "forward_passes": 1 + len(TABLE_ATTACKS) * n_eps + n_eps,  # clean, adv, iter_ll labels
     }
 

@@ -239,9 +239,9 @@ def iterate(
 
     ``steps=None`` uses K17's ``floor(min(eps + 4, 1.25 eps))`` per example; with a
     per-example ``eps`` every example runs its own count: the loop runs to the
-    largest count and examples that are done stop moving (a per-example mask), so
-    the result equals separate calls.  The labels are chosen once, on the clean
-    image (iter_ll fixes its least-likely class there).
+    largest count and finished examples leave the batch, so the result and the work
+    equal those of separate calls.  The labels are chosen once, on the clean image
+    (iter_ll fixes its least-likely class there).
     """
     n = x.shape[0]
     eps01 = pixel_eps(eps, n, x)
@@ -256,9 +256,16 @@ def iterate(
         steps_t = torch.as_tensor(steps, dtype=torch.int64).expand(n)
         if bool((steps_t < 0).any()):
             raise AttackError(f"steps must be >= 0, got {steps}")
-    max_steps = int(steps_t.max().item()) if n else 0
-    steps_t = steps_t.to(x.device)
-    uniform_count = bool((steps_t == max_steps).all())
+    counts = steps_t.cpu()
+    max_steps = int(counts.max()) if n else 0
+    # Rows still moving at each step: they change only where some row's count ends, so
+    # the index sets are built on the host up front (no device sync inside the loop).
+    # Finished rows leave the batch instead of being masked, so a stacked call costs
+    # the sum of the rows' own step counts, as separate calls would.
+    stops = sorted({int(c) for c in counts.tolist()} - {max_steps})
+    active_from = {0: None}
+    for stop in stops:
+        active_from[stop] = torch.nonzero(counts > stop).flatten().to(x.device)
 
     with inference_mode(model):
         if label_rule is None:
@@ -272,14 +279,17 @@ def iterate(
         if random_start:
             noise = torch.rand(x.shape, device=x.device, dtype=x.dtype, generator=generator)
             x_adv = project(x + (2 * noise - 1) * eps01, x, eps01)
+        idx = None  # None: every row
         for step in range(max_steps):
-            grad, _ = input_gradient(model, x_adv, labels, objective)
-            moved = project(x_adv + alpha01 * grad.sign(), x, eps01)
-            if uniform_count:
-                x_adv = moved
-            else:
-                active = (steps_t > step).view(n, *([1] * (x.dim() - 1)))
-                x_adv = torch.where(active, moved, x_adv)
+            idx = active_from.get(step, idx)
+            if idx is None:
+                grad, _ = input_gradient(model, x_adv, labels, objective)
+                x_adv = project(x_adv + alpha01 * grad.sign(), x, eps01)
+                continue
+            xa, x0, e01 = x_adv[idx], x[idx], eps01[idx]
+            grad, _ = input_gradient(model, xa, None if labels is None else labels[idx],
+                                     objective)
+            x_adv[idx] = project(xa + alpha01[idx] * grad.sign(), x0, e01)
     return x_adv.detach()
 
 
