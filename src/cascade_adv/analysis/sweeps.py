@@ -172,15 +172,6 @@ def run_variants(
     return table
 
 
-def experiment_models(store: ResultsStore, experiment: str, key: str) -> dict[str, Any]:
-    """Model name -> its ``params[key]`` for the models of ``experiment`` in the store."""
-    models = store.models(experiment=experiment)
-    if not models:
-        raise CascadeAdvError(f"the results store has no models of experiment {experiment!r}; "
-                              f"run 'cascade-adv analyze {experiment.split(':')[0]}' first")
-    return {m.name: m.params[key] for m in models if key in m.params}
-
-
 def label_leaking_table(table: ResultTable, trained_with: dict[str, str],
                         metric: str = "top1") -> list[dict[str, Any]]:
     """K17 table 3: for each network, clean accuracy and accuracy on adversarial

@@ -97,6 +97,82 @@ def train(config_path, out, resume, quiet, overrides):
         )
 
 
+def model_init(weights: Path) -> str:
+    """The model's initialisation id: from its metadata, else from its run's config."""
+    from cascade_adv.models import read_model_config, read_model_init
+    from cascade_adv.training import init_id
+
+    init = read_model_init(weights)
+    if init:
+        return init
+    run_cfg = _run_config(weights)
+    if run_cfg is None:
+        return ""
+    return init_id(run_cfg.init_from, run_cfg.seed, read_model_config(weights))
+
+
+class LoadedModel:
+    """A model given on the command line, with what the store records about it."""
+
+    def __init__(self, spec: str, device):
+        from cascade_adv.models import load_model, resolve_weights, weights_hash
+
+        name, sep, path = spec.partition("=")
+        if not sep:
+            name, path = "", spec
+        self.weights = resolve_weights(path)
+        self.name = name or _model_label(self.weights)
+        self.model = load_model(self.weights, map_location=device)
+        self.hash = weights_hash(self.weights)
+        self.init = model_init(self.weights)
+        self.run_config = _run_config(self.weights)
+
+    @property
+    def dataset(self) -> str:
+        cfg_name = self.model.config.dataset
+        return cfg_name or (self.run_config.data.dataset if self.run_config else "")
+
+    def register(self, store, experiment: str = "", params: dict | None = None) -> None:
+        store.register_model(self.name, model_hash=self.hash, dataset=self.dataset,
+                             init=self.init, experiment=experiment, params=params)
+
+
+def load_models(specs: tuple[str, ...], device) -> dict[str, LoadedModel]:
+    """``NAME=PATH`` or ``PATH`` (named after its run folder) -> loaded models."""
+    out: dict[str, LoadedModel] = {}
+    for spec in specs:
+        m = LoadedModel(spec, device)
+        if m.name in out and out[m.name].weights != m.weights:
+            raise CascadeAdvError(
+                f"two models are named {m.name!r}; name them with NAME=PATH")
+        out[m.name] = m
+    return out
+
+
+def load_split(models: list[LoadedModel], dataset: str | None, data_root: str | None,
+               split: str, limit: int | None, device):
+    """The evaluation images: ``dataset`` or the one every model was trained on."""
+    from cascade_adv.data import load_dataset
+
+    names = {m.dataset for m in models if m.dataset}
+    if dataset is None:
+        if len(names) > 1:
+            raise CascadeAdvError(
+                f"the models were trained on different datasets ({', '.join(sorted(names))}); "
+                "black-box pairs must share one"
+            )
+        if not names:
+            raise CascadeAdvError(
+                f"cannot tell which dataset {', '.join(m.name for m in models)} was "
+                "trained on; pass --dataset")
+        dataset = names.pop()
+    root = data_root or next((m.run_config.data.root for m in models if m.run_config), None)
+    first = models[0] if models else None
+    size = _size_option(dataset, first.model.config, first.run_config) if first else {}
+    data = load_dataset(dataset, split, root=root, **size)
+    return (data.subset(limit) if limit else data).to(device)
+
+
 def _load_for_eval(
     checkpoint: str,
     dataset: str | None,
@@ -106,25 +182,11 @@ def _load_for_eval(
     limit: int | None,
 ):
     """Model, its name and hash, and the evaluation split it was trained for."""
-    from cascade_adv.data import load_dataset
-    from cascade_adv.models import load_model, resolve_weights, weights_hash
     from cascade_adv.training import resolve_device
 
-    weights = resolve_weights(checkpoint)
     dev = resolve_device(device)
-    model = load_model(weights, map_location=dev)
-    run_cfg = _run_config(weights)
-    name = dataset or model.config.dataset or (run_cfg.data.dataset if run_cfg else None)
-    if name is None:
-        raise CascadeAdvError(
-            f"cannot tell which dataset {checkpoint} was trained on; pass --dataset"
-        )
-    root = data_root or (run_cfg.data.root if run_cfg else None)
-    data = load_dataset(name, split, root=root, **_size_option(name, model.config, run_cfg))
-    if limit:
-        data = data.subset(limit)
-    label = _model_label(weights)
-    return model, label, weights_hash(weights), data.to(dev)
+    m = LoadedModel(checkpoint, dev)
+    return m.model, m.name, m.hash, load_split([m], dataset, data_root, split, limit, dev)
 
 
 def _size_option(name: str, model_config, run_cfg) -> dict:

@@ -10,83 +10,8 @@ from pathlib import Path
 
 import click
 
-from cascade_adv.cli.main import _csv_list, _model_label, _run_config, _size_option, cli
+from cascade_adv.cli.main import _csv_list, cli, load_models, load_split
 from cascade_adv.errors import CascadeAdvError
-
-
-def model_init(weights: Path) -> str:
-    """The model's initialisation id: from its metadata, else from its run's config."""
-    from cascade_adv.models import read_model_config, read_model_init
-    from cascade_adv.training import init_id
-
-    init = read_model_init(weights)
-    if init:
-        return init
-    run_cfg = _run_config(weights)
-    if run_cfg is None:
-        return ""
-    return init_id(run_cfg.init_from, run_cfg.seed, read_model_config(weights))
-
-
-class LoadedModel:
-    """A model given on the command line, with what the store records about it."""
-
-    def __init__(self, spec: str, device):
-        from cascade_adv.models import load_model, resolve_weights, weights_hash
-
-        name, sep, path = spec.partition("=")
-        if not sep:
-            name, path = "", spec
-        self.weights = resolve_weights(path)
-        self.name = name or _model_label(self.weights)
-        self.model = load_model(self.weights, map_location=device)
-        self.hash = weights_hash(self.weights)
-        self.init = model_init(self.weights)
-        self.run_config = _run_config(self.weights)
-
-    @property
-    def dataset(self) -> str:
-        cfg_name = self.model.config.dataset
-        return cfg_name or (self.run_config.data.dataset if self.run_config else "")
-
-    def register(self, store, experiment: str = "", params: dict | None = None) -> None:
-        store.register_model(self.name, model_hash=self.hash, dataset=self.dataset,
-                             init=self.init, experiment=experiment, params=params)
-
-
-def load_models(specs: tuple[str, ...], device) -> dict[str, LoadedModel]:
-    """``NAME=PATH`` or ``PATH`` (named after its run folder) -> loaded models."""
-    out: dict[str, LoadedModel] = {}
-    for spec in specs:
-        m = LoadedModel(spec, device)
-        if m.name in out and out[m.name].weights != m.weights:
-            raise CascadeAdvError(
-                f"two models are named {m.name!r}; name them with NAME=PATH")
-        out[m.name] = m
-    return out
-
-
-def load_split(models: list[LoadedModel], dataset: str | None, data_root: str | None,
-               split: str, limit: int | None, device):
-    """The evaluation images: ``dataset`` or the one every model was trained on."""
-    from cascade_adv.data import load_dataset
-
-    names = {m.dataset for m in models if m.dataset}
-    if dataset is None:
-        if len(names) > 1:
-            raise CascadeAdvError(
-                f"the models were trained on different datasets ({', '.join(sorted(names))}); "
-                "black-box pairs must share one"
-            )
-        if not names:
-            raise CascadeAdvError("cannot tell which dataset the models were trained on; "
-                                  "pass --dataset")
-        dataset = names.pop()
-    root = data_root or next((m.run_config.data.root for m in models if m.run_config), None)
-    first = models[0] if models else None
-    size = _size_option(dataset, first.model.config, first.run_config) if first else {}
-    data = load_dataset(dataset, split, root=root, **size)
-    return (data.subset(limit) if limit else data).to(device)
 
 
 def common_options(fn):

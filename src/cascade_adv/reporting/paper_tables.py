@@ -25,11 +25,11 @@ from __future__ import annotations
 
 import html
 import math
-import statistics
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from cascade_adv.errors import CascadeAdvError
+from cascade_adv.evaluation.stats import mean_std
 from cascade_adv.experiments.published import (
     APPROXIMATE_NOTE,
     PaperTable,
@@ -351,8 +351,7 @@ def mean_std_cells(ours: Rows, groups: Mapping[str, str] | Callable[[str], str |
         g = group_of(r["model"])
         if g is not None:
             values.setdefault((g, r["attack"], float(r["eps"])), []).append(r["value"])
-    return {k: (statistics.fmean(v), statistics.stdev(v) if len(v) > 1 else 0.0, len(v))
-            for k, v in values.items()}
+    return {k: mean_std(v) for k, v in values.items()}
 
 
 def _mean_std_text(mean: float | None, std: float | None, std_decimals: int) -> str:

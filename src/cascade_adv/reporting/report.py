@@ -29,12 +29,16 @@ from pathlib import Path
 
 from cascade_adv.errors import CascadeAdvError
 from cascade_adv.evaluation.sanity import check_results, format_warnings
-from cascade_adv.evaluation.stats import aggregate_seeds, format_mean_std
+from cascade_adv.evaluation.stats import aggregate_seeds
 from cascade_adv.evaluation.store import ResultsStore
 from cascade_adv.experiments.published import blackbox_label_for, get_table, recipe_for
 from cascade_adv.io import atomic_write_text
 from cascade_adv.reporting import figures
-from cascade_adv.reporting.paper_tables import render_blackbox, render_whitebox
+from cascade_adv.reporting.paper_tables import (
+    render_blackbox,
+    render_mean_std,
+    render_whitebox,
+)
 from cascade_adv.reporting.tables import CLEAN, WHITEBOX, ResultTable
 
 ANALYSIS_SOURCES = ("softmax_argument", "gradient_correlation")
@@ -148,19 +152,11 @@ def _seed_sections(page: _Page, rows: ResultTable, store: ResultsStore) -> None:
     if not groups:
         return
     stats = aggregate_seeds(rows, groups)
-    lines_h = [("<table class=\"paper\"><thead><tr><th>group</th><th>attack</th><th>eps</th>"
-               "<th>top-1 mean ± std</th><th>networks</th></tr></thead><tbody>")]
-    lines_m = ["| group | attack | eps | top-1 mean ± std | networks |",
-               "| --- | --- | ---: | ---: | ---: |"]
-    for r in stats.filter(metric="top1_mean"):
-        std = stats.value(r["model"], r["attack"], r["eps"], "top1_std")
-        cell = format_mean_std(r["value"], std)
-        lines_h.append(f"<tr><td>{html.escape(r['model'])}</td><td>{html.escape(r['attack'])}"
-                       f"</td><td>{r['eps']:g}</td><td>{cell}</td><td>{r['n']}</td></tr>")
-        lines_m.append(f"| {r['model']} | {r['attack']} | {r['eps']:g} | {cell} | {r['n']} |")
-    lines_h.append("</tbody></table>")
-    page.add("Multiple seeds: mean ± std (N18 table 3)", "\n".join(lines_h),
-             "\n".join(lines_m) + "\n")
+    cells = {(r["model"], r["attack"], r["eps"]): (
+        r["value"], stats.value(r["model"], r["attack"], r["eps"], "top1_std"), r["n"])
+        for r in stats.filter(metric="top1_mean")}
+    page.add("Multiple seeds: mean ± std (N18 table 3)",
+             *(render_mean_std(cells, fmt=fmt, title="") for fmt in ("html", "markdown")))
 
 
 def _analysis_sections(page: _Page, rows: ResultTable, store: ResultsStore, root: Path,
