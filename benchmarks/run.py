@@ -262,7 +262,7 @@ class TrainStep:
             self.objective = clean_objective
             self.sampler = Sampler(data, cfg, device)
         prepare_model(self.model, self.speed)
-        self.optimizer = make_optimizer(cfg, self.model.parameters())
+        self.optimizer = make_optimizer(cfg, self.model)
         if foreach is not None:  # e.g. count kernels as CUDA's default (foreach) SGD runs them
             for group in self.optimizer.param_groups:
                 group["foreach"] = foreach

@@ -197,7 +197,7 @@ def test_config_rejects_sizes_that_do_not_fit():
 
 
 def test_make_optimizer_rmsprop_and_sgd():
-    params = [torch.nn.Parameter(torch.zeros(3))]
+    params = torch.nn.Linear(3, 1)
     rms = make_optimizer(load_config(K17 / "imagenet_table1_step_ll.yaml"), params)
     assert isinstance(rms, torch.optim.RMSprop)
     g = rms.param_groups[0]

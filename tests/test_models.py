@@ -36,9 +36,10 @@ def n_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def expected_params(depth: int, in_channels: int = 3, num_classes: int = 10) -> int:
-    """Hand count: 3x3 convs without bias, BN (2 per channel), 1x1 conv + BN
-    shortcuts where the shape changes, global pooling, one linear layer."""
+def expected_params(depth: int, in_channels: int = 3, num_classes: int = 10,
+                    shortcut: str = "A") -> int:
+    """Hand count: 3x3 convs without bias, BN (2 per channel), shortcuts where the shape
+    changes (A: none; B: 1x1 conv + BN), global pooling, one linear layer."""
     n = (depth - 2) // 6
     bn = lambda c: 2 * c
     total = in_channels * 16 * 9 + bn(16)  # stem
@@ -46,7 +47,7 @@ def expected_params(depth: int, in_channels: int = 3, num_classes: int = 10) -> 
     for cout in (16, 32, 64):
         for i in range(n):
             total += cin * cout * 9 + bn(cout) + cout * cout * 9 + bn(cout)
-            if cin != cout:
+            if cin != cout and shortcut == "B":
                 total += cin * cout + bn(cout)
             cin = cout
     return total + 64 * num_classes + num_classes
@@ -56,16 +57,22 @@ def expected_params(depth: int, in_channels: int = 3, num_classes: int = 10) -> 
 
 
 def test_resnet20_parameter_count():
-    assert expected_params(20) == 272_474
-    assert n_params(build_model({"depth": 20})) == 272_474
+    # He et al. (2016) table 6: ResNet-20 for CIFAR-10 has 0.27M parameters (option A)
+    assert expected_params(20) == 269_722
+    assert n_params(build_model({"depth": 20})) == 269_722
+    assert round(n_params(build_model({"depth": 20})) / 1e6, 2) == 0.27
+    # option B adds two 1x1 convolutions with BatchNorm: 16*32 + 64 and 32*64 + 128
+    assert expected_params(20, shortcut="B") == 272_474 == 269_722 + 576 + 2176
+    assert n_params(build_model({"depth": 20, "shortcut": "B"})) == 272_474
 
 
 @pytest.mark.parametrize(
-    "depth,count", [(32, 466_906), (44, 661_338), (56, 855_770), (110, 1_730_714)]
+    "depth,count", [(32, 464_154), (44, 658_586), (56, 853_018), (110, 1_727_962)]
 )
 def test_deeper_resnet_parameter_counts(depth, count):
-    # 97216 n - 19174 for depth = 6n + 2 (3 input channels, 10 classes)
-    assert expected_params(depth) == count == 97_216 * ((depth - 2) // 6) - 19_174
+    # 97216 n - 21926 for depth = 6n + 2 (3 input channels, 10 classes, option A);
+    # He et al. table 6: ResNet-56 0.85M, ResNet-110 1.7M
+    assert expected_params(depth) == count == 97_216 * ((depth - 2) // 6) - 21_926
     model = build_model({"depth": depth})
     assert n_params(model) == count
     assert len(model.blocks) == 3 * ((depth - 2) // 6)
@@ -74,7 +81,78 @@ def test_deeper_resnet_parameter_counts(depth, count):
 def test_parameter_count_follows_channels_and_classes():
     model = build_model({"depth": 20, "in_channels": 1, "num_classes": 7})
     assert n_params(model) == expected_params(20, in_channels=1, num_classes=7)
-    assert n_params(model) == 272_474 - 2 * 16 * 9 - 3 * 65
+    assert n_params(model) == 269_722 - 2 * 16 * 9 - 3 * 65
+
+
+def test_option_a_shortcut_is_avg_pool_and_zero_channels():
+    """He et al.'s option A (and the N18 authors' ``residual_block``): 2x2 average pool
+    with stride 2, then the new channels as zeros; no parameters."""
+    from cascade_adv.models.resnet import PadShortcut
+
+    block = build_model({"depth": 20}).blocks[3]  # first block of stage 2: 16 -> 32, stride 2
+    assert isinstance(block.shortcut, PadShortcut)
+    assert n_params(block.shortcut) == 0 and not list(block.shortcut.buffers())
+    x = torch.arange(2 * 4 * 4, dtype=torch.float32).view(1, 2, 4, 4)
+    want = torch.zeros(1, 5, 2, 2)
+    # channel 0 holds 0..15 row by row: the 2x2 windows average to 2.5, 4.5, 10.5, 12.5
+    want[0, 0] = torch.tensor([[2.5, 4.5], [10.5, 12.5]])
+    want[0, 1] = want[0, 0] + 16
+    assert torch.equal(PadShortcut(2, 5, 2)(x), want)
+    # odd sizes (MNIST's 7x7 -> 4x4, like the strided 3x3 convolution): the last window
+    # averages the pixels it covers (TensorFlow's SAME average pool)
+    odd = PadShortcut(1, 1, 2)(torch.arange(9.0).view(1, 1, 3, 3))
+    assert torch.equal(odd, torch.tensor([[[[2.0, 3.5], [6.5, 8.0]]]]))
+    assert torch.equal(PadShortcut(3, 3, 1)(x[:, :1].expand(1, 3, 4, 4)), x[:, :1].expand(1, 3, 4, 4))
+
+
+def test_option_b_shortcut_is_projection():
+    block = build_model({"depth": 20, "shortcut": "B"}).blocks[3]
+    conv, bn = block.shortcut
+    assert isinstance(conv, nn.Conv2d) and conv.kernel_size == (1, 1) and conv.stride == (2, 2)
+    assert isinstance(bn, nn.BatchNorm2d)
+
+
+def test_batchnorm_options_reach_every_layer():
+    tf = build_model({"depth": 20, "bn_momentum": 0.001, "bn_eps": 1e-3, "shortcut": "B"})
+    bns = [m for m in tf.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert len(bns) == 1 + 2 * 9 + 2  # stem, two per block, two option-B shortcuts
+    assert all(m.momentum == 0.001 and m.eps == 1e-3 for m in bns)
+    default = [m for m in build_model({"depth": 8}).modules() if isinstance(m, nn.BatchNorm2d)]
+    assert all(m.momentum == 0.1 and m.eps == 1e-5 for m in default)
+    # TF's decay 0.999 is PyTorch's momentum 0.001: one training step moves the running
+    # mean by 0.001 of the batch mean
+    net = build_model({**TINY, "bn_momentum": 0.001}).train()
+    x = torch.rand(4, 1, 8, 8)
+    net(x)
+    batch_mean = net.conv1(x).mean((0, 2, 3))
+    torch.testing.assert_close(net.bn1.running_mean, 0.001 * batch_mean)
+
+
+def test_shortcut_option_is_resnet_only():
+    with pytest.raises(ValidationError, match="shortcut applies to arch resnet only"):
+        ModelConfig(arch="inception_v3", input_size=75, shortcut="A")
+
+
+def test_checkpoints_without_shortcut_load_as_option_b(tmp_path):
+    """Checkpoints written before the option existed were built with 1x1 shortcuts."""
+    import json
+
+    from safetensors import safe_open
+
+    old = build_model({**TINY, "shortcut": "B"})
+    save_model(old, tmp_path / "m.safetensors")
+    with safe_open(str(tmp_path / "m.safetensors"), framework="pt") as fh:
+        meta = fh.metadata()
+        state = {k: fh.get_tensor(k) for k in fh.keys()}
+    stored = json.loads(meta["config"])
+    for key in ("shortcut", "bn_momentum", "bn_eps"):
+        stored.pop(key)
+    save_file(state, str(tmp_path / "old.safetensors"),
+              metadata={**meta, "config": json.dumps(stored)})
+    assert read_model_config(tmp_path / "old.safetensors").shortcut == "B"
+    loaded = load_model(tmp_path / "old.safetensors")
+    x = torch.rand(2, 1, 8, 8)
+    assert torch.equal(loaded.eval()(x), old.eval()(x))
 
 
 @pytest.mark.parametrize("depth", [21, 19, 22, 0, 2])

@@ -32,6 +32,17 @@ class ModelConfig(BaseModel):
     its [0, 1] input: ``per_pixel_mean`` (N18's CIFAR-10), ``inception`` (``2 x - 1``,
     the [-1, 1] scaling of TF-slim's Inception preprocessing that K17 trained with) or
     ``none``.
+
+    ``shortcut`` (ResNet only) is how a block that changes shape adds its input: ``A``
+    (He et al.'s CIFAR ResNet and the N18 authors' code: 2x2 average pool with stride
+    2, new channels zero-padded, no parameters) or ``B`` (1x1 convolution +
+    BatchNorm).  Checkpoints written before this option existed are ``B``
+    (:func:`cascade_adv.models.serialize.read_model_config` upgrades them).
+    ``bn_momentum`` / ``bn_eps`` set every BatchNorm layer (PyTorch's convention:
+    momentum is the weight of the new batch); ``None`` keeps the architecture's own
+    (ResNet: PyTorch's 0.1 / 1e-5; Inception v3: 0.1 / 1e-3).  TensorFlow's
+    ``batch_norm`` defaults, which the N18 authors trained with, are decay 0.999 and
+    epsilon 1e-3, i.e. ``bn_momentum: 0.001, bn_eps: 0.001`` (docs/fidelity.md).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -45,12 +56,19 @@ class ModelConfig(BaseModel):
     input_size: int = Field(32, ge=4)
     num_classes: int = Field(10, ge=2)
     normalize: Literal["per_pixel_mean", "none", "inception"] = "per_pixel_mean"
+    shortcut: Literal["A", "B"] | None = None
+    bn_momentum: float | None = Field(None, gt=0, le=1)
+    bn_eps: float | None = Field(None, gt=0)
     dataset: str | None = None  # the dataset it was trained on, when known
 
     _depth = field_validator("depth")(check_depth)
 
     @model_validator(mode="after")
     def _input_fits(self) -> ModelConfig:
+        if self.arch == "resnet" and self.shortcut is None:
+            self.shortcut = "A"
+        if self.arch != "resnet" and self.shortcut is not None:
+            raise ValueError(f"shortcut applies to arch resnet only, not {self.arch}; remove it")
         if self.arch == "inception_v3" and self.input_size < INCEPTION_MIN_SIZE:
             raise ValueError(
                 f"Inception v3 needs inputs of at least {INCEPTION_MIN_SIZE}x"

@@ -41,19 +41,25 @@ import torch.nn.functional as F
 from torch import nn
 
 from cascade_adv.models.config import ModelConfig
-from cascade_adv.models.resnet import make_activation, make_normalization, set_mean_image
+from cascade_adv.models.resnet import (
+    batch_norm,
+    make_activation,
+    make_normalization,
+    set_mean_image,
+)
 
 #: Dropout before the last layer (TF-slim's Inception v3 keeps 80%).
 DROPOUT = 0.2
 
 
 class BasicConv2d(nn.Module):
-    """Convolution without bias, batch normalisation (eps 0.001), activation."""
+    """Convolution without bias, batch normalisation (eps 0.001 unless ``cfg.bn_eps``),
+    activation."""
 
     def __init__(self, cin: int, cout: int, cfg: ModelConfig, **kwargs):
         super().__init__()
         self.conv = nn.Conv2d(cin, cout, bias=False, **kwargs)
-        self.bn = nn.BatchNorm2d(cout, eps=0.001)
+        self.bn = batch_norm(cout, cfg, eps=0.001)
         self.act = make_activation(cfg)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

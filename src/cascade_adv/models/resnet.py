@@ -2,8 +2,10 @@
 
 Three stages of ``n`` basic blocks with 16, 32, 64 channels (times the width
 multiplier ``rho`` of K17 section 4.3), stride 2 between stages, global average
-pooling and one linear layer giving the logits.  Shortcuts that change shape use
-a 1x1 convolution with batch normalisation.  Works for any input size (8x8
+pooling and one linear layer giving the logits.  Shortcuts that change shape are
+option A of He et al. by default (2x2 average pool, stride 2, zero-padded channels,
+no parameters: what the N18 authors' code trains) or option B (1x1 convolution with
+batch normalisation), by ``ModelConfig.shortcut``; see docs/fidelity.md.  Works for any input size (8x8
 digits, 24x24 CIFAR-10 crops, 28x28 MNIST, 32x32 CIFAR-10) and any number of
 channels.
 
@@ -53,19 +55,53 @@ def make_activation(cfg: ModelConfig) -> nn.Module:
     raise ValueError(f"unknown activation {cfg.activation!r}")
 
 
+def batch_norm(channels: int, cfg: ModelConfig, eps: float = 1e-5) -> nn.BatchNorm2d:
+    """A BatchNorm layer with ``cfg.bn_momentum`` / ``cfg.bn_eps`` where set, else
+    PyTorch's momentum 0.1 and the architecture's ``eps``."""
+    return nn.BatchNorm2d(
+        channels,
+        eps=cfg.bn_eps if cfg.bn_eps is not None else eps,
+        momentum=cfg.bn_momentum if cfg.bn_momentum is not None else 0.1,
+    )
+
+
+class PadShortcut(nn.Module):
+    """Option A shortcut of He et al. (2016): ``stride x stride`` average pool, then the
+    ``cout - cin`` new channels appended as zeros.  No parameters.  The N18 authors'
+    ``residual_block`` (``resnet_layers.py``): ``tf.nn.avg_pool`` with a 2x2 window and
+    stride, then ``tf.pad`` of the channel axis at its end."""
+
+    def __init__(self, cin: int, cout: int, stride: int):
+        super().__init__()
+        self.extra, self.stride = cout - cin, stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.stride != 1:
+            x = F.avg_pool2d(x, self.stride, self.stride, ceil_mode=True)
+        return F.pad(x, (0, 0, 0, 0, 0, self.extra)) if self.extra else x
+
+    def extra_repr(self) -> str:
+        return f"stride={self.stride}, zero_channels={self.extra}"
+
+
 class BasicBlock(nn.Module):
     def __init__(self, cin: int, cout: int, stride: int, cfg: ModelConfig):
         super().__init__()
         self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(cout)
+        self.bn1 = batch_norm(cout, cfg)
         self.act1 = make_activation(cfg)
         self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(cout)
+        self.bn2 = batch_norm(cout, cfg)
         self.act2 = make_activation(cfg)
         self.shortcut: nn.Module = nn.Identity()
-        if stride != 1 or cin != cout:
+        if (stride != 1 or cin != cout) and cfg.shortcut == "A":
+            if cout < cin:
+                raise ValueError(f"option A shortcuts cannot shrink {cin} to {cout} channels; "
+                                 "use shortcut B")
+            self.shortcut = PadShortcut(cin, cout, stride)
+        elif stride != 1 or cin != cout:
             self.shortcut = nn.Sequential(
-                nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout)
+                nn.Conv2d(cin, cout, 1, stride, bias=False), batch_norm(cout, cfg)
             )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -127,7 +163,7 @@ class ResNet(nn.Module):
         widths = [max(1, round(c * cfg.width)) for c in (16, 32, 64)]
         self.normalize = make_normalization(cfg)
         self.conv1 = nn.Conv2d(cfg.in_channels, widths[0], 3, 1, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(widths[0])
+        self.bn1 = batch_norm(widths[0], cfg)
         self.act1 = make_activation(cfg)
         blocks: list[nn.Module] = []
         cin = widths[0]

@@ -69,6 +69,14 @@ def read_model_init(path: str | os.PathLike) -> str:
     return _read_metadata(resolve_weights(path)).get("init", "")
 
 
+def _upgrade(stored: dict) -> dict:
+    """A stored model config in today's form: ResNets saved before ``shortcut`` existed
+    were built with option B (1x1 convolution) shortcuts."""
+    if isinstance(stored, dict) and stored.get("arch", "resnet") == "resnet":
+        stored.setdefault("shortcut", "B")
+    return stored
+
+
 def read_model_config(path: str | os.PathLike) -> ModelConfig:
     """The model config stored in a weights file."""
     path = resolve_weights(path)
@@ -76,7 +84,7 @@ def read_model_config(path: str | os.PathLike) -> ModelConfig:
     if "config" not in meta:
         raise CheckpointError(f"{path} holds no model config; pass a checkpoint written by cascade-adv")
     try:
-        return ModelConfig(**json.loads(meta["config"]))
+        return ModelConfig(**_upgrade(json.loads(meta["config"])))
     except (ValueError, TypeError) as exc:  # JSONDecodeError and pydantic's ValidationError
         first = str(exc).strip().splitlines()[0]
         raise CheckpointError(

@@ -15,12 +15,14 @@ from cascade_adv.training.loop import (
     resolve_device,
     train,
 )
+from cascade_adv.training.loss import embedding_distance, unified_loss
 
 __all__ = [
     "TrainConfig",
     "TrainResult",
     "clean_objective",
     "dump_config",
+    "embedding_distance",
     "init_id",
     "latest_checkpoint",
     "learning_rate",
@@ -30,4 +32,5 @@ __all__ = [
     "resolve_device",
     "save_checkpoint",
     "train",
+    "unified_loss",
 ]

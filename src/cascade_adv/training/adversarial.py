@@ -287,7 +287,8 @@ class AdversarialObjective:
         else:
             embeddings, logits = None, model(batch_x)
         loss = unified_loss(logits, batch_y, k_mine, adv.lam, adv.lam2, distance, adv.norm,
-                            embeddings, normaliser=(self.m - k) + adv.lam * k)
+                            embeddings, normaliser=(self.m - k) + adv.lam * k,
+                            normalize_embedding=adv.normalize_embedding)
         return self._scaled(loss), logits, batch_y
 
     def divergence_hint(self) -> str:

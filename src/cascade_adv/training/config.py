@@ -65,6 +65,11 @@ class ModelSection(_Strict):
     activation: Literal["relu", "relu6", "relu_decay", "tanh", "elu"] = "relu"
     relu_decay_beta: float = Field(0.1, gt=0)
     normalize: Literal["auto", "per_pixel_mean", "none", "inception"] = "auto"
+    #: ResNet only: ``A`` (zero-padding, no parameters; the default) or ``B`` (1x1 conv)
+    shortcut: Literal["A", "B"] | None = None
+    #: every BatchNorm layer; ``null``: the architecture's own (TF's: 0.001 and 0.001)
+    bn_momentum: float | None = Field(None, gt=0, le=1)
+    bn_eps: float | None = Field(None, gt=0)
 
     _depth = field_validator("depth")(check_depth)
 
@@ -89,6 +94,10 @@ class OptimSection(_Strict):
     weight_decay: float = Field(1e-4, ge=0)
     rmsprop_alpha: float = Field(0.9, gt=0, lt=1)
     rmsprop_eps: float = Field(1.0, gt=0)
+    #: which parameters ``weight_decay`` applies to: ``all`` (PyTorch's habit) or
+    #: ``weights`` (convolution and linear weights only: no biases, no BatchNorm
+    #: scale / shift; the N18 authors' code)
+    weight_decay_scope: Literal["all", "weights"] = "all"
 
 
 class CheckpointSection(_Strict):
@@ -132,7 +141,13 @@ class AdversarialSection(_Strict):
     """Algorithm 1 of K17 (``mode: replace``) and of N18 (``mode: append``).
 
     m = ``optim.batch_size``, k = ``k``; the loss is N18 section 3.1's with
-    ``lam``, ``lam2``, ``distance`` (pivot / bidirectional / null) and ``norm``.
+    ``lam``, ``lam2``, ``distance`` and ``norm``.  ``distance``: ``pivot_detached``
+    (N18 section 3.2's pivot: the clean embedding is a constant; ``pivot`` is the same),
+    ``pivot_released`` (the N18 authors' code: gradient through both embeddings, the
+    same loss as ``bidirectional``), ``bidirectional`` or null (K17's loss).
+    ``normalize_embedding`` divides both embeddings of a pair by the variance of the
+    clean one (the authors' code's ``normalize_embedding`` option); see
+    :func:`cascade_adv.training.loss.embedding_distance` and docs/fidelity.md.
     Each adversarial example gets its own epsilon from ``eps_sampler`` with
     ``max_e`` (pixel units).  ``delay`` clean-only iterations come first (K17).
     """
@@ -141,14 +156,20 @@ class AdversarialSection(_Strict):
     k: int = Field(64, ge=1)
     lam: float = Field(0.3, ge=0)
     lam2: float = Field(1e-4, ge=0)
-    distance: Literal["pivot", "bidirectional"] | None = None
+    distance: Literal["pivot_detached", "pivot_released", "bidirectional", "pivot"] | None = None
     norm: Literal["l2", "l1"] = "l2"
+    normalize_embedding: bool = False
     embedding: Literal["logits", "features"] = "logits"
     method: str = "step_ll"
     max_e: float = Field(16.0, gt=0, le=255)
     eps_sampler: Literal["n18", "k17", "fixed", "uniform"] = "n18"
     delay: int = Field(0, ge=0)
     sources: list[SourceSection] | None = None
+
+    @field_validator("distance")
+    @classmethod
+    def _pivot_is_detached(cls, v: str | None) -> str | None:
+        return "pivot_detached" if v == "pivot" else v
 
     def resolved_sources(self) -> list[SourceSection]:
         """``sources``, or all k from ``method`` on the current network."""
@@ -161,6 +182,10 @@ class TrainConfig(_Strict):
     name: str = "run"
     seed: int = 0
     init_from: str | None = None  # start from another run's weights (N18: shared pre-training)
+    #: ``weights``: start from init_from's weights and BatchNorm statistics at iteration 0
+    #: with a fresh optimizer; ``continue``: also its iteration count and optimizer state,
+    #: so pre-training and this run are one schedule (the N18 authors' code)
+    init_mode: Literal["weights", "continue"] = "weights"
     device: str = "auto"
     log_every: int = Field(50, ge=1)
     data: DataSection = DataSection()
@@ -189,6 +214,16 @@ class TrainConfig(_Strict):
                     f"{INCEPTION_MIN_SIZE} ({got}); use data.dataset imagenet with "
                     f"data.image_size >= {INCEPTION_MIN_SIZE}"
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _architecture_options(self) -> TrainConfig:
+        if self.model.arch != "resnet" and self.model.shortcut is not None:
+            raise ValueError(f"model.shortcut applies to model.arch resnet only, not "
+                             f"{self.model.arch}; remove it")
+        if self.init_mode == "continue" and self.init_from is None:
+            raise ValueError("init_mode continue needs init_from (the run to continue); "
+                             "set init_from or use init_mode weights")
         return self
 
     @model_validator(mode="after")

@@ -65,7 +65,8 @@ def model_config_for(cfg: TrainConfig, train_set: ImageDataset) -> ModelConfig:
         arch=cfg.model.arch, depth=cfg.model.depth, width=cfg.model.width,
         activation=cfg.model.activation, relu_decay_beta=cfg.model.relu_decay_beta, in_channels=c,
         input_size=cfg.data.crop_size or h, num_classes=train_set.num_classes,
-        normalize=normalize, dataset=cfg.data.dataset,
+        normalize=normalize, dataset=cfg.data.dataset, shortcut=cfg.model.shortcut,
+        bn_momentum=cfg.model.bn_momentum, bn_eps=cfg.model.bn_eps,
     )
 
 
@@ -129,6 +130,31 @@ class Sampler:
         return to_float(x), self.data.labels[idx]
 
 
+def continue_from(init_from: str | Path, cfg: TrainConfig, model_cfg: ModelConfig,
+                  device: torch.device) -> tuple[nn.Module, dict, int]:
+    """``init_mode: continue``: the model, training state and iteration of the last
+    checkpoint of run ``init_from``, so this run goes on with that run's schedule,
+    momentum buffers and BatchNorm statistics, as the N18 authors' code restores its
+    pre-trained checkpoint with the global step (``optimistic_restore`` in ``main.py``;
+    docs/fidelity.md)."""
+    ckpt = latest_checkpoint(init_from) if Path(init_from).is_dir() else None
+    if ckpt is None:
+        raise ConfigError(
+            f"init_mode continue needs a run folder with checkpoints (written by "
+            f"'cascade-adv train'), and {init_from} has none; pass such a run as init_from "
+            "or use init_mode weights"
+        )
+    model = load_model(ckpt, expected=model_cfg, map_location=device)
+    state = read_state(ckpt, device)
+    if state["iteration"] >= cfg.optim.iterations:
+        raise ConfigError(
+            f"init_from {init_from} ends at iteration {state['iteration']}, and this run's "
+            f"schedule stops at optim.iterations={cfg.optim.iterations}; raise "
+            "optim.iterations or use init_mode weights"
+        )
+    return model, state, state["iteration"]
+
+
 def clean_objective(model, x, y, iteration, generator):
     """Standard training: mean cross-entropy of the clean batch (the Baseline rows),
     in float32 also when the logits come from bf16 autocast."""
@@ -187,7 +213,10 @@ def train(
     cross-entropy, or with ``adversarial.mode`` set, Algorithm 1 with the loss of
     N18 section 3.1 (:class:`AdversarialObjective`).  ``init_from`` (or the
     config's ``init_from``) starts from the weights of another run, e.g. a shared
-    pre-trained start; the optimizer starts fresh.
+    pre-trained start; the optimizer starts fresh at iteration 0, unless
+    ``cfg.init_mode`` is ``continue``: then the run goes on from that run's last
+    checkpoint, its iteration count and optimizer state (:func:`continue_from`).
+    Each logged metrics line also records the largest absolute logit of the batch.
 
     A non-finite loss stops the run with :class:`TrainingDiverged`; the last good
     checkpoint is kept.  The losses stay on the device and are read back together
@@ -242,14 +271,16 @@ def train(
             raise CheckpointError(
                 f"{run_dir} already holds a run; pick a new --out folder or resume it"
             )
-        if init_from is not None:
+        state, start = None, 0
+        if init_from is not None and cfg.init_mode == "continue":
+            model, state, start = continue_from(init_from, cfg, model_cfg, device)
+        elif init_from is not None:
             model = load_model(init_from, expected=model_cfg, map_location=device)
         else:
             torch.manual_seed(cfg.seed)
             model = build_model(model_cfg).to(device)
             if model_cfg.normalize == "per_pixel_mean":
                 model.set_mean_image(per_pixel_mean(train_set.images))
-        state, start = None, 0
     ctx.check_same(start, f"the torchrun processes see different checkpoints in {run_dir} "
                           "(iterations {low} to {high}); put the run folder on a filesystem "
                           "that every node shares")
@@ -257,9 +288,16 @@ def train(
         model = distributed.convert_sync_batchnorm(model, device)
     prepare_model(model, speed)  # channels_last / compile, in place (parameters kept)
     init = init_id(init_from, cfg.seed, model_cfg)
-    optimizer = make_optimizer(cfg, model.parameters())
+    optimizer = make_optimizer(cfg, model)
     if state is not None:
-        optimizer.load_state_dict(state["optimizer"])
+        try:
+            optimizer.load_state_dict(state["optimizer"])
+        except (ValueError, KeyError) as exc:
+            raise ConfigError(
+                f"the optimizer state of {ckpt or init_from} does not fit this run's optimizer "
+                f"({str(exc).splitlines()[0]}); use the optim.name and "
+                "optim.weight_decay_scope it was written with, or init_mode weights"
+            ) from None
 
     metrics = None
     if ctx.is_main:  # under torchrun only rank 0 writes files
@@ -321,6 +359,7 @@ def train(
             acc = _accuracy(logits, labels, ctx)
             if metrics is not None:
                 metrics.write({"iteration": done, "loss": loss_value, "lr": lr, "train_acc": acc,
+                               "max_abs_logit": logits.detach().abs().max().item(),
                                "seconds": round(time.perf_counter() - t0, 3)})
             bar.set_postfix(loss=f"{loss_value:.4f}", acc=f"{acc:.1f}", lr=f"{lr:g}")
         if saving:

@@ -12,22 +12,44 @@
   that matter only early in training: TensorFlow starts the mean square at 1 (torch
   at 0) and adds epsilon inside the square root (torch outside).  With epsilon = 1
   both keep the first steps no larger than ``lr`` times the gradient.
+
+``optim.weight_decay_scope: weights`` decays only the weights of convolution and linear
+layers, as the N18 authors' code does (``variable_with_weight_decay`` in ``layers.py``
+adds ``wd * l2_loss(w)`` for those weights alone, whose gradient is ``wd * w``, the
+same step as the optimizers' ``weight_decay``); biases and BatchNorm scale / shift get
+none.  ``all`` decays every parameter.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
 import torch
+from torch import nn
 
 from cascade_adv.training.config import TrainConfig
 
 
-def make_optimizer(cfg: TrainConfig, params: Iterable[torch.nn.Parameter]) -> torch.optim.Optimizer:
-    """The optimizer of ``cfg.optim`` over ``params`` (the learning rate is set per
-    iteration by the training loop from ``optim.lr`` and its milestones)."""
+def decay_groups(model: nn.Module, weight_decay: float, scope: str) -> list[dict]:
+    """Parameter groups: with ``scope == "weights"`` the convolution and linear weights
+    with ``weight_decay`` and every other parameter without; else one group."""
+    if scope == "all":
+        return [{"params": list(model.parameters()), "weight_decay": weight_decay}]
+    if scope != "weights":
+        raise ValueError(f"weight_decay_scope must be all or weights, got {scope!r}")
+    decayed = {id(m.weight) for m in model.modules()
+               if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear))}
+    params = list(model.parameters())
+    return [
+        {"params": [p for p in params if id(p) in decayed], "weight_decay": weight_decay},
+        {"params": [p for p in params if id(p) not in decayed], "weight_decay": 0.0},
+    ]
+
+
+def make_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+    """The optimizer of ``cfg.optim`` over ``model``'s parameters (the learning rate is
+    set per iteration by the training loop from ``optim.lr`` and its milestones)."""
     o = cfg.optim
+    groups = decay_groups(model, o.weight_decay, o.weight_decay_scope)
     if o.name == "rmsprop":
-        return torch.optim.RMSprop(params, lr=o.lr, alpha=o.rmsprop_alpha, eps=o.rmsprop_eps,
-                                   momentum=o.momentum, weight_decay=o.weight_decay)
-    return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
+        return torch.optim.RMSprop(groups, lr=o.lr, alpha=o.rmsprop_alpha, eps=o.rmsprop_eps,
+                                   momentum=o.momentum)
+    return torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum)
