@@ -99,6 +99,21 @@ def _utc_now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
+def check_store_path(path: str | os.PathLike) -> Path:
+    """Raise :class:`CascadeAdvError` (before any work) unless ``path`` can hold a
+    results store: a writable file path, and an existing file an SQLite database."""
+    from cascade_adv.io import check_writable_file
+
+    p = check_writable_file(path, "results store")
+    if p.is_file():
+        with open(p, "rb") as fh:
+            head = fh.read(len(_SQLITE_MAGIC))
+        if head and head != _SQLITE_MAGIC:
+            raise CascadeAdvError(f"results store {p} is not an SQLite database; "
+                                  "give another --results path (e.g. results.sqlite)")
+    return p
+
+
 class ResultsStore:
     """Evaluation rows in the SQLite file ``path`` (created if missing).
 
