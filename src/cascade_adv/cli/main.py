@@ -235,6 +235,12 @@ def load_split(models: list[LoadedModel], dataset: str | None, data_root: str | 
                 f"cannot tell which dataset {', '.join(m.name for m in models)} was "
                 "trained on; pass --dataset")
         dataset = names.pop()
+    for m in models:  # before any data is read
+        if m.dataset and dataset != m.dataset:
+            from cascade_adv.errors import DatasetError
+
+            raise DatasetError(f"model {m.name} was trained on {m.dataset}, not {dataset}; "
+                               f"evaluate it on --dataset {m.dataset}")
     root = data_root or next((m.run_config.data.root for m in models if m.run_config), None)
     first = models[0] if models else None
     size = _size_option(dataset, first.model.config, first.run_config) if first else {}
@@ -567,7 +573,10 @@ def quickstart(out, results, device, quiet):
     separately trained network), prints one table and says what it shows.
     """
     from cascade_adv.experiments import quickstart as run_quickstart
+    from cascade_adv.training import resolve_device
 
+    check_outputs(dirs=[("--out", out)], store=results)
+    resolve_device(device)
     result = run_quickstart(out, results, progress=not quiet, device=device)
     click.echo(result.table.to_markdown(sources_as_columns=True))
     click.echo(result.summary)

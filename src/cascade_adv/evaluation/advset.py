@@ -39,7 +39,7 @@ from tqdm.auto import tqdm
 
 from cascade_adv import attacks
 from cascade_adv.data import ImageDataset, to_float, to_uint8
-from cascade_adv.errors import CascadeAdvError, OutputPathError
+from cascade_adv.errors import CascadeAdvError, ModelFault, OutputPathError
 from cascade_adv.evaluation.whitebox import true_class_rank
 from cascade_adv.io import (
     _TEMP,
@@ -212,7 +212,12 @@ def _write_set(model, dataset, tmp, attack, eps, prepare, batch_size, source_nam
         yb = y_host.to(device)
         m = xb.shape[0]
         with attacks.inference_mode(model), torch.no_grad():
-            rank_clean = true_class_rank(model(xb), yb).cpu().numpy()
+            logits = model(xb)
+            if not bool(torch.isfinite(logits).all()):
+                raise ModelFault(f"source {source_name} gives non-finite outputs (inf / NaN); "
+                                 "its adversarial images would be meaningless: use an earlier "
+                                 "checkpoint or retrain it")
+            rank_clean = true_class_rank(logits, yb).cpu().numpy()
         for e in eps:
             adv = to_uint8(attacks.run(attack, model, xb, yb, eps=e, generator=generator,
                                        **(attack_options or {})))
