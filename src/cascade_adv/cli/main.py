@@ -46,8 +46,9 @@ def _csv_list(value: str, cast=str, option: str = "the list") -> list:
 
     items = [v.strip() for v in str(value).split(",") if v.strip()]
     if not items:
+        example = "1,2" if cast in (int, float) else "a,b"
         raise InvalidArgument(f"{option} is empty ({value!r}); give at least one value, "
-                              "e.g. " + ("--eps 16" if cast is float else f"{option} a,b"))
+                              f"e.g. {option} {example}")
     try:
         return [cast(v) for v in items]
     except ValueError:

@@ -285,7 +285,7 @@ def _run_sweep(experiment, variants, config_path, out, attack_names, eps_list, l
     eps = attacks.validate_eps(_csv_list(eps_list, float, option="--eps"))
     out = out or f"runs/{experiment.replace(':', '_')}"
     check_outputs(files=[("--figure", figure)], dirs=[("--out", out)], store=results)
-    _check_sweep_configs(config_path, overrides)
+    _check_sweep_configs(config_path, overrides, variants, experiment)
     with ResultsStore(results) as store:
         table = run_variants(config_path, variants, out, store, experiment=experiment,
                              overrides=overrides, attacks=names, eps=eps, limit=limit,
@@ -294,11 +294,16 @@ def _run_sweep(experiment, variants, config_path, out, attack_names, eps_list, l
     return table, names, eps
 
 
-def _check_sweep_configs(config_path, overrides) -> None:
-    """The sweep's config and overrides, validated before any run starts."""
+def _check_sweep_configs(config_path, overrides, variants, experiment) -> None:
+    """Every network's config, validated before any run starts (and before the
+    results store is opened): the configs and what training checks first."""
     from cascade_adv.training import load_config
+    from cascade_adv.training.loop import preflight
 
-    load_config(config_path, overrides)
+    base = load_config(config_path, overrides)  # the user's part first: its errors name it
+    preflight([base] + [load_config(config_path, [*overrides, *v.overrides,
+                                                  f"name={experiment}/{v.name}"])
+                        for v in variants])
 
 
 @analyze.command(epilog=EXAMPLES_ANALYZE)

@@ -388,3 +388,28 @@ def train(
     ctx.close()
     model.eval()
     return TrainResult(run_dir, model, total, loss_value, time.perf_counter() - t0, start)
+
+
+def preflight(cfgs: list[TrainConfig]) -> None:
+    """What :func:`train` checks before it writes anything - device, speed options,
+    dataset, crop and batch sizes, adversarial sources - for every config, without
+    training: commands that train several networks (the sweeps) call it before they
+    create any file.  Raises the same one-line errors as :func:`train`."""
+    loaded: dict[tuple, ImageDataset] = {}
+    for cfg in cfgs:
+        device = distributed._pick_device(cfg.device, 1, 0)
+        speed_from_config(cfg.speed, device)
+        key = (cfg.data.dataset, cfg.data.root, cfg.data.image_size, cfg.data.download)
+        if key not in loaded:
+            loaded[key] = load_dataset(cfg.data.dataset, "train", root=cfg.data.root,
+                                       download=cfg.data.download,
+                                       image_size=cfg.data.image_size)
+        train_set = loaded[key]
+        model_cfg = model_config_for(cfg, train_set)
+        batch = None
+        if cfg.adversarial.mode != "none":
+            batch = AdversarialObjective(cfg, train_set, model_cfg, device).clean_per_batch
+        Sampler(train_set, cfg, device, batch)
+        init_from = cfg.init_from
+        if init_from is not None:
+            load_model(init_from, expected=model_cfg, map_location="cpu")
