@@ -411,3 +411,21 @@ def test_stale_temporary_files_of_a_killed_run_are_removed(tmp_path):
     train_tiny(tmp_path / "run")
     assert not any(p.exists() for p in stale) and alive.exists()
     assert TrainingInterrupted("x", 143).exit_code == 143
+
+
+def test_folder_moved_aside_by_a_killed_swap_is_put_back(tmp_path):
+    from cascade_adv.io import remove_stale_temps, swap_dir
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    aside = tmp_path / f".ckpt-0000010.{dead.pid}.q1.old.tmp"  # killed between the renames
+    aside.mkdir()
+    (aside / "model.safetensors").write_text("weights")
+    remove_stale_temps(tmp_path, "ckpt-*")
+    assert (tmp_path / "ckpt-0000010" / "model.safetensors").read_text() == "weights"
+    new = tmp_path / "new"
+    new.mkdir()
+    (new / "model.safetensors").write_text("newer")
+    swap_dir(new, tmp_path / "ckpt-0000010")
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt-0000010"]
+    assert (tmp_path / "ckpt-0000010" / "model.safetensors").read_text() == "newer"

@@ -33,6 +33,25 @@ def make_temp_dir(parent: str | os.PathLike, name: str, suffix: str = ".tmp") ->
     return path
 
 
+def swap_dir(tmp: str | os.PathLike, out: str | os.PathLike) -> None:
+    """Move the complete folder ``tmp`` onto ``out``.  An existing ``out`` is first moved
+    aside (``.NAME.PID.XXXX.old.tmp``) and removed only once the new folder is in
+    place, so no moment leaves neither; an empty ``out`` is replaced in one rename."""
+    tmp, out = Path(tmp), Path(out)
+    if not out.exists() or (out.is_dir() and not any(out.iterdir())):
+        os.replace(tmp, out)
+        return
+    aside = make_temp_dir(out.parent, out.name, suffix=".old.tmp")
+    aside.rmdir()
+    os.replace(out, aside)
+    try:
+        os.replace(tmp, out)
+    except OSError:
+        os.replace(aside, out)  # put the old folder back
+        raise
+    shutil.rmtree(aside, ignore_errors=True)
+
+
 _TEMP = re.compile(r"^\.(?P<name>.+?)(\.(?P<pid>\d+)\.[A-Za-z0-9_]+)?(\.old)?\.tmp$")
 
 
@@ -169,7 +188,9 @@ def is_within(path: str | os.PathLike, folder: str | os.PathLike) -> bool:
 def remove_stale_temps(folder: str | os.PathLike, name: str = "*") -> list[Path]:
     """Delete the temporary files and folders that a killed writer left in ``folder``
     (``.NAME.PID.XXXX.tmp`` of :func:`atomic_path` and the set / checkpoint writers)
-    for ``name`` (a glob); those of a process still running are kept.  Returns them."""
+    for ``name`` (a glob); those of a process still running are kept, and a folder
+    that :func:`swap_dir` had moved aside when its writer was killed is put back
+    where it was missing.  Returns the removed paths."""
     folder = Path(folder)
     removed: list[Path] = []
     if not folder.is_dir():
@@ -177,6 +198,10 @@ def remove_stale_temps(folder: str | os.PathLike, name: str = "*") -> list[Path]
     for p in folder.glob(f".{name}.tmp"):
         m = _TEMP.match(p.name)
         if m is None or (m.group("pid") and _writer_alive(int(m.group("pid")))):
+            continue
+        target = folder / m.group("name")
+        if p.name.endswith(".old.tmp") and not target.exists():
+            os.replace(p, target)  # killed between the two renames of swap_dir: put it back
             continue
         if p.is_dir() and not p.is_symlink():
             shutil.rmtree(p, ignore_errors=True)

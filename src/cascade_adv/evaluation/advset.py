@@ -26,7 +26,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from glob import escape as glob_escape
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -42,15 +41,13 @@ from cascade_adv.data import ImageDataset, to_float, to_uint8
 from cascade_adv.errors import CascadeAdvError, ModelFault, OutputPathError
 from cascade_adv.evaluation.whitebox import true_class_rank
 from cascade_adv.io import (
-    _TEMP,
-    _writer_alive,
     atomic_write_text,
     check_writable_dir,
     file_sha256,
     is_within,
     remove_stale_temps,
+    swap_dir,
     make_temp_dir,
-    temp_prefix,
 )
 
 FORMAT = "cascade-adv/advset/1"
@@ -92,27 +89,6 @@ def check_set_output(out: str | os.PathLike, *, overwrite: bool = False,
         raise OutputPathError(f"--out {out} already exists and is not an adversarial set; "
                               "pass a new path or --overwrite to replace it")
     return out
-
-
-def _swap_into_place(tmp: Path, out: Path) -> None:
-    """Move the complete folder ``tmp`` onto ``out``; an existing ``out`` is moved
-    aside first and removed only once the new folder is in place."""
-    if not out.exists():
-        os.replace(tmp, out)
-        return
-    if out.is_dir() and not any(out.iterdir()):
-        os.replace(tmp, out)  # an empty folder is replaced in one rename
-        return
-    aside = Path(tempfile.mkdtemp(prefix=temp_prefix(out.name), suffix=".old.tmp",
-                                  dir=out.parent))
-    aside.rmdir()
-    os.replace(out, aside)
-    try:
-        os.replace(tmp, out)
-    except OSError:
-        os.replace(aside, out)  # put the old set back
-        raise
-    shutil.rmtree(aside, ignore_errors=True)
 
 
 @dataclass
@@ -173,19 +149,12 @@ def craft_adversarial_set(
     device = next(model.parameters()).device
     out = Path(os.path.abspath(out))
     out.parent.mkdir(parents=True, exist_ok=True)
-    if not out.exists():  # a kill between the two renames of a swap: put the old set back
-        for aside in out.parent.glob(f".{glob_escape(out.name)}.*.old.tmp"):
-            m = _TEMP.match(aside.name)
-            if m and m.group("pid") and not _writer_alive(int(m.group("pid"))) \
-                    and is_adversarial_set(aside):
-                os.replace(aside, out)
-                break
     remove_stale_temps(out.parent, glob_escape(out.name) + ".*")  # left by a killed run
     tmp = make_temp_dir(out.parent, out.name)
     try:
         _write_set(model, dataset, tmp, attack, eps, prepare, batch_size, source_name,
                    source_hash, attack_options, seed, progress, device)
-        _swap_into_place(tmp, out)
+        swap_dir(tmp, out)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

@@ -25,7 +25,13 @@ import torch
 from torch import nn
 
 from cascade_adv.errors import CheckpointError
-from cascade_adv.io import atomic_path, atomic_write_text, make_temp_dir, remove_stale_temps
+from cascade_adv.io import (
+    atomic_path,
+    atomic_write_text,
+    make_temp_dir,
+    remove_stale_temps,
+    swap_dir,
+)
 from cascade_adv.models import WEIGHTS_FILE, save_model
 
 STATE_FILE = "state.pt"
@@ -43,9 +49,7 @@ def save_checkpoint(run_dir: str | os.PathLike, model: nn.Module, optimizer: tor
     with atomic_path(tmp / STATE_FILE) as path:
         torch.save({"iteration": iteration, "optimizer": optimizer.state_dict()}, path)
     final = root / name
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
+    swap_dir(tmp, final)  # an earlier folder of this iteration is replaced, never deleted first
     atomic_write_text(root / "latest", name + "\n")
     for old in sorted(p for p in root.glob("ckpt-*") if p.is_dir())[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
