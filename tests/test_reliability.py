@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -429,3 +430,37 @@ def test_folder_moved_aside_by_a_killed_swap_is_put_back(tmp_path):
     swap_dir(new, tmp_path / "ckpt-0000010")
     assert [p.name for p in tmp_path.iterdir()] == ["ckpt-0000010"]
     assert (tmp_path / "ckpt-0000010" / "model.safetensors").read_text() == "newer"
+
+
+class _Planted:
+    def __reduce__(self):
+        return (os.system, ("touch PWNED",))
+
+
+def test_planted_pickle_is_never_run_and_is_one_line(work, tmp_path):
+    import pickle
+    import shutil
+
+    shutil.copytree(work / "myrun", tmp_path / "run")
+    shutil.rmtree(tmp_path / "run" / "final")
+    ckpt = sorted((tmp_path / "run" / "checkpoints").glob("ckpt-*"))[-1]
+    (ckpt / "state.pt").write_bytes(pickle.dumps(_Planted()))
+    with warnings.catch_warnings(record=True) as caught:  # a warning is more stderr lines
+        warnings.simplefilter("always")
+        result = run("train", "--config", CONFIG, "--out", "run", "--quiet", *TINY,
+                     "optim.iterations=16", cwd=tmp_path)
+    assert_one_line(result, 2, "state.pt", "delete this checkpoint")
+    assert not (tmp_path / "PWNED").exists()
+    assert [str(w.message) for w in caught] == []
+
+
+def test_source_and_target_of_one_name_must_be_one_model(work, tmp_path):
+    import shutil
+
+    shutil.copytree(work / "myrun", tmp_path / "other")
+    train_tiny(tmp_path / "other", "optim.iterations=16")  # other weights
+    result = run("transfer", "--source", f"A={work / 'myrun'}", "--target",
+                 f"A={tmp_path / 'other'}", "--limit", "8", "--quiet", "--results", "r.db",
+                 cwd=tmp_path)
+    assert_one_line(result, 2, "'A'", "NAME=PATH")
+    assert not (tmp_path / "r.db").exists()

@@ -85,6 +85,10 @@ def transfer(sources, targets, attack_names, eps_list, sets_dir, csv_path, datas
     dev = resolve_device(device)
     src = load_models(sources, dev)
     tgt = load_models(targets, dev)
+    for name in set(src) & set(tgt):
+        if src[name].weights != tgt[name].weights:
+            raise CascadeAdvError(f"source and target are both named {name!r} but are "
+                                  "different models; name them apart with NAME=PATH")
     everyone = {**src, **tgt}
     data = load_split(list(everyone.values()), dataset, data_root, "test", limit, dev)
     table = transfer_matrix(

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import warnings
 from pathlib import Path
 
 import torch
@@ -120,7 +121,9 @@ def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
 def read_state(path: Path, device: torch.device | str = "cpu") -> dict:
     """The training state of a checkpoint folder (``weights_only=True``: no code runs)."""
     try:
-        state = torch.load(path / STATE_FILE, map_location=device, weights_only=True)
+        with warnings.catch_warnings():  # torch warns (several lines) about odd pickles
+            warnings.simplefilter("ignore")
+            state = torch.load(path / STATE_FILE, map_location=device, weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unreadable state is the same user problem
         raise CheckpointError(
             f"cannot read {path / STATE_FILE} ({type(exc).__name__}); "
