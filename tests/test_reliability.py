@@ -464,3 +464,21 @@ def test_source_and_target_of_one_name_must_be_one_model(work, tmp_path):
                  cwd=tmp_path)
     assert_one_line(result, 2, "'A'", "NAME=PATH")
     assert not (tmp_path / "r.db").exists()
+
+
+def test_transfer_and_craft_refuse_nonfinite_models(work, nan_model, tmp_path):
+    from cascade_adv.data import load_dataset
+    from cascade_adv.errors import ModelFault
+    from cascade_adv.evaluation import craft_adversarial_set, load_adversarial_set
+    from cascade_adv.evaluation.blackbox import evaluate_transfer
+    from cascade_adv.models import load_model
+
+    data = load_dataset("digits", "test").subset(8)
+    bad = load_model(nan_model)
+    with pytest.raises(ModelFault, match="non-finite"):
+        craft_adversarial_set(bad, data, tmp_path / "s", "step_ll", [4], progress=False)
+    assert list(tmp_path.iterdir()) == []
+    craft_adversarial_set(load_model(work / "myrun"), data, tmp_path / "s", "step_ll", [4],
+                          progress=False)
+    with pytest.raises(ModelFault, match="non-finite"):
+        evaluate_transfer(bad, load_adversarial_set(tmp_path / "s"))
