@@ -482,3 +482,16 @@ def test_transfer_and_craft_refuse_nonfinite_models(work, nan_model, tmp_path):
                           progress=False)
     with pytest.raises(ModelFault, match="non-finite"):
         evaluate_transfer(bad, load_adversarial_set(tmp_path / "s"))
+
+
+def test_ctrl_c_outside_the_training_loop_is_one_line_exit_130(work, tmp_path, monkeypatch):
+    from cascade_adv import evaluation
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(evaluation, "evaluate_whitebox", interrupted)
+    result = run("eval", "--checkpoint", work / "myrun", "--limit", "8", "--quiet",
+                 "--results", "r.db", cwd=tmp_path)
+    assert_one_line(result, 130, "interrupted", "rerun the same command")
+    assert list(tmp_path.iterdir()) == []  # nothing partial stored
