@@ -495,3 +495,18 @@ def test_ctrl_c_outside_the_training_loop_is_one_line_exit_130(work, tmp_path, m
                  "--results", "r.db", cwd=tmp_path)
     assert_one_line(result, 130, "interrupted", "rerun the same command")
     assert list(tmp_path.iterdir()) == []  # nothing partial stored
+
+
+def test_foreign_sqlite_store_is_refused_before_any_work(work, tmp_path, monkeypatch):
+    import sqlite3
+
+    from cascade_adv import evaluation
+
+    with sqlite3.connect(tmp_path / "other.db") as con:
+        con.execute("CREATE TABLE t (x)")
+    before = snapshot(tmp_path)
+    monkeypatch.setattr(evaluation, "evaluate_whitebox", None)  # any work would fail loudly
+    result = run("eval", "--checkpoint", work / "myrun", "--limit", "8", "--quiet",
+                 "--results", "other.db", cwd=tmp_path)
+    assert_one_line(result, 2, "not a cascade-adv results store")
+    assert snapshot(tmp_path) == before
