@@ -510,3 +510,19 @@ def test_foreign_sqlite_store_is_refused_before_any_work(work, tmp_path, monkeyp
                  "--results", "other.db", cwd=tmp_path)
     assert_one_line(result, 2, "not a cascade-adv results store")
     assert snapshot(tmp_path) == before
+
+
+def test_run_killed_before_its_first_log_resumes_but_a_users_config_folder_is_refused(tmp_path):
+    from cascade_adv.training import load_config
+    from cascade_adv.training.config import dump_config
+
+    (tmp_path / "run").mkdir()  # killed after writing config.yaml, before any metrics
+    (tmp_path / "run" / "config.yaml").write_text(dump_config(load_config(CONFIG, TINY)))
+    assert run("train", "--config", CONFIG, "--out", "run", "--quiet", *TINY,
+               cwd=tmp_path)[0] == 0
+    (tmp_path / "exp").mkdir()  # the user's own experiment folder and config
+    (tmp_path / "exp" / "config.yaml").write_text(Path(CONFIG).read_text())
+    before = snapshot(tmp_path / "exp")
+    assert_one_line(run("train", "--config", "exp/config.yaml", "--out", "exp", *TINY,
+                        cwd=tmp_path), 2, "not a run folder")
+    assert snapshot(tmp_path / "exp") == before

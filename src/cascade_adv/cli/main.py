@@ -72,6 +72,20 @@ def check_outputs(files=(), dirs=(), store=None) -> None:
             check_writable_dir(path, opt)
 
 
+def _is_config_dump(path: Path) -> bool:
+    """True for the resolved config that ``train`` writes first into a run folder (every
+    top-level key present), as opposed to a config file of the user's."""
+    import yaml
+
+    from cascade_adv.training.config import TrainConfig
+
+    try:
+        tree = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, yaml.YAMLError):
+        return False
+    return isinstance(tree, dict) and set(TrainConfig.model_fields) <= set(tree)
+
+
 def check_train_out(run_dir: Path) -> None:
     """``train --out``: a missing or empty folder, or an earlier run folder; never a
     folder of the user's that merely exists."""
@@ -80,7 +94,8 @@ def check_train_out(run_dir: Path) -> None:
 
     check_writable_dir(run_dir, "--out folder")
     if run_dir.is_dir() and any(run_dir.iterdir()):
-        if not any((run_dir / n).exists() for n in ("checkpoints", "final", "metrics.jsonl")):
+        if not any((run_dir / n).exists() for n in ("checkpoints", "final", "metrics.jsonl")) \
+                and not _is_config_dump(run_dir / "config.yaml"):
             raise OutputPathError(f"--out {run_dir} already exists and is not a run folder; "
                                   "pass a new --out folder")
 
