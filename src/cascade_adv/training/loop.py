@@ -213,8 +213,9 @@ def train(
     reduction at each log and checkpoint point, before a checkpoint is written, and
     the message names the range of iterations since the last check.  SIGINT / SIGTERM
     finish the current iteration, write a checkpoint and raise
-    :class:`~cascade_adv.errors.TrainingInterrupted` (see :mod:`.signals`).  The losses stay on the device and are read back together
-    (one host sync) at each log point, checkpoint point and the end, so divergence
+    :class:`~cascade_adv.errors.TrainingInterrupted` (see :mod:`.signals`).  The
+    losses stay on the device and are read back together (one host sync) at each
+    log point, checkpoint point and the end, so divergence
     is detected at the next such point after it happens - the message names the
     first bad iteration and the range checked - and every checkpoint is written
     only after the losses since the previous check were found finite.  ``on_step``
