@@ -29,3 +29,26 @@ class AttackError(CascadeAdvError):
 
 class TrainingDiverged(CascadeAdvError):
     """The training loss became non-finite; the last good checkpoint is kept."""
+
+
+class OutputPathError(CascadeAdvError, ValueError):
+    """An output path that cannot be written, or that holds something a command
+    would have to overwrite without being asked to (``--overwrite``)."""
+
+
+class InvalidArgument(CascadeAdvError, ValueError):
+    """A bad argument to a command or a library function (empty list, non-positive limit...)."""
+
+
+class ModelFault(CascadeAdvError):
+    """A model whose weights or outputs are not finite."""
+
+
+class TrainingInterrupted(CascadeAdvError):
+    """SIGINT / SIGTERM during training: a checkpoint was written, the run can resume.
+
+    ``exit_code`` is the conventional status (130 for SIGINT, 143 for SIGTERM)."""
+
+    def __init__(self, message: str, exit_code: int = 130):
+        super().__init__(message)
+        self.exit_code = exit_code

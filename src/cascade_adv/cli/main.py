@@ -40,12 +40,67 @@ Examples:
 """
 
 
-def _csv_list(value: str, cast=str) -> list:
-    items = [v.strip() for v in value.split(",") if v.strip()]
+def _csv_list(value: str, cast=str, option: str = "the list") -> list:
+    """A non-empty comma-separated list; raises :class:`InvalidArgument` (one line)."""
+    from cascade_adv.errors import InvalidArgument
+
+    items = [v.strip() for v in str(value).split(",") if v.strip()]
+    if not items:
+        example = "1,2" if cast in (int, float) else "a,b"
+        raise InvalidArgument(f"{option} is empty ({value!r}); give at least one value, "
+                              f"e.g. {option} {example}")
     try:
         return [cast(v) for v in items]
     except ValueError:
-        raise click.BadParameter(f"{value!r} is not a comma-separated list of numbers") from None
+        kind = "numbers" if cast is float else "integers" if cast is int else "values"
+        raise InvalidArgument(f"{option} {value!r} is not a comma-separated list of {kind}; "
+                              "write e.g. 4,8,16") from None
+
+
+def check_outputs(files=(), dirs=(), store=None) -> None:
+    """Output paths checked before any work (one line each when not writable)."""
+    from cascade_adv.evaluation.store import check_store_path
+    from cascade_adv.io import check_writable_dir, check_writable_file
+
+    if store:
+        check_store_path(store)
+    for opt, path in files:
+        if path:
+            check_writable_file(path, opt)
+    for opt, path in dirs:
+        if path:
+            check_writable_dir(path, opt)
+
+
+def _is_config_dump(path: Path) -> bool:
+    """True for the resolved config that ``train`` writes first into a run folder (every
+    top-level key present), as opposed to a config file of the user's."""
+    import yaml
+
+    from cascade_adv.training.config import TrainConfig
+
+    try:
+        tree = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, yaml.YAMLError):
+        return False
+    return isinstance(tree, dict) and set(TrainConfig.model_fields) <= set(tree)
+
+
+def check_train_out(run_dir: Path) -> None:
+    """``train --out``: a missing or empty folder, or an earlier run folder; never a
+    folder of the user's that merely exists."""
+    from cascade_adv.errors import OutputPathError
+    from cascade_adv.io import check_writable_dir
+
+    check_writable_dir(run_dir, "--out folder")
+    if run_dir.is_dir() and any(run_dir.iterdir()):
+        if not any((run_dir / n).exists() for n in ("checkpoints", "final", "metrics.jsonl")) \
+                and not _is_config_dump(run_dir / "config.yaml"):
+            raise OutputPathError(f"--out {run_dir} already exists and is not a run folder; "
+                                  "pass a new --out folder")
+
+
+POSITIVE = click.IntRange(min=1)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -89,8 +144,12 @@ def train(config_path, out, resume, quiet, overrides):
 
     cfg = load_config(config_path, overrides)
     run_dir = Path(out) if out else Path("runs") / cfg.name
+    check_train_out(run_dir)
     result = run_training(cfg, run_dir, resume=resume, progress=not quiet)
-    if env_rank() == 0:  # under torchrun, rank 0 reports
+    if env_rank() == 0 and result.resumed_from >= result.iterations:
+        click.echo(f"{cfg.name} is already trained ({result.iterations} iterations); "
+                   f"nothing to do -> {run_dir / 'final'}")
+    elif env_rank() == 0:  # under torchrun, rank 0 reports
         click.echo(
             f"trained {cfg.name}: {result.iterations} iterations, final loss "
             f"{result.final_loss:.4f}, {result.seconds:.1f} s -> {run_dir / 'final'}"
@@ -120,9 +179,11 @@ class LoadedModel:
         name, sep, path = spec.partition("=")
         if not sep:
             name, path = "", spec
+        check_name(name, "model name")
         self.weights = resolve_weights(path)
         self.name = name or _model_label(self.weights)
         self.model = load_model(self.weights, map_location=device)
+        check_finite_model(self.model, self.weights)
         self.hash = weights_hash(self.weights)
         self.init = model_init(self.weights)
         self.run_config = _run_config(self.weights)
@@ -135,6 +196,27 @@ class LoadedModel:
     def register(self, store, experiment: str = "", params: dict | None = None) -> None:
         store.register_model(self.name, model_hash=self.hash, dataset=self.dataset,
                              init=self.init, experiment=experiment, params=params)
+
+
+def check_name(name: str, what: str) -> str:
+    """A name that becomes part of a file name: no folder separators, no ``..``."""
+    from cascade_adv.errors import InvalidArgument
+
+    if name and ("/" in name or "\\" in name or name in (".", "..") or "\0" in name):
+        raise InvalidArgument(f"{what} {name!r} may not contain '/', '\\' or be '.' / '..'; "
+                              "use a plain name such as B1")
+    return name
+
+
+def check_finite_model(model, weights) -> None:
+    """Refuse (one line) a model whose weights or statistics hold inf / NaN."""
+    from cascade_adv.errors import ModelFault
+    from cascade_adv.training.checkpoint import nonfinite_state
+
+    bad = nonfinite_state(model)
+    if bad:
+        raise ModelFault(f"model {weights} holds non-finite weights ({len(bad)} tensors, first "
+                         f"{bad[0]}); it is damaged: evaluate an earlier checkpoint or retrain")
 
 
 def load_models(specs: tuple[str, ...], device) -> dict[str, LoadedModel]:
@@ -153,7 +235,10 @@ def load_split(models: list[LoadedModel], dataset: str | None, data_root: str | 
                split: str, limit: int | None, device):
     """The evaluation images: ``dataset`` or the one every model was trained on."""
     from cascade_adv.data import load_dataset
+    from cascade_adv.errors import InvalidArgument
 
+    if limit is not None and limit < 1:
+        raise InvalidArgument(f"--limit must be a positive number of images, got {limit}")
     names = {m.dataset for m in models if m.dataset}
     if dataset is None:
         if len(names) > 1:
@@ -166,11 +251,38 @@ def load_split(models: list[LoadedModel], dataset: str | None, data_root: str | 
                 f"cannot tell which dataset {', '.join(m.name for m in models)} was "
                 "trained on; pass --dataset")
         dataset = names.pop()
+    for m in models:  # before any data is read
+        if m.dataset and dataset != m.dataset:
+            from cascade_adv.errors import DatasetError
+
+            raise DatasetError(f"model {m.name} was trained on {m.dataset}, not {dataset}; "
+                               f"evaluate it on --dataset {m.dataset}")
     root = data_root or next((m.run_config.data.root for m in models if m.run_config), None)
     first = models[0] if models else None
     size = _size_option(dataset, first.model.config, first.run_config) if first else {}
     data = load_dataset(dataset, split, root=root, **size)
-    return (data.subset(limit) if limit else data).to(device)
+    for m in models:
+        check_model_data(m, data)
+    return (data.subset(limit) if limit is not None else data).to(device)
+
+
+def check_model_data(m: LoadedModel, data) -> None:
+    """The dataset must be the one the model was made for: same dataset (when the
+    model records it), channels, enough classes, images at least the model's size."""
+    from cascade_adv.errors import DatasetError
+
+    cfg = m.model.config
+    if m.dataset and data.name != m.dataset:
+        raise DatasetError(f"model {m.name} was trained on {m.dataset}, not {data.name}; "
+                           f"evaluate it on --dataset {m.dataset}")
+    c, h, w = data.image_shape
+    if c != cfg.in_channels or h < cfg.input_size or w < cfg.input_size:
+        raise DatasetError(f"{data.name} images are {c}x{h}x{w} but model {m.name} takes "
+                           f"{cfg.in_channels}x{cfg.input_size}x{cfg.input_size}; use the "
+                           "dataset it was trained on")
+    if data.num_classes > cfg.num_classes:
+        raise DatasetError(f"{data.name} has {data.num_classes} classes but model {m.name} "
+                           f"predicts {cfg.num_classes}; use the dataset it was trained on")
 
 
 def _load_for_eval(
@@ -245,8 +357,9 @@ def model_data_options(split_default: str = "test") -> list:
             default=split_default,
             show_default=True,
         ),
-        click.option("--limit", type=int, default=None, help="Use only the first N images."),
-        click.option("--batch-size", type=int, default=500, show_default=True),
+        click.option("--limit", type=POSITIVE, default=None,
+                     help="Use only the first N images."),
+        click.option("--batch-size", type=POSITIVE, default=500, show_default=True),
         click.option(
             "--device", default="auto", show_default=True, help="cpu, cuda, cuda:1, auto."
         ),
@@ -319,11 +432,13 @@ def evaluate(attack_names, eps_list, results, csv_path, json_path, name, seed, b
     from cascade_adv.speed import resolve_speed
     from cascade_adv.training import distributed
 
-    names = _csv_list(attack_names)
-    eps = _csv_list(eps_list, float)
+    names = _csv_list(attack_names, option="--attacks")
+    eps = _csv_list(eps_list, float, option="--eps")
     for a in names:
-        attacks.get(a)
+        if a != "clean":
+            attacks.get(a)
     attacks.validate_eps(eps)
+    check_outputs(files=[("--csv", csv_path), ("--json", json_path)], store=results)
     # under torchrun every rank evaluates its shard of the images; rank 0 reports
     ctx = distributed.setup("auto", model_data["device"])
     model_data["device"] = str(ctx.device)
@@ -359,13 +474,25 @@ def evaluate(attack_names, eps_list, results, csv_path, json_path, name, seed, b
         table.to_json(json_path)
 
 
-def _write_set(attack_name, eps_list, out, seed, batch_size, quiet, **model_data):
+def _write_set(attack_name, eps_list, out, seed, batch_size, quiet, overwrite, **model_data):
     """Shared body of ``attack`` and ``craft``: attack a split, save the set."""
     from cascade_adv import attacks
     from cascade_adv.evaluation import craft_adversarial_set, prepare_images
+    from cascade_adv.evaluation.advset import check_set_output
 
     attacks.get(attack_name)
-    eps = attacks.validate_eps(_csv_list(eps_list, float))
+    eps = attacks.validate_eps(_csv_list(eps_list, float, option="--eps"))
+    checkpoint = Path(model_data["checkpoint"])
+    protect = [checkpoint, model_data.get("data_root")]
+    try:
+        from cascade_adv.models import resolve_weights
+
+        weights = resolve_weights(checkpoint)
+        protect += [weights, weights.parent.parent if weights.parent.name == "final" else
+                    weights.parent]
+    except CascadeAdvError:
+        pass  # reported by the model loader below
+    check_set_output(out, overwrite=overwrite, protect=protect)
     model, label, digest, data = _load_for_eval(**model_data)
     path = craft_adversarial_set(
         model,
@@ -379,6 +506,8 @@ def _write_set(attack_name, eps_list, out, seed, batch_size, quiet, **model_data
         source_hash=digest,
         seed=seed,
         progress=not quiet,
+        overwrite=overwrite,
+        protect=protect,
     )
     click.echo(
         f"wrote {len(data) * len(eps)} {attack_name} images of {data.name}/{data.split} "
@@ -394,8 +523,10 @@ def _write_set(attack_name, eps_list, out, seed, batch_size, quiet, **model_data
     "--out",
     required=True,
     type=click.Path(file_okay=False),
-    help="Folder to write the adversarial set to.",
+    help="Folder to write the adversarial set to (an earlier set there is replaced).",
 )
+@click.option("--overwrite", is_flag=True,
+              help="Replace --out even when it is not an earlier adversarial set.")
 @click.option("--seed", type=int, default=0, show_default=True)
 def attack(**kwargs):
     """Write adversarial images of a split to disk (uint8 .npy + meta.json)."""
@@ -426,6 +557,8 @@ Examples:
     type=click.Path(file_okay=False),
     help="Folder to write the set to; name it in adversarial.sources of a config.",
 )
+@click.option("--overwrite", is_flag=True,
+              help="Replace --out even when it is not an earlier adversarial set.")
 @click.option("--seed", type=int, default=0, show_default=True)
 def craft(**kwargs):
     """Save iter_FGSM images of the training split for cascade training (N18 section 6).
@@ -456,7 +589,10 @@ def quickstart(out, results, device, quiet):
     separately trained network), prints one table and says what it shows.
     """
     from cascade_adv.experiments import quickstart as run_quickstart
+    from cascade_adv.training import resolve_device
 
+    check_outputs(dirs=[("--out", out)], store=results)
+    resolve_device(device)
     result = run_quickstart(out, results, progress=not quiet, device=device)
     click.echo(result.table.to_markdown(sources_as_columns=True))
     click.echo(result.summary)
@@ -482,23 +618,36 @@ def list_attacks():
 from cascade_adv.cli import research  # noqa: F401
 
 
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
 def main(argv: list[str] | None = None) -> None:
+    """Run the command line: user errors print one line on stderr and exit 2;
+    an interrupted training run exits 130 (SIGINT) or 143 (SIGTERM)."""
+    from cascade_adv.errors import TrainingInterrupted
+
     try:
-        cli.main(args=argv, prog_name="cascade-adv", standalone_mode=False)
-    except click.exceptions.Abort:
-        click.echo("aborted", err=True)
+        rv = cli.main(args=argv, prog_name="cascade-adv", standalone_mode=False)
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        click.echo("interrupted; rerun the same command to resume (training continues from "
+                   "its last checkpoint)", err=True)
         sys.exit(130)
+    except click.UsageError as exc:
+        where = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
+        click.echo(f"error: {_one_line(exc.format_message())}{where}", err=True)
+        sys.exit(2)
     except click.ClickException as exc:
-        exc.show()
+        click.echo(f"error: {_one_line(exc.format_message())}", err=True)
+        sys.exit(exc.exit_code)
+    except TrainingInterrupted as exc:
+        click.echo(f"{_one_line(exc)}", err=True)
         sys.exit(exc.exit_code)
     except CascadeAdvError as exc:
-        click.echo(f"error: {exc}", err=True)
+        click.echo(f"error: {_one_line(exc)}", err=True)
         sys.exit(2)
-    except KeyboardInterrupt:
-        click.echo(
-            "interrupted; rerun the same command to resume from the last checkpoint", err=True
-        )
-        sys.exit(130)
+    if isinstance(rv, int) and rv:  # --help / --version return 0
+        sys.exit(rv)
 
 
 if __name__ == "__main__":

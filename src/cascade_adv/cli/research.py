@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from cascade_adv.cli.main import _csv_list, cli, load_models, load_split
+from cascade_adv.cli.main import POSITIVE, _csv_list, check_outputs, cli, load_models, load_split
 from cascade_adv.errors import CascadeAdvError
 
 
@@ -21,8 +21,9 @@ def common_options(fn):
                      default=None, help="Dataset (default: the one the models were trained on)."),
         click.option("--data-root", type=click.Path(file_okay=False), default=None,
                      help="Folder with the dataset files (default: $CASCADE_ADV_DATA or ./data)."),
-        click.option("--limit", type=int, default=None, help="Use only the first N test images."),
-        click.option("--batch-size", type=int, default=500, show_default=True),
+        click.option("--limit", type=POSITIVE, default=None,
+                     help="Use only the first N test images."),
+        click.option("--batch-size", type=POSITIVE, default=500, show_default=True),
         click.option("--device", default="auto", show_default=True,
                      help="cpu, cuda, cuda:1, auto."),
         click.option("--results", type=click.Path(dir_okay=False),
@@ -76,13 +77,18 @@ def transfer(sources, targets, attack_names, eps_list, sets_dir, csv_path, datas
     from cascade_adv.reporting.tables import ResultTable
     from cascade_adv.training import resolve_device
 
-    names = _csv_list(attack_names)
+    names = _csv_list(attack_names, option="--attacks")
     for a in names:
         attacks.get(a)
-    eps = attacks.validate_eps(_csv_list(eps_list, float))
+    eps = attacks.validate_eps(_csv_list(eps_list, float, option="--eps"))
+    check_outputs(files=[("--csv", csv_path)], dirs=[("--sets", sets_dir)], store=results)
     dev = resolve_device(device)
     src = load_models(sources, dev)
     tgt = load_models(targets, dev)
+    for name in set(src) & set(tgt):
+        if src[name].weights != tgt[name].weights:
+            raise CascadeAdvError(f"source and target are both named {name!r} but are "
+                                  "different models; name them apart with NAME=PATH")
     everyone = {**src, **tgt}
     data = load_split(list(everyone.values()), dataset, data_root, "test", limit, dev)
     table = transfer_matrix(
@@ -148,7 +154,13 @@ def _model_analysis(kind, models, eps_list, images, figure, dataset, data_root, 
     from cascade_adv.reporting.tables import ResultTable
     from cascade_adv.training import resolve_device
 
-    eps = _csv_list(eps_list, float)
+    from cascade_adv import attacks
+
+    eps = attacks.validate_eps(_csv_list(eps_list, float, option="--eps"))
+    if kw.get("methods") is not None:
+        for a in kw["methods"]:
+            attacks.get(a)
+    check_outputs(files=[("--figure", figure)], store=results)
     dev = resolve_device(device)
     loaded = load_models(models, dev)
     data = load_split(list(loaded.values()), dataset, data_root, "test", limit, dev)
@@ -173,7 +185,7 @@ def _model_analysis_options(fn):
                      help="Model NAME=PATH (or PATH); repeat for several."),
         click.option("--eps", "eps_list", default=",".join(str(e) for e in range(17)),
                      show_default=True, help="Comma-separated epsilons (pixel units)."),
-        click.option("--images", type=int, default=128, show_default=True,
+        click.option("--images", type=POSITIVE, default=128, show_default=True,
                      help="Randomly chosen test images (the same for every model)."),
     ]):
         fn = opt(fn)
@@ -188,7 +200,7 @@ def _model_analysis_options(fn):
 def softmax(methods, **kw):
     """N18 figures 4 and 6: logit of the true class and mean logit of the false
     classes vs epsilon (mean +- std over the images)."""
-    _model_analysis("softmax", methods=tuple(_csv_list(methods)), **kw)
+    _model_analysis("softmax", methods=tuple(_csv_list(methods, option="--methods")), **kw)
 
 
 @analyze.command(epilog=EXAMPLES_ANALYZE)
@@ -219,10 +231,11 @@ def transfer_eps(source, target, attack_names, eps_list, sets_dir, figure_dir, d
     from cascade_adv.reporting import figures
     from cascade_adv.training import resolve_device
 
-    names = _csv_list(attack_names)
+    names = _csv_list(attack_names, option="--attacks")
     for a in names:
         attacks.get(a)
-    eps = attacks.validate_eps(_csv_list(eps_list, float))
+    eps = attacks.validate_eps(_csv_list(eps_list, float, option="--eps"))
+    check_outputs(dirs=[("--sets", sets_dir), ("--figure-dir", figure_dir)], store=results)
     dev = resolve_device(device)
     (src,) = load_models((source,), dev).values()
     (tgt,) = load_models((target,), dev).values()
@@ -252,9 +265,9 @@ def _sweep_options(fn):
         click.option("--attacks", "attack_names", default="step_ll,step_fgsm,iter_ll,iter_fgsm",
                      show_default=True, help="White-box attacks to evaluate."),
         click.option("--eps", "eps_list", default="16", show_default=True),
-        click.option("--limit", type=int, default=None, help="Evaluate on the first N test "
-                     "images."),
-        click.option("--batch-size", type=int, default=500, show_default=True),
+        click.option("--limit", type=POSITIVE, default=None,
+                     help="Evaluate on the first N test images."),
+        click.option("--batch-size", type=POSITIVE, default=500, show_default=True),
         click.option("--results", type=click.Path(dir_okay=False), default="results/results.db",
                      show_default=True),
         click.option("--quiet", is_flag=True, help="No progress bars."),
@@ -265,22 +278,36 @@ def _sweep_options(fn):
 
 
 def _run_sweep(experiment, variants, config_path, out, attack_names, eps_list, limit,
-               batch_size, results, quiet, overrides):
+               batch_size, results, quiet, overrides, figure=None):
     from cascade_adv import attacks
     from cascade_adv.analysis.sweeps import run_variants
     from cascade_adv.evaluation import ResultsStore
 
-    names = _csv_list(attack_names)
+    names = _csv_list(attack_names, option="--attacks")
     for a in names:
         attacks.get(a)
-    eps = attacks.validate_eps(_csv_list(eps_list, float))
+    eps = attacks.validate_eps(_csv_list(eps_list, float, option="--eps"))
     out = out or f"runs/{experiment.replace(':', '_')}"
+    check_outputs(files=[("--figure", figure)], dirs=[("--out", out)], store=results)
+    _check_sweep_configs(config_path, overrides, variants, experiment)
     with ResultsStore(results) as store:
         table = run_variants(config_path, variants, out, store, experiment=experiment,
                              overrides=overrides, attacks=names, eps=eps, limit=limit,
                              batch_size=batch_size, progress=not quiet)
     click.echo(table.to_markdown())
     return table, names, eps
+
+
+def _check_sweep_configs(config_path, overrides, variants, experiment) -> None:
+    """Every network's config, validated before any run starts (and before the
+    results store is opened): the configs and what training checks first."""
+    from cascade_adv.training import load_config
+    from cascade_adv.training.loop import preflight
+
+    base = load_config(config_path, overrides)  # the user's part first: its errors name it
+    preflight([base] + [load_config(config_path, [*overrides, *v.overrides,
+                                                  f"name={experiment}/{v.name}"])
+                        for v in variants])
 
 
 @analyze.command(epilog=EXAMPLES_ANALYZE)
@@ -293,8 +320,8 @@ def lambda2(values, figure, **kw):
     from cascade_adv.analysis.sweeps import lambda2_variants
     from cascade_adv.reporting import figures
 
-    variants = lambda2_variants(_csv_list(values, float))
-    table, names, eps = _run_sweep("lambda2", variants, **kw)
+    variants = lambda2_variants(_csv_list(values, float, option="--values"))
+    table, names, eps = _run_sweep("lambda2", variants, figure=figure, **kw)
     path = figures.plot_sweep(table, figure, values={f"lambda2/{v.name}": v.params["lam2"]
                                                      for v in variants},
                               xlabel="lambda2", series=[("clean", 0.0)] +
@@ -314,8 +341,8 @@ def capacity(widths, figure, **kw):
     from cascade_adv.analysis.sweeps import capacity_variants
     from cascade_adv.reporting import figures
 
-    variants = capacity_variants(_csv_list(widths, float))
-    table, names, eps = _run_sweep("capacity", variants, **kw)
+    variants = capacity_variants(_csv_list(widths, float, option="--widths"))
+    table, names, eps = _run_sweep("capacity", variants, figure=figure, **kw)
     layout = {f"capacity/{v.name}": (v.params["width"], v.params["adversarial"])
               for v in variants}
     for k, fig in ((1, Path(figure)), (5, Path(figure).with_name(
@@ -336,8 +363,8 @@ def activations(activation_list, figure, **kw):
     from cascade_adv.analysis.sweeps import activation_variants
     from cascade_adv.reporting import figures
 
-    variants = activation_variants(_csv_list(activation_list))
-    table, names, _ = _run_sweep("activations", variants, **kw)
+    variants = activation_variants(_csv_list(activation_list, option="--activations"))
+    table, names, _ = _run_sweep("activations", variants, figure=figure, **kw)
     path = figures.plot_accuracy_vs_eps(table, figure, attacks=names,
                                         models=[f"activations/{v.name}" for v in variants])
     click.echo(f"figure {path}")
@@ -354,11 +381,11 @@ def label_leaking(methods, figure, **kw):
     from cascade_adv.analysis.sweeps import label_leaking_table, label_leaking_variants
     from cascade_adv.reporting import figures
 
-    variants = label_leaking_variants(_csv_list(methods))
+    variants = label_leaking_variants(_csv_list(methods, option="--methods"))
     for v in variants:  # each network must be attacked with its own training method
-        if v.params["train_method"] not in _csv_list(kw["attack_names"]):
+        if v.params["train_method"] not in _csv_list(kw["attack_names"], option="--attacks"):
             kw["attack_names"] += f",{v.params['train_method']}"
-    table, _, _ = _run_sweep("label_leaking", variants, **kw)
+    table, _, _ = _run_sweep("label_leaking", variants, figure=figure, **kw)
     rows = label_leaking_table(table, {f"label_leaking/{v.name}": v.params["train_method"]
                                        for v in variants})
     for r in rows:
@@ -386,7 +413,7 @@ def seeds(seeds, shared_init, label, **kw):
 
     cfg = load_config(kw["config_path"], kw["overrides"])
     group = label or cfg.name
-    variants = seed_variants(_csv_list(seeds, int), shared_init)
+    variants = seed_variants(_csv_list(seeds, int, option="--seeds"), shared_init)
     table, _, _ = _run_sweep(f"seeds:{group}", variants, **kw)
     stats = aggregate_seeds(table, {group: [f"seeds:{group}/{v.name}" for v in variants]})
     for r in stats.filter(metric="top1_mean"):
@@ -411,7 +438,9 @@ Examples:
 @click.option("--out", type=click.Path(file_okay=False), default="report", show_default=True,
               help="Folder for report.html, report.md and figures/.")
 @click.option("--title", default="cascade-adv report", show_default=True)
-def report(results, out, title):
+@click.option("--overwrite", is_flag=True,
+              help="Write into --out even when it holds something other than a report.")
+def report(results, out, title, overwrite):
     """One HTML page and one Markdown file with every table and figure the store can
     fill, in the papers' layout, the published numbers beside ours and the sanity
     warnings."""
@@ -421,6 +450,10 @@ def report(results, out, title):
     if not Path(results).is_file():
         raise CascadeAdvError(f"no results store at {results}; run 'cascade-adv eval' first or "
                               "pass --results")
+    from cascade_adv.reporting.report import check_report_output
+
+    check_report_output(out, overwrite=overwrite)
+    check_outputs(store=results)
     with ResultsStore(results) as store:
-        html_path, md_path = build_report(store, out, title=title)
+        html_path, md_path = build_report(store, out, title=title, overwrite=overwrite)
     click.echo(f"report: {html_path} and {md_path}")

@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from glob import escape as glob_escape
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,14 +38,57 @@ from tqdm.auto import tqdm
 
 from cascade_adv import attacks
 from cascade_adv.data import ImageDataset, to_float, to_uint8
-from cascade_adv.errors import CascadeAdvError
+from cascade_adv.errors import CascadeAdvError, ModelFault, OutputPathError
 from cascade_adv.evaluation.whitebox import true_class_rank
-from cascade_adv.io import atomic_write_text, file_sha256
+from cascade_adv.io import (
+    atomic_write_text,
+    check_writable_dir,
+    file_sha256,
+    is_within,
+    remove_stale_temps,
+    swap_dir,
+    make_temp_dir,
+)
 
 FORMAT = "cascade-adv/advset/1"
 ARRAYS = ("images", "labels", "eps", "index")
 #: Arrays written since the source ranks were added; older sets lack them.
 OPTIONAL_ARRAYS = ("source_clean_rank", "source_adv_rank")
+
+
+def is_adversarial_set(path: str | os.PathLike) -> bool:
+    """True when ``path`` is a folder written by :func:`craft_adversarial_set`."""
+    meta = Path(path) / "meta.json"
+    try:
+        return meta.is_file() and json.loads(meta.read_text()).get("format") == FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def check_set_output(out: str | os.PathLike, *, overwrite: bool = False,
+                     protect: Sequence[str | os.PathLike] = ()) -> Path:
+    """Check, before any work, that a set may be written to ``out``.
+
+    ``out`` may be missing, an empty folder, or an earlier adversarial set (this
+    command's own output: replaced atomically); any other folder is refused
+    unless ``overwrite``.  Never allowed, even with ``overwrite``: the current
+    folder or one of its ancestors, and a folder that holds one of ``protect``
+    (the model's run folder, the dataset).  Raises :class:`OutputPathError`.
+    """
+    out = Path(out)
+    check_writable_dir(out, "--out folder")
+    resolved = out.resolve()
+    if is_within(Path.cwd(), resolved):
+        raise OutputPathError(f"--out {out} is the current folder or one of its parents; "
+                              "pass a new folder, e.g. --out adv/NAME")
+    for p in protect:
+        if p and Path(p).exists() and is_within(p, resolved):
+            raise OutputPathError(f"--out {out} holds {p}, which this command reads; pass a "
+                                  "new folder, e.g. --out adv/NAME")
+    if out.is_dir() and any(out.iterdir()) and not is_adversarial_set(out) and not overwrite:
+        raise OutputPathError(f"--out {out} already exists and is not an adversarial set; "
+                              "pass a new path or --overwrite to replace it")
+    return out
 
 
 @dataclass
@@ -81,13 +125,19 @@ def craft_adversarial_set(
     attack_options: dict | None = None,
     seed: int = 0,
     progress: bool = True,
+    overwrite: bool = False,
+    protect: Sequence[str | os.PathLike] = (),
 ) -> Path:
     """Attack every image of ``dataset`` at every epsilon and save the set to ``out``.
 
     ``prepare`` maps uint8 images to the model's float input (e.g. a center crop);
     the saved images are those inputs, attacked.  The folder is written under a
-    temporary name and renamed into place when complete.
+    temporary name beside ``out`` and swapped into place when complete; an
+    existing ``out`` must be an earlier set, or empty, unless ``overwrite``
+    (see :func:`check_set_output`, which also never lets ``out`` hold a path of
+    ``protect``).  Nothing is deleted before the new set is complete.
     """
+    out = check_set_output(out, overwrite=overwrite, protect=protect)
     attacks.get(attack)
     eps = attacks.validate_eps(list(eps))
     if not eps:
@@ -97,11 +147,22 @@ def craft_adversarial_set(
                               "pass a non-empty split (check --limit)")
     prepare = prepare or to_float
     device = next(model.parameters()).device
-    out = Path(out)
-    tmp = out.parent / f".{out.name}.tmp"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
+    out = Path(os.path.abspath(out))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(out.parent, glob_escape(out.name) + ".*")  # left by a killed run
+    tmp = make_temp_dir(out.parent, out.name)
+    try:
+        _write_set(model, dataset, tmp, attack, eps, prepare, batch_size, source_name,
+                   source_hash, attack_options, seed, progress, device)
+        swap_dir(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def _write_set(model, dataset, tmp, attack, eps, prepare, batch_size, source_name,
+               source_hash, attack_options, seed, progress, device) -> None:
     n = len(dataset)
     sample = prepare(dataset.images[:1].to(device))
     shape = (n * len(eps), *sample.shape[1:])
@@ -120,7 +181,12 @@ def craft_adversarial_set(
         yb = y_host.to(device)
         m = xb.shape[0]
         with attacks.inference_mode(model), torch.no_grad():
-            rank_clean = true_class_rank(model(xb), yb).cpu().numpy()
+            logits = model(xb)
+            if not bool(torch.isfinite(logits).all()):
+                raise ModelFault(f"source {source_name} gives non-finite outputs (inf / NaN); "
+                                 "its adversarial images would be meaningless: use an earlier "
+                                 "checkpoint or retrain it")
+            rank_clean = true_class_rank(logits, yb).cpu().numpy()
         for e in eps:
             adv = to_uint8(attacks.run(attack, model, xb, yb, eps=e, generator=generator,
                                        **(attack_options or {})))
@@ -148,10 +214,124 @@ def craft_adversarial_set(
         "sha256": {f"{a}.npy": file_sha256(tmp / f"{a}.npy") for a in ARRAYS + OPTIONAL_ARRAYS},
     }
     atomic_write_text(tmp / "meta.json", json.dumps(meta, indent=2) + "\n")
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
-    return out
+
+
+def _bad(path: Path, what: str) -> CascadeAdvError:
+    return CascadeAdvError(f"adversarial set {path} {what}; re-create it with "
+                           "'cascade-adv craft' or 'cascade-adv attack'")
+
+
+def _read_meta(path: Path) -> dict:
+    meta_path = path / "meta.json"
+    if not meta_path.is_file():
+        raise CascadeAdvError(f"{path} is not an adversarial set (no meta.json); "
+                              "create one with 'cascade-adv attack'")
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (ValueError, OSError):  # JSONDecodeError, UnicodeDecodeError, unreadable
+        raise CascadeAdvError(f"{meta_path} is not valid JSON; re-create the set") from None
+    if not isinstance(meta, dict):
+        raise _bad(path, "has a meta.json that is not a JSON object")
+    if meta.get("format") != FORMAT:
+        raise CascadeAdvError(f"{path} has format {meta.get('format')!r}, expected {FORMAT!r}")
+    checks = {
+        "sha256": lambda v: isinstance(v, dict) and all(
+            isinstance(k, str) and isinstance(d, str) for k, d in v.items()),
+        "count": lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
+        "eps": lambda v: isinstance(v, list) and v and all(
+            isinstance(e, (int, float)) and not isinstance(e, bool) and 0 <= e <= 255
+            for e in v),
+        "image_shape": lambda v: isinstance(v, list) and len(v) == 3 and all(
+            isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in v),
+        "dataset": lambda v: isinstance(v, str),
+        "split": lambda v: isinstance(v, str),
+    }
+    for key, ok in checks.items():
+        if key not in meta or not ok(meta[key]):
+            raise _bad(path, f"has a missing or malformed {key!r} in meta.json")
+    for name in meta["sha256"]:
+        if name not in {f"{a}.npy" for a in ARRAYS + OPTIONAL_ARRAYS}:
+            raise _bad(path, f"lists an unexpected file {name!r} in meta.json")
+    return meta
+
+
+def _check_contents(path: Path, meta: dict, arrays: dict) -> None:
+    """Shapes, dtypes, lengths and value ranges of a set's arrays against its meta."""
+    n = meta["count"]
+    images = arrays["images"]
+    if images.dtype != np.uint8 or images.ndim != 4:
+        raise _bad(path, f"holds images of dtype {images.dtype} and {images.ndim} dimensions, "
+                         "not uint8 [N, C, H, W]")
+    if list(images.shape[1:]) != list(meta["image_shape"]):
+        raise _bad(path, f"holds images of shape {list(images.shape[1:])}, but its meta.json "
+                         f"says {meta['image_shape']}")
+    for name, arr in arrays.items():
+        if arr.shape[:1] != (n,) or (name != "images" and arr.ndim != 1):
+            raise _bad(path, f"has {name}.npy of shape {list(arr.shape)}, expected {n} rows "
+                             "(meta.json count)")
+        if name != "images" and name != "eps" and not np.issubdtype(arr.dtype, np.integer):
+            raise _bad(path, f"has {name}.npy of dtype {arr.dtype}, not integers")
+    if not np.issubdtype(arrays["eps"].dtype, np.floating):
+        raise _bad(path, f"has eps.npy of dtype {arrays['eps'].dtype}, not floats")
+    eps = arrays["eps"].astype(np.float64)
+    allowed = np.asarray(sorted(float(e) for e in meta["eps"]))
+    if n and (not np.isfinite(eps).all()
+              or not np.isclose(eps[:, None], allowed[None, :], atol=1e-4).any(axis=1).all()):
+        raise _bad(path, f"has epsilons outside its meta.json list {meta['eps']}")
+    for name in ("labels", "index"):
+        if n and int(arrays[name].min()) < 0:
+            raise _bad(path, f"has negative values in {name}.npy")
+
+
+def check_epsilon_ball(adv: AdversarialSet, clean_images: torch.Tensor | np.ndarray,
+                       clean_labels: torch.Tensor | np.ndarray | None = None, *,
+                       path: str | os.PathLike | None = None, chunk: int = 4096) -> None:
+    """Every saved image must lie inside its epsilon ball around its clean twin.
+
+    ``clean_images`` are the split's uint8 images ``[N, C, H, W]`` (larger ones are
+    center-cropped to the set's size, as :func:`prepare_images` does); row ``i`` is
+    compared with ``clean_images[index[i]]``: ``|adv - clean| <= eps + 0.5`` in pixel
+    units (the uint8 rounding of an image inside the ball), and, with
+    ``clean_labels``, its label must be the twin's.  Raises :class:`CascadeAdvError`
+    naming the first row outside.
+    """
+    from cascade_adv.data.transforms import center_crop
+
+    where = path or adv.meta.get("source", "set")
+    clean = torch.as_tensor(np.asarray(clean_images) if not isinstance(clean_images, torch.Tensor)
+                            else clean_images).cpu()
+    n_clean = int(clean.shape[0])
+    if len(adv) and int(adv.index.max()) >= n_clean:
+        raise _bad(Path(str(where)), f"indexes image {int(adv.index.max())} of a "
+                                     f"{n_clean}-image split")
+    size = adv.images.shape[-1]
+    if clean.shape[1] != adv.images.shape[1] or clean.shape[-1] < size:
+        raise _bad(Path(str(where)), f"holds images of shape {list(adv.images.shape[1:])}, which "
+                                     f"do not fit the clean images {list(clean.shape[1:])}")
+    labels = None if clean_labels is None else torch.as_tensor(np.asarray(clean_labels)).cpu()
+    for lo in range(0, len(adv), chunk):
+        hi = min(lo + chunk, len(adv))
+        idx = torch.from_numpy(np.asarray(adv.index[lo:hi], dtype=np.int64))
+        twin = clean[idx]
+        if twin.shape[-1] != size:
+            twin = center_crop(twin, size)
+        diff = (torch.from_numpy(np.array(adv.images[lo:hi], dtype=np.int16))
+                - twin.to(torch.int16)).abs().flatten(1).amax(dim=1)
+        bound = torch.floor(torch.from_numpy(np.asarray(adv.eps[lo:hi], dtype=np.float64))
+                            + 0.5 + 1e-6)
+        out = (diff.double() > bound).nonzero()
+        if out.numel():
+            r = lo + int(out[0])
+            raise _bad(Path(str(where)), f"row {r} lies {int(diff[r - lo])} pixel levels from "
+                                         f"its clean image, outside its epsilon "
+                                         f"{float(adv.eps[r]):g} (tampered)")
+        if labels is not None:
+            wrong = (torch.from_numpy(np.asarray(adv.labels[lo:hi], dtype=np.int64))
+                     != labels[idx]).nonzero()
+            if wrong.numel():
+                r = lo + int(wrong[0])
+                raise _bad(Path(str(where)), f"row {r} has label {int(adv.labels[r])}, its "
+                                             f"clean image {int(labels[idx[r - lo]])}")
 
 
 def load_adversarial_set(
@@ -161,19 +341,19 @@ def load_adversarial_set(
     split: str | None = None,
     image_shape: Sequence[int] | None = None,
     verify: bool = True,
+    num_classes: int | None = None,
 ) -> AdversarialSet:
-    """Load a saved set (memory-mapped), verifying hashes and what it was made for."""
+    """Load a saved set (memory-mapped), verifying hashes, contents and what it was
+    made for.
+
+    Beyond the sha256 of every file: the arrays' dtypes, shapes and lengths must
+    match ``meta.json``, epsilons be among its list, labels and indices be
+    non-negative (labels below ``num_classes`` when given).  Whether every image
+    lies in its epsilon ball needs the clean images: :func:`check_epsilon_ball`.
+    Anything else raises :class:`CascadeAdvError` (one line), never a traceback.
+    """
     path = Path(path)
-    meta_path = path / "meta.json"
-    if not meta_path.is_file():
-        raise CascadeAdvError(f"{path} is not an adversarial set (no meta.json); "
-                              "create one with 'cascade-adv attack'")
-    try:
-        meta = json.loads(meta_path.read_text())
-    except json.JSONDecodeError:
-        raise CascadeAdvError(f"{meta_path} is not valid JSON; re-create the set") from None
-    if meta.get("format") != FORMAT:
-        raise CascadeAdvError(f"{path} has format {meta.get('format')!r}, expected {FORMAT!r}")
+    meta = _read_meta(path)
     for name, digest in meta["sha256"].items():
         file = path / name
         if not file.is_file():
@@ -194,8 +374,18 @@ def load_adversarial_set(
         if f"{a}.npy" not in meta["sha256"]:
             raise CascadeAdvError(f"adversarial set {path} lacks {a}.npy in meta.json; "
                                   "re-create the set")
-    arrays = {a: np.load(path / f"{a}.npy", mmap_mode="r" if a == "images" else None,
-                         allow_pickle=False) for a in present}
+    arrays = {}
+    for a in present:
+        try:
+            arrays[a] = np.load(path / f"{a}.npy", mmap_mode="r" if a == "images" else None,
+                                allow_pickle=False)
+        except (ValueError, OSError, EOFError) as exc:  # object arrays, truncated files
+            why = "holds Python objects" if "allow_pickle" in str(exc) else "cannot be read"
+            raise _bad(path, f"has {a}.npy that {why}") from None
     if meta["count"] == 0 or arrays["images"].shape[0] == 0:
         raise CascadeAdvError(f"adversarial set {path} is empty; craft it again from a non-empty split")
+    _check_contents(path, meta, arrays)
+    if num_classes is not None and int(arrays["labels"].max()) >= num_classes:
+        raise _bad(path, f"has label {int(arrays['labels'].max())} but the model has "
+                         f"{num_classes} classes")
     return AdversarialSet(meta=meta, **arrays)

@@ -27,7 +27,7 @@ from torch import nn
 
 from cascade_adv.attacks import inference_mode
 from cascade_adv.data import to_float
-from cascade_adv.errors import CascadeAdvError
+from cascade_adv.errors import CascadeAdvError, ModelFault
 from cascade_adv.evaluation.advset import AdversarialSet
 from cascade_adv.evaluation.whitebox import true_class_rank
 from cascade_adv.reporting.tables import ResultTable
@@ -106,13 +106,19 @@ def evaluate_transfer(
     device = next(model.parameters()).device
     ranks = np.empty(len(adv), np.int64)
     n_classes = 0
+    nonfinite = torch.zeros((), dtype=torch.int64, device=device)
     with inference_mode(model), torch.no_grad():
         for start in range(0, len(adv), batch_size):
             rows = np.arange(start, min(start + batch_size, len(adv)))
             images, labels, _ = adv.select(rows)
             logits = model(to_float(images.to(device)))
             n_classes = logits.shape[1]
+            nonfinite += (~torch.isfinite(logits).all(dim=1)).sum()
             ranks[rows] = true_class_rank(logits, labels.to(device)).cpu().numpy()
+    if int(nonfinite):
+        raise ModelFault(f"target {model_name} gives non-finite outputs (inf / NaN) on "
+                         f"{int(nonfinite)} of {len(adv)} images; nothing is reported: evaluate "
+                         "an earlier checkpoint or retrain it")
     wanted = None if eps is None else {float(e) for e in eps}
     rows_out = []
     for e in sorted({float(e) for e in np.unique(adv.eps)}):

@@ -99,6 +99,41 @@ def _utc_now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
+def check_store_path(path: str | os.PathLike) -> Path:
+    """Raise :class:`CascadeAdvError` (before any work) unless ``path`` can hold a
+    results store: a writable file path, and an existing file an SQLite database."""
+    from cascade_adv.io import check_writable_file
+
+    p = check_writable_file(path, "results store")
+    if p.is_file():
+        with open(p, "rb") as fh:
+            head = fh.read(len(_SQLITE_MAGIC))
+        if head and head != _SQLITE_MAGIC:
+            raise CascadeAdvError(f"results store {p} is not an SQLite database; "
+                                  "give another --results path (e.g. results.sqlite)")
+        if head:  # the schema checks of opening it, read-only (nothing is written)
+            try:
+                con = sqlite3.connect(f"{p.resolve().as_uri()}?mode=ro", uri=True, timeout=30)
+                try:
+                    version = con.execute("PRAGMA user_version").fetchone()[0]
+                    tables = [r[0] for r in con.execute(
+                        "SELECT name FROM sqlite_master WHERE type = 'table'")]
+                finally:
+                    con.close()
+            except sqlite3.DatabaseError as e:
+                raise CascadeAdvError(f"cannot open results store {p}: {e}; give another "
+                                      "--results path") from None
+            if version > SCHEMA_VERSION:
+                raise CascadeAdvError(
+                    f"results store {p} was written by a newer cascade-adv (schema {version} > "
+                    f"{SCHEMA_VERSION}); upgrade cascade-adv or use another --results path")
+            if version == 0 and tables:
+                raise CascadeAdvError(
+                    f"{p} is an SQLite database but not a cascade-adv results store (it has "
+                    f"tables {', '.join(tables)}); give another --results path")
+    return p
+
+
 class ResultsStore:
     """Evaluation rows in the SQLite file ``path`` (created if missing).
 

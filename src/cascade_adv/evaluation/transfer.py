@@ -30,6 +30,7 @@ from cascade_adv.data import ImageDataset
 from cascade_adv.errors import CascadeAdvError
 from cascade_adv.evaluation.advset import (
     AdversarialSet,
+    check_epsilon_ball,
     craft_adversarial_set,
     load_adversarial_set,
 )
@@ -44,6 +45,10 @@ def _reusable(path: Path, source_hash: str, attack: str, eps: list[float],
         return None
     try:
         adv = load_adversarial_set(path, dataset=dataset.name, split=dataset.split)
+    except CascadeAdvError:
+        return None
+    try:  # a set edited in place (hash recomputed) is crafted again
+        check_epsilon_ball(adv, dataset.images, dataset.labels, path=path)
     except CascadeAdvError:
         return None
     meta = adv.meta

@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 
 from cascade_adv import attacks as attack_registry
 from cascade_adv.data.transforms import center_crop, iterate_batches, to_float
-from cascade_adv.errors import CascadeAdvError
+from cascade_adv.errors import CascadeAdvError, DatasetError, ModelFault
 from cascade_adv.reporting.tables import CLEAN, WHITEBOX, ResultTable
 from cascade_adv.speed import prepare_input, prepared, resolve_speed
 
@@ -74,6 +74,22 @@ def prepare_images(model: nn.Module, images_uint8: torch.Tensor) -> torch.Tensor
     if h != size or w != size:
         images_uint8 = center_crop(images_uint8, size)
     return to_float(images_uint8)
+
+
+def check_dataset_for_model(model: nn.Module, dataset: Any) -> None:
+    """The dataset must be the one the model was made for: the dataset it records
+    (when both name one) and labels within its classes.  :class:`DatasetError`."""
+    cfg = getattr(model, "config", None)
+    want, got = getattr(cfg, "dataset", "") or "", str(getattr(dataset, "name", "") or "")
+    if want and got and want != got:
+        raise DatasetError(f"the model was trained on {want}, not {got}; evaluate it on {want}")
+    classes = getattr(cfg, "num_classes", None)
+    labels = getattr(dataset, "labels", None)
+    if classes is not None and isinstance(labels, torch.Tensor) and labels.numel():
+        low, high = int(labels.min()), int(labels.max())
+        if low < 0 or high >= classes:
+            raise DatasetError(f"{got or 'the dataset'} has labels {low}..{high} but the model "
+                               f"predicts {classes} classes; use the dataset it was trained on")
 
 
 def _check_eps(eps: Sequence[float]) -> list[float]:
@@ -182,6 +198,9 @@ def evaluate_whitebox(
 ) -> ResultTable:
     """Top-1 / top-5 accuracy (percent) of ``model`` on ``dataset`` under white-box attacks.
 
+    A model whose logits are inf or NaN on any image (damaged weights, overflow)
+    raises :class:`~cascade_adv.errors.ModelFault` instead of returning numbers.
+
     Returns one row per metric for the clean images (``attack="clean"``, ``eps=0``)
     and for every ``attack`` x non-zero ``eps`` (``source="whitebox"``).  ``eps`` is
     in pixel units of [0, 255]; ``eps=0`` needs no attack (it is the clean column of
@@ -226,6 +245,7 @@ def evaluate_whitebox(
     if n_total == 0:
         raise CascadeAdvError("the dataset is empty; evaluate on a dataset with images")
     prepare_images(model, images[:1])  # shape / channel check
+    check_dataset_for_model(model, dataset)
     adv_eps = [e for e in eps_values if e != 0.0]
     limit = batch_size * max(len(eps_values), 1) if max_batch is None else int(max_batch)
     if limit < 1:
@@ -255,6 +275,7 @@ def evaluate_whitebox(
         generators[name] = g
 
     clean_counts: torch.Tensor | None = None
+    nonfinite = torch.zeros((), dtype=torch.int64, device=device)  # rows with inf / NaN logits
     adv_counts: dict[str, torch.Tensor] = {}
     n_batches = math.ceil(int(shard.images.shape[0]) / batch_size)
     bar = tqdm(iterate_batches(shard, batch_size), total=n_batches,
@@ -277,6 +298,7 @@ def evaluate_whitebox(
                     adv_counts[name] = torch.zeros(len(adv_eps), len(ks), dtype=torch.int64,
                                                    device=device)
             clean_counts += count_correct(logits, yb, ks)
+            nonfinite += (~torch.isfinite(logits).all(dim=1)).sum()
 
             per_call = max(1, limit // b)  # epsilons stacked into one attack call
             for name in names:
@@ -294,17 +316,25 @@ def evaluate_whitebox(
                     with attack_registry.inference_mode(model), torch.no_grad():
                         logits = model(x_adv)
                     adv_counts[name][first:first + g] += count_correct(logits, ys.view(g, b), ks)
+                    nonfinite += (~torch.isfinite(logits).all(dim=1)).sum()
     bar.close()
 
     # --- one read-back, then the rows ----------------------------------------------------
     assert clean_counts is not None
-    stacked = torch.cat([clean_counts.view(1, -1)] + [adv_counts[name] for name in names])
+    stacked = torch.cat([clean_counts.view(1, -1)] + [adv_counts[name] for name in names]
+                        + [nonfinite.expand(1, len(ks))])
     if world > 1:  # the counts of every rank's shard (nccl reduces CUDA tensors only)
         on = stacked.device if dist.get_backend() == "nccl" else torch.device("cpu")
         total = stacked.to(on)
         dist.all_reduce(total)
         stacked = total
     host = stacked.tolist()  # the only device -> host sync of the counting
+    bad = host.pop()[0]
+    if bad:
+        raise ModelFault(
+            f"model {model_name} gives non-finite outputs (inf / NaN) on {bad} of the "
+            f"evaluated images; its accuracy would be meaningless, so nothing is reported: "
+            "evaluate an earlier checkpoint or retrain it")
     clean_host, adv_host = host[0], {}
     for i, name in enumerate(names):
         adv_host[name] = host[1 + i * len(adv_eps): 1 + (i + 1) * len(adv_eps)]

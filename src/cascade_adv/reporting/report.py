@@ -32,7 +32,7 @@ from cascade_adv.evaluation.sanity import check_results, format_warnings
 from cascade_adv.evaluation.stats import aggregate_seeds
 from cascade_adv.evaluation.store import ResultsStore
 from cascade_adv.experiments.published import blackbox_label_for, get_table, recipe_for
-from cascade_adv.io import atomic_write_text
+from cascade_adv.io import atomic_write_text, make_temp_dir, remove_stale_temps
 from cascade_adv.reporting import figures
 from cascade_adv.reporting.paper_tables import (
     render_blackbox,
@@ -275,20 +275,42 @@ window.addEventListener('load', function () {
 """
 
 
+def is_report_folder(out: Path) -> bool:
+    """True when ``out`` holds a report written by :func:`build_report`."""
+    try:
+        page = (out / "report.html").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return False
+    return (out / "report.md").is_file() and "data-images-decoded" in page
+
+
+def check_report_output(out, overwrite: bool = False) -> Path:
+    """``out`` may be missing, empty or an earlier report; any other folder is refused
+    (:class:`~cascade_adv.errors.OutputPathError`) unless ``overwrite``."""
+    from cascade_adv.errors import OutputPathError
+    from cascade_adv.io import check_writable_dir
+
+    out = check_writable_dir(out, "--out folder")
+    if out.is_dir() and any(out.iterdir()) and not is_report_folder(out) and not overwrite:
+        raise OutputPathError(f"--out {out} already exists and is not a report folder; pass a "
+                              "new path or --overwrite to write the report into it")
+    return out
+
+
 def build_report(store: ResultsStore, out: str | os.PathLike, *,
-                 title: str = "cascade-adv report") -> tuple[Path, Path]:
+                 title: str = "cascade-adv report", overwrite: bool = False) -> tuple[Path, Path]:
     """Write ``out/report.html``, ``out/report.md`` and ``out/figures/*.png`` from the
     store; returns the two page paths.  Figures are drawn in a scratch folder and moved
-    into place with the pages, so a failure leaves any previous report intact."""
+    into place with the pages, so a failure leaves any previous report intact.  An
+    existing ``out`` must be empty or an earlier report unless ``overwrite``."""
     rows = store.query()
     if not len(rows):
         raise CascadeAdvError(f"results store {store.path} is empty; run 'cascade-adv eval' "
                               "or another evaluation first")
-    out = Path(out)
+    out = check_report_output(out, overwrite=overwrite)
     out.mkdir(parents=True, exist_ok=True)
-    stage = out / ".report.tmp"
-    if stage.exists():
-        shutil.rmtree(stage)
+    remove_stale_temps(out, "report*")
+    stage = make_temp_dir(out, "report")
     figdir = stage / "figures"
     figdir.mkdir(parents=True)
     page = _Page()
@@ -322,8 +344,9 @@ def build_report(store: ResultsStore, out: str | os.PathLike, *,
     atomic_write_text(stage / "report.html", doc)
     atomic_write_text(stage / "report.md", "\n".join(md))
     final_figs = out / "figures"
-    if final_figs.exists():
-        shutil.rmtree(final_figs)
+    aside = stage / "figures.old"
+    if final_figs.exists():  # moved aside, removed only once the new figures are in place
+        os.replace(final_figs, aside)
     os.replace(figdir, final_figs)
     for name in ("report.md", "report.html"):
         os.replace(stage / name, out / name)

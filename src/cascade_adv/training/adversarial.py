@@ -34,7 +34,11 @@ from torch import nn
 from cascade_adv import attacks
 from cascade_adv.data import ImageDataset, center_crop, to_float
 from cascade_adv.errors import CascadeAdvError, ConfigError
-from cascade_adv.evaluation.advset import AdversarialSet, load_adversarial_set
+from cascade_adv.evaluation.advset import (
+    AdversarialSet,
+    check_epsilon_ball,
+    load_adversarial_set,
+)
 from cascade_adv.models import ModelConfig, load_model
 from cascade_adv.training.config import AdversarialSection, SourceSection, TrainConfig
 from cascade_adv.training.distributed import unwrap
@@ -196,12 +200,15 @@ class AdversarialObjective:
     def _load_saved(self, src: SourceSection) -> _Saved:
         shape = [self.model_cfg.in_channels, self.model_cfg.input_size, self.model_cfg.input_size]
         sets = [load_adversarial_set(p, dataset=self.train_set.name, split="train",
-                                     image_shape=shape) for p in src.paths]
+                                     image_shape=shape, num_classes=self.model_cfg.num_classes)
+                for p in src.paths]
         for path, s in zip(src.paths, sets):
             if int(s.index.max()) >= len(self.train_set):
                 raise CascadeAdvError(f"adversarial set {path} indexes image {int(s.index.max())}"
                                       f" of a {len(self.train_set)}-image training split; "
                                       "craft it from this dataset")
+            # beyond the hash: every image inside its epsilon ball, labels its twin's
+            check_epsilon_ball(s, self.train_set.images, self.train_set.labels, path=path)
         return _Saved(sets, np.cumsum([0] + [len(s) for s in sets]))
 
     def _twins(self, index: torch.Tensor) -> torch.Tensor:

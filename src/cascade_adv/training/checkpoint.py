@@ -19,13 +19,20 @@ from __future__ import annotations
 
 import os
 import shutil
+import warnings
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from cascade_adv.errors import CheckpointError
-from cascade_adv.io import atomic_path, atomic_write_text
+from cascade_adv.io import (
+    atomic_path,
+    atomic_write_text,
+    make_temp_dir,
+    remove_stale_temps,
+    swap_dir,
+)
 from cascade_adv.models import WEIGHTS_FILE, save_model
 
 STATE_FILE = "state.pt"
@@ -38,21 +45,64 @@ def save_checkpoint(run_dir: str | os.PathLike, model: nn.Module, optimizer: tor
     root = Path(run_dir) / CHECKPOINTS
     root.mkdir(parents=True, exist_ok=True)
     name = f"ckpt-{iteration:07d}"
-    tmp = root / f".{name}.tmp"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
+    tmp = make_temp_dir(root, name)
     save_model(model, tmp / WEIGHTS_FILE, init=init)
     with atomic_path(tmp / STATE_FILE) as path:
         torch.save({"iteration": iteration, "optimizer": optimizer.state_dict()}, path)
     final = root / name
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
+    swap_dir(tmp, final)  # an earlier folder of this iteration is replaced, never deleted first
     atomic_write_text(root / "latest", name + "\n")
     for old in sorted(p for p in root.glob("ckpt-*") if p.is_dir())[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def remove_stale_run_temps(run_dir: str | os.PathLike) -> list[Path]:
+    """Temporary files and folders that a killed run left in ``run_dir`` (a half-written
+    checkpoint, ``latest``, config, metrics or final weights); removed, and returned."""
+    run_dir = Path(run_dir)
+    removed = []
+    for folder, names in ((run_dir, ("config.yaml.*", "metrics.jsonl.*")),
+                          (run_dir / CHECKPOINTS, ("latest.*", "ckpt-*")),
+                          (run_dir / "final", (f"{WEIGHTS_FILE}.*",))):
+        for name in names:
+            removed += remove_stale_temps(folder, name)
+    return removed
+
+
+def nonfinite_state(model: nn.Module, optimizer: torch.optim.Optimizer | None = None,
+                    ctx=None) -> list[str]:
+    """Names of the floating-point parameters, buffers and optimizer state tensors that
+    hold inf or NaN; ``[]`` when all are finite.
+
+    One fused reduction on the device (the max-abs of every tensor, stacked) and one
+    read-back; the names are looked up only when something is wrong.  ``ctx`` (a
+    :class:`~cascade_adv.training.distributed.DistContext`) sums the verdict over
+    ranks, so every rank stops together.
+    """
+    named = [(n, t) for n, t in model.state_dict(keep_vars=True).items()]
+    if optimizer is not None:
+        ids = {id(p): n for n, p in model.named_parameters()}
+        for group in optimizer.param_groups:
+            for p in group["params"]:
+                for key, value in optimizer.state.get(p, {}).items():
+                    named.append((f"optimizer.{ids.get(id(p), '?')}.{key}", value))
+    named = [(n, t.detach()) for n, t in named
+             if isinstance(t, torch.Tensor) and t.is_floating_point() and t.numel()]
+    if not named:
+        return []
+    tensors = [t for _, t in named]
+    try:
+        peaks = torch._foreach_norm(tensors, float("inf"))  # fused multi-tensor kernel
+    except (AttributeError, RuntimeError, TypeError):
+        peaks = [t.abs().max() for t in tensors]
+    bad = ~torch.isfinite(torch.stack([p.float() for p in peaks]))
+    flag = bad.any().to(torch.float32).reshape(1)
+    if ctx is not None and getattr(ctx, "distributed", False):
+        flag = ctx.all_reduce_sum(flag)
+    if not flag.item():
+        return []
+    return [n for (n, _), b in zip(named, bad.tolist()) if b] or ["(another rank's state)"]
 
 
 def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
@@ -71,7 +121,9 @@ def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
 def read_state(path: Path, device: torch.device | str = "cpu") -> dict:
     """The training state of a checkpoint folder (``weights_only=True``: no code runs)."""
     try:
-        state = torch.load(path / STATE_FILE, map_location=device, weights_only=True)
+        with warnings.catch_warnings():  # torch warns (several lines) about odd pickles
+            warnings.simplefilter("ignore")
+            state = torch.load(path / STATE_FILE, map_location=device, weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unreadable state is the same user problem
         raise CheckpointError(
             f"cannot read {path / STATE_FILE} ({type(exc).__name__}); "

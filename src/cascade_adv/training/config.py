@@ -198,6 +198,17 @@ class TrainConfig(_Strict):
     #: (see :mod:`cascade_adv.speed`; the defaults are float32 on CPU, bf16 on CUDA)
     speed: SpeedConfig = SpeedConfig()
 
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, name: str) -> str:
+        # the run folder is runs/<name>: it must stay inside runs/
+        parts = name.replace("\\", "/").split("/")
+        if not name.strip() or name.startswith(("/", "~")) or "\0" in name \
+                or any(p in ("", ".", "..") for p in parts):
+            raise ValueError(f"name {name!r} must be a relative name inside runs/ (no '..', "
+                             "no leading '/'); use e.g. name=my_run")
+        return name
+
     @model_validator(mode="after")
     def _image_sizes(self) -> TrainConfig:
         if self.data.image_size is not None and self.data.dataset != "imagenet":
@@ -318,7 +329,17 @@ def read_yaml_tree(path: str | os.PathLike, _seen: tuple = ()) -> dict:
     if path.resolve() in _seen:
         raise ConfigError(f"config {path} extends itself in a cycle; fix its 'extends' entry")
     try:
-        tree = yaml.safe_load(path.read_text()) or {}
+        text = path.read_text(encoding="utf-8")
+    except (UnicodeDecodeError, OSError) as exc:
+        why = "is not a UTF-8 text file" if isinstance(exc, UnicodeDecodeError) else \
+            f"cannot be read ({exc.strerror or type(exc).__name__})"
+        raise ConfigError(f"config {path} {why}; pass a YAML config (see configs/)") from None
+    if not text.strip() or all(ln.lstrip().startswith("#") or not ln.strip()
+                               for ln in text.splitlines()):
+        raise ConfigError(f"config {path} is empty; copy one from configs/ "
+                          "(e.g. configs/digits_baseline.yaml)")
+    try:
+        tree = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         line = getattr(getattr(exc, "problem_mark", None), "line", None)
         at = f" at line {line + 1}" if line is not None else ""

@@ -137,6 +137,24 @@ def resolve_backend(backend: str, device: torch.device) -> str:
     return backend
 
 
+def check_device_available(device: torch.device) -> None:
+    """Raise :class:`ConfigError` for a device this machine cannot run on."""
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device {device} asked for, but this PyTorch has no usable CUDA "
+                              "GPU; use device=cpu or auto")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ConfigError(f"device {device} asked for, but this machine has "
+                              f"{torch.cuda.device_count()} GPU(s); use cuda:0 or auto")
+    elif device.type not in ("cpu", "meta") and device.type != "mps":
+        raise ConfigError(f"device {device} is not supported here; use cpu, cuda, cuda:N or "
+                          "auto")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("device mps asked for, but MPS is not available; use cpu or auto")
+    if device.type == "meta":
+        raise ConfigError("device meta holds no data; use cpu, cuda, cuda:N or auto")
+
+
 def _pick_device(name: str, world: int, local_rank: int) -> torch.device:
     """The device of this rank: ``cuda:LOCAL_RANK`` for ``auto`` / ``cuda`` under torchrun."""
     if name == "auto":
@@ -146,6 +164,7 @@ def _pick_device(name: str, world: int, local_rank: int) -> torch.device:
     except RuntimeError:
         raise ConfigError(f"device={name!r} is not a device; use cpu, cuda, cuda:1 or auto") \
             from None
+    check_device_available(device)
     if world <= 1 or device.type != "cuda":
         return device
     if device.index is not None:

@@ -39,9 +39,16 @@ from cascade_adv.models.serialize import WEIGHTS_FILE
 from cascade_adv.speed import Speed, prepare_input, prepare_model, release_model, speed_from_config
 from cascade_adv.training import distributed
 from cascade_adv.training.adversarial import AdversarialObjective
-from cascade_adv.training.checkpoint import latest_checkpoint, read_state, save_checkpoint
+from cascade_adv.training.checkpoint import (
+    latest_checkpoint,
+    nonfinite_state,
+    read_state,
+    remove_stale_run_temps,
+    save_checkpoint,
+)
 from cascade_adv.training.config import TrainConfig, dump_config
 from cascade_adv.training.optim import make_optimizer
+from cascade_adv.training.signals import StopSignals
 
 #: ``objective(model, x, y, iteration, generator) -> (loss, logits_for_accuracy, labels)``
 Objective = Callable[[nn.Module, torch.Tensor, torch.Tensor, int, torch.Generator],
@@ -49,14 +56,17 @@ Objective = Callable[[nn.Module, torch.Tensor, torch.Tensor, int, torch.Generato
 
 
 def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    """``auto`` -> cuda when available, else cpu; an unknown or unavailable device
+    raises :class:`ConfigError` (one line)."""
+    return distributed._pick_device(str(name), 1, 0)
 
 
 def model_config_for(cfg: TrainConfig, train_set: ImageDataset) -> ModelConfig:
     """The architecture implied by the config and the dataset's image shape."""
     c, h, _ = train_set.image_shape
+    if cfg.data.crop_size is not None and cfg.data.crop_size > h:
+        raise ConfigError(f"data.crop_size={cfg.data.crop_size} is larger than the {h}x{h} "
+                          f"{train_set.name} images; use a crop size of at most {h}")
     normalize = cfg.model.normalize
     if normalize == "auto":
         normalize = {"cifar10": "per_pixel_mean", "imagenet": "inception"}.get(cfg.data.dataset,
@@ -186,9 +196,17 @@ class _Metrics:
 
     def __init__(self, path: Path, start: int):
         self.path = path
+        self.last_loss = math.nan  # of the last kept record
         if path.exists():
-            keep = [ln for ln in path.read_text().splitlines()
-                    if ln.strip() and json.loads(ln).get("iteration", 0) <= start]
+            keep = []
+            for ln in path.read_text(errors="replace").splitlines():
+                try:  # a line cut short by a kill (or damaged) is dropped
+                    record = json.loads(ln)
+                except ValueError:
+                    continue
+                if isinstance(record, dict) and record.get("iteration", 0) <= start:
+                    keep.append(ln)
+                    self.last_loss = record.get("loss", self.last_loss)
             atomic_write_text(path, "".join(ln + "\n" for ln in keep))
 
     def write(self, record: dict) -> None:
@@ -219,8 +237,14 @@ def train(
     Each logged metrics line also records the largest absolute logit of the batch.
 
     A non-finite loss stops the run with :class:`TrainingDiverged`; the last good
-    checkpoint is kept.  The losses stay on the device and are read back together
-    (one host sync) at each log point, checkpoint point and the end, so divergence
+    checkpoint is kept.  So do non-finite weights, BatchNorm statistics or optimizer
+    state (an overflowing step after a finite loss): they are checked with one fused
+    reduction at each log and checkpoint point, before a checkpoint is written, and
+    the message names the range of iterations since the last check.  SIGINT / SIGTERM
+    finish the current iteration, write a checkpoint and raise
+    :class:`~cascade_adv.errors.TrainingInterrupted` (see :mod:`.signals`).  The
+    losses stay on the device and are read back together (one host sync) at each
+    log point, checkpoint point and the end, so divergence
     is detected at the next such point after it happens - the message names the
     first bad iteration and the range checked - and every checkpoint is written
     only after the losses since the previous check were found finite.  ``on_step``
@@ -261,6 +285,8 @@ def train(
     objective = objective or clean_objective
     init_from = init_from or cfg.init_from
 
+    if ctx.is_main:
+        remove_stale_run_temps(run_dir)  # what a killed run left half-written
     ckpt = latest_checkpoint(run_dir) if resume else None
     if ckpt is not None:
         model = load_model(ckpt, expected=model_cfg, map_location=device)
@@ -310,7 +336,8 @@ def train(
     if ctx.distributed:  # dropout (Inception v3): independent masks on each rank's rows
         torch.manual_seed(_seed(cfg.seed, start, ctx.rank, 4))
     t0 = time.perf_counter()
-    loss_value = math.nan
+    loss_value = metrics.last_loss if metrics is not None else math.nan  # a finished run
+    finite_at = start  # weights last found finite after this iteration
     pending: list[torch.Tensor] = []  # this rank's losses since the last check, on the device
 
     def check_losses(done: int) -> float:
@@ -333,10 +360,25 @@ def train(
                 )
         return values[-1]
 
+    def check_weights(done: int) -> None:
+        """Weights, buffers and optimizer state finite, else :class:`TrainingDiverged`."""
+        nonlocal finite_at
+        bad = nonfinite_state(model, optimizer, ctx)
+        if bad:
+            last = latest_checkpoint(run_dir)
+            kept = (f"the last finite checkpoint {last} is kept" if last
+                    else "no checkpoint was written yet")
+            raise TrainingDiverged(
+                f"training diverged: {len(bad)} weight / optimizer tensors became non-finite "
+                f"(first {bad[0]}) between iterations {finite_at} and {done} "
+                f"(lr {learning_rate(cfg, done - 1):g}); {kept}; {divergence_hint}")
+        finite_at = done
+
+    stop = StopSignals(enabled=not ctx.distributed)
     bar = tqdm(range(start, total), initial=start, total=total,
                disable=not (progress and ctx.is_main), desc=f"train {cfg.name}", unit="it",
                dynamic_ncols=True)
-    for it in bar:
+    for it in stop.guard(bar):  # SIGINT / SIGTERM: finish the iteration, checkpoint, stop
         lr = learning_rate(cfg, it)
         for group in optimizer.param_groups:
             group["lr"] = lr
@@ -352,9 +394,11 @@ def train(
         optimizer.step()
         done = it + 1
         logged = done % cfg.log_every == 0 or done == total
-        saving = done % cfg.checkpoint.every == 0 or done == total
+        saving = done % cfg.checkpoint.every == 0 or done == total or bool(stop.requested)
         if logged or saving or on_step is not None:
             loss_value = check_losses(done)  # before any checkpoint is written
+        if logged or saving:
+            check_weights(done)
         if logged:
             acc = _accuracy(logits, labels, ctx)
             if metrics is not None:
@@ -367,9 +411,14 @@ def train(
                 save_checkpoint(run_dir, model, optimizer, done, keep=cfg.checkpoint.keep,
                                 init=init)
             ctx.barrier()
+        if stop.requested and done < total:
+            bar.close()
+            stop.__exit__()
+            raise stop.interrupted(done, total, latest_checkpoint(run_dir))
         if on_step is not None:
             on_step(done, loss_value)
     bar.close()
+    stop.__exit__()
     if ctx.is_main:
         save_model(model, run_dir / "final" / WEIGHTS_FILE, init=init)
     ctx.barrier()
@@ -379,3 +428,28 @@ def train(
     ctx.close()
     model.eval()
     return TrainResult(run_dir, model, total, loss_value, time.perf_counter() - t0, start)
+
+
+def preflight(cfgs: list[TrainConfig]) -> None:
+    """What :func:`train` checks before it writes anything - device, speed options,
+    dataset, crop and batch sizes, adversarial sources - for every config, without
+    training: commands that train several networks (the sweeps) call it before they
+    create any file.  Raises the same one-line errors as :func:`train`."""
+    loaded: dict[tuple, ImageDataset] = {}
+    for cfg in cfgs:
+        device = distributed._pick_device(cfg.device, 1, 0)
+        speed_from_config(cfg.speed, device)
+        key = (cfg.data.dataset, cfg.data.root, cfg.data.image_size, cfg.data.download)
+        if key not in loaded:
+            loaded[key] = load_dataset(cfg.data.dataset, "train", root=cfg.data.root,
+                                       download=cfg.data.download,
+                                       image_size=cfg.data.image_size)
+        train_set = loaded[key]
+        model_cfg = model_config_for(cfg, train_set)
+        batch = None
+        if cfg.adversarial.mode != "none":
+            batch = AdversarialObjective(cfg, train_set, model_cfg, device).clean_per_batch
+        Sampler(train_set, cfg, device, batch)
+        init_from = cfg.init_from
+        if init_from is not None:
+            load_model(init_from, expected=model_cfg, map_location="cpu")

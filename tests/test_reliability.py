@@ -1,0 +1,528 @@
+"""Issue 11: never destroy a user's files, never call a broken model "good", one line
+for every bad input.  Each test is a fault case of docs/reliability.md; the CLI runs
+in-process (``run``), as a user would call it, and every refusal must leave the
+files as they were."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from cascade_adv.errors import CascadeAdvError, TrainingDiverged, TrainingInterrupted
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG = str(ROOT / "configs/digits_baseline.yaml")
+TINY = ["model.depth=8", "optim.iterations=12", "optim.lr_milestones=[]",
+        "checkpoint.every=4", "log_every=4", "optim.batch_size=32"]
+
+
+def run(*argv, cwd):
+    """``cascade-adv ARGV`` in this process: (exit status, stdout, stderr)."""
+    from cascade_adv.cli.main import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.chdir(cwd), contextlib.redirect_stdout(out), \
+            contextlib.redirect_stderr(err):
+        try:
+            main([str(a) for a in argv])
+            code = 0
+        except SystemExit as exc:
+            code = exc.code
+    return code, out.getvalue(), err.getvalue()
+
+
+def assert_one_line(result, code=2, *words):
+    status, _, err = result
+    assert status == code, result
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err, err
+    for w in words:
+        assert w in err, err
+
+
+def snapshot(folder: Path) -> dict:
+    """Every file and folder under ``folder`` with its content hash."""
+    out = {}
+    for p in sorted(folder.rglob("*")):
+        rel = str(p.relative_to(folder))
+        out[rel] = "dir" if p.is_dir() else hashlib.sha256(p.read_bytes()).hexdigest()
+    return out
+
+
+def train_tiny(run_dir, *extra, **kw):
+    from cascade_adv.training import load_config, train
+
+    cfg = load_config(CONFIG, [*TINY, *extra])
+    return train(cfg, run_dir, progress=False, **kw)
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory):
+    work = tmp_path_factory.mktemp("reliability")
+    train_tiny(work / "myrun")
+    return work
+
+
+# --- 1. nothing the user made is deleted -------------------------------------------------
+
+def test_craft_into_the_model_run_folder_is_refused(work):
+    before = snapshot(work)
+    assert_one_line(run("craft", "--checkpoint", "myrun", "--out", "myrun", "--limit", "8",
+                        "--eps", "2", "--quiet", cwd=work), 2, "myrun", "new folder")
+    assert_one_line(run("craft", "--checkpoint", "myrun", "--out", "myrun", "--overwrite",
+                        "--limit", "8", "--eps", "2", "--quiet", cwd=work), 2, "myrun")
+    assert snapshot(work) == before
+
+
+def test_attack_into_the_current_folder_is_refused(work):
+    before = snapshot(work)
+    for out in (".", str(work), ".."):
+        assert_one_line(run("attack", "--checkpoint", "myrun", "--attack", "step_ll", "--eps",
+                            "4", "--out", out, "--overwrite", "--limit", "8", "--quiet",
+                            cwd=work), 2, "current folder")
+    assert snapshot(work) == before
+
+
+def test_existing_folder_refused_unless_overwrite_and_own_set_replaced(work, tmp_path):
+    user = tmp_path / "mine"
+    user.mkdir()
+    (user / "thesis.tex").write_text("years of work")
+    args = ["attack", "--checkpoint", work / "myrun", "--attack", "step_ll", "--eps", "4",
+            "--limit", "8", "--quiet", "--out", user]
+    assert_one_line(run(*args, cwd=tmp_path), 2, "--overwrite", "not an adversarial set")
+    assert (user / "thesis.tex").read_text() == "years of work"
+    assert run(*args, "--overwrite", cwd=tmp_path)[0] == 0  # asked for: replaced
+    assert not (user / "thesis.tex").exists() and (user / "meta.json").is_file()
+    first = (user / "meta.json").read_text()
+    again = run("attack", "--checkpoint", work / "myrun", "--attack", "step_fgsm", "--eps", "4",
+                "--limit", "8", "--quiet", "--out", user, cwd=tmp_path)
+    assert again[0] == 0, again  # its own earlier output: replaced without asking
+    assert (user / "meta.json").read_text() != first
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_failed_craft_keeps_the_earlier_set(work, tmp_path, monkeypatch):
+    from cascade_adv import attacks
+    from cascade_adv.evaluation.advset import load_adversarial_set
+
+    out = tmp_path / "set"
+    assert run("attack", "--checkpoint", work / "myrun", "--attack", "step_ll", "--eps", "4",
+               "--limit", "8", "--quiet", "--out", out, cwd=tmp_path)[0] == 0
+    before = snapshot(tmp_path)
+
+    def broken(*a, **k):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(attacks, "run", broken)
+    with pytest.raises(RuntimeError):
+        run("attack", "--checkpoint", work / "myrun", "--attack", "step_ll", "--eps", "8",
+            "--limit", "8", "--quiet", "--out", out, cwd=tmp_path)
+    assert snapshot(tmp_path) == before  # old set intact, no temporary folder left
+    assert len(load_adversarial_set(out)) == 8
+
+
+def test_report_does_not_replace_a_users_folder(work, tmp_path):
+    from cascade_adv.evaluation import ResultsStore
+
+    figs = tmp_path / "figures"
+    figs.mkdir()
+    (figs / "my_plot.png").write_bytes(b"precious")
+    db = tmp_path / "r.db"
+    assert run("eval", "--checkpoint", work / "myrun", "--attacks", "step_ll", "--eps", "4",
+               "--limit", "8", "--quiet", "--results", db, cwd=tmp_path)[0] == 0
+    before = snapshot(tmp_path)
+    assert_one_line(run("report", "--results", db, "--out", ".", cwd=tmp_path), 2,
+                    "--overwrite", "not a report folder")
+    assert snapshot(tmp_path) == before
+    assert run("report", "--results", db, "--out", "rep", cwd=tmp_path)[0] == 0
+    assert run("report", "--results", db, "--out", "rep", cwd=tmp_path)[0] == 0  # its own
+    with ResultsStore(db) as store:
+        assert len(store.query())
+
+
+# --- 2. numerical faults caught where they happen ---------------------------------------
+
+def test_overflowing_step_never_becomes_a_good_checkpoint(tmp_path):
+    from cascade_adv.models import load_model
+    from cascade_adv.training.checkpoint import latest_checkpoint, nonfinite_state
+    from cascade_adv.training.loop import clean_objective
+
+    def poisoned(model, x, y, iteration, generator):
+        loss, logits, labels = clean_objective(model, x, y, iteration, generator)
+        if iteration == 5:  # a finite loss whose gradient is inf: the step overflows
+            w = next(model.parameters())
+            loss = loss + torch.sqrt(w - w.detach()).sum()
+        return loss, logits, labels
+
+    with pytest.raises(TrainingDiverged) as info:
+        train_tiny(tmp_path / "run", "checkpoint.every=1", objective=poisoned)
+    msg = str(info.value)
+    assert "non-finite" in msg and "between iterations 5 and 6" in msg, msg
+    last = latest_checkpoint(tmp_path / "run")
+    assert last.name == "ckpt-0000005", last
+    assert nonfinite_state(load_model(last)) == []
+    assert not (tmp_path / "run" / "final").exists()
+
+
+def test_issue_divergence_recipe_keeps_no_nonfinite_checkpoint(tmp_path):
+    from cascade_adv.models import load_model
+    from cascade_adv.training.checkpoint import nonfinite_state
+
+    result = run("train", "--config", CONFIG, "--out", "run", "--quiet", *TINY,
+                 "optim.lr=1e30", "optim.weight_decay=1e10", "checkpoint.every=1",
+                 cwd=tmp_path)
+    assert_one_line(result, 2, "diverged")
+    for ckpt in (tmp_path / "run").glob("checkpoints/ckpt-*"):
+        assert nonfinite_state(load_model(ckpt)) == [], ckpt
+
+
+@pytest.fixture(scope="module")
+def nan_model(work):
+    from cascade_adv.models import load_model, save_model
+
+    model = load_model(work / "myrun")
+    with torch.no_grad():
+        model.conv1.weight[0, 0, 0, 0] = float("nan")
+    save_model(model, work / "nan.safetensors")
+    return work / "nan.safetensors"
+
+
+def test_eval_refuses_a_model_with_nan_weights(work, nan_model, tmp_path):
+    result = run("eval", "--checkpoint", nan_model, "--limit", "16", "--quiet",
+                 "--results", "r.db", "--csv", "t.csv", cwd=tmp_path)
+    assert_one_line(result, 2, "non-finite", "conv1.weight")
+    assert list(tmp_path.iterdir()) == []  # no rows stored anywhere
+
+
+def test_evaluate_whitebox_refuses_nonfinite_outputs(work, nan_model):
+    from cascade_adv.data import load_dataset
+    from cascade_adv.errors import ModelFault
+    from cascade_adv.evaluation import evaluate_whitebox
+    from cascade_adv.models import load_model
+
+    data = load_dataset("digits", "test").subset(16)
+    with pytest.raises(ModelFault, match="non-finite outputs"):
+        evaluate_whitebox(load_model(nan_model), data, ["step_ll"], [4], progress=False)
+    rows = evaluate_whitebox(load_model(work / "myrun"), data, ["step_ll"], [4],
+                             progress=False)
+    assert len(rows)
+
+
+def test_eval_refuses_another_dataset(work, tmp_path):
+    result = run("eval", "--checkpoint", work / "myrun", "--dataset", "mnist", "--limit", "16",
+                 "--quiet", "--results", "r.db", cwd=tmp_path)
+    assert_one_line(result, 2, "digits", "mnist")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_evaluate_whitebox_checks_labels_against_classes(work):
+    from cascade_adv.data import load_dataset
+    from cascade_adv.errors import DatasetError
+    from cascade_adv.evaluation import evaluate_whitebox
+    from cascade_adv.models import load_model
+
+    data = load_dataset("digits", "test").subset(16)
+    data.labels[3] = 12
+    with pytest.raises(DatasetError, match="labels"):
+        evaluate_whitebox(load_model(work / "myrun"), data, ["step_ll"], [4], progress=False)
+
+
+# --- 3. saved sets checked beyond their hash ---------------------------------------------
+
+@pytest.fixture()
+def crafted(work, tmp_path):
+    out = tmp_path / "adv"
+    assert run("craft", "--checkpoint", work / "myrun", "--out", out, "--eps", "2,4",
+               "--limit", "96", "--quiet", cwd=tmp_path)[0] == 0
+    return out
+
+
+def _rehash(path: Path, **arrays):
+    """Replace arrays of a set and recompute their sha256 in meta.json (a careful forger)."""
+    from cascade_adv.io import file_sha256
+
+    meta = json.loads((path / "meta.json").read_text())
+    for name, arr in arrays.items():
+        np.save(path / f"{name}.npy", arr, allow_pickle=arr.dtype == object)
+        meta["sha256"][f"{name}.npy"] = file_sha256(path / f"{name}.npy")
+    (path / "meta.json").write_text(json.dumps(meta))
+
+
+def test_rehashed_set_outside_its_epsilon_balls_is_refused_by_training(work, crafted, tmp_path):
+    images = np.load(crafted / "images.npy")
+    _rehash(crafted, images=np.full_like(images, 255))
+    result = run("train", "--config", CONFIG, "--out", "cascade", "--quiet", *TINY,
+                 "adversarial.mode=append", "adversarial.k=16", "adversarial.distance=pivot",
+                 f"adversarial.sources=[{{kind: saved, count: 16, paths: ['{crafted}']}}]",
+                 cwd=tmp_path)
+    assert_one_line(result, 2, "epsilon", "tampered")
+    assert not (tmp_path / "cascade").exists()
+
+
+@pytest.mark.parametrize("case", ["labels_out_of_range", "wrong_length", "float64_images",
+                                  "object_array", "eps_not_listed", "bad_meta"])
+def test_malformed_set_contents_are_one_line_errors(crafted, case):
+    from cascade_adv.evaluation.advset import load_adversarial_set
+
+    labels = np.load(crafted / "labels.npy")
+    if case == "labels_out_of_range":
+        labels[0] = 50
+        _rehash(crafted, labels=labels)
+    elif case == "wrong_length":
+        _rehash(crafted, labels=labels[:-3])
+    elif case == "float64_images":
+        _rehash(crafted, images=np.load(crafted / "images.npy").astype(np.float64))
+    elif case == "object_array":
+        _rehash(crafted, labels=np.array([{"x": 1}] * len(labels), dtype=object))
+    elif case == "eps_not_listed":
+        eps = np.load(crafted / "eps.npy")
+        eps[0] = 9.0
+        _rehash(crafted, eps=eps)
+    else:
+        meta = json.loads((crafted / "meta.json").read_text())
+        meta["count"] = "many"
+        (crafted / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(CascadeAdvError) as info:
+        load_adversarial_set(crafted, num_classes=10)
+    assert "\n" not in str(info.value)
+
+
+# --- 4. one line for every user error ----------------------------------------------------
+
+@pytest.mark.parametrize("case", [
+    "train_out_impossible", "attack_out_impossible", "results_impossible", "csv_impossible",
+    "csv_is_folder", "cuda_on_cpu", "config_not_text", "crop_larger_than_image",
+    "empty_config", "name_outside_runs", "empty_eps", "empty_attacks", "limit_zero",
+    "usage_error", "model_name_with_slash",
+])
+def test_user_errors_are_one_line_and_change_nothing(work, case, tmp_path):
+    if case == "cuda_on_cpu" and torch.cuda.is_available():
+        pytest.skip("needs a machine without CUDA")
+    (tmp_path / "notes.txt").write_text("mine")
+    (tmp_path / "bin.yaml").write_bytes(b"\x89PNG\r\n\x1a\n\x00\xff\xfe")
+    (tmp_path / "empty.yaml").write_text("# nothing here\n")
+    ckpt = work / "myrun"
+    ev = ["eval", "--checkpoint", ckpt, "--limit", "8", "--quiet", "--attacks", "step_ll",
+          "--eps", "4"]
+    args, words = {
+        "train_out_impossible": (["train", "--config", CONFIG, "--out", "notes.txt/run"],
+                                 ["notes.txt"]),
+        "attack_out_impossible": (["attack", "--checkpoint", ckpt, "--attack", "step_ll",
+                                   "--eps", "4", "--out", "/proc/adv"], ["/proc"]),
+        "results_impossible": ([*ev, "--results", "notes.txt/r.db"], ["notes.txt"]),
+        "csv_impossible": ([*ev, "--results", "r.db", "--csv", "/proc/t.csv"], ["--csv"]),
+        "csv_is_folder": ([*ev, "--results", "r.db", "--csv", "."], ["directory"]),
+        "cuda_on_cpu": ([*ev, "--device", "cuda"], ["cuda", "cpu"]),
+        "config_not_text": (["train", "--config", "bin.yaml"], ["bin.yaml", "text"]),
+        "crop_larger_than_image": (["train", "--config", CONFIG, "--out", "r", *TINY,
+                                    "data.crop_size=12"], ["crop_size"]),
+        "empty_config": (["train", "--config", "empty.yaml"], ["is empty;"]),
+        "name_outside_runs": (["train", "--config", CONFIG, "name=../../escape"], ["name"]),
+        "empty_eps": ([*ev, "--eps", " , "], ["--eps", "empty"]),
+        "empty_attacks": ([*ev, "--attacks", ""], ["--attacks", "empty"]),
+        "limit_zero": ([*ev, "--limit", "0"], ["--limit"]),
+        "usage_error": ([*ev, "--no-such-option"], ["--no-such-option"]),
+        "model_name_with_slash": (["transfer", "--source", f"../x={ckpt}", "--target", ckpt],
+                                  ["../x"]),
+    }[case]
+    before = snapshot(tmp_path)
+    work_before = snapshot(work)
+    assert_one_line(run(*args, cwd=tmp_path), 2, *words)
+    assert snapshot(tmp_path) == before and snapshot(work) == work_before
+
+
+def test_truncated_metrics_line_is_dropped_on_resume(tmp_path):
+    train_tiny(tmp_path / "run", "optim.iterations=8")
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    metrics.write_text(metrics.read_text() + '{"iteration": 9, "lo')
+    result = run("train", "--config", CONFIG, "--out", "run", "--quiet", *TINY, cwd=tmp_path)
+    assert result[0] == 0, result
+    lines = metrics.read_text().splitlines()
+    assert [json.loads(ln)["iteration"] for ln in lines] == [4, 8, 12]
+
+
+def test_rerunning_a_finished_run_reports_it_is_done(work):
+    result = run("train", "--config", CONFIG, "--out", "myrun", "--quiet", *TINY, cwd=work)
+    assert result[0] == 0, result
+    assert "already trained" in result[1] and "nan" not in result[1]
+
+
+# --- 5. clean interruption ---------------------------------------------------------------
+
+@pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_signal_checkpoints_prints_resume_and_exits_conventionally(tmp_path, monkeypatch,
+                                                                   sig, code):
+    from cascade_adv.models import load_model
+    from cascade_adv.training import loop
+    from cascade_adv.training.checkpoint import latest_checkpoint
+
+    real = loop.clean_objective
+
+    def interrupting(model, x, y, iteration, generator):
+        if iteration == 5:  # the signal arrives in the middle of iteration 5
+            os.kill(os.getpid(), sig)
+        return real(model, x, y, iteration, generator)
+
+    previous = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    monkeypatch.setattr(loop, "clean_objective", interrupting)
+    result = run("train", "--config", CONFIG, "--out", "run", "--quiet", *TINY, cwd=tmp_path)
+    assert_one_line(result, code, "iteration 6", "rerun the same command to resume")
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == previous
+    assert latest_checkpoint(tmp_path / "run").name == "ckpt-0000006"
+    monkeypatch.setattr(loop, "clean_objective", real)
+    assert run("train", "--config", CONFIG, "--out", "run", "--quiet", *TINY,
+               cwd=tmp_path)[0] == 0
+    train_tiny(tmp_path / "straight")
+    a, b = load_model(tmp_path / "run"), load_model(tmp_path / "straight")
+    for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert torch.equal(x, y), name  # the interrupted run resumed to the same weights
+
+
+def test_handlers_restored_when_training_fails(tmp_path):
+    previous = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    with pytest.raises(TrainingDiverged):
+        train_tiny(tmp_path / "run", "optim.lr=1e30", "optim.weight_decay=1e10")
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == previous
+
+
+def test_stale_temporary_files_of_a_killed_run_are_removed(tmp_path):
+    train_tiny(tmp_path / "run", "optim.iterations=8")
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    ckpts = tmp_path / "run" / "checkpoints"
+    stale = [ckpts / f".latest.{dead.pid}.abc123.tmp", ckpts / ".ckpt-0000012.tmp",
+             tmp_path / "run" / f".metrics.jsonl.{dead.pid}.x_y.tmp"]
+    stale[0].write_text("ckpt-0000")
+    stale[1].mkdir()
+    stale[2].write_text("{")
+    alive = ckpts / f".latest.{os.getpid()}.zz.tmp"  # a writer still running: kept
+    alive.write_text("x")
+    train_tiny(tmp_path / "run")
+    assert not any(p.exists() for p in stale) and alive.exists()
+    assert TrainingInterrupted("x", 143).exit_code == 143
+
+
+def test_folder_moved_aside_by_a_killed_swap_is_put_back(tmp_path):
+    from cascade_adv.io import remove_stale_temps, swap_dir
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    aside = tmp_path / f".ckpt-0000010.{dead.pid}.q1.old.tmp"  # killed between the renames
+    aside.mkdir()
+    (aside / "model.safetensors").write_text("weights")
+    remove_stale_temps(tmp_path, "ckpt-*")
+    assert (tmp_path / "ckpt-0000010" / "model.safetensors").read_text() == "weights"
+    new = tmp_path / "new"
+    new.mkdir()
+    (new / "model.safetensors").write_text("newer")
+    swap_dir(new, tmp_path / "ckpt-0000010")
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt-0000010"]
+    assert (tmp_path / "ckpt-0000010" / "model.safetensors").read_text() == "newer"
+
+
+class _Planted:
+    def __reduce__(self):
+        return (os.system, ("touch PWNED",))
+
+
+def test_planted_pickle_is_never_run_and_is_one_line(work, tmp_path):
+    import pickle
+    import shutil
+
+    shutil.copytree(work / "myrun", tmp_path / "run")
+    shutil.rmtree(tmp_path / "run" / "final")
+    ckpt = sorted((tmp_path / "run" / "checkpoints").glob("ckpt-*"))[-1]
+    (ckpt / "state.pt").write_bytes(pickle.dumps(_Planted()))
+    with warnings.catch_warnings(record=True) as caught:  # a warning is more stderr lines
+        warnings.simplefilter("always")
+        result = run("train", "--config", CONFIG, "--out", "run", "--quiet", *TINY,
+                     "optim.iterations=16", cwd=tmp_path)
+    assert_one_line(result, 2, "state.pt", "delete this checkpoint")
+    assert not (tmp_path / "PWNED").exists()
+    assert [str(w.message) for w in caught] == []
+
+
+def test_source_and_target_of_one_name_must_be_one_model(work, tmp_path):
+    import shutil
+
+    shutil.copytree(work / "myrun", tmp_path / "other")
+    train_tiny(tmp_path / "other", "optim.iterations=16")  # other weights
+    result = run("transfer", "--source", f"A={work / 'myrun'}", "--target",
+                 f"A={tmp_path / 'other'}", "--limit", "8", "--quiet", "--results", "r.db",
+                 cwd=tmp_path)
+    assert_one_line(result, 2, "'A'", "NAME=PATH")
+    assert not (tmp_path / "r.db").exists()
+
+
+def test_transfer_and_craft_refuse_nonfinite_models(work, nan_model, tmp_path):
+    from cascade_adv.data import load_dataset
+    from cascade_adv.errors import ModelFault
+    from cascade_adv.evaluation import craft_adversarial_set, load_adversarial_set
+    from cascade_adv.evaluation.blackbox import evaluate_transfer
+    from cascade_adv.models import load_model
+
+    data = load_dataset("digits", "test").subset(8)
+    bad = load_model(nan_model)
+    with pytest.raises(ModelFault, match="non-finite"):
+        craft_adversarial_set(bad, data, tmp_path / "s", "step_ll", [4], progress=False)
+    assert list(tmp_path.iterdir()) == []
+    craft_adversarial_set(load_model(work / "myrun"), data, tmp_path / "s", "step_ll", [4],
+                          progress=False)
+    with pytest.raises(ModelFault, match="non-finite"):
+        evaluate_transfer(bad, load_adversarial_set(tmp_path / "s"))
+
+
+def test_ctrl_c_outside_the_training_loop_is_one_line_exit_130(work, tmp_path, monkeypatch):
+    from cascade_adv import evaluation
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(evaluation, "evaluate_whitebox", interrupted)
+    result = run("eval", "--checkpoint", work / "myrun", "--limit", "8", "--quiet",
+                 "--results", "r.db", cwd=tmp_path)
+    assert_one_line(result, 130, "interrupted", "rerun the same command")
+    assert list(tmp_path.iterdir()) == []  # nothing partial stored
+
+
+def test_foreign_sqlite_store_is_refused_before_any_work(work, tmp_path, monkeypatch):
+    import sqlite3
+
+    from cascade_adv import evaluation
+
+    with sqlite3.connect(tmp_path / "other.db") as con:
+        con.execute("CREATE TABLE t (x)")
+    before = snapshot(tmp_path)
+    monkeypatch.setattr(evaluation, "evaluate_whitebox", None)  # any work would fail loudly
+    result = run("eval", "--checkpoint", work / "myrun", "--limit", "8", "--quiet",
+                 "--results", "other.db", cwd=tmp_path)
+    assert_one_line(result, 2, "not a cascade-adv results store")
+    assert snapshot(tmp_path) == before
+
+
+def test_run_killed_before_its_first_log_resumes_but_a_users_config_folder_is_refused(tmp_path):
+    from cascade_adv.training import load_config
+    from cascade_adv.training.config import dump_config
+
+    (tmp_path / "run").mkdir()  # killed after writing config.yaml, before any metrics
+    (tmp_path / "run" / "config.yaml").write_text(dump_config(load_config(CONFIG, TINY)))
+    assert run("train", "--config", CONFIG, "--out", "run", "--quiet", *TINY,
+               cwd=tmp_path)[0] == 0
+    (tmp_path / "exp").mkdir()  # the user's own experiment folder and config
+    (tmp_path / "exp" / "config.yaml").write_text(Path(CONFIG).read_text())
+    before = snapshot(tmp_path / "exp")
+    assert_one_line(run("train", "--config", "exp/config.yaml", "--out", "exp", *TINY,
+                        cwd=tmp_path), 2, "not a run folder")
+    assert snapshot(tmp_path / "exp") == before
