@@ -95,9 +95,9 @@ ATTACK_EPS = 16  # pixels
 ATTACK_STEPS = int(attacks.iterative_steps(ATTACK_EPS))  # floor(min(eps + 4, 1.25 eps)) = 20
 
 TARGETS = {
-    "adv_clean_ratio": ("<=", 1.5),
-    "speedup_vs_torchattacks": (">=", 1.0),
-    "speedup_vs_foolbox": (">=", 5.0),
+    "adv_clean_ratio": ("<=", 1.35),
+    "speedup_vs_torchattacks": (">=", 1.5),
+    "speedup_vs_foolbox": (">=", 2.0),
     "overhead_over_floor_pct": ("<=", 10.0),
     "h100_n18_mnist_recipe_s": ("<=", 60.0),
     "h100_n18_cifar10_recipe_s": ("<=", 300.0),
@@ -369,10 +369,17 @@ def floor_passes(model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int,
     return g
 
 
-def ours_attack(fn, model: nn.Module, x: torch.Tensor, y: torch.Tensor, speed):
-    """Our attack as ``evaluate_whitebox`` runs it: under the speed options' autocast."""
-    with speed.autocast():
+def ours_attack(fn, model: nn.Module, x: torch.Tensor, y: torch.Tensor, speed, fuse=True):
+    """Our attack as ``evaluate_whitebox`` runs it: under the speed options' autocast, on
+    the folded inference network (``fuse``) or the model as it is."""
+    with speed.autocast(), attacks.fusion(fuse):
         return fn(model, x, y, ATTACK_EPS)
+
+
+def fused_network(model: nn.Module) -> nn.Module:
+    """The network our attacks run on (BatchNorm folded into the convolutions)."""
+    with attacks.inference_mode(model):
+        return attacks.attack_network(model)
 
 
 # --- figures -------------------------------------------------------------------------------
@@ -397,7 +404,10 @@ def bench_training(s: Settings, device: torch.device, seed: int, speed: list[str
         data = fake_dataset(recipe.split("_")[1], s.train_images, shape, device, seed)
         clean = TrainStep(base, data, device)
         adv = TrainStep([*base, *PIVOT, f"adversarial.max_e={max_e}"], data, device)
-        contenders: dict[str, Callable] = {"adversarial": adv, "clean": clean}
+        unfused = TrainStep([*base, *PIVOT, f"adversarial.max_e={max_e}", "speed.fuse=false"],
+                            data, device)
+        contenders: dict[str, Callable] = {"adversarial": adv, "adversarial_unfused": unfused,
+                                           "clean": clean}
         if recipe == "n18_cifar10":
             contenders["attack_part"] = AttackPart(adv)
         rounds = s.train_rounds if recipe == "n18_cifar10" else max(3, s.train_rounds // 2)
@@ -417,6 +427,7 @@ def bench_training(s: Settings, device: torch.device, seed: int, speed: list[str
         macs = forward_macs(clean.model, (shape[0], size, size), device)
         out[recipe] = {"times_s": times, "median_s": med, "ratio": med["adversarial"] / med["clean"],
                        "ratio_per_round": paired_ratios(times["adversarial"], times["clean"]),
+                       "ratio_unfused": med["adversarial_unfused"] / med["clean"],
                        "op_counts": counted["cuda_like"], "op_counts_as_run": counted["as_run"],
                        "speed": clean.speed.describe(), "forward_macs_per_image": macs,
                        "rounds": rounds, "iterations": RECIPES[recipe]}
@@ -442,24 +453,31 @@ def bench_attacks(s: Settings, device: torch.device, seed: int, peers, speed_opt
         fn = attacks.get(name).fn
         peer_fns = peer_attacks(peers, model, device, ATTACK_EPS, ATTACK_STEPS)[name]
         contenders: dict[str, Callable] = {
-            "ours": functools.partial(ours_attack, fn, mine, xm, y, speed)}
+            "ours": functools.partial(ours_attack, fn, mine, xm, y, speed),
+            "ours_unfused": functools.partial(ours_attack, fn, mine, xm, y, speed, False)}
         for peer, pf in peer_fns.items():
             contenders[peer] = functools.partial(pf, x, y)
         contenders["floor"] = functools.partial(floor_passes, mine, xm, y, steps, speed)
+        contenders["floor_fused"] = functools.partial(floor_passes, fused_network(mine), xm, y,
+                                                      steps, speed)
         log(f"  {name}: batch {batch}, {s.attack_rounds} rounds of {', '.join(contenders)} ...")
         times = interleaved(contenders, s.attack_rounds, s.warmup, device)
         med = {k: median(v) for k, v in times.items()}
         floor = med["floor"]
         ours_adv = ours_attack(fn, mine, xm, y, speed)
+        unfused_adv = ours_attack(fn, mine, xm, y, speed, False)
         res = {"batch": batch, "steps": steps, "times_s": times, "median_s": med,
-               "floor_s": floor,
-               "images_per_s": {k: batch / v for k, v in med.items() if k != "floor"},
+               "floor_s": floor, "floor_fused_s": med["floor_fused"],
+               "images_per_s": {k: batch / v for k, v in med.items()
+                                if not k.startswith("floor")},
                "floor_images_per_s": batch / floor,
-               "overhead_over_floor_pct": 100 * (med["ours"] / floor - 1),
-               "agreement": {}}
+               "floor_fused_images_per_s": batch / med["floor_fused"],
+               "fused_speedup_vs_unfused": med["ours_unfused"] / med["ours"],
+               "overhead_over_floor_pct": 100 * (med["ours"] / med["floor_fused"] - 1),
+               "agreement": {"unfused": agreement(ours_adv, unfused_adv)}}
         res["speedup_per_round"] = {
             peer: paired_ratios(times[peer], times["ours"]) for peer in peer_fns}
-        res["overhead_per_round"] = paired_ratios(times["ours"], times["floor"])
+        res["overhead_per_round"] = paired_ratios(times["ours"], times["floor_fused"])
         for peer in ("torchattacks", "foolbox"):
             if peer in peer_fns:
                 res["agreement"][peer] = agreement(ours_adv, peer_fns[peer](x, y))
@@ -497,21 +515,25 @@ def bench_table(s: Settings, device: torch.device, seed: int, speed_opts: dict, 
     batch = min(TABLE_BATCH, n)
     warm = data.subset(min(8, n))
 
-    def run(d, b, max_batch=None, opts=speed_opts):
+    def run(d, b, max_batch=None, opts=speed_opts, fuse=True):
         return evaluate_whitebox(model, d, TABLE_ATTACKS, TABLE_EPS, batch_size=b,
-                                 max_batch=max_batch, progress=False, seed=seed, **opts)
+                                 max_batch=max_batch, progress=False, seed=seed, fuse=fuse,
+                                 **opts)
 
     run(warm, 8)
     run(warm, 8, 8)
+    run(warm, 8, fuse=False)
     log(f"  white-box table: {len(TABLE_ATTACKS)} attacks x {len(TABLE_EPS)} eps x {n} images "
         f"(batch {batch}), as run and with one epsilon per attack call ...")
     # the default stacks the 4 epsilons into one attack call (iterative attacks then run
     # all rows to the largest step count); max_batch=batch_size calls once per epsilon
     times = interleaved({"default": functools.partial(run, data, batch),
+                         "unfused": functools.partial(run, data, batch, fuse=False),
                          "per_epsilon_calls": functools.partial(run, data, batch, batch)},
                         rounds=1, warmup=0, device=device)
     seconds = times["default"][0]
     per_eps = times["per_epsilon_calls"][0]
+    unfused = times["unfused"][0]
     # kernels for the projection, with CUDA's default speed options (see cuda_like_overrides)
     cuda_like = dict(speed_opts)
     if device.type == "cpu" and torch.amp.is_autocast_available("cpu"):
@@ -523,6 +545,7 @@ def bench_table(s: Settings, device: torch.device, seed: int, speed_opts: dict, 
             "full_table_s": seconds * TABLE_IMAGES / n,
             "extrapolated": n != TABLE_IMAGES,
             "per_epsilon_calls": {"seconds": per_eps, "full_table_s": per_eps * TABLE_IMAGES / n},
+            "unfused": {"seconds": unfused, "full_table_s": unfused * TABLE_IMAGES / n},
             "passes_per_image": table_passes(),
             "op_counts_per_batch": per_batch}
 
@@ -628,21 +651,27 @@ def print_report(r: dict) -> None:
                  (f"{r['adv_clean_ratio']:.3f} ({med['adversarial']*1e3:.0f} / "
                   f"{med['clean']*1e3:.0f} ms; attack part {med['attack_part']*1e3:.0f} ms)"),
                  check("adv_clean_ratio", r["adv_clean_ratio"])))
+    rows.append(("  same, attack unfused (speed.fuse=false)",
+                 f"{tr['ratio_unfused']:.3f} ({med['adversarial_unfused']*1e3:.0f} ms)", ""))
     for name, a in r["attacks"].items():
         ips = a["images_per_s"]
-        rows.append((f"{name} images/s: ours | torchattacks | foolbox | floor",
-                     (f"{ips['ours']:.0f} | {fmt(ips['torchattacks'], '.0f')} | "
-                      f"{fmt(ips['foolbox'], '.0f')} | {a['floor_images_per_s']:.0f}"), ""))
+        rows.append((f"{name} images/s: ours | unfused | torchattacks | foolbox | floor | fused "
+                      "floor",
+                     (f"{ips['ours']:.0f} | {ips['ours_unfused']:.0f} | "
+                      f"{fmt(ips['torchattacks'], '.0f')} | {fmt(ips['foolbox'], '.0f')} | "
+                      f"{a['floor_images_per_s']:.0f} | {a['floor_fused_images_per_s']:.0f}"), ""))
+        rows.append((f"{name} fused / unfused speedup", f"{a['fused_speedup_vs_unfused']:.2f}",
+                     ""))
         st = r["attack_speedup_vs_torchattacks"][name]
         sf = r["attack_speedup_vs_foolbox"][name]
         rows.append((f"{name} speedup vs torchattacks", spread(a, "torchattacks", st),
                      check("speedup_vs_torchattacks", st)))
         rows.append((f"{name} speedup vs foolbox", spread(a, "foolbox", sf),
                      check("speedup_vs_foolbox", sf)))
-        rows.append((f"{name} overhead over floor (fwd + input grad x {a['steps']})",
+        rows.append((f"{name} overhead over fused floor (fwd + input grad x {a['steps']})",
                      f"{a['overhead_over_floor_pct']:+.1f} %",
                      check("overhead_over_floor_pct", a["overhead_over_floor_pct"])))
-        for peer in ("torchattacks", "foolbox"):
+        for peer in ("unfused", "torchattacks", "foolbox"):
             ag = a["agreement"][peer]
             rows.append((f"{name} agreement with {peer}",
                          "not installed" if ag is None else
@@ -652,6 +681,8 @@ def print_report(r: dict) -> None:
     label = f"extrapolated from {t['images']} images" if t["extrapolated"] else "measured"
     rows.append((f"white-box table {len(TABLE_ATTACKS)}x{len(TABLE_EPS)}x{TABLE_IMAGES}",
                  f"{t['full_table_s']:.0f} s ({label}; {t['images_per_s']:.1f} images/s)", ""))
+    rows.append(("  same, unfused (fuse=False)",
+                 f"{t['unfused']['full_table_s']:.0f} s ({label})", ""))
     rows.append(("  same, one epsilon per attack call (max_batch=batch_size)",
                  f"{t['per_epsilon_calls']['full_table_s']:.0f} s ({label})", ""))
     fl = t["floor_grad_passes_s"]
@@ -781,7 +812,7 @@ def main(argv: list[str] | None = None) -> int:
         "recipes": recipes,
     }
     # the table's floor: its gradient passes at the measured per-image floor pass time
-    per_image_pass = attack_res["step_fgsm"]["floor_s"] / attack_res["step_fgsm"]["batch"]
+    per_image_pass = attack_res["step_fgsm"]["floor_fused_s"] / attack_res["step_fgsm"]["batch"]
     passes = table["passes_per_image"]
     table["floor_grad_passes_s"] = {
         "as_run": TABLE_IMAGES * passes["grad_passes_as_run"] * per_image_pass,

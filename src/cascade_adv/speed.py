@@ -69,7 +69,8 @@ class SpeedConfig(BaseModel):
     """The ``speed`` section of a training config (see the module docstring).
 
     ``precision``: ``auto`` | ``float32`` | ``bf16``; ``channels_last``: ``auto`` |
-    ``true`` | ``false``; ``compile``: ``false`` | ``true``.  Defaults are fast on a
+    ``true`` | ``false``; ``compile``: ``false`` | ``true``; ``fuse``: ``true`` |
+    ``false``.  Defaults are fast on a
     GPU and exactly the float32 path on CPU.
     """
 
@@ -78,6 +79,9 @@ class SpeedConfig(BaseModel):
     precision: Literal["auto", "float32", "bf16"] = "auto"
     channels_last: Literal["auto"] | bool = "auto"
     compile: bool = False
+    #: the one-step attack of adversarial training on the inference network with
+    #: BatchNorm folded into the convolutions (:func:`cascade_adv.attacks.fusion`)
+    fuse: bool = True
 
     @field_validator("channels_last", mode="before")
     @classmethod

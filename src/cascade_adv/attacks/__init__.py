@@ -5,14 +5,26 @@
 >>> x_adv = attacks.run("iter_fgsm", model, x, y, eps=16)
 
 ``model`` is any ``nn.Module`` mapping images in [0, 1] to logits; ``eps`` is in
-pixel units of [0, 255], a number or a tensor of shape ``[N]``.
+pixel units of [0, 255], a number or a tensor of shape ``[N]``.  Gradient passes run
+on the model's inference network with BatchNorm folded into the convolutions;
+``with attacks.fusion(False):`` runs the model as it is.
 """
 
-from cascade_adv.attacks.core import inference_mode, iterative_steps, project, validate_eps
+from cascade_adv.attacks.core import (
+    attack_network,
+    fusion,
+    inference_mode,
+    iterative_steps,
+    project,
+    trusted,
+    validate_eps,
+)
 from cascade_adv.attacks.registry import AttackSpec, get, names, register, run
 
 __all__ = [
     "AttackSpec",
+    "attack_network",
+    "fusion",
     "get",
     "inference_mode",
     "iterative_steps",
@@ -20,5 +32,6 @@ __all__ = [
     "project",
     "register",
     "run",
+    "trusted",
     "validate_eps",
 ]

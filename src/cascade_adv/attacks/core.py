@@ -15,12 +15,20 @@ Conventions (K17 section 2.1, N18 section 2 and footnote 3):
   only, so no weight gradient is computed or accumulated;
 * under bf16 autocast (:mod:`cascade_adv.speed`) the logits are cast to float32
   before the objective and the label rule, and the input - hence its gradient
-  and the adversarial image - stays float32.
+  and the adversarial image - stays float32;
+* the gradient passes run on the model's inference network
+  (:func:`cascade_adv.models.fuse.inference_network`: BatchNorm folded into the
+  convolutions, exact up to float rounding), unless ``with fusion(False):`` asks
+  for the model as it is;
+* inside ``with trusted():`` (training, and evaluation that validated its
+  epsilons up front) a per-example ``eps`` tensor is used where it lies, without
+  the checks that read it back to the host.
 """
 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 from collections.abc import Callable, Iterator
 
 import torch
@@ -28,6 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cascade_adv.errors import AttackError
+from cascade_adv.models.fuse import inference_network
 
 #: Maximises the attack objective, given logits and the attack's labels.
 Objective = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -35,16 +44,51 @@ Objective = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 LabelRule = Callable[[torch.Tensor, "torch.Tensor | None", "torch.Generator | None"], torch.Tensor]
 
 
+_FUSE: contextvars.ContextVar[bool] = contextvars.ContextVar("cascade_adv_fuse", default=True)
+_TRUSTED: contextvars.ContextVar[bool] = contextvars.ContextVar("cascade_adv_trusted",
+                                                               default=False)
+
+
+@contextlib.contextmanager
+def fusion(enabled: bool = True) -> Iterator[None]:
+    """``with fusion(False):`` attacks run the model as it is instead of its inference
+    network with BatchNorm folded into the convolutions (the default)."""
+    token = _FUSE.set(bool(enabled))
+    try:
+        yield
+    finally:
+        _FUSE.reset(token)
+
+
+@contextlib.contextmanager
+def trusted() -> Iterator[None]:
+    """Per-example epsilons inside this block were validated by the caller (or drawn
+    by the training sampler): they are used on their device, with no host read-back."""
+    token = _TRUSTED.set(True)
+    try:
+        yield
+    finally:
+        _TRUSTED.reset(token)
+
+
+def attack_network(model: nn.Module) -> nn.Module:
+    """The network an attack's gradient passes run on (see :func:`fusion`); call it
+    with ``model`` in inference mode."""
+    return inference_network(model) if _FUSE.get() else model
+
+
 @contextlib.contextmanager
 def inference_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Put every sub-module in eval mode; restore each one's own mode afterwards."""
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
+    """Put every sub-module in eval mode; restore the ones that were training afterwards
+    (one walk over the modules; nothing to restore for a model already in eval mode)."""
+    training = [m for m in model.modules() if m.training]
+    for m in training:
+        m.training = False
     try:
         yield model
     finally:
-        for m, training in modes:
-            m.training = training
+        for m in training:
+            m.training = True
 
 
 def eps_pixels(eps, n: int, name: str = "eps") -> torch.Tensor:
@@ -69,7 +113,12 @@ def eps_pixels(eps, n: int, name: str = "eps") -> torch.Tensor:
 
 def pixel_eps(eps, n: int, x: torch.Tensor, name: str = "eps") -> torch.Tensor:
     """Validate ``eps`` (pixel units, number or ``[N]`` tensor); return ``eps / 255``
-    shaped ``[N, 1, 1, 1]`` in ``x``'s dtype and device."""
+    shaped ``[N, 1, 1, 1]`` in ``x``'s dtype and device.  Inside :func:`trusted` an
+    ``[N]`` tensor is converted where it lies, unchecked (no host sync)."""
+    if _TRUSTED.get() and isinstance(eps, torch.Tensor) and eps.dim() == 1:
+        exact = torch.float32 if x.device.type == "mps" else torch.float64
+        return (eps.to(device=x.device, dtype=exact) / 255.0).to(x.dtype).view(
+            n, *([1] * (x.dim() - 1)))
     t = eps_pixels(eps, n, name)
     return (t / 255.0).to(device=x.device, dtype=x.dtype).view(n, *([1] * (x.dim() - 1)))
 
@@ -219,7 +268,7 @@ def one_step(
     """``X_adv = clip(X + eps * direction(grad_X objective))``: one gradient, one step."""
     eps01 = pixel_eps(eps, x.shape[0], x)
     with inference_mode(model):
-        grad, _ = input_gradient(model, x, y, objective, label_rule, generator)
+        grad, _ = input_gradient(attack_network(model), x, y, objective, label_rule, generator)
     return project(x + eps01 * direction(grad), x, eps01).detach()
 
 
@@ -268,6 +317,7 @@ def iterate(
         active_from[stop] = torch.nonzero(counts > stop).flatten().to(x.device)
 
     with inference_mode(model):
+        model = attack_network(model)
         if label_rule is None:
             labels = y
         elif label_rule is true_label:  # needs no logits: no extra forward pass

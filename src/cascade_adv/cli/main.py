@@ -424,8 +424,14 @@ def _apply(options):
     show_default=True,
     help="torch.compile the model's forward (checked before any work).",
 )
+@click.option(
+    "--fuse/--no-fuse",
+    default=True,
+    show_default=True,
+    help="Run attacks on the inference network with BatchNorm folded into the convolutions.",
+)
 def evaluate(attack_names, eps_list, results, csv_path, json_path, name, seed, batch_size,
-             quiet, precision, channels_last, compile_model, **model_data):
+             quiet, precision, channels_last, compile_model, fuse, **model_data):
     """White-box accuracy (top-1, top-5) of one model under attacks x epsilons."""
     from cascade_adv import attacks
     from cascade_adv.evaluation import ResultsStore, evaluate_whitebox
@@ -459,6 +465,7 @@ def evaluate(attack_names, eps_list, results, csv_path, json_path, name, seed, b
             precision=precision,
             channels_last=channels_last,
             compile=compile_model,
+            fuse=fuse,
         )
     finally:
         ctx.close()

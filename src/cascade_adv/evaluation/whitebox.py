@@ -195,6 +195,7 @@ def evaluate_whitebox(
     precision: str = "auto",
     channels_last: bool | str = "auto",
     compile: bool = False,
+    fuse: bool = True,
 ) -> ResultTable:
     """Top-1 / top-5 accuracy (percent) of ``model`` on ``dataset`` under white-box attacks.
 
@@ -226,7 +227,10 @@ def evaluate_whitebox(
     (``torch.compile`` of the model's forward) are :mod:`cascade_adv.speed`'s options,
     applied around every forward pass and attack and undone afterwards; the images
     and their attack gradients stay float32.  An unsupported choice raises
-    :class:`~cascade_adv.errors.ConfigError` before any work.
+    :class:`~cascade_adv.errors.ConfigError` before any work.  ``fuse`` runs the
+    attacks and the accuracy passes on the model's inference network with BatchNorm
+    folded into the convolutions (:func:`cascade_adv.attacks.fusion`; equal up to
+    float rounding).
     """
     # --- validate everything before any work -----------------------------------------
     eps_values = _check_eps(eps)
@@ -282,14 +286,16 @@ def evaluate_whitebox(
                disable=not progress or rank != 0,
                desc=f"white-box {model_name}", unit="batch", leave=False)
     # channels_last / compile on the model, bf16 autocast around forwards and attacks
-    with prepared(model, speed), speed.autocast():
+    with prepared(model, speed), speed.autocast(), attack_registry.fusion(fuse), \
+            attack_registry.trusted():
         for xb_uint8, yb in bar:
             xb_uint8 = xb_uint8.to(device, non_blocking=True)
             yb = yb.to(device, non_blocking=True)
             x = prepare_input(prepare_images(model, xb_uint8), speed)
             b = x.shape[0]
             with attack_registry.inference_mode(model), torch.no_grad():
-                logits = model(x)
+                net = attack_registry.attack_network(model)
+                logits = net(x)
             if clean_counts is None:  # the first batch fixes the metrics
                 if num_classes is None:
                     ks = [k for k in ks if k == 1 or k < logits.shape[1]]
@@ -314,7 +320,7 @@ def evaluate_whitebox(
                                                          generator=generators[name],
                                                          **opts.get(name, {}))
                     with attack_registry.inference_mode(model), torch.no_grad():
-                        logits = model(x_adv)
+                        logits = net(x_adv)
                     adv_counts[name][first:first + g] += count_correct(logits, ys.view(g, b), ks)
                     nonfinite += (~torch.isfinite(logits).all(dim=1)).sum()
     bar.close()

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from cascade_adv import attacks
 from cascade_adv.data import ImageDataset, load_dataset, per_pixel_mean, random_crop_flip, to_float
 from cascade_adv.errors import CheckpointError, ConfigError, TrainingDiverged
 from cascade_adv.io import atomic_write_text
@@ -386,7 +387,8 @@ def train(
         if ctx.distributed and not getattr(objective, "shards_batch", False):
             x, y = x[ctx.rows(x.shape[0])], y[ctx.rows(x.shape[0])]
         x = prepare_input(x, speed)
-        with speed.autocast():  # a no-op for float32; the attacks inside run under it too
+        # autocast: a no-op for float32; the attacks inside run under it too
+        with speed.autocast(), attacks.fusion(cfg.speed.fuse):
             loss, logits, labels = objective(net, x, y, it, sampler.generator(it, 3))
         pending.append(loss.detach().float())
         optimizer.zero_grad(set_to_none=True)
