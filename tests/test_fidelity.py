@@ -169,8 +169,8 @@ def test_continue_refuses_what_does_not_fit(tmp_path):
     weights = tmp_path / "pre" / "final" / "model.safetensors"
     with pytest.raises(ConfigError, match="has none"):
         train(tiny(12, init_from=weights, init_mode="continue"), tmp_path / "d", progress=False)
-    with pytest.raises(ConfigError, match="init_mode continue needs init_from"):
-        tiny(12, init_mode="continue")
+    # a paper config with init_from=null starts from scratch: init_mode has no effect
+    assert tiny(12, init_mode="continue").init_from is None
     for name in "abcd":
         assert not (tmp_path / name).exists()
 
@@ -183,7 +183,7 @@ def test_continue_refuses_what_does_not_fit(tmp_path):
     (["model.bn_eps=-1"], "model.bn_eps"),
     (["optim.weight_decay_scope=biases"], "optim.weight_decay_scope"),
     (["adversarial.distance=pivot_paper"], "adversarial.distance"),
-    (["init_mode=continue"], "init_mode continue needs init_from"),
+    (["init_mode=resume"], "init_mode"),
 ])
 def test_bad_fidelity_options_are_one_line_exit_2(tmp_path, capsys, override, message):
     with pytest.raises(SystemExit) as exit_:

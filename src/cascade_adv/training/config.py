@@ -184,7 +184,8 @@ class TrainConfig(_Strict):
     init_from: str | None = None  # start from another run's weights (N18: shared pre-training)
     #: ``weights``: start from init_from's weights and BatchNorm statistics at iteration 0
     #: with a fresh optimizer; ``continue``: also its iteration count and optimizer state,
-    #: so pre-training and this run are one schedule (the N18 authors' code)
+    #: so pre-training and this run are one schedule (the N18 authors' code).  Without
+    #: init_from (e.g. ``init_from=null`` on a paper config) it has no effect.
     init_mode: Literal["weights", "continue"] = "weights"
     device: str = "auto"
     log_every: int = Field(50, ge=1)
@@ -232,9 +233,6 @@ class TrainConfig(_Strict):
         if self.model.arch != "resnet" and self.model.shortcut is not None:
             raise ValueError(f"model.shortcut applies to model.arch resnet only, not "
                              f"{self.model.arch}; remove it")
-        if self.init_mode == "continue" and self.init_from is None:
-            raise ValueError("init_mode continue needs init_from (the run to continue); "
-                             "set init_from or use init_mode weights")
         return self
 
     @model_validator(mode="after")
