@@ -300,6 +300,11 @@ class AdversarialObjective:
         return self._scaled(loss), logits, batch_y
 
     def divergence_hint(self) -> str:
+        if self.adv.distance == "pivot_detached" and not self.adv.normalize_embedding:
+            return ("the detached pivot grows the logits without bound at N18's settings "
+                    "(docs/results.md): set adversarial.normalize_embedding=true, use "
+                    "adversarial.distance=pivot_released (the authors' code), or lower "
+                    f"adversarial.lam2 (now {self.adv.lam2:g}) or optim.lr")
         if self.adv.distance is not None:
             return (f"lower adversarial.lam2 (now {self.adv.lam2:g}; N18 section 3.4 reports "
                     "divergence for lam2 above 0.3) or optim.lr")
