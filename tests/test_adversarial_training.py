@@ -156,3 +156,18 @@ def test_step_both_splits_half_ll_half_fgsm():
     ll = one_step_examples("step_ll", model, x[:2], y[:2], eps[:2], g)
     fgsm = one_step_examples("step_fgsm", model, x[2:], y[2:], eps[2:], g)
     assert torch.equal(both, torch.cat([ll, fgsm]))
+
+
+def test_logits_and_features_is_the_models_own_forward():
+    """One process computes the network DDP computes: Inception v3's dropout before
+    ``fc`` applies, and the features are what ``fc`` received."""
+    from cascade_adv.models import build_model
+    from cascade_adv.training.adversarial import logits_and_features
+
+    model = build_model({"arch": "inception_v3", "input_size": 75, "width": 0.25}).train()
+    x = torch.rand(2, 3, 75, 75)
+    torch.manual_seed(5)
+    logits, feats = logits_and_features(model, x)
+    torch.manual_seed(5)
+    assert torch.equal(logits, model(x))
+    torch.testing.assert_close(model.fc(feats), logits)

@@ -721,3 +721,21 @@ def test_fast_entropy_equals_hand_computation(eps):
     assert torch.equal(attacks.run("fast_entropy", model, x, y, eps=eps), expected)
     # not FGSM with the predicted label (a different direction)
     assert not torch.equal(expected, attacks.run("fgsm_pred", model, x, y, eps=eps))
+
+
+def test_bad_values_are_value_errors_and_unknown_names_key_errors():
+    """Python habits: ``except ValueError`` catches a bad epsilon, ``except KeyError`` an
+    unknown name; the message stays one line without KeyError's quotes."""
+    model = LinearNet()
+    x, y = images(n=2)
+    with pytest.raises(ValueError, match="outside"):
+        attacks.run("step_fgsm", model, x, y, eps=-1)
+    with pytest.raises(KeyError) as err:
+        attacks.get("fgsm_typo")
+    assert str(err.value).startswith("unknown attack 'fgsm_typo'")
+    with pytest.raises(ValueError):
+        attacks.run("fgsm_typo", model, x, y, eps=8)
+    from cascade_adv.training import load_config
+
+    with pytest.raises(ValueError, match="optim.lr"):
+        load_config(None, ["optim.lr=-1"])

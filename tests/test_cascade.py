@@ -126,14 +126,32 @@ def test_cascade_training_runs_end_to_end(source, tmp_path):
     assert result.iterations == 6 and np.isfinite(result.final_loss)
 
 
-def test_ensemble_training_with_static_source(source, tmp_path):
+def test_ensemble_training_with_static_source(source, tmp_path, monkeypatch):
     root, _run, _data, _path = source
     cfg = load_config(None, BASE + [
         "adversarial.mode=replace", "adversarial.k=8",
         (f"adversarial.sources=[{{kind: static, count: 8, method: step_fgsm, "
         f"paths: [{root / 'source'}]}}]"),
     ])
-    assert np.isfinite(train(cfg, tmp_path / "ens", progress=False).final_loss)
+    from cascade_adv.models import load_model
+    from cascade_adv.training import adversarial
+
+    attacked: list[dict] = []
+    real = adversarial.one_step_examples
+
+    def spy(method, model, *args, **kwargs):
+        attacked.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+        return real(method, model, *args, **kwargs)
+
+    monkeypatch.setattr(adversarial, "one_step_examples", spy)
+    result = train(cfg, tmp_path / "ens", progress=False)
+    assert np.isfinite(result.final_loss)
+    # every adversarial image came from the fixed source network, never the one trained
+    fixed = load_model(root / "source").state_dict()
+    assert len(attacked) == cfg.optim.iterations
+    for state in attacked:
+        assert all(torch.equal(state[k], fixed[k]) for k in fixed)
+    assert not torch.equal(result.model.state_dict()["fc.weight"], fixed["fc.weight"])
 
 
 def test_bad_cascade_sources_fail_before_training(source, tmp_path):

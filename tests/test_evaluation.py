@@ -118,11 +118,36 @@ def test_batched_eps_equals_separate() -> None:
     assert model.training  # modes restored
 
 
-def test_random_attacks_are_seeded() -> None:
+def test_random_attacks_are_seeded(monkeypatch) -> None:
+    """Random attacks draw from the evaluation's own seeded generator: the same seed gives
+    the same images whatever the global RNG did, another seed other images."""
+    import dataclasses
+
+    from cascade_adv.attacks import registry
+
     model, ds = tiny_setup(8)
-    run = [evaluate_whitebox(model, ds, ["random_sign", "step_rnd"], [8, 16], seed=3,
-                             progress=False).rows for _ in range(2)]
-    assert run[0] == run[1]
+    seen: list[torch.Tensor] = []
+    for name in ("random_sign", "step_rnd"):
+        spec = registry._REGISTRY[name]
+
+        def spy(*args, _fn=spec.fn, **kwargs):
+            out = _fn(*args, **kwargs)
+            seen.append(out.detach().clone())
+            return out
+
+        monkeypatch.setitem(registry._REGISTRY, name, dataclasses.replace(spec, fn=spy))
+
+    def images(seed: int, global_seed: int) -> list[torch.Tensor]:
+        seen.clear()
+        torch.manual_seed(global_seed)
+        evaluate_whitebox(model, ds, ["random_sign", "step_rnd"], [8, 16], seed=seed,
+                          progress=False)
+        return list(seen)
+
+    first, again, other = images(3, 100), images(3, 200), images(4, 100)
+    assert len(first) == 2
+    assert all(torch.equal(a, b) for a, b in zip(first, again))
+    assert all(not torch.equal(a, b) for a, b in zip(first, other))
 
 
 # --- prepare_images --------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """The fast single-device path keeps results within noise of float32 (on CPU).
 
-DESIGN.md "Speed": bf16 autocast, channels_last and torch.compile are switches
+docs/performance.md: bf16 autocast, channels_last and torch.compile are switches
 (:mod:`cascade_adv.speed`).  CPU autocast supports bfloat16, so the "within noise"
 claims are measured here on a small trained digits model:
 

@@ -11,8 +11,8 @@ class CascadeAdvError(Exception):
     """A problem in the user's input, with a one-line message naming the fix."""
 
 
-class ConfigError(CascadeAdvError):
-    """An invalid configuration file or override."""
+class ConfigError(CascadeAdvError, ValueError):
+    """An invalid configuration file or override (also a :class:`ValueError`)."""
 
 
 class DatasetError(CascadeAdvError):
@@ -23,8 +23,16 @@ class CheckpointError(CascadeAdvError):
     """A missing checkpoint, or one that does not fit the configured model."""
 
 
-class AttackError(CascadeAdvError):
-    """An unknown attack or an invalid attack argument (epsilon out of range...)."""
+class AttackError(CascadeAdvError, ValueError):
+    """An invalid attack argument (epsilon out of range...); also a :class:`ValueError`,
+    as Python, torch and numpy raise for bad argument values."""
+
+
+class UnknownAttackError(AttackError, KeyError):
+    """An attack name that is not registered; also a :class:`KeyError`."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
 
 
 class TrainingDiverged(CascadeAdvError):

@@ -1,6 +1,6 @@
 """Speed options of one device: bf16 autocast, channels_last and ``torch.compile``.
 
-DESIGN.md "Speed: how to be fast on a GPU".  Three independent switches, chosen
+docs/design.md, "Speed", and docs/performance.md.  Three independent switches, chosen
 per run (training config section ``speed``) or per call (``evaluate_whitebox``,
 ``cascade-adv eval --precision ... --compile``):
 

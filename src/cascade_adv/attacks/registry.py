@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from cascade_adv.attacks import core
-from cascade_adv.errors import AttackError
+from cascade_adv.errors import AttackError, UnknownAttackError
 
 
 @dataclass(frozen=True)
@@ -58,7 +58,7 @@ def get(name: str) -> AttackSpec:
     try:
         return _REGISTRY[name]
     except KeyError:
-        raise AttackError(
+        raise UnknownAttackError(
             f"unknown attack {name!r}; choose one of: {', '.join(_REGISTRY)}"
         ) from None
 

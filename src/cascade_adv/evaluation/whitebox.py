@@ -6,15 +6,15 @@ epsilon (pixel units of [0, 255]; N18 tests MNIST at 0, 16, 32 and CIFAR-10 at
 0, 2, 4, 8, 16).  Adversarial examples are crafted against the model itself, in
 inference mode (BatchNorm running statistics, dropout off).
 
-Speed (DESIGN.md, "batch evaluation"): for each image batch and attack the batch
+Speed (docs/design.md, "Speed"): for each image batch and attack the batch
 is repeated once per non-zero epsilon and the attack is called once on the
 stacked batch with a per-example epsilon tensor; iterative attacks then run each
-example's own step count ``floor(min(eps + 4, 1.25 eps))`` with a mask, so the
-result equals separate per-epsilon calls.  Correct predictions are summed into
+example's own step count ``floor(min(eps + 4, 1.25 eps))``, each leaving the batch
+when its count is done, so the result and the work equal separate per-epsilon calls.  Correct predictions are summed into
 counters on the device and read back once at the end (no host sync per batch
 from the counting itself).
 
-Several processes (``torchrun``; DESIGN.md "Scale beyond one GPU"): when a
+Several processes (``torchrun``; docs/design.md, "Speed"): when a
 ``torch.distributed`` process group is initialised, rank r evaluates the r-th
 contiguous ``1/W`` of the images and the counters are summed over ranks before
 the read-back, so every rank returns the table of the whole set.  Deterministic

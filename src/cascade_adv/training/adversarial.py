@@ -97,14 +97,11 @@ def draws_random(method: str) -> bool:
 
 
 def logits_and_features(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits and pooled features (the input of the final layer ``fc``) from one forward
-    pass.  A DDP-wrapped model must run its own forward for the gradients to be
-    averaged, so there the features are taken by a hook on ``fc`` (its input: the
-    pooled features for ResNet; for Inception v3 in training, after its dropout)."""
+    """Logits and the input of the final layer ``fc`` (the pooled features; for Inception
+    v3 in training, after its dropout) from one ordinary forward pass of ``model``: taken
+    by a hook on ``fc``, so a DDP-wrapped model runs its own forward (its gradients are
+    averaged) and one process and N processes compute the same network."""
     net = unwrap(model)
-    if net is model:
-        embeddings = model.features(x)
-        return model.fc(embeddings), embeddings
     seen: list[torch.Tensor] = []
     handle = net.fc.register_forward_hook(lambda _m, inputs, _out: seen.append(inputs[0]))
     try:
