@@ -171,3 +171,28 @@ def test_logits_and_features_is_the_models_own_forward():
     torch.manual_seed(5)
     assert torch.equal(logits, model(x))
     torch.testing.assert_close(model.fc(feats), logits)
+
+
+def test_adversarial_batch_is_algorithm_1_for_any_module():
+    """K17 / N18 Algorithm 1 on a plain ``nn.Sequential``: k adversarial images of the
+    first k clean ones, each inside its own epsilon ball, then the clean images
+    (``append``: the twins follow) or the rest of them (``replace``)."""
+    from cascade_adv.training import adversarial_batch
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3)).train()
+    x, y = torch.rand(8, 1, 4, 4), torch.randint(0, 3, (8,))
+    g = torch.Generator().manual_seed(1)
+    xb, yb = adversarial_batch(model, x, y, 3, mode="append", max_e=16, generator=g)
+    assert xb.shape == (11, 1, 4, 4) and torch.equal(xb[3:], x) and torch.equal(yb[:3], y[:3])
+    moved = (xb[:3] - x[:3]).abs().flatten(1).amax(1)
+    assert (moved <= 16 / 255 + 1e-6).all() and (moved > 0).any()
+    assert model.training  # its mode is restored
+    xr, yr = adversarial_batch(model, x, y, 3, mode="replace", method="step_fgsm",
+                               eps_sampler="fixed", max_e=8)
+    assert xr.shape == x.shape and torch.equal(xr[3:], x[3:]) and torch.equal(yr, y)
+    assert torch.allclose((xr[:3] - x[:3]).abs().flatten(1).amax(1), torch.full((3,), 8 / 255))
+    with pytest.raises(ValueError, match="mode"):
+        adversarial_batch(model, x, y, 3, mode="prepend")
+    with pytest.raises(ValueError, match="k=9"):
+        adversarial_batch(model, x, y, 9)

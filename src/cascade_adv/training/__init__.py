@@ -15,9 +15,11 @@ from cascade_adv.training.loop import (
     resolve_device,
     train,
 )
+from cascade_adv.training.adversarial import adversarial_batch
 from cascade_adv.training.loss import embedding_distance, unified_loss
 
 __all__ = [
+    "adversarial_batch",
     "TrainConfig",
     "TrainResult",
     "clean_objective",

@@ -127,6 +127,42 @@ def compose_batch(mode: str, x: torch.Tensor, y: torch.Tensor, x_adv: torch.Tens
     raise ValueError(f"mode must be replace or append, got {mode!r}")
 
 
+def adversarial_batch(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    k: int,
+    *,
+    mode: str = "append",
+    method: str = "step_ll",
+    max_e: float = 16.0,
+    eps_sampler: str = "n18",
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Algorithm 1 of K17 (``mode="replace"``) and N18 (``mode="append"``) for one batch,
+    with any ``nn.Module`` mapping [0, 1] images to logits and any batch source::
+
+        eps_i ~ eps_sampler(max_e)                  one epsilon per adversarial example
+        X_adv_i = method(model, X_i, y_i, eps_i)    i = 1..k, model in inference mode
+        B' = {X_adv_1..k, X_k+1..X_m}               replace (K17): same size as x
+        B' = {X_adv_1..k, X_1..X_m}                 append (N18): rows k..2k-1 are the twins
+
+    Returns ``(x', y')``; pass them and ``k`` to :func:`~cascade_adv.training.loss.unified_loss`
+    (``distance`` needs ``mode="append"``).  For N18's m = 128, k = 64, read 64 clean
+    images and append; for K17's, read 128 and replace.  ``method`` is a one-step
+    attack of the registry or ``step_both``; ``eps_sampler`` one of
+    :data:`cascade_adv.training.epsilon.SAMPLERS`.
+    """
+    check_method(method)
+    if mode not in ("append", "replace"):
+        raise ConfigError(f"mode must be append or replace, got {mode!r}")
+    if not 1 <= k <= x.shape[0]:
+        raise ConfigError(f"k={k} must lie in [1, {x.shape[0]}] (the clean images given)")
+    eps = sample_eps(eps_sampler, k, max_e, generator, x.device)
+    x_adv = one_step_examples(method, model, x[:k], y[:k], eps, generator)
+    return compose_batch(mode, x, y, x_adv, y[:k])
+
+
 @dataclass
 class _Saved:
     sets: list[AdversarialSet]
