@@ -655,8 +655,8 @@ def print_report(r: dict) -> None:
                  f"{tr['ratio_unfused']:.3f} ({med['adversarial_unfused']*1e3:.0f} ms)", ""))
     for name, a in r["attacks"].items():
         ips = a["images_per_s"]
-        rows.append((f"{name} images/s: ours | unfused | torchattacks | foolbox | floor | fused "
-                      "floor",
+        rows.append(((f"{name} images/s: ours | unfused | torchattacks | foolbox | floor | "
+                      "fused floor"),
                      (f"{ips['ours']:.0f} | {ips['ours_unfused']:.0f} | "
                       f"{fmt(ips['torchattacks'], '.0f')} | {fmt(ips['foolbox'], '.0f')} | "
                       f"{a['floor_images_per_s']:.0f} | {a['floor_fused_images_per_s']:.0f}"), ""))

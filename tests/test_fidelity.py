@@ -52,7 +52,7 @@ def test_paper_pivot_gives_clean_rows_no_distance_gradient():
     """N18 section 3.2: the clean embedding is the pivot, a constant: the clean twins get
     only their cross-entropy gradient, the adversarial rows ``lam2 * (E_adv - E)`` more."""
     detached, g_detached = loss_and_grad("pivot_detached")
-    released, g_released = loss_and_grad("pivot_released")
+    released, _ = loss_and_grad("pivot_released")
     _, g_ce = loss_and_grad(None)
     assert detached.item() == released.item()  # the same value, another gradient
     assert torch.equal(g_detached[2:], g_ce[2:])

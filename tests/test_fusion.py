@@ -150,8 +150,8 @@ def test_whitebox_table_fused_agrees_with_unfused_within_standard_error(tmp_path
                              "checkpoint.every=60", "log_every=30"])
     model = train(cfg, tmp_path / "run", progress=False).model
     test = load_dataset("digits", "test")
-    kwargs = dict(attacks=["step_ll", "step_fgsm", "iter_ll", "iter_fgsm"], eps=[8, 16],
-                  progress=False, topk=(1,))
+    kwargs = {"attacks": ["step_ll", "step_fgsm", "iter_ll", "iter_fgsm"], "eps": [8, 16],
+              "progress": False, "topk": (1,)}
     fused = evaluate_whitebox(model, test, **kwargs)
     plain = evaluate_whitebox(model, test, fuse=False, **kwargs)
     n = len(test)

@@ -29,7 +29,7 @@ def n18_table1() -> ResultTable:
         rows.append(row(model, "step_ll", 16, values[1]))
         rows.append(row(model, "iter_fgsm", 16, values[3]))
         rows.append(row(model, "iter_fgsm", 32, values[4]))
-    return ResultTable.from_rows(rows)
+    return ResultTable(rows)
 
 
 def test_markdown_layout() -> None:

@@ -148,13 +148,11 @@ def _figure_option(default: str):
 def _model_analysis(kind, models, eps_list, images, figure, dataset, data_root, limit,
                     batch_size, device, results, seed, quiet, **kw):
     """Shared body of ``softmax`` and ``gradcorr``: run on every model, store, plot."""
-    from cascade_adv import analysis
+    from cascade_adv import analysis, attacks
     from cascade_adv.evaluation import ResultsStore
     from cascade_adv.reporting import figures
     from cascade_adv.reporting.tables import ResultTable
     from cascade_adv.training import resolve_device
-
-    from cascade_adv import attacks
 
     eps = attacks.validate_eps(_csv_list(eps_list, float, option="--eps"))
     if kw.get("methods") is not None:

@@ -26,9 +26,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from glob import escape as glob_escape
 from collections.abc import Sequence
 from dataclasses import dataclass
+from glob import escape as glob_escape
 from pathlib import Path
 
 import numpy as np
@@ -45,9 +45,9 @@ from cascade_adv.io import (
     check_writable_dir,
     file_sha256,
     is_within,
+    make_temp_dir,
     remove_stale_temps,
     swap_dir,
-    make_temp_dir,
 )
 
 FORMAT = "cascade-adv/advset/1"

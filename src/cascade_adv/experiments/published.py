@@ -40,7 +40,6 @@ from cascade_adv.errors import CascadeAdvError
 
 CLEAN = "clean"
 WHITEBOX = "whitebox"
-KINDS = ("whitebox", "blackbox", "transfer", "mean_std")
 _SPLIT = {"mnist": "test", "cifar10": "test", "imagenet": "val"}
 
 Column = tuple[str, float]

@@ -24,8 +24,7 @@ import logging
 import weakref
 
 import torch
-import torch.fx as fx
-from torch import nn
+from torch import fx, nn
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +136,7 @@ def fold_batchnorm(model: nn.Module, channels_last: bool = False) -> fx.GraphMod
             if node.op == "placeholder":
                 with gm.graph.inserting_after(node):
                     nhwc = gm.graph.call_module("_to_channels_last", (node,))
-                node.replace_all_uses_with(nhwc, delete_user_cb=lambda user: user is not nhwc)
+                node.replace_all_uses_with(nhwc, delete_user_cb=lambda user, new=nhwc: user is not new)
                 break
     gm.graph.lint()
     gm.recompile()

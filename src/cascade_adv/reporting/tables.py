@@ -91,11 +91,6 @@ class ResultTable:
     def __init__(self, rows: Iterable[Mapping[str, Any]] = ()) -> None:
         self._rows: list[dict[str, Any]] = [normalize_row(r) for r in rows]
 
-    @classmethod
-    def from_rows(cls, rows: Iterable[Mapping[str, Any]]) -> ResultTable:
-        """A table of ``rows`` (validated; ``model_hash`` defaults to ``""``)."""
-        return cls(rows)
-
     @property
     def rows(self) -> list[dict[str, Any]]:
         """Copies of the rows, in order."""

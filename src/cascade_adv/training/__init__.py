@@ -4,6 +4,7 @@ Adversarial training (Algorithm 1 of K17 and N18, the loss of N18 section 3.1)
 plugs into :func:`train` through its ``objective`` argument.
 """
 
+from cascade_adv.training.adversarial import adversarial_batch
 from cascade_adv.training.checkpoint import latest_checkpoint, read_state, save_checkpoint
 from cascade_adv.training.config import TrainConfig, dump_config, load_config
 from cascade_adv.training.loop import (
@@ -15,13 +16,12 @@ from cascade_adv.training.loop import (
     resolve_device,
     train,
 )
-from cascade_adv.training.adversarial import adversarial_batch
 from cascade_adv.training.loss import embedding_distance, unified_loss
 
 __all__ = [
-    "adversarial_batch",
     "TrainConfig",
     "TrainResult",
+    "adversarial_batch",
     "clean_objective",
     "dump_config",
     "embedding_distance",

@@ -268,20 +268,6 @@ def is_initialized() -> bool:
     return dist.is_available() and dist.is_initialized()
 
 
-def world() -> int:
-    """The number of ranks (1 without a process group)."""
-    return dist.get_world_size() if is_initialized() else 1
-
-
-def rank() -> int:
-    return dist.get_rank() if is_initialized() else 0
-
-
-def is_main() -> bool:
-    """True on rank 0 (and without a process group): the rank that writes files."""
-    return rank() == 0
-
-
 def _comm_device(tensor: torch.Tensor) -> torch.device:
     # nccl reduces CUDA tensors only; gloo is most at home with CPU tensors
     return tensor.device if dist.get_backend() == "nccl" else torch.device("cpu")

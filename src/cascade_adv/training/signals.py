@@ -30,7 +30,7 @@ class StopSignals:
         self.requested: int | None = None
         self._previous: dict[int, object] = {}
 
-    def _handle(self, signum, frame) -> None:  # noqa: ARG002 - signal handler signature
+    def _handle(self, signum, frame) -> None:
         self.requested = signum
 
     def __enter__(self) -> StopSignals:
