@@ -443,7 +443,7 @@ def test_planted_pickle_is_never_run_and_is_one_line(work, tmp_path):
 
     shutil.copytree(work / "myrun", tmp_path / "run")
     shutil.rmtree(tmp_path / "run" / "final")
-    ckpt = sorted((tmp_path / "run" / "checkpoints").glob("ckpt-*"))[-1]
+    ckpt = max((tmp_path / "run" / "checkpoints").glob("ckpt-*"))
     (ckpt / "state.pt").write_bytes(pickle.dumps(_Planted()))
     with warnings.catch_warnings(record=True) as caught:  # a warning is more stderr lines
         warnings.simplefilter("always")

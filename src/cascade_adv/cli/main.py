@@ -93,11 +93,11 @@ def check_train_out(run_dir: Path) -> None:
     from cascade_adv.io import check_writable_dir
 
     check_writable_dir(run_dir, "--out folder")
-    if run_dir.is_dir() and any(run_dir.iterdir()):
-        if not any((run_dir / n).exists() for n in ("checkpoints", "final", "metrics.jsonl")) \
-                and not _is_config_dump(run_dir / "config.yaml"):
-            raise OutputPathError(f"--out {run_dir} already exists and is not a run folder; "
-                                  "pass a new --out folder")
+    own = any((run_dir / n).exists() for n in ("checkpoints", "final", "metrics.jsonl")) \
+        or _is_config_dump(run_dir / "config.yaml")
+    if run_dir.is_dir() and any(run_dir.iterdir()) and not own:
+        raise OutputPathError(f"--out {run_dir} already exists and is not a run folder; "
+                              "pass a new --out folder")
 
 
 POSITIVE = click.IntRange(min=1)

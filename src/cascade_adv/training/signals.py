@@ -33,7 +33,7 @@ class StopSignals:
     def _handle(self, signum, frame) -> None:
         self.requested = signum
 
-    def __enter__(self) -> StopSignals:
+    def __enter__(self) -> StopSignals:  # noqa: PYI034 - Python 3.10 has no typing.Self
         if self.enabled:
             for sig in SIGNALS:
                 self._previous[sig] = signal.signal(sig, self._handle)
