@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cascade_adv.evaluation.advset import load_adversarial_set
+from cascade_adv.results.advsets import load_adversarial_set
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -8,17 +8,6 @@ from pathlib import Path
 import pytest
 
 from cascade_adv.errors import CascadeAdvError
-from cascade_adv.experiments.published import (
-    APPROXIMATE,
-    PUBLISHED,
-    RECIPES,
-    PaperTable,
-    blackbox_label_for,
-    get_table,
-    is_approximate,
-    recipe_for,
-    same_init_by_number,
-)
 from cascade_adv.reporting.paper_tables import (
     DAGGER,
     SAME_INIT_NOTE,
@@ -29,7 +18,18 @@ from cascade_adv.reporting.paper_tables import (
     render_paper_table,
     render_whitebox,
 )
-from cascade_adv.reporting.tables import ROW_KEYS, ResultTable, normalize_row
+from cascade_adv.results.published import (
+    APPROXIMATE,
+    PUBLISHED,
+    RECIPES,
+    PaperTable,
+    blackbox_label_for,
+    get_table,
+    is_approximate,
+    recipe_for,
+    same_init_by_number,
+)
+from cascade_adv.results.tables import ROW_KEYS, ResultTable, normalize_row
 
 N18_IDS = [f"n18-table{i}" for i in range(1, 11)]
 K17_IDS = [f"k17-table{i}" for i in range(1, 8)]

@@ -115,7 +115,7 @@ def test_existing_folder_refused_unless_overwrite_and_own_set_replaced(work, tmp
 
 def test_failed_craft_keeps_the_earlier_set(work, tmp_path, monkeypatch):
     from cascade_adv import attacks
-    from cascade_adv.evaluation.advset import load_adversarial_set
+    from cascade_adv.results.advsets import load_adversarial_set
 
     out = tmp_path / "set"
     assert run("attack", "--checkpoint", work / "myrun", "--attack", "step_ll", "--eps", "4",
@@ -274,7 +274,7 @@ def test_rehashed_set_outside_its_epsilon_balls_is_refused_by_training(work, cra
 @pytest.mark.parametrize("case", ["labels_out_of_range", "wrong_length", "float64_images",
                                   "object_array", "eps_not_listed", "bad_meta"])
 def test_malformed_set_contents_are_one_line_errors(crafted, case):
-    from cascade_adv.evaluation.advset import load_adversarial_set
+    from cascade_adv.results.advsets import load_adversarial_set
 
     labels = np.load(crafted / "labels.npy")
     if case == "labels_out_of_range":

@@ -11,7 +11,7 @@ import pytest
 from cascade_adv.errors import CascadeAdvError
 from cascade_adv.evaluation.sanity import CHECKS, SanityWarning, check_results, format_warnings
 from cascade_adv.evaluation.stats import aggregate_seeds, format_mean_std, mean_std
-from cascade_adv.reporting.tables import ResultTable
+from cascade_adv.results.tables import ResultTable
 
 
 def row(model: str, attack: str, eps: float, value: float, *, source: str = "whitebox",

@@ -39,7 +39,7 @@ from cascade_adv.analysis._common import (
 from cascade_adv.attacks import core
 from cascade_adv.errors import CascadeAdvError
 from cascade_adv.evaluation.whitebox import prepare_images
-from cascade_adv.reporting.tables import CLEAN, ResultTable
+from cascade_adv.results.tables import CLEAN, ResultTable
 
 #: ``source`` of the rows of :func:`gradient_correlation`.
 SOURCE = "gradient_correlation"

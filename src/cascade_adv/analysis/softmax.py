@@ -37,7 +37,7 @@ from cascade_adv.analysis._common import (
 )
 from cascade_adv.errors import CascadeAdvError
 from cascade_adv.evaluation.whitebox import prepare_images
-from cascade_adv.reporting.tables import ResultTable
+from cascade_adv.results.tables import ResultTable
 
 #: ``source`` of the rows of :func:`softmax_argument`.
 SOURCE = "softmax_argument"

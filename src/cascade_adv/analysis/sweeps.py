@@ -32,10 +32,10 @@ from typing import Any
 
 from cascade_adv.data import load_dataset
 from cascade_adv.errors import CascadeAdvError
-from cascade_adv.evaluation.store import ResultsStore
 from cascade_adv.evaluation.whitebox import evaluate_whitebox
 from cascade_adv.models import WEIGHTS_FILE, weights_hash
-from cascade_adv.reporting.tables import CLEAN, ResultTable
+from cascade_adv.results.store import ResultsStore
+from cascade_adv.results.tables import CLEAN, ResultTable
 from cascade_adv.training import load_config, train
 from cascade_adv.training.loop import init_id
 

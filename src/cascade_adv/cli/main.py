@@ -59,8 +59,8 @@ def _csv_list(value: str, cast=str, option: str = "the list") -> list:
 
 def check_outputs(files=(), dirs=(), store=None) -> None:
     """Output paths checked before any work (one line each when not writable)."""
-    from cascade_adv.evaluation.store import check_store_path
     from cascade_adv.io import check_writable_dir, check_writable_file
+    from cascade_adv.results.store import check_store_path
 
     if store:
         check_store_path(store)
@@ -485,7 +485,7 @@ def _write_set(attack_name, eps_list, out, seed, batch_size, quiet, overwrite, *
     """Shared body of ``attack`` and ``craft``: attack a split, save the set."""
     from cascade_adv import attacks
     from cascade_adv.evaluation import craft_adversarial_set, prepare_images
-    from cascade_adv.evaluation.advset import check_set_output
+    from cascade_adv.results.advsets import check_set_output
 
     attacks.get(attack_name)
     eps = attacks.validate_eps(_csv_list(eps_list, float, option="--eps"))

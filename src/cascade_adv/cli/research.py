@@ -74,7 +74,7 @@ def transfer(sources, targets, attack_names, eps_list, sets_dir, csv_path, datas
     """
     from cascade_adv import attacks
     from cascade_adv.evaluation import ResultsStore, transfer_matrix
-    from cascade_adv.reporting.tables import ResultTable
+    from cascade_adv.results.tables import ResultTable
     from cascade_adv.training import resolve_device
 
     names = _csv_list(attack_names, option="--attacks")
@@ -151,7 +151,7 @@ def _model_analysis(kind, models, eps_list, images, figure, dataset, data_root, 
     from cascade_adv import analysis, attacks
     from cascade_adv.evaluation import ResultsStore
     from cascade_adv.reporting import figures
-    from cascade_adv.reporting.tables import ResultTable
+    from cascade_adv.results.tables import ResultTable
     from cascade_adv.training import resolve_device
 
     eps = attacks.validate_eps(_csv_list(eps_list, float, option="--eps"))

@@ -28,9 +28,9 @@ from torch import nn
 from cascade_adv.attacks import inference_mode
 from cascade_adv.data import to_float
 from cascade_adv.errors import CascadeAdvError, ModelFault
-from cascade_adv.evaluation.advset import AdversarialSet
 from cascade_adv.evaluation.whitebox import true_class_rank
-from cascade_adv.reporting.tables import ResultTable
+from cascade_adv.results.advsets import AdversarialSet
+from cascade_adv.results.tables import ResultTable
 
 
 def rates_from_ranks(

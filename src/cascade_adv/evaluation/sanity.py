@@ -32,7 +32,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from cascade_adv.errors import CascadeAdvError
-from cascade_adv.reporting.tables import CLEAN, WHITEBOX, ResultTable
+from cascade_adv.results.tables import CLEAN, WHITEBOX, ResultTable
 
 #: The check ids, in the order their warnings are listed.
 CHECKS: tuple[str, ...] = (

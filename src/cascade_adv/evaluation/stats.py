@@ -17,7 +17,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from cascade_adv.errors import CascadeAdvError
-from cascade_adv.reporting.tables import WHITEBOX, ResultTable
+from cascade_adv.results.tables import WHITEBOX, ResultTable
 
 
 def mean_std(values: Iterable[float]) -> tuple[float, float, int]:

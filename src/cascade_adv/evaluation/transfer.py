@@ -28,15 +28,11 @@ from torch import nn
 from cascade_adv import attacks as attack_registry
 from cascade_adv.data import ImageDataset
 from cascade_adv.errors import CascadeAdvError
-from cascade_adv.evaluation.advset import (
-    AdversarialSet,
-    check_epsilon_ball,
-    craft_adversarial_set,
-    load_adversarial_set,
-)
+from cascade_adv.evaluation.advset import craft_adversarial_set
 from cascade_adv.evaluation.blackbox import check_pair, evaluate_transfer
 from cascade_adv.evaluation.whitebox import prepare_images
-from cascade_adv.reporting.tables import ResultTable
+from cascade_adv.results.advsets import AdversarialSet, check_epsilon_ball, load_adversarial_set
+from cascade_adv.results.tables import ResultTable
 
 
 def _reusable(path: Path, source_hash: str, attack: str, eps: list[float],

@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 from cascade_adv import attacks as attack_registry
 from cascade_adv.data.transforms import center_crop, iterate_batches, to_float
 from cascade_adv.errors import CascadeAdvError, DatasetError, ModelFault
-from cascade_adv.reporting.tables import CLEAN, WHITEBOX, ResultTable
+from cascade_adv.results.tables import CLEAN, WHITEBOX, ResultTable
 from cascade_adv.speed import prepare_input, prepared, resolve_speed
 
 

@@ -31,7 +31,7 @@ from matplotlib.figure import Figure
 
 from cascade_adv.errors import CascadeAdvError
 from cascade_adv.io import atomic_path
-from cascade_adv.reporting.tables import CLEAN, WHITEBOX, ResultTable
+from cascade_adv.results.tables import CLEAN, WHITEBOX, ResultTable
 
 __all__ = [
     "capacity_ratios",

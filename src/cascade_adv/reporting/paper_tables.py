@@ -30,7 +30,7 @@ from typing import Any
 
 from cascade_adv.errors import CascadeAdvError
 from cascade_adv.evaluation.stats import mean_std
-from cascade_adv.experiments.published import (
+from cascade_adv.results.published import (
     APPROXIMATE_NOTE,
     PaperTable,
     blackbox_label_for,
@@ -40,7 +40,7 @@ from cascade_adv.experiments.published import (
     recipe_name,
     same_init_by_number,
 )
-from cascade_adv.reporting.tables import CLEAN, WHITEBOX, ResultTable
+from cascade_adv.results.tables import CLEAN, WHITEBOX, ResultTable
 
 DAGGER = "†"
 SAME_INIT_NOTE = f"{DAGGER} source and target share their initialisation (N18 appendix B)"

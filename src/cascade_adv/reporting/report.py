@@ -30,8 +30,6 @@ from pathlib import Path
 from cascade_adv.errors import CascadeAdvError
 from cascade_adv.evaluation.sanity import check_results, format_warnings
 from cascade_adv.evaluation.stats import aggregate_seeds
-from cascade_adv.evaluation.store import ResultsStore
-from cascade_adv.experiments.published import blackbox_label_for, get_table, recipe_for
 from cascade_adv.io import atomic_write_text, make_temp_dir, remove_stale_temps
 from cascade_adv.reporting import figures
 from cascade_adv.reporting.paper_tables import (
@@ -39,7 +37,9 @@ from cascade_adv.reporting.paper_tables import (
     render_mean_std,
     render_whitebox,
 )
-from cascade_adv.reporting.tables import CLEAN, WHITEBOX, ResultTable
+from cascade_adv.results.published import blackbox_label_for, get_table, recipe_for
+from cascade_adv.results.store import ResultsStore
+from cascade_adv.results.tables import CLEAN, WHITEBOX, ResultTable
 
 ANALYSIS_SOURCES = ("softmax_argument", "gradient_correlation")
 

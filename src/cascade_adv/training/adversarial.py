@@ -34,12 +34,8 @@ from torch import nn
 from cascade_adv import attacks
 from cascade_adv.data import ImageDataset, center_crop, to_float
 from cascade_adv.errors import CascadeAdvError, ConfigError
-from cascade_adv.evaluation.advset import (
-    AdversarialSet,
-    check_epsilon_ball,
-    load_adversarial_set,
-)
 from cascade_adv.models import ModelConfig, load_model
+from cascade_adv.results.advsets import AdversarialSet, check_epsilon_ball, load_adversarial_set
 from cascade_adv.training.config import AdversarialSection, SourceSection, TrainConfig
 from cascade_adv.training.distributed import unwrap
 from cascade_adv.training.epsilon import sample_eps

@@ -37,6 +37,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from cascade_adv.errors import CascadeAdvError
+from cascade_adv.results.tables import ResultTable
 
 CLEAN = "clean"
 WHITEBOX = "whitebox"
@@ -97,10 +98,8 @@ class PaperTable:
         return [(row, src, a, e, m) for m in self.metrics for row in self.row_order
                 for src in sources for a, e in self.columns]
 
-    def to_result_table(self):
-        """The rows as a :class:`cascade_adv.reporting.ResultTable` (copies)."""
-        from cascade_adv.reporting.tables import ResultTable
-
+    def to_result_table(self) -> ResultTable:
+        """The rows as a :class:`~cascade_adv.results.tables.ResultTable` (copies)."""
         return ResultTable(self.rows)
 
 

@@ -35,7 +35,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from cascade_adv.errors import CascadeAdvError
-from cascade_adv.reporting.tables import KEY_COLUMNS, ROW_KEYS, ResultTable, normalize_row
+from cascade_adv.results.tables import KEY_COLUMNS, ROW_KEYS, ResultTable, normalize_row
 
 if TYPE_CHECKING:
     from typing_extensions import Self
