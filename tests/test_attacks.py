@@ -739,3 +739,14 @@ def test_bad_values_are_value_errors_and_unknown_names_key_errors():
 
     with pytest.raises(ValueError, match="optim.lr"):
         load_config(None, ["optim.lr=-1"])
+
+
+@pytest.mark.parametrize("name", attacks.names())
+def test_registry_declares_which_attacks_draw_random_numbers(name):
+    """An attack's ``stochastic`` flag says whether it draws from its generator."""
+    model = LinearNet()
+    x, y = images(n=2)
+    g = torch.Generator().manual_seed(0)
+    before = g.get_state()
+    attacks.run(name, model, x, y, eps=8, generator=g)
+    assert attacks.get(name).stochastic == (not torch.equal(before, g.get_state())), name

@@ -27,6 +27,9 @@ class AttackSpec:
     fn: Callable[..., torch.Tensor]
     kind: str  # "one_step" | "iterative" | "random"
     description: str
+    #: draws from its ``generator`` (random labels, noise, a random start): under DDP
+    #: such an attack runs on its whole block of rows on every rank (training)
+    stochastic: bool = False
 
     @property
     def options(self) -> tuple[str, ...]:
@@ -37,13 +40,14 @@ class AttackSpec:
 _REGISTRY: dict[str, AttackSpec] = {}
 
 
-def register(name: str, kind: str, description: str):
-    """Decorator adding an attack function to the registry under ``name``."""
+def register(name: str, kind: str, description: str, stochastic: bool = False):
+    """Decorator adding an attack function to the registry under ``name``; ``stochastic``
+    says whether it draws from its ``generator`` (random attacks always do)."""
 
     def deco(fn):
         if name in _REGISTRY:
             raise ValueError(f"attack {name!r} registered twice")
-        _REGISTRY[name] = AttackSpec(name, fn, kind, description)
+        _REGISTRY[name] = AttackSpec(name, fn, kind, description, stochastic or kind == "random")
         return fn
 
     return deco
@@ -99,7 +103,8 @@ def step_ll(model, x, y, eps, *, generator=None):
     return core.one_step(model, x, y, eps, core.loss_target, core.least_likely_label)
 
 
-@register("step_rnd", "one_step", "X - eps sign(grad J(X, y_rnd)), y_rnd random != y_true")
+@register("step_rnd", "one_step", "X - eps sign(grad J(X, y_rnd)), y_rnd random != y_true",
+          stochastic=True)
 def step_rnd(model, x, y, eps, *, generator=None):
     return core.one_step(
         model, x, y, eps, core.loss_target, core.random_other_label, generator=generator
@@ -155,7 +160,8 @@ def iter_ll(model, x, y, eps, *, alpha=1.0, steps=None, generator=None):
     return core.iterate(model, x, y, eps, core.loss_target, core.least_likely_label, alpha, steps)
 
 
-@register("pgd", "iterative", "PGD (Madry et al.): random start, restarts keep the worst case")
+@register("pgd", "iterative", "PGD (Madry et al.): random start, restarts keep the worst case",
+          stochastic=True)
 def pgd(model, x, y, eps, *, alpha=None, steps=None, restarts=1, generator=None):
     """Projected gradient descent on J(X, y_true) from a uniform random start.
 

@@ -24,7 +24,6 @@ crop), so the similarity loss pairs each saved image with its own clean image.
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -71,25 +70,11 @@ def one_step_examples(method: str, model: nn.Module, x: torch.Tensor, y: torch.T
         return attacks.get(method).fn(model, x, y, eps, generator=generator)
 
 
-class _Probe(nn.Module):
-    """A fixed linear map of 2x2 images to 3 logits (no parameters, no random init)."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w = torch.linspace(-1.0, 1.0, 12, dtype=x.dtype, device=x.device).view(4, 3)
-        return x.flatten(1) @ w
-
-
-@functools.cache
 def draws_random(method: str) -> bool:
     """Whether training method ``method`` draws from its generator (step_rnd,
-    random_sign, ...), found once by running it on a tiny fixed model.  Under DDP
-    such a method runs on its whole block of rows on every rank, so the draws equal
-    a single process's."""
-    g = torch.Generator().manual_seed(0)
-    before = g.get_state()
-    x = torch.full((2, 1, 2, 2), 0.5)
-    one_step_examples(method, _Probe(), x, torch.tensor([0, 1]), torch.full((2,), 8.0), g)
-    return not torch.equal(before, g.get_state())
+    random_sign, ...), as its registry entry declares.  Under DDP such a method runs on
+    its whole block of rows on every rank, so the draws equal a single process's."""
+    return method != STEP_BOTH and attacks.get(method).stochastic
 
 
 def logits_and_features(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
