@@ -11,6 +11,16 @@ from pathlib import Path
 
 import click
 
+# the research commands (transfer, analyze, report) register on the same group
+from cascade_adv.cli import research  # noqa: F401
+from cascade_adv.cli.common import (
+    _apply,
+    _csv_list,
+    _load_for_eval,
+    check_outputs,
+    cli,
+    model_data_options,
+)
 from cascade_adv.errors import CascadeAdvError
 
 EXAMPLES_TRAIN = """
@@ -40,38 +50,6 @@ Examples:
 """
 
 
-def _csv_list(value: str, cast=str, option: str = "the list") -> list:
-    """A non-empty comma-separated list; raises :class:`InvalidArgument` (one line)."""
-    from cascade_adv.errors import InvalidArgument
-
-    items = [v.strip() for v in str(value).split(",") if v.strip()]
-    if not items:
-        example = "1,2" if cast in (int, float) else "a,b"
-        raise InvalidArgument(f"{option} is empty ({value!r}); give at least one value, "
-                              f"e.g. {option} {example}")
-    try:
-        return [cast(v) for v in items]
-    except ValueError:
-        kind = "numbers" if cast is float else "integers" if cast is int else "values"
-        raise InvalidArgument(f"{option} {value!r} is not a comma-separated list of {kind}; "
-                              "write e.g. 4,8,16") from None
-
-
-def check_outputs(files=(), dirs=(), store=None) -> None:
-    """Output paths checked before any work (one line each when not writable)."""
-    from cascade_adv.io import check_writable_dir, check_writable_file
-    from cascade_adv.results.store import check_store_path
-
-    if store:
-        check_store_path(store)
-    for opt, path in files:
-        if path:
-            check_writable_file(path, opt)
-    for opt, path in dirs:
-        if path:
-            check_writable_dir(path, opt)
-
-
 def _is_config_dump(path: Path) -> bool:
     """True for the resolved config that ``train`` writes first into a run folder (every
     top-level key present), as opposed to a config file of the user's."""
@@ -98,20 +76,6 @@ def check_train_out(run_dir: Path) -> None:
     if run_dir.is_dir() and any(run_dir.iterdir()) and not own:
         raise OutputPathError(f"--out {run_dir} already exists and is not a run folder; "
                               "pass a new --out folder")
-
-
-POSITIVE = click.IntRange(min=1)
-
-
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.version_option(package_name="cascade-adv")
-def cli() -> None:
-    """Adversarial training and robustness evaluation of image classifiers.
-
-    Methods of Kurakin et al., "Adversarial Machine Learning at Scale" (ICLR 2017)
-    and Na et al., "Cascade Adversarial Machine Learning Regularized with a
-    Unified Embedding" (ICLR 2018). Epsilons are in pixel units of [0, 255].
-    """
 
 
 @cli.command(epilog=EXAMPLES_TRAIN)
@@ -154,226 +118,6 @@ def train(config_path, out, resume, quiet, overrides):
             f"trained {cfg.name}: {result.iterations} iterations, final loss "
             f"{result.final_loss:.4f}, {result.seconds:.1f} s -> {run_dir / 'final'}"
         )
-
-
-def model_init(weights: Path) -> str:
-    """The model's initialisation id: from its metadata, else from its run's config."""
-    from cascade_adv.models import read_model_config, read_model_init
-    from cascade_adv.training import init_id
-
-    init = read_model_init(weights)
-    if init:
-        return init
-    run_cfg = _run_config(weights)
-    if run_cfg is None:
-        return ""
-    return init_id(run_cfg.init_from, run_cfg.seed, read_model_config(weights))
-
-
-class LoadedModel:
-    """A model given on the command line, with what the store records about it."""
-
-    def __init__(self, spec: str, device):
-        from cascade_adv.models import load_model, resolve_weights, weights_hash
-
-        name, sep, path = spec.partition("=")
-        if not sep:
-            name, path = "", spec
-        check_name(name, "model name")
-        self.weights = resolve_weights(path)
-        self.name = name or _model_label(self.weights)
-        self.model = load_model(self.weights, map_location=device)
-        check_finite_model(self.model, self.weights)
-        self.hash = weights_hash(self.weights)
-        self.init = model_init(self.weights)
-        self.run_config = _run_config(self.weights)
-
-    @property
-    def dataset(self) -> str:
-        cfg_name = self.model.config.dataset
-        return cfg_name or (self.run_config.data.dataset if self.run_config else "")
-
-    def register(self, store, experiment: str = "", params: dict | None = None) -> None:
-        store.register_model(self.name, model_hash=self.hash, dataset=self.dataset,
-                             init=self.init, experiment=experiment, params=params)
-
-
-def check_name(name: str, what: str) -> str:
-    """A name that becomes part of a file name: no folder separators, no ``..``."""
-    from cascade_adv.errors import InvalidArgument
-
-    if name and ("/" in name or "\\" in name or name in (".", "..") or "\0" in name):
-        raise InvalidArgument(f"{what} {name!r} may not contain '/', '\\' or be '.' / '..'; "
-                              "use a plain name such as B1")
-    return name
-
-
-def check_finite_model(model, weights) -> None:
-    """Refuse (one line) a model whose weights or statistics hold inf / NaN."""
-    from cascade_adv.errors import ModelFault
-    from cascade_adv.training.checkpoint import nonfinite_state
-
-    bad = nonfinite_state(model)
-    if bad:
-        raise ModelFault(f"model {weights} holds non-finite weights ({len(bad)} tensors, first "
-                         f"{bad[0]}); it is damaged: evaluate an earlier checkpoint or retrain")
-
-
-def load_models(specs: tuple[str, ...], device) -> dict[str, LoadedModel]:
-    """``NAME=PATH`` or ``PATH`` (named after its run folder) -> loaded models."""
-    out: dict[str, LoadedModel] = {}
-    for spec in specs:
-        m = LoadedModel(spec, device)
-        if m.name in out and out[m.name].weights != m.weights:
-            raise CascadeAdvError(
-                f"two models are named {m.name!r}; name them with NAME=PATH")
-        out[m.name] = m
-    return out
-
-
-def load_split(models: list[LoadedModel], dataset: str | None, data_root: str | None,
-               split: str, limit: int | None, device):
-    """The evaluation images: ``dataset`` or the one every model was trained on."""
-    from cascade_adv.data import load_dataset
-    from cascade_adv.errors import InvalidArgument
-
-    if limit is not None and limit < 1:
-        raise InvalidArgument(f"--limit must be a positive number of images, got {limit}")
-    names = {m.dataset for m in models if m.dataset}
-    if dataset is None:
-        if len(names) > 1:
-            raise CascadeAdvError(
-                f"the models were trained on different datasets ({', '.join(sorted(names))}); "
-                "black-box pairs must share one"
-            )
-        if not names:
-            raise CascadeAdvError(
-                f"cannot tell which dataset {', '.join(m.name for m in models)} was "
-                "trained on; pass --dataset")
-        dataset = names.pop()
-    for m in models:  # before any data is read
-        if m.dataset and dataset != m.dataset:
-            from cascade_adv.errors import DatasetError
-
-            raise DatasetError(f"model {m.name} was trained on {m.dataset}, not {dataset}; "
-                               f"evaluate it on --dataset {m.dataset}")
-    root = data_root or next((m.run_config.data.root for m in models if m.run_config), None)
-    first = models[0] if models else None
-    size = _size_option(dataset, first.model.config, first.run_config) if first else {}
-    data = load_dataset(dataset, split, root=root, **size)
-    for m in models:
-        check_model_data(m, data)
-    return (data.subset(limit) if limit is not None else data).to(device)
-
-
-def check_model_data(m: LoadedModel, data) -> None:
-    """The dataset must be the one the model was made for: same dataset (when the
-    model records it), channels, enough classes, images at least the model's size."""
-    from cascade_adv.errors import DatasetError
-
-    cfg = m.model.config
-    if m.dataset and data.name != m.dataset:
-        raise DatasetError(f"model {m.name} was trained on {m.dataset}, not {data.name}; "
-                           f"evaluate it on --dataset {m.dataset}")
-    c, h, w = data.image_shape
-    if c != cfg.in_channels or h < cfg.input_size or w < cfg.input_size:
-        raise DatasetError(f"{data.name} images are {c}x{h}x{w} but model {m.name} takes "
-                           f"{cfg.in_channels}x{cfg.input_size}x{cfg.input_size}; use the "
-                           "dataset it was trained on")
-    if data.num_classes > cfg.num_classes:
-        raise DatasetError(f"{data.name} has {data.num_classes} classes but model {m.name} "
-                           f"predicts {cfg.num_classes}; use the dataset it was trained on")
-
-
-def _load_for_eval(
-    checkpoint: str,
-    dataset: str | None,
-    data_root: str | None,
-    split: str,
-    device: str,
-    limit: int | None,
-):
-    """Model, its name and hash, and the evaluation split it was trained for."""
-    from cascade_adv.training import resolve_device
-
-    dev = resolve_device(device)
-    m = LoadedModel(checkpoint, dev)
-    return m.model, m.name, m.hash, load_split([m], dataset, data_root, split, limit, dev)
-
-
-def _size_option(name: str, model_config, run_cfg) -> dict:
-    """``{"image_size": S}`` for ImageNet folders: the size the model's run decoded its
-    training images at, else the model's input size; ``{}`` for the other datasets."""
-    if name != "imagenet":
-        return {}
-    from cascade_adv.data.imagefolder import DEFAULT_IMAGE_SIZE
-
-    if run_cfg is not None and run_cfg.data.dataset == "imagenet":
-        return {"image_size": run_cfg.data.image_size or DEFAULT_IMAGE_SIZE}
-    return {"image_size": model_config.input_size}
-
-
-def _run_config(weights: Path):
-    from cascade_adv.training import load_config
-
-    for folder in (weights.parent, weights.parent.parent, weights.parent.parent.parent):
-        if (folder / "config.yaml").is_file():
-            return load_config(folder / "config.yaml")
-    return None
-
-
-def _model_label(weights: Path) -> str:
-    """A readable model name: the run folder's name."""
-    folder = weights.parent
-    while folder.name in {"final", "checkpoints"} or folder.name.startswith("ckpt-"):
-        folder = folder.parent
-    return folder.name
-
-
-def model_data_options(split_default: str = "test") -> list:
-    """Options shared by the commands that load a model and a dataset split."""
-    return [
-        click.option(
-            "--checkpoint",
-            required=True,
-            type=click.Path(),
-            help="Run folder, checkpoint folder or .safetensors file.",
-        ),
-        click.option(
-            "--dataset",
-            type=click.Choice(["digits", "mnist", "cifar10", "imagenet"]),
-            default=None,
-            help="Dataset (default: the one the model was trained on).",
-        ),
-        click.option(
-            "--data-root",
-            type=click.Path(file_okay=False),
-            default=None,
-            help="Folder with the dataset files (default: $CASCADE_ADV_DATA or ./data).",
-        ),
-        click.option(
-            "--split",
-            type=click.Choice(["train", "test"]),
-            default=split_default,
-            show_default=True,
-        ),
-        click.option("--limit", type=POSITIVE, default=None,
-                     help="Use only the first N images."),
-        click.option("--batch-size", type=POSITIVE, default=500, show_default=True),
-        click.option(
-            "--device", default="auto", show_default=True, help="cpu, cuda, cuda:1, auto."
-        ),
-        click.option("--quiet", is_flag=True, help="No progress bar."),
-    ]
-
-
-def _apply(options):
-    def deco(fn):
-        for opt in reversed(options):
-            fn = opt(fn)
-        return fn
-
-    return deco
 
 
 @cli.command(name="eval", epilog=EXAMPLES_EVAL)
@@ -621,10 +365,6 @@ def list_attacks():
         click.echo(f"{n:15s} {spec.kind:9s} {spec.description}{opts}")
 
 
-# The research commands (transfer, analyze, report) live in their own module.
-from cascade_adv.cli import research  # noqa: F401
-
-
 def _one_line(text: str) -> str:
     return " ".join(str(text).split())
 
@@ -658,7 +398,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    # run the canonical module's main: the research commands register on its ``cli``
-    from cascade_adv.cli.main import main as _main
-
-    _main()
+    main()

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from cascade_adv.cli.main import POSITIVE, _csv_list, check_outputs, cli, load_models, load_split
+from cascade_adv.cli.common import POSITIVE, _csv_list, check_outputs, cli, load_models, load_split
 from cascade_adv.errors import CascadeAdvError
 
 
