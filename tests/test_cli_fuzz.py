@@ -10,15 +10,14 @@ of cases per command is ``MAX_EXAMPLES`` (docs/reliability.md).
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import io
 import json
 import os
 from pathlib import Path
 
 import pytest
 import torch
+from _cli import run_cli
 
 hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import HealthCheck, given, settings
@@ -32,17 +31,8 @@ CUDA = torch.cuda.is_available()
 
 
 def run(argv, cwd):
-    from cascade_adv.cli.main import main
-
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.chdir(cwd), contextlib.redirect_stdout(out), \
-            contextlib.redirect_stderr(err):
-        try:
-            main([str(a) for a in argv])
-            code = 0
-        except SystemExit as exc:
-            code = exc.code
-    return code, out.getvalue(), err.getvalue()
+    """``cascade-adv ARGV`` in this process: (exit status, stdout, stderr)."""
+    return run_cli(argv, cwd)
 
 
 def snapshot(folder: Path) -> dict:

@@ -5,9 +5,7 @@ files as they were."""
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import io
 import json
 import os
 import signal
@@ -19,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from _cli import run_cli
 
 from cascade_adv.errors import CascadeAdvError, TrainingDiverged, TrainingInterrupted
 
@@ -30,17 +29,7 @@ TINY = ["model.depth=8", "optim.iterations=12", "optim.lr_milestones=[]",
 
 def run(*argv, cwd):
     """``cascade-adv ARGV`` in this process: (exit status, stdout, stderr)."""
-    from cascade_adv.cli.main import main
-
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.chdir(cwd), contextlib.redirect_stdout(out), \
-            contextlib.redirect_stderr(err):
-        try:
-            main([str(a) for a in argv])
-            code = 0
-        except SystemExit as exc:
-            code = exc.code
-    return code, out.getvalue(), err.getvalue()
+    return run_cli(argv, cwd)
 
 
 def assert_one_line(result, code=2, *words):
