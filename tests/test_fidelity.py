@@ -5,6 +5,7 @@ refusals of options that do not fit."""
 from __future__ import annotations
 
 import pytest
+import test_adversarial_training
 import torch
 from torch import nn
 
@@ -14,16 +15,9 @@ from cascade_adv.training import load_config, train
 from cascade_adv.training.loss import embedding_distance, unified_loss
 from cascade_adv.training.optim import make_optimizer
 
-# m = 6 rows: adversarial rows 0, 1; their clean twins 2, 3; clean rows 4, 5
-LOGITS = torch.tensor([
-    [2.0, 0.0, -1.0],
-    [0.5, 1.5, 0.0],
-    [1.0, 0.0, 0.0],
-    [0.0, 2.0, 1.0],
-    [0.0, 0.0, 3.0],
-    [1.0, 1.0, 1.0],
-], dtype=torch.float64)
-LABELS = torch.tensor([1, 1, 0, 1, 2, 0])
+# the loss tests' batch of m = 6 rows (adversarial 0, 1; twins 2, 3; clean 4, 5), in float64
+LOGITS = test_adversarial_training.LOGITS.double()
+LABELS = test_adversarial_training.LABELS
 
 
 def loss_and_grad(distance, normalize=False, logits=LOGITS):

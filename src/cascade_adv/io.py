@@ -23,13 +23,19 @@ def temp_prefix(name: str) -> str:
     return f".{name}.{os.getpid()}."
 
 
+def _plain_mode(bits: int) -> int:
+    """``bits`` less the process umask: the mode a plain open() / mkdir() would give
+    (``mkstemp`` / ``mkdtemp`` make their results private)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return bits & ~umask
+
+
 def make_temp_dir(parent: str | os.PathLike, name: str, suffix: str = ".tmp") -> Path:
     """A new folder ``parent/.NAME.PID.XXXX.tmp`` with the permissions a plain mkdir
     would give (``mkdtemp`` makes it private), to be renamed into place."""
     path = Path(tempfile.mkdtemp(prefix=temp_prefix(name), suffix=suffix, dir=parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    path.chmod(0o777 & ~umask)
+    path.chmod(_plain_mode(0o777))
     return path
 
 
@@ -75,9 +81,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path.name), suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
-    umask = os.umask(0)
-    os.umask(umask)
-    tmp_path.chmod(0o666 & ~umask)  # as a plain open() would create it
+    tmp_path.chmod(_plain_mode(0o666))
     try:
         yield tmp_path
         with open(tmp_path, "rb") as fh:
@@ -123,14 +127,20 @@ def _first_existing(path: Path) -> Path:
     return Path(".")
 
 
+def _check_path_text(path: Path, what: str, kind: str) -> None:
+    from cascade_adv.errors import OutputPathError
+
+    if str(path).strip() == "" or "\0" in str(path):
+        raise OutputPathError(f"{what} path {str(path)!r} is empty or invalid; pass a {kind}")
+
+
 def check_writable_file(path: str | os.PathLike, what: str = "output file") -> Path:
     """Raise :class:`OutputPathError` unless ``path`` can be written as a file:
     not a folder, its nearest existing ancestor a writable folder."""
     from cascade_adv.errors import OutputPathError
 
     path = Path(path)
-    if str(path).strip() == "" or "\0" in str(path):
-        raise OutputPathError(f"{what} path {str(path)!r} is empty or invalid; pass a file path")
+    _check_path_text(path, what, "file path")
     if path.is_dir():
         raise OutputPathError(f"{what} {path} is a folder; pass a file path")
     if path.exists() and not os.access(path, os.W_OK):
@@ -145,8 +155,7 @@ def check_writable_dir(path: str | os.PathLike, what: str = "output folder") -> 
     from cascade_adv.errors import OutputPathError
 
     path = Path(path)
-    if str(path).strip() == "" or "\0" in str(path):
-        raise OutputPathError(f"{what} path {str(path)!r} is empty or invalid; pass a folder")
+    _check_path_text(path, what, "folder")
     if path.exists() and not path.is_dir():
         raise OutputPathError(f"{what} {path} is a file, not a folder; pass a folder path")
     if path.is_dir():

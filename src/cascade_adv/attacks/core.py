@@ -117,9 +117,9 @@ def pixel_eps(eps, n: int, x: torch.Tensor, name: str = "eps") -> torch.Tensor:
     ``[N]`` tensor is converted where it lies, unchecked (no host sync)."""
     if _TRUSTED.get() and isinstance(eps, torch.Tensor) and eps.dim() == 1:
         exact = torch.float32 if x.device.type == "mps" else torch.float64
-        return (eps.to(device=x.device, dtype=exact) / 255.0).to(x.dtype).view(
-            n, *([1] * (x.dim() - 1)))
-    t = eps_pixels(eps, n, name)
+        t = eps.to(device=x.device, dtype=exact)  # stays on the device: no host sync
+    else:
+        t = eps_pixels(eps, n, name)
     return (t / 255.0).to(device=x.device, dtype=x.dtype).view(n, *([1] * (x.dim() - 1)))
 
 

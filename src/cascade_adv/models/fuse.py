@@ -165,11 +165,11 @@ def inference_network(model: nn.Module, channels_last: bool | None = None) -> nn
     model holds the same tensors, or ``model`` itself where nothing can be folded.
     Call it with the model in inference mode.  ``channels_last=None`` picks the layout
     by the model's device (:func:`default_channels_last`)."""
-    params = next(iter(model.parameters()), None)
-    if params is None:
+    first = next(iter(model.parameters()), None)
+    if first is None:
         return model
     if channels_last is None:
-        channels_last = default_channels_last(params.device)
+        channels_last = default_channels_last(first.device)
     ident = (_identity(model), channels_last)
     hit = _CACHE.get(model)
     if hit is not None and hit[0] == ident:

@@ -379,48 +379,49 @@ def train(
     bar = tqdm(range(start, total), initial=start, total=total,
                disable=not (progress and ctx.is_main), desc=f"train {cfg.name}", unit="it",
                dynamic_ncols=True)
-    for it in stop.guard(bar):  # SIGINT / SIGTERM: finish the iteration, checkpoint, stop
-        lr = learning_rate(cfg, it)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        x, y = sampler.batch(it)  # the global batch, the same on every rank
-        if ctx.distributed and not getattr(objective, "shards_batch", False):
-            x, y = x[ctx.rows(x.shape[0])], y[ctx.rows(x.shape[0])]
-        x = prepare_input(x, speed)
-        # autocast: a no-op for float32; the attacks inside run under it too
-        with speed.autocast(), attacks.fusion(cfg.speed.fuse):
-            loss, logits, labels = objective(net, x, y, it, sampler.generator(it, 3))
-        pending.append(loss.detach().float())
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        done = it + 1
-        logged = done % cfg.log_every == 0 or done == total
-        saving = done % cfg.checkpoint.every == 0 or done == total or bool(stop.requested)
-        if logged or saving or on_step is not None:
-            loss_value = check_losses(done)  # before any checkpoint is written
-        if logged or saving:
-            check_weights(done)
-        if logged:
-            acc = _accuracy(logits, labels, ctx)
-            if metrics is not None:
-                metrics.write({"iteration": done, "loss": loss_value, "lr": lr, "train_acc": acc,
-                               "max_abs_logit": logits.detach().abs().max().item(),
-                               "seconds": round(time.perf_counter() - t0, 3)})
-            bar.set_postfix(loss=f"{loss_value:.4f}", acc=f"{acc:.1f}", lr=f"{lr:g}")
-        if saving:
-            if ctx.is_main:
-                save_checkpoint(run_dir, model, optimizer, done, keep=cfg.checkpoint.keep,
-                                init=init)
-            ctx.barrier()
-        if stop.requested and done < total:
-            bar.close()
-            stop.__exit__()
-            raise stop.interrupted(done, total, latest_checkpoint(run_dir))
-        if on_step is not None:
-            on_step(done, loss_value)
+    # SIGINT / SIGTERM inside the block: finish the iteration, checkpoint, stop;
+    # the previous handlers come back however the block ends
+    with stop:
+        for it in bar:
+            lr = learning_rate(cfg, it)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            x, y = sampler.batch(it)  # the global batch, the same on every rank
+            if ctx.distributed and not getattr(objective, "shards_batch", False):
+                x, y = x[ctx.rows(x.shape[0])], y[ctx.rows(x.shape[0])]
+            x = prepare_input(x, speed)
+            # autocast: a no-op for float32; the attacks inside run under it too
+            with speed.autocast(), attacks.fusion(cfg.speed.fuse):
+                loss, logits, labels = objective(net, x, y, it, sampler.generator(it, 3))
+            pending.append(loss.detach().float())
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            done = it + 1
+            logged = done % cfg.log_every == 0 or done == total
+            saving = done % cfg.checkpoint.every == 0 or done == total or bool(stop.requested)
+            if logged or saving or on_step is not None:
+                loss_value = check_losses(done)  # before any checkpoint is written
+            if logged or saving:
+                check_weights(done)
+            if logged:
+                acc = _accuracy(logits, labels, ctx)
+                if metrics is not None:
+                    metrics.write({"iteration": done, "loss": loss_value, "lr": lr, "train_acc": acc,
+                                   "max_abs_logit": logits.detach().abs().max().item(),
+                                   "seconds": round(time.perf_counter() - t0, 3)})
+                bar.set_postfix(loss=f"{loss_value:.4f}", acc=f"{acc:.1f}", lr=f"{lr:g}")
+            if saving:
+                if ctx.is_main:
+                    save_checkpoint(run_dir, model, optimizer, done, keep=cfg.checkpoint.keep,
+                                    init=init)
+                ctx.barrier()
+            if stop.requested and done < total:
+                bar.close()
+                raise stop.interrupted(done, total, latest_checkpoint(run_dir))
+            if on_step is not None:
+                on_step(done, loss_value)
     bar.close()
-    stop.__exit__()
     if ctx.is_main:
         save_model(model, run_dir / "final" / WEIGHTS_FILE, init=init)
     ctx.barrier()

@@ -44,15 +44,6 @@ class StopSignals:
             signal.signal(sig, handler)
         self._previous.clear()
 
-    def guard(self, iterable):
-        """Iterate ``iterable`` with the handlers installed; they are restored when the
-        loop ends, breaks or raises (the generator is closed as the loop unwinds)."""
-        self.__enter__()
-        try:
-            yield from iterable
-        finally:
-            self.__exit__()
-
     def interrupted(self, done: int, total: int, checkpoint: Path | None) -> TrainingInterrupted:
         name = signal.Signals(self.requested).name if self.requested else "signal"
         saved = f"checkpoint {checkpoint} written" if checkpoint else "no checkpoint written"
