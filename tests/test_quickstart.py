@@ -29,3 +29,8 @@ def test_quickstart_trains_evaluates_and_stores(tmp_path):
     markdown = table.to_markdown(sources_as_columns=True)
     assert "iter_fgsm from source 32" in markdown.splitlines()[0]
     assert len(markdown.strip().splitlines()) == 2 + len(LABELS)
+    # accuracy vs eps: the four models solid, N18 table 1's three rows dashed
+    assert result.figure == tmp_path / "runs" / "accuracy_vs_eps.png"
+    from matplotlib.image import imread
+
+    assert imread(result.figure).shape[1] > 1000          # four panels side by side

@@ -116,9 +116,11 @@ def test_report_has_every_section(filled_store: Path, tmp_path: Path) -> None:
     assert parsed.rows[0] >= 0 and max(parsed.rows) >= 3
     # the same-initialisation dagger appears for the two models sharing "weights:a"
     assert "†" in page
+    # accuracy vs eps for the N18 table 1 models (paper dashed) and the digits models,
     # softmax, gradient correlation, transfer and error rate, lambda2, capacity,
     # label leaking, activations
-    assert len(parsed.images) == 8
+    assert len(parsed.images) == 10
+    assert parsed.images[:2] == ["figures/accuracy-n18-table1.png", "figures/accuracy-digits.png"]
     for src in parsed.images:
         assert (html_path.parent / src).is_file()
     md = md_path.read_text()
@@ -147,7 +149,7 @@ def test_report_loads_in_headless_chromium(filled_store: Path, tmp_path: Path) -
     images = re.search(r'data-images="(\d+)"', dom)
     decoded = re.search(r'data-images-decoded="(\d+)"', dom)
     assert images and decoded, "the page's load handler did not run"
-    assert int(images.group(1)) == 8 and int(decoded.group(1)) == 8  # every image decoded
+    assert int(images.group(1)) == 10 and int(decoded.group(1)) == 10  # every image decoded
     parsed = _Tables()
     parsed.feed(dom)
     expected = _Tables()

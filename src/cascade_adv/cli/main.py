@@ -11,8 +11,8 @@ from pathlib import Path
 
 import click
 
-# the research commands (transfer, analyze, report) register on the same group
-from cascade_adv.cli import research  # noqa: F401
+# the research commands (transfer, analyze, report, reproduce) register on the same group
+from cascade_adv.cli import reproduce, research  # noqa: F401
 from cascade_adv.cli.common import (
     _apply,
     _csv_list,
@@ -347,7 +347,8 @@ def quickstart(out, results, device, quiet):
     result = run_quickstart(out, results, progress=not quiet, device=device)
     click.echo(result.table.to_markdown(sources_as_columns=True))
     click.echo(result.summary)
-    click.echo(f"({result.seconds:.0f} s; rows stored in {results})")
+    click.echo(f"({result.seconds:.0f} s; rows stored in {results}; accuracy vs epsilon in "
+               f"{result.figure})")
 
 
 @cli.command(name="attacks")

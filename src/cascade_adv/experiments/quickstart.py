@@ -53,6 +53,7 @@ class QuickstartResult:
     table: ResultTable
     summary: str
     seconds: float
+    figure: Path | None = None
 
 
 def _configs(out: Path) -> dict[str, list[str]]:
@@ -112,7 +113,22 @@ def quickstart(out: str | Path = "runs/quickstart", results: str | Path | None =
     if results is not None:
         with ResultsStore(results) as store:
             store.upsert(table)
-    return QuickstartResult(table, summarize(table), time.perf_counter() - t0)
+    figure = plot_accuracy(table, out / "accuracy_vs_eps.png")
+    return QuickstartResult(table, summarize(table), time.perf_counter() - t0, figure)
+
+
+def plot_accuracy(table: ResultTable, path: Path) -> Path | None:
+    """White-box accuracy vs eps of the four models, ours solid; N18 table 1's MNIST
+    rows dashed for the three it has (its attacks and epsilons are the quickstart's)."""
+    from cascade_adv.reporting.reproduction import Cell, compare, plot_ours_vs_paper
+    from cascade_adv.results.published import get_table
+
+    white = table.filter(source="whitebox", metric="top1")
+    cells = compare(white, get_table("n18-table1"),
+                    lambda m: m if m in ("Baseline", "Kurakin's", "Pivot") else None)
+    cells += [Cell(r["model"], "whitebox", r["attack"], r["eps"], "top1", None, r["value"],
+                   r["model"], r["n"]) for r in white if r["model"] == "Pivot + cascade"]
+    return plot_ours_vs_paper(cells, path, title="quickstart (digits) vs N18 table 1 (MNIST)")
 
 
 def summarize(table: ResultTable) -> str:

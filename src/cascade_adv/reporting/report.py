@@ -22,7 +22,7 @@ from __future__ import annotations
 import html
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -37,6 +37,7 @@ from cascade_adv.reporting.paper_tables import (
     render_mean_std,
     render_whitebox,
 )
+from cascade_adv.reporting.reproduction import compare, plot_ours_vs_paper
 from cascade_adv.results.published import blackbox_label_for, get_table, recipe_for
 from cascade_adv.results.store import ResultsStore
 from cascade_adv.results.tables import CLEAN, WHITEBOX, ResultTable
@@ -65,7 +66,10 @@ def _figure(path: Path, root: Path, caption: str) -> tuple[str, str]:
             f"![{caption}]({rel})\n")
 
 
-def _whitebox_sections(page: _Page, rows: ResultTable) -> None:
+def _whitebox_sections(page: _Page, rows: ResultTable, root: Path, figdir: Path) -> None:
+    """One section per published table our models map to (with the published row under
+    each of ours) and per dataset for the others; each also draws accuracy vs epsilon,
+    one line per model, ours solid and the paper's dashed where they exist."""
     white = ResultTable(r for r in rows if r["source"] == WHITEBOX)
     if not len(white):
         return
@@ -90,12 +94,23 @@ def _whitebox_sections(page: _Page, rows: ResultTable) -> None:
         if paper.notes:
             note += " " + paper.notes
         ph, pm = _para(note)
-        page.add(title, h + ph, md + "\n" + pm)
+        cells = compare(ours, paper, row_map.get)
+        path = plot_ours_vs_paper(cells, figdir / f"accuracy-{table_id}.png",
+                                  title=f"{paper.paper} table {paper.number}")
+        fh, fm = _figure(path, root, "Accuracy vs epsilon: ours solid, the paper's dashed"
+                         ) if path else ("", "")
+        page.add(title, h + ph + fh, md + "\n" + pm + fm)
     for dataset, models in others.items():
         ours = white.filter(model=models)
         title = f"White-box accuracy, {dataset}"
-        page.add(title, render_whitebox(ours, fmt="html", title=""),
-                 render_whitebox(ours, fmt="markdown", title=""))
+        attacks = [a for a in dict.fromkeys(r["attack"] for r in ours) if a != CLEAN]
+        fh = fm = ""
+        if attacks:
+            path = figures.plot_accuracy_vs_eps(ours, figdir / f"accuracy-{_slug(dataset)}.png",
+                                                models=models, attacks=attacks)
+            fh, fm = _figure(path, root, "Accuracy vs epsilon (no published row to compare)")
+        page.add(title, render_whitebox(ours, fmt="html", title="") + fh,
+                 render_whitebox(ours, fmt="markdown", title="") + "\n" + fm)
 
 
 BLACKBOX_TABLES = ("n18-table4", "n18-table7", "n18-table8", "n18-table9", "n18-table10")
@@ -262,6 +277,11 @@ table.paper td:first-child { text-align: left; }
 tr.published td { color: #666; font-style: italic; }
 .warning { background: #fff4e5; border-left: 4px solid #f0a020; padding: 0.3em 0.8em; }
 figure img { max-width: 100%; }
+table.compare, table.claims { border-collapse: collapse; margin: 0.5em 0 1.5em; font-size: 0.85em; }
+table.compare th, table.compare td, table.claims th, table.claims td {
+  border: 1px solid #bbb; padding: 0.2em 0.4em; }
+td.off { background: #fde2e1; }
+td.ok { background: #e5f5e5; }
 """
 
 # Marks the page once every image has decoded, so a headless browser can check it.
@@ -298,11 +318,16 @@ def check_report_output(out, overwrite: bool = False) -> Path:
 
 
 def build_report(store: ResultsStore, out: str | os.PathLike, *,
-                 title: str = "cascade-adv report", overwrite: bool = False) -> tuple[Path, Path]:
+                 title: str = "cascade-adv report", overwrite: bool = False,
+                 sections: Sequence[tuple[str, str, str]] = (),
+                 extra_figures: Sequence[str | os.PathLike] = ()) -> tuple[Path, Path]:
     """Write ``out/report.html``, ``out/report.md`` and ``out/figures/*.png`` from the
     store; returns the two page paths.  Figures are drawn in a scratch folder and moved
     into place with the pages, so a failure leaves any previous report intact.  An
-    existing ``out`` must be empty or an earlier report unless ``overwrite``."""
+    existing ``out`` must be empty or an earlier report unless ``overwrite``.
+
+    ``sections`` (title, HTML, Markdown) come first; ``extra_figures`` are PNG files they
+    show as ``figures/NAME``, copied in."""
     rows = store.query()
     if not len(rows):
         raise CascadeAdvError(f"results store {store.path} is empty; run 'cascade-adv eval' "
@@ -314,6 +339,10 @@ def build_report(store: ResultsStore, out: str | os.PathLike, *,
     figdir = stage / "figures"
     figdir.mkdir(parents=True)
     page = _Page()
+    for section in sections:
+        page.add(*section)
+    for fig in extra_figures:
+        shutil.copyfile(fig, figdir / Path(fig).name)
     warnings = check_results(rows)
     warn_md = format_warnings(warnings)
     warn_html = (
@@ -321,7 +350,7 @@ def build_report(store: ResultsStore, out: str | os.PathLike, *,
             f'<li class="warning">{html.escape(w.message)} <em>{html.escape(w.meaning)}</em>'
             "</li>" for w in warnings) + "</ul>")
     page.add("Sanity checks", warn_html, warn_md)
-    _whitebox_sections(page, rows)
+    _whitebox_sections(page, rows, stage, figdir)
     # the diagonal (a model attacked by itself) is white-box, not a same-init pair
     _blackbox_sections(page, rows, lambda a, b: a != b and store.same_init(a, b))
     _seed_sections(page, rows, store)

@@ -1,0 +1,163 @@
+"""``cascade-adv reproduce``: one command per table and figure of both papers."""
+
+from __future__ import annotations
+
+import os
+
+import click
+
+from cascade_adv.cli.common import POSITIVE, _csv_list, cli
+
+EXAMPLES = """
+\b
+Examples:
+  cascade-adv reproduce --list
+  cascade-adv reproduce n18-table1 --data-dir ../shared/data --out runs/repro-mnist
+  cascade-adv reproduce n18-table1 --scale 0.1 --test-images 1000 --jobs 2 --dry-run
+  cascade-adv reproduce n18-figure4 --dataset mnist --out runs/repro-mnist   # reuses table 1
+  cascade-adv reproduce n18-table2 --only baseline,step_ll --scale 0.02 --out runs/repro-cifar
+  cascade-adv reproduce n18-table1 --dataset digits --scale 0.02 --out runs/repro-digits
+  cascade-adv reproduce n18-table2 --executor ray --jobs 8 --gpus-per-step 0.25
+"""
+
+
+def _minutes(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    return f"{seconds:.0f} s" if seconds < 120 else (
+        f"{seconds / 60:.0f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h")
+
+
+def _list(data_dir, device) -> None:
+    from cascade_adv.experiments.cost import estimate
+    from cascade_adv.experiments.recipes import ALIASES, RECIPES, Builder, build_steps
+    from cascade_adv.experiments.reproduce import StepRecord, data_available, default_configs
+    from cascade_adv.experiments.steps import Runtime
+
+    rt = Runtime(str(default_configs()), data_dir, device)
+    timing: dict = {}
+    click.echo(f"{'recipe':13s} {'data':22s} {'steps':>5s} {'full recipe here':>16s}  what")
+    for name, recipe in RECIPES.items():
+        dataset = recipe.datasets[0]
+        steps = build_steps(recipe, Builder(rt.configs, dataset))
+        records = [StepRecord(s, "", None) for s in steps]
+        estimate(records, rt, timing, quick=True)
+        need = f"{dataset} ({'present' if data_available(dataset, data_dir) else 'absent'})"
+        also = f"; also --dataset {', '.join(recipe.datasets[1:])}" if recipe.datasets[1:] else ""
+        click.echo(f"{name:13s} {need:22s} {len(steps) + 1:5d} "
+                   f"{_minutes(sum(r.estimate for r in records)):>16s}  {recipe.title}{also}")
+    for alias, target in ALIASES.items():
+        click.echo(f"{alias:13s} {'':22s} {'':5s} {'':>16s}  same recipe as {target}")
+    click.echo("Rough estimates, with --jobs 1, from one timed forward + backward pass of "
+               f"each model on {device} (other load on the machine inflates them); --dry-run "
+               "times more carefully, and --scale F divides training time by about 1/F.")
+
+
+@cli.command(epilog=EXAMPLES)
+@click.argument("name", required=False)
+@click.option("--list", "list_", is_flag=True, help="List every recipe, its data and cost.")
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="Cache and report folder [default: runs/reproduce-DATASET].")
+@click.option("--data-dir", type=click.Path(file_okay=False), default=None,
+              help="Folder with mnist/, cifar10/ ... [default: $CASCADE_ADV_DATA or ./data].")
+@click.option("--dataset", type=click.Choice(["mnist", "cifar10", "imagenet", "digits"]),
+              default=None, help="Another dataset the recipe maps to (digits: MNIST recipes "
+              "on the bundled digits, for a quick check).")
+@click.option("--scale", type=float, default=1.0, show_default=True,
+              help="Shorten every schedule by this factor in (0, 1].")
+@click.option("--test-images", type=POSITIVE, default=None,
+              help="Evaluate on the first N test images [default: all].")
+@click.option("--jobs", type=POSITIVE, default=1, show_default=True,
+              help="Independent steps run at the same time.")
+@click.option("--threads", type=POSITIVE, default=None,
+              help="Torch threads per step [default: CPUs / jobs].")
+@click.option("--only", default=None,
+              help="Only the models whose config name contains one of these (comma list).")
+@click.option("--dry-run", is_flag=True, help="Print the steps, which are cached, and the "
+              "estimated time of each; run nothing.")
+@click.option("--tolerance", type=float, default=1.5, show_default=True,
+              help="Points from the paper beyond which a cell is marked.")
+@click.option("--executor", type=click.Choice(["local", "ray"]), default="local",
+              show_default=True, help="Where steps run: local worker processes, or Ray tasks "
+              "(pip install 'cascade-adv[ray]').")
+@click.option("--ray-address", default=None, help="Ray cluster to join (e.g. auto) "
+              "[default: start a local instance].")
+@click.option("--gpus-per-step", type=float, default=0.0, show_default=True,
+              help="With Ray: the fraction of a GPU each step asks for (0.25: four "
+              "configurations share a GPU).")
+@click.option("--download", is_flag=True, help="Fetch MNIST / CIFAR-10 into --data-dir "
+              "when absent.")
+@click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:1, auto.")
+@click.option("--configs", type=click.Path(file_okay=False), default=None,
+              help="The configs folder [default: the repository's configs/].")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def reproduce(name, list_, out, data_dir, dataset, scale, test_images, jobs, threads, only,
+              dry_run, tolerance, executor, ray_address, gpus_per_step, download, device, configs,
+              quiet):
+    """Reproduce one table or figure of N18 / K17: train, craft, evaluate, report.
+
+    Every step is cached under --out by a hash of its config, its inputs and the code
+    version, so a repeated or interrupted run resumes and skips finished steps, and
+    recipes that share models (N18 table 1 and figures 4-5 on MNIST) train them once.
+    The report (OUT/reports/NAME/report.html) puts ours beside the paper's for every
+    cell and checks the paper's claims on our numbers.
+    """
+    from cascade_adv.errors import InvalidArgument
+    from cascade_adv.experiments.recipes import get_recipe
+    from cascade_adv.experiments.reproduce import reproduce as run
+
+    if list_:
+        _list(data_dir, device)
+        return
+    if not name:
+        raise InvalidArgument("give a recipe name (cascade-adv reproduce --list shows them)")
+    recipe = get_recipe(name)
+    out = out or f"runs/reproduce-{dataset or recipe.datasets[0]}"
+    threads = threads or max(1, (os.cpu_count() or 1) // jobs)
+    total = [0]
+
+    def event(what, rec):
+        if what == "start":
+            total[0] += 1
+            click.echo(f"[{total[0]}] {rec.step.kind:9s} {rec.step.name.split('/', 1)[1]} ...")
+        elif what == "done":
+            click.echo(f"    done {rec.step.name} in {_minutes(rec.seconds)}")
+        else:
+            click.echo(f"    {what} {rec.step.name}" + (f": {rec.error}" if rec.error else ""))
+
+    result = run(name, out, data_dir=data_dir, dataset=dataset, scale=scale,
+                 test_images=test_images, jobs=jobs, threads=threads,
+                 only=_csv_list(only, option="--only") if only else (), dry_run=dry_run,
+                 device=device, configs=configs, tolerance=tolerance, download=download,
+                 executor=executor, ray_address=ray_address, gpus_per_step=gpus_per_step,
+                 progress=not quiet and jobs == 1, on_event=event)
+    if dry_run:
+        todo = [r for r in result.records if r.status != "cached"]
+        for r in result.records:
+            click.echo(f"{r.status:7s} {r.step.kind:9s} {r.step.name.split('/', 1)[1]:50s} "
+                       f"{'-' if r.status == 'cached' else '~' + _minutes(r.estimate)}")
+        from cascade_adv.experiments.cost import wall_time
+
+        click.echo(f"{len(result.records) - len(todo)} of {len(result.records)} steps cached; "
+                   f"{_minutes(sum(r.estimate or 0 for r in todo))} of step time, about "
+                   f"{_minutes(wall_time(result.records, jobs))} with --jobs {jobs} "
+                   f"({threads} threads each, device {device})")
+        return
+    cached = sum(r.status == "cached" for r in result.records)
+    click.echo(f"{cached} steps cached, {sum(r.status == 'done' for r in result.records)} run "
+               f"in {_minutes(result.seconds)}")
+    for table, comp in (result.comparison or {}).items():
+        s = comp["summary"]
+        click.echo(f"{table}: {s['compared']} cells beside the paper's, {s['off']} more than "
+                   f"{tolerance:g} points off, {s['missing']} missing")
+        for c in comp["claims"]:
+            word = {True: "holds", False: "does not hold", None: "n/a"}[c["ours"]]
+            click.echo(f"  {c['claim']}: {word}")
+    failed = [r for r in result.records if r.status in ("failed", "blocked")]
+    if result.report:
+        click.echo(f"report: {result.report / 'report.html'}")
+    if failed:
+        for r in failed:
+            click.echo(f"{r.status}: {r.step.name}" + (f": {r.error}" if r.error else ""),
+                       err=True)
+        raise SystemExit(1)

@@ -1,0 +1,497 @@
+"""The reproduction recipes: every table and figure of N18 and K17 as a graph of steps.
+
+A recipe's ``build`` adds steps to a :class:`Builder`: ``b.train(CONFIG)`` adds the
+training of ``configs/CONFIG`` together with what it starts from (its ``init_from``
+pre-training, the crafting of the saved images its cascade sources name), all scaled
+by ``--scale``; ``b.whitebox`` / ``b.transfer`` / ``b.analysis`` evaluate. Which
+paper rows the models reproduce comes from their config names
+(:mod:`cascade_adv.results.published`), the attacks and epsilons of an evaluation
+from the published table's columns, so a recipe lists little more than its configs.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cascade_adv.errors import CascadeAdvError, InvalidArgument
+from cascade_adv.experiments.steps import Step
+from cascade_adv.reporting.reproduction import Claim
+from cascade_adv.results.published import CLEAN, get_table
+
+SAVED_SET = re.compile(r"(?:^|/)(?P<model>[^/]+)_iter_fgsm_train/?$")
+FIGURE_EPS = tuple(float(e) for e in range(17))      # N18 figures 4-6: eps 0..16
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    title: str
+    datasets: tuple[str, ...]          # the paper's first; others where it is mapped
+    build: Callable[[Builder], None] = field(repr=False)
+    tables: tuple[str, ...] = ()       # published tables the report compares with
+    claims: tuple[Claim, ...] = ()
+    note: str = ""
+    #: our model name (or its prefix before ``/``) -> paper row label, where the
+    #: config names do not say it (:mod:`cascade_adv.results.published`)
+    rows: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def paper(self) -> str:
+        return self.name.split("-")[0].upper()
+
+
+# --- the builder ----------------------------------------------------------------------------
+
+def config_index(configs: Path) -> dict[str, str]:
+    """Training-config name -> its file relative to ``configs``."""
+    import yaml
+
+    out = {}
+    for path in sorted(configs.rglob("*.yaml")):
+        try:
+            tree = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError:
+            continue
+        if isinstance(tree, dict) and isinstance(tree.get("name"), str):
+            out.setdefault(tree["name"], str(path.relative_to(configs)))
+    return out
+
+
+class Builder:
+    """Collects a recipe's steps for one dataset, scale and test-image count."""
+
+    def __init__(self, configs: str | Path, dataset: str, *, scale: float = 1.0,
+                 test_images: int | None = None, substitute: str | None = None):
+        self.configs = Path(configs)
+        self.index = config_index(self.configs)
+        self.dataset = dataset            # the dataset the recipe's configs are for
+        self.substitute = substitute      # digits in place of MNIST (quick checks)
+        self.scale = scale
+        self.test_images = test_images
+        self.steps: dict[str, Step] = {}
+        self.models: list[str] = []       # train steps whose models the report registers
+
+    # -- naming
+    @property
+    def suffix(self) -> str:
+        s = "" if self.scale == 1.0 else f"-x{self.scale:g}"
+        return s + (f"-{self.substitute}" if self.substitute else "")
+
+    def _add(self, step: Step) -> str:
+        self.steps.setdefault(step.name, step)
+        return step.name
+
+    # -- training
+    def _scaled(self, cfg) -> list[str]:
+        s = self.scale
+        it = max(1, round(cfg.optim.iterations * s))
+        ms = sorted({round(m * s) for m in cfg.optim.lr_milestones if 0 < round(m * s) < it})
+        return [f"optim.iterations={it}", f"optim.lr_milestones={ms}",
+                f"adversarial.delay={round(cfg.adversarial.delay * s)}",
+                f"checkpoint.every={max(1, min(cfg.checkpoint.every, round(it / 4)))}",
+                f"log_every={max(1, min(cfg.log_every, round(it / 10)))}"]
+
+    def train(self, config: str, *, name: str | None = None, overrides: Sequence[str] = (),
+              experiment: str = "", params: dict | None = None) -> str:
+        """The step that trains ``config`` (a name or a file under ``configs/``)."""
+        from cascade_adv.training import dump_config, load_config
+
+        rel = self.index.get(config, config)
+        path = self.configs / rel
+        if not path.is_file():
+            raise CascadeAdvError(f"recipe config {config} not found under {self.configs}; "
+                                  "pass --configs with the repository's configs folder")
+        extra = list(overrides)
+        if self.substitute:
+            extra.append(f"data.dataset={self.substitute}")
+        cfg = load_config(path, extra)
+        deps, params_extra = [], {}
+        if cfg.init_from:
+            base = Path(cfg.init_from).name
+            if base not in self.index:
+                raise CascadeAdvError(f"{rel}: init_from {cfg.init_from} names no config")
+            params_extra["init"] = self.train(self.index[base])
+            deps.append(params_extra["init"])
+        sources = cfg.adversarial.sources or []
+        saved = [s for s in sources if s.kind == "saved"]
+        if saved:
+            match = SAVED_SET.search(saved[0].paths[0]) if saved[0].paths else None
+            if match is None or match["model"] not in self.index:
+                raise CascadeAdvError(f"{rel}: saved source {saved[0].paths} names no config")
+            params_extra["saved"] = self.craft(self.train(self.index[match["model"]]),
+                                               eps_max=cfg.adversarial.max_e)
+            params_extra["sources"] = [s.model_dump() for s in sources]
+            deps.append(params_extra["saved"])
+        model = f"{name or cfg.name}{self.suffix}"
+        all_over = [*extra, *self._scaled(cfg), f"name={model}"]
+        # the key hashes the whole resolved config, with the paths left out
+        ident = [*all_over, "init_from=null", "adversarial.sources=null"]
+        identity = dump_config(load_config(path, ident))
+        step = Step(f"train/{model}", "train",
+                    {"config": rel, "overrides": all_over, "experiment": experiment,
+                     "params": {**(params or {}), "scale": self.scale}, **params_extra},
+                    tuple(deps), identity={"config": identity, "experiment": experiment,
+                                           "params": params or {}})
+        self.models.append(step.name)
+        return self._add(step)
+
+    def craft(self, model: str, eps_max: float) -> str:
+        """iter_FGSM images of the training split at eps 1..max_e (N18 section 6); with
+        ``--scale`` < 1 only that fraction of the split is attacked."""
+        images = None if self.scale == 1.0 else max(256, round(50000 * self.scale))
+        return self._add(Step(f"craft/{model.split('/', 1)[1]}", "craft",
+                              {"model": model, "attack": "iter_fgsm",
+                               "eps": [float(e) for e in range(1, int(eps_max) + 1)],
+                               "images": images}, (model,)))
+
+    # -- evaluation
+    def whitebox(self, model: str, table: str | None = None, *,
+                 attacks: Sequence[str] = (), eps: Sequence[float] = ()) -> str:
+        """White-box rows of ``model`` for the columns of published ``table``."""
+        if table is not None:
+            cols = get_table(table).columns
+            attacks = [a for a in dict.fromkeys(a for a, _ in cols) if a != CLEAN]
+            eps = sorted({e for a, e in cols if a != CLEAN})
+        name = f"whitebox/{model.split('/', 1)[1]}"
+        prev = self.steps.get(name)
+        if prev is not None:  # one evaluation per model: the union of the columns asked for
+            attacks = list(dict.fromkeys([*prev.params["attacks"], *attacks]))
+            eps = sorted({*prev.params["eps"], *eps})
+            del self.steps[name]
+        return self._add(Step(name, "whitebox", {"model": model, "attacks": list(attacks),
+                                                 "eps": [float(e) for e in eps],
+                                                 "test_images": self.test_images}, (model,)))
+
+    def transfer(self, label: str, sources: Sequence[str], targets: Sequence[str],
+                 table: str) -> str:
+        cols = get_table(table).columns
+        return self._add(Step(f"transfer/{label}", "transfer", {
+            "sources": list(sources), "targets": list(targets),
+            "attacks": list(dict.fromkeys(a for a, _ in cols)),
+            "eps": sorted({e for _, e in cols}), "test_images": self.test_images},
+            tuple(dict.fromkeys([*sources, *targets]))))
+
+    def analysis(self, kind: str, model: str, **params: Any) -> str:
+        return self._add(Step(f"{kind}/{model.split('/', 1)[1]}", "analysis",
+                              {"analysis": kind, "model": model, "eps": list(FIGURE_EPS),
+                               **params}, (model,)))
+
+    def sweep(self, config: str, variants, experiment: str, table: str | None = None,
+              **eval_kw: Any) -> list[str]:
+        """One network per variant (``cascade_adv.analysis`` sweeps), evaluated."""
+        out = []
+        for v in variants:
+            m = self.train(config, name=f"{experiment}{self.suffix}/{v.name}",
+                           overrides=v.overrides, experiment=f"{experiment}{self.suffix}",
+                           params=v.params)
+            out.append(self.whitebox(m, table, **eval_kw))
+        return out
+
+
+# --- recipes ----------------------------------------------------------------------------------
+
+def _whitebox_rows(configs: Sequence[str], table: str) -> Callable[[Builder], None]:
+    def build(b: Builder) -> None:
+        for c in configs:
+            b.whitebox(b.train(c), table)
+    return build
+
+
+N18_T1 = ["n18_mnist_baseline", "n18_mnist_kurakin", "n18_mnist_bidirection",
+          "n18_mnist_pivot", "n18_mnist_pivot-released"]
+N18_T2_STEP_LL = ["n18_cifar10_baseline", "n18_cifar10_step_ll_kurakin",
+                  "n18_cifar10_step_ll_bidirection", "n18_cifar10_step_ll_pivot",
+                  "n18_cifar10_step_ll_pivot-released"]
+N18_T2 = N18_T2_STEP_LL + [
+    "n18_cifar10_step_fgsm_kurakin", "n18_cifar10_step_fgsm_pivot",
+    "n18_cifar10_step_fgsm_pivot-released", "n18_cifar10_step_both_kurakin",
+    "n18_cifar10_step_both_pivot", "n18_cifar10_step_both_pivot-released"]
+N18_T5 = ["n18_cifar10_step_ll_pivot", "n18_cifar10_cascade_pivot", "n18_cifar10_cascade_kurakin",
+          "n18_cifar10_cascade_pivot-released"]
+N18_T6 = ["n18_cifar10_resnet110_step_ll_pivot", "n18_cifar10_resnet110_cascade_pivot",
+          "n18_cifar10_resnet110_cascade_kurakin", "n18_cifar10_resnet110_cascade_pivot-released"]
+B1 = ["n18_cifar10_baseline", "n18_cifar10_step_ll_kurakin", "n18_cifar10_step_ll_pivot"]
+B2 = ["n18_cifar10_B2", "n18_cifar10_K2", "n18_cifar10_P2"]
+C1 = ["n18_cifar10_cascade_kurakin", "n18_cifar10_cascade_pivot",
+      "n18_cifar10_resnet110_cascade_kurakin", "n18_cifar10_resnet110_cascade_pivot"]
+C2 = ["n18_cifar10_K2C", "n18_cifar10_P2C", "n18_cifar10_K4C", "n18_cifar10_P4C"]
+
+
+def _by_dataset(mnist: Sequence[str], cifar10: Sequence[str]) -> Callable[[Builder], list]:
+    return lambda b: list(mnist if b.dataset == "mnist" else cifar10)
+
+
+_FIG_MODELS = _by_dataset(["n18_mnist_kurakin", "n18_mnist_pivot"],
+                          ["n18_cifar10_step_ll_kurakin", "n18_cifar10_step_ll_pivot"])
+_FIG5_MODELS = _by_dataset(["n18_mnist_baseline", "n18_mnist_kurakin", "n18_mnist_pivot"], B1)
+
+
+def _figure(kind: str, models: Callable[[Builder], list], **params: Any):
+    def build(b: Builder) -> None:
+        for c in models(b):
+            b.analysis(kind, b.train(c), **params)
+    return build
+
+
+def _transfer(targets: Sequence[str], sources: Sequence[str], table: str):
+    def build(b: Builder) -> None:
+        b.transfer(table, [b.train(c) for c in sources], [b.train(c) for c in targets], table)
+    return build
+
+
+def _seeds(b: Builder) -> None:
+    from cascade_adv.analysis import seed_variants
+
+    for config, label in (("n18_cifar10_step_ll_kurakin", "n18_t3_kurakin"),
+                          ("n18_cifar10_step_ll_pivot", "n18_t3_pivot")):
+        b.sweep(config, seed_variants(range(1, 21)), label, "n18-table3")
+
+
+def _lambda2(b: Builder) -> None:
+    from cascade_adv.analysis import lambda2_variants
+
+    b.sweep("n18_cifar10_step_ll_pivot", lambda2_variants([0, 1e-4, 1e-3, 1e-2, 0.1, 0.3]),
+            "n18_fig3_lambda2", "n18-table2")
+
+
+_K17_T1 = _by_dataset([], ["k17_cifar10_baseline", "k17_cifar10_step_ll"])
+
+
+def _k17_imagenet(imagenet: Sequence[str], table: str):
+    def build(b: Builder) -> None:
+        configs = imagenet if b.dataset == "imagenet" else _K17_T1(b)
+        for c in configs:
+            b.whitebox(b.train(c), table)
+    return build
+
+
+def _k17_label_leaking(b: Builder) -> None:
+    from cascade_adv.analysis import label_leaking_variants
+
+    config = "k17_imagenet_step_ll" if b.dataset == "imagenet" else "k17_cifar10_step_ll"
+    b.sweep(config, label_leaking_variants(), "k17_t3_label_leaking", "k17-table3")
+
+
+#: K17 tables 4 and 6 at CIFAR-10 scale: A and B two initialisations of the baseline,
+#: C with ELU, D another (deeper) architecture, as Inception v3 / v3 ELU / v4 in K17.
+_ABCD = {"k17_cifar10_A": ("seed=0",), "k17_cifar10_B": ("seed=1",),
+         "k17_cifar10_C": ("model.activation=elu",), "k17_cifar10_D": ("model.depth=56",)}
+
+
+def _k17_transfer(table: str):
+    def build(b: Builder) -> None:
+        models = [b.train("k17_cifar10_baseline", name=n, overrides=o) for n, o in _ABCD.items()]
+        b.transfer(table, models, models, table)
+    return build
+
+
+def _k17_sweep(kind: str):
+    def build(b: Builder) -> None:
+        from cascade_adv.analysis import activation_variants, capacity_variants
+
+        if kind == "capacity":
+            b.sweep("k17_cifar10_step_ll", capacity_variants([0.5, 1, 2]), "k17_capacity",
+                    attacks=("step_ll", "step_fgsm", "iter_fgsm", "iter_ll"), eps=(16,))
+        else:
+            b.sweep("k17_cifar10_step_ll", activation_variants(), "k17_t7_activations",
+                    "k17-table7")
+    return build
+
+
+def _k17_transfer_eps(b: Builder) -> None:
+    a = b.train("k17_cifar10_baseline", name="k17_cifar10_A", overrides=_ABCD["k17_cifar10_A"])
+    c = b.train("k17_cifar10_baseline", name="k17_cifar10_B", overrides=_ABCD["k17_cifar10_B"])
+    b._add(Step("transfer/k17-transfer-eps", "transfer", {
+        "sources": [a], "targets": [c], "attacks": ["step_fgsm", "iter_fgsm", "iter_ll"],
+        "eps": [2.0, 4.0, 8.0, 16.0], "test_images": b.test_images}, (a, c)))
+
+
+def _k17_fig3(b: Builder) -> None:
+    m = b.train("k17_cifar10_step_ll")
+    b.whitebox(m, attacks=("step_ll", "step_fgsm", "step_rnd", "fgsm_pred", "fast_entropy",
+                           "random_sign", "random_normal"), eps=(2, 4, 8, 16))
+
+
+def _c(text: str, higher: dict, lower: dict) -> Claim:
+    return Claim(text, higher, lower)
+
+
+ONE = ("step_ll", "step_fgsm")
+ITER = ("iter_ll", "iter_fgsm")
+
+RECIPES: dict[str, Recipe] = {r.name: r for r in [
+    Recipe("n18-table1", "N18 table 1: MNIST, white-box", ("mnist",),
+           _whitebox_rows(N18_T1, "n18-table1"), ("n18-table1",), (
+               _c("Kurakin's far above Baseline under one-step attacks",
+                  {"row": "Kurakin's", "attack": ONE}, {"row": "Baseline", "attack": ONE}),
+               _c("Pivot above Kurakin's under iterative attacks",
+                  {"row": "Pivot", "attack": ITER}, {"row": "Kurakin's", "attack": ITER}),
+               _c("Bidirection above Kurakin's under iterative attacks",
+                  {"row": "Bidirection", "attack": ITER}, {"row": "Kurakin's", "attack": ITER}),
+           )),
+    Recipe("n18-table2", "N18 table 2: CIFAR-10, white-box, 8 training settings", ("cifar10",),
+           _whitebox_rows(N18_T2, "n18-table2"), ("n18-table2",), (
+               _c("step_ll, Kurakin's far above Baseline under one-step attacks",
+                  {"row": "step_ll, Kurakin's", "attack": ONE},
+                  {"row": "Baseline", "attack": ONE}),
+               _c("step_ll, Pivot above step_ll, Kurakin's under iterative attacks",
+                  {"row": "step_ll, Pivot", "attack": ITER},
+                  {"row": "step_ll, Kurakin's", "attack": ITER}),
+               _c("step_ll, Bidirection above step_ll, Kurakin's under iterative attacks",
+                  {"row": "step_ll, Bidirection", "attack": ITER},
+                  {"row": "step_ll, Kurakin's", "attack": ITER}),
+           ), note="--only step_ll,baseline limits it to the step_ll rows and Baseline"),
+    Recipe("n18-table3", "N18 table 3: 20 networks each of Kurakin's and Pivot, mean +- std",
+           ("cifar10",), _seeds, ("n18-table3",), (
+               _c("Pivot's mean above Kurakin's under step_ll and iter_ll at eps 4 and 16",
+                  {"row": "Pivot", "attack": ("step_ll", "iter_ll"), "metric": "top1_mean"},
+                  {"row": "Kurakin's", "attack": ("step_ll", "iter_ll"),
+                   "metric": "top1_mean"}),),
+           rows={"n18_t3_kurakin": "Kurakin's", "n18_t3_pivot": "Pivot"}),
+    Recipe("n18-table4", "N18 table 4: black-box, sources B2/K2/P2 -> targets B1/K1/P1",
+           ("cifar10",), _transfer(B1, B2, "n18-table4"), ("n18-table4",), (
+               _c("iter_ll transfers less than iter_FGSM",
+                  {"attack": "iter_ll"}, {"attack": "iter_fgsm"}),
+               _c("iter_FGSM from a defended source (K2, P2) is stronger against K1 / P1 "
+                  "than from the undefended B2",
+                  {"row": ("K1", "P1"), "source": "B2", "attack": "iter_fgsm"},
+                  {"row": ("K1", "P1"), "source": ("K2", "P2"), "attack": "iter_fgsm"}),)),
+    Recipe("n18-table5", "N18 table 5: cascade adversarial training, ResNet-20", ("cifar10",),
+           _whitebox_rows(N18_T5, "n18-table5"), ("n18-table5",), (
+               _c("cascade raises iterative accuracy (saved_P2, P above P)",
+                  {"row": "step_ll, saved_P2, P", "attack": ITER},
+                  {"row": "step_ll, P", "attack": ITER}),),
+           rows={"n18_cifar10_step_ll_pivot": "step_ll, P"}),
+    Recipe("n18-table6", "N18 table 6: cascade adversarial training, ResNet-110", ("cifar10",),
+           _whitebox_rows(N18_T6, "n18-table6"), ("n18-table6",), (
+               _c("cascade raises iterative accuracy (saved_P2, P above P)",
+                  {"row": "step_ll, saved_P2, P", "attack": ITER},
+                  {"row": "step_ll, P", "attack": ITER}),)),
+    Recipe("n18-table7", "N18 table 7: black-box against the cascade networks", ("cifar10",),
+           _transfer(C1, B2 + C2, "n18-table7"), ("n18-table7",), (
+               _c("step_FGSM from B2 transfers less than iter_FGSM from B2",
+                  {"attack": "step_fgsm", "source": "B2"},
+                  {"attack": "iter_fgsm", "source": "B2"}),)),
+    Recipe("n18-table8", "N18 table 8: black-box between B1/K1/P1 (same initialisation)",
+           ("cifar10",), _transfer(B1, B1, "n18-table8"), ("n18-table8",), (
+               _c("iter_ll transfers less than iter_FGSM",
+                  {"attack": "iter_ll"}, {"attack": "iter_fgsm"}),)),
+    Recipe("n18-table9", "N18 table 9: black-box, sources B1/K1/P1 -> targets B2/K2/P2",
+           ("cifar10",), _transfer(B2, B1, "n18-table9"), ("n18-table9",), (
+               _c("iter_ll transfers less than iter_FGSM",
+                  {"attack": "iter_ll"}, {"attack": "iter_fgsm"}),)),
+    Recipe("n18-table10", "N18 table 10: black-box between cascade networks", ("cifar10",),
+           _transfer(C2, ["n18_cifar10_baseline"] + C1 + C2, "n18-table10"), ("n18-table10",), (
+               _c("with similarity learning (P2C, P4C) above without (K2C, K4C) under "
+                  "iter_FGSM from the sources all four face",
+                  {"row": ("P2C", "P4C"), "source": ("B1", "K1C", "P1C", "K3C", "P3C")},
+                  {"row": ("K2C", "K4C"), "source": ("B1", "K1C", "P1C", "K3C", "P3C")}),)),
+    Recipe("n18-figure3", "N18 figure 3: accuracy vs lambda2 (step_ll, Pivot)", ("cifar10",),
+           _lambda2),
+    Recipe("n18-figure4", "N18 figure 4: argument to the softmax along step_ll",
+           ("cifar10", "mnist"), _figure("softmax", _FIG_MODELS, methods=["step_ll"])),
+    Recipe("n18-figure5", "N18 figure 5: correlation of input gradients", ("cifar10", "mnist"),
+           _figure("gradcorr", _FIG5_MODELS)),
+    Recipe("n18-figure6", "N18 figure 6: argument to the softmax along step_ll, step_FGSM, "
+           "random sign", ("cifar10", "mnist"),
+           _figure("softmax", _FIG_MODELS, methods=["step_ll", "step_fgsm", "random_sign"])),
+    Recipe("k17-table1", "K17 table 1: adversarial training, one-step attacks",
+           ("imagenet", "cifar10"),
+           _k17_imagenet(["k17_imagenet_baseline", "k17_imagenet_step_ll"], "k17-table1"),
+           ("k17-table1",), (
+               _c("adversarial training far above the baseline under step l.l.",
+                  {"row": "Adv. training", "attack": "step_ll"},
+                  {"row": "Baseline (standard training)", "attack": "step_ll"}),),
+           rows={"k17_cifar10_baseline": "Baseline (standard training)",
+                 "k17_cifar10_step_ll": "Adv. training"}),
+    Recipe("k17-table2", "K17 table 2: adversarial training, iterative attacks",
+           ("imagenet", "cifar10"),
+           _k17_imagenet(["k17_imagenet_baseline", "k17_imagenet_step_ll"],
+                         "k17-table2"), ("k17-table2",), (
+               _c("iterative attacks stay strong: adversarial training gains less under "
+                  "iter_FGSM than its clean accuracy",
+                  {"row": "Adv. training", "attack": "clean"},
+                  {"row": "Adv. training", "attack": "iter_fgsm"}),),
+           rows={"k17_cifar10_baseline": "Baseline", "k17_cifar10_step_ll": "Adv. training",
+                 "k17_imagenet_baseline": "Baseline", "k17_imagenet_step_ll": "Adv. training"}),
+    Recipe("k17-table3", "K17 table 3: label leaking", ("imagenet", "cifar10"),
+           _k17_label_leaking, ("k17-table3",), (
+               _c("label leaking: FGSM-trained accuracy on FGSM images above its clean accuracy",
+                  {"row": "With label leaking, training and eval using FGSM",
+                   "attack": "step_fgsm", "eps": (8.0, 16.0)},
+                  {"row": "With label leaking, training and eval using FGSM",
+                   "attack": "clean"}),),
+           rows={"k17_t3_label_leaking/train=step_fgsm":
+                 "With label leaking, training and eval using FGSM",
+                 "k17_t3_label_leaking/train=step_ll":
+                 "No label leaking, training and eval using step l.l."}),
+    Recipe("k17-table4", "K17 table 4: transfer rate between models A-D", ("cifar10",),
+           _k17_transfer("k17-table4"), ("k17-table4",), (
+               _c("one-step FGSM transfers more than iter l.l.",
+                  {"attack": "step_fgsm", "metric": "transfer_top1"},
+                  {"attack": "iter_ll", "metric": "transfer_top1"}),)),
+    Recipe("k17-table5", "K17 table 5: one-step methods for adversarial training", ("cifar10",),
+           _whitebox_rows(["k17_cifar10_baseline", "k17_cifar10_step_ll", "k17_cifar10_step_fgsm",
+                           "k17_cifar10_fgsm_pred", "k17_cifar10_fast_entropy",
+                           "k17_cifar10_step_rnd", "k17_cifar10_fast_grad_l2",
+                           "k17_cifar10_fast_grad_linf", "k17_cifar10_random_sign",
+                           "k17_cifar10_random_normal"], "k17-table5"), ("k17-table5",), (
+               _c("step l.l. training far above no adversarial training under FGSM",
+                  {"row": "Step l.l.", "attack": "step_fgsm"},
+                  {"row": "No adversarial training", "attack": "step_fgsm"}),)),
+    Recipe("k17-table6", "K17 table 6: error rate of transferred examples, models A-D",
+           ("cifar10",), _k17_transfer("k17-table6"), ("k17-table6",), (
+               _c("FGSM examples are misclassified more often than iter l.l. ones",
+                  {"attack": "step_fgsm", "metric": "error_top1"},
+                  {"attack": "iter_ll", "metric": "error_top1"}),)),
+    Recipe("k17-table7", "K17 table 7: activation functions", ("cifar10",),
+           _k17_sweep("activations"), ("k17-table7",),
+           rows={f"k17_t7_activations/act={a}": a.replace("relu_decay:", "ReluDecay")
+                 for a in ("relu", "relu6", "relu_decay:0.001", "relu_decay:0.01",
+                           "relu_decay:0.1", "tanh")}),
+    Recipe("k17-figure1", "K17 figures 1 and 4: model capacity (top-1 and top-5)",
+           ("cifar10",), _k17_sweep("capacity")),
+    Recipe("k17-figure2", "K17 figures 2 and 5: transfer rate and error rate vs eps",
+           ("cifar10",), _k17_transfer_eps),
+    Recipe("k17-figure3", "K17 figure 3: one-step methods at evaluation, step l.l. training",
+           ("cifar10",), _k17_fig3),
+]}
+#: K17's figures 4 and 5 are the top-5 / error-rate panels of figures 1 and 2.
+ALIASES = {"k17-figure4": "k17-figure1", "k17-figure5": "k17-figure2"}
+
+
+def get_recipe(name: str) -> Recipe:
+    key = ALIASES.get(name, name)
+    if key not in RECIPES:
+        raise InvalidArgument(f"unknown recipe {name!r}; the recipes are: "
+                              f"{', '.join([*RECIPES, *ALIASES])} (cascade-adv reproduce --list)")
+    return RECIPES[key]
+
+
+def build_steps(recipe: Recipe, builder: Builder, only: Sequence[str] = ()) -> list[Step]:
+    """The recipe's steps, and with ``only`` just the models whose config name contains one
+    of the given strings (and what they need)."""
+    recipe.build(builder)
+    steps = builder.steps
+    if only:
+        keep_models = {n for n in builder.models if any(o in n for o in only)}
+        wanted = [n for n, s in steps.items() if s.kind != "train" and
+                  all(d in keep_models or steps[d].kind != "train" for d in s.deps)]
+        if not wanted:
+            raise InvalidArgument(f"--only {','.join(only)} matches no model of {recipe.name}")
+        keep: set[str] = set()
+
+        def visit(n: str) -> None:
+            if n not in keep:
+                keep.add(n)
+                for d in steps[n].deps:
+                    visit(d)
+
+        for n in wanted:
+            visit(n)
+        steps = {n: s for n, s in steps.items() if n in keep}
+    return list(steps.values())

@@ -1,0 +1,128 @@
+"""The report step of ``cascade-adv reproduce``: the recipe's rows in a results store,
+the standard report built from it, and in front of it our numbers beside the paper's
+(every cell, the difference, the tolerance, the paper's claims, accuracy-vs-eps with
+the paper dashed)."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from cascade_adv.io import atomic_write_text, make_temp_dir
+from cascade_adv.results.published import blackbox_label_for, get_table, recipe_for
+from cascade_adv.results.store import ResultsStore
+from cascade_adv.results.tables import ResultTable
+
+
+def row_mapper(recipe, table, suffix: str):
+    """Our model name -> the row label of published ``table`` it reproduces."""
+    def row_of(name: str) -> str | None:
+        base = name.replace(suffix, "", 1) if suffix else name
+        for prefix, label in recipe.rows.items():
+            if base == prefix or base.startswith((prefix + "/", prefix + "-")):
+                return label
+        if table.sources:
+            return blackbox_label_for(base)
+        hit = recipe_for(base)
+        return hit[1] if hit is not None and hit[0] == table.id else None
+    return row_of
+
+
+def _rows(deps: dict[str, dict]) -> ResultTable:
+    table = ResultTable()
+    for out in deps.values():
+        if out and "rows" in out:
+            table.extend(json.loads(Path(out["rows"]).read_text()))
+    return table
+
+
+def _store(path: Path, rows: ResultTable, deps: dict[str, dict], p: dict) -> ResultsStore:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.unlink(missing_ok=True)
+    with ResultsStore(tmp) as store:
+        store.upsert(rows)
+        for out in deps.values():
+            if out and "weights" in out:
+                store.register_model(out["name"], model_hash=out["hash"],
+                                     dataset=out["dataset"], init=out["init"],
+                                     experiment=out.get("experiment", ""),
+                                     params={**out.get("params", {}),
+                                             "test_images": p["test_images"]})
+    os.replace(tmp, path)
+    return ResultsStore(path)
+
+
+def write_report(recipe, rec, deps: dict[str, dict], records: dict[str, Any]) -> dict:
+    """Build ``OUT/reports/LABEL/`` (report.html, report.md, figures/, results.db,
+    comparison.json); returns its folder and the comparison."""
+    from cascade_adv import __version__
+    from cascade_adv.reporting.report import build_report
+    from cascade_adv.reporting.reproduction import (
+        check_claims,
+        compare,
+        plot_ours_vs_paper,
+        render_claims,
+        render_comparison,
+        summary,
+    )
+
+    p = rec.step.params
+    label = rec.step.name.split("/", 1)[1]
+    folder = rec.folder.parents[1] / "reports" / label
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = _rows(deps)
+    rec.folder.mkdir(parents=True, exist_ok=True)
+    stage = make_temp_dir(rec.folder, "figs")
+    sections, figures, comparison = [], [], {}
+    steps = [records[n] for n in rec.step.deps]
+    spent = sum(r.seconds or 0 for r in steps)
+    scale = "the full schedule" if p["scale"] == 1 else f"scale {p['scale']:g} of every schedule"
+    images = p["test_images"] or "all"
+    info = (f"{recipe.title}. Dataset {p['dataset']}, {scale}, {images} test images, "
+            f"tolerance {p['tolerance']:g} points. cascade-adv {__version__}, "
+            f"{platform.node() or 'this machine'}, {len(steps)} steps, "
+            f"{spent / 60:.1f} min of step time; "
+            f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC.")
+    if p["scale"] != 1 or p["test_images"]:
+        info += (" A scaled run: compare trends, not absolute numbers, with the paper's "
+                 "full recipe. Model names carry the scale (-xF).")
+    sections.append(("Reproduction", f"<p>{info}</p>", info))
+    for table_id in recipe.tables:
+        pub = get_table(table_id)
+        cells = compare(rows, pub, row_mapper(recipe, pub, p["suffix"]))
+        h, md = render_comparison(cells, pub, tolerance=p["tolerance"])
+        claims = check_claims(cells, recipe.claims, pub.metrics[0])
+        ch, cmd = render_claims(claims)
+        s = summary(cells, p["tolerance"])
+        line = (f"{s['compared']} cells compared, {s['off']} more than {p['tolerance']:g} "
+                f"points from the paper, {s['missing']} without our number.")
+        fig = plot_ours_vs_paper(cells, stage / f"{table_id}-ours-vs-paper.png",
+                                 title=f"{pub.paper} table {pub.number}")
+        fig_h = fig_md = ""
+        if fig is not None:
+            figures.append(fig)
+            fig_h = f'<figure><img src="figures/{fig.name}" alt="ours vs paper"></figure>'
+            fig_md = f"![ours vs paper](figures/{fig.name})"
+        sections.append((f"{pub.paper} table {pub.number}: ours (paper, difference)",
+                         f"<p>{line}</p>{h}<h3>Claims</h3>{ch}{fig_h}",
+                         f"{line}\n\n{md}\n\n### Claims\n\n{cmd}\n\n{fig_md}"))
+        comparison[table_id] = {"summary": s, "claims": claims,
+                                "cells": [dict(c.__dict__, diff=c.diff) for c in cells]}
+    text = json.dumps(comparison, indent=1)
+    atomic_write_text(folder / "comparison.json", text)
+    comparison = json.loads(text)     # as a cached run reads it back
+    store = _store(folder / "results.db", rows, deps, p)
+    try:
+        if len(rows):
+            build_report(store, folder, title=f"cascade-adv reproduce {label}", overwrite=True,
+                         sections=sections, extra_figures=figures)
+    finally:
+        store.close()
+    for f in figures:
+        f.unlink(missing_ok=True)
+    stage.rmdir()
+    return {"folder": str(folder), "comparison": comparison}

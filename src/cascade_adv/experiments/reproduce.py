@@ -1,0 +1,440 @@
+"""``cascade-adv reproduce``: a paper table or figure as a cached graph of steps.
+
+A recipe (:mod:`cascade_adv.experiments.recipes`) is a list of :class:`Step`\\ s -
+shared pre-training, each configuration, crafting, white-box and black-box
+evaluation, analyses - and a report. Every step has a cache key: the hash of its
+kind, its parameters (for training, the whole resolved config), the keys of the
+steps it depends on and :data:`CACHE_VERSION`. Its outputs live in
+``OUT/steps/NAME-KEY/`` and it is finished when ``done.json`` there holds that key,
+so
+
+* a repeated run skips finished steps, and a changed config re-runs the steps that
+  depend on it and nothing else (their keys change);
+* an interrupted run resumes: training continues from its last checkpoint (the step
+  folder is the same), other steps start over;
+* ``jobs > 1`` runs independent steps in worker processes; each step seeds itself,
+  so the results do not depend on the order.
+
+``OUT/cache.json`` names the dataset the cache was made for and the cache format;
+an ``OUT`` holding a cache of another dataset, of another format, or files that are
+not a cache is refused before any work.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+from cascade_adv.errors import InvalidArgument
+from cascade_adv.experiments.steps import Runtime, Step, execute
+from cascade_adv.io import atomic_write_text, check_writable_dir
+
+#: Bumped when what a step computes changes for the same parameters; part of every key.
+CACHE_VERSION = 1
+#: Format of ``cache.json`` and the step folders.
+CACHE_FORMAT = 1
+CACHE_FILE = "cache.json"
+
+
+@dataclass
+class StepRecord:
+    step: Step
+    key: str
+    folder: Path
+    status: str = "todo"          # cached | todo | done | failed | blocked
+    seconds: float | None = None
+    outputs: dict[str, Any] | None = None
+    estimate: float | None = None
+    error: str = ""
+
+
+def step_keys(steps: Sequence[Step]) -> dict[str, str]:
+    """The cache key of every step (its dependencies first)."""
+    by_name = {s.name: s for s in steps}
+    keys: dict[str, str] = {}
+
+    def key(name: str) -> str:
+        if name not in keys:
+            s = by_name[name]
+            blob = json.dumps({"v": CACHE_VERSION, "kind": s.kind,
+                               "params": s.params if s.identity is None else s.identity,
+                               "deps": {d: key(d) for d in s.deps}}, sort_keys=True)
+            keys[name] = hashlib.sha256(blob.encode()).hexdigest()[:16]
+        return keys[name]
+
+    for s in steps:
+        key(s.name)
+    return keys
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.=+-]+", "_", name).strip("_")[:80]
+
+
+class Cache:
+    """The step folders under ``out`` and the manifest that says whose they are."""
+
+    def __init__(self, out: str | Path, dataset: str):
+        self.out = Path(out)
+        self.dataset = dataset
+
+    def check(self) -> None:
+        """Refuse (one line, nothing written) a folder that is not this dataset's cache."""
+        out = self.out
+        check_writable_dir(out, "--out")
+        manifest = out / CACHE_FILE
+        if manifest.is_file():
+            try:
+                info = json.loads(manifest.read_text())
+                fmt, dataset = info["format"], info["dataset"]
+            except (ValueError, KeyError, TypeError):
+                raise InvalidArgument(f"--out {out}: {CACHE_FILE} is damaged; give another "
+                                      "--out folder") from None
+            if fmt != CACHE_FORMAT:
+                raise InvalidArgument(
+                    f"--out {out} holds a cache of format {fmt} (written by cascade-adv "
+                    f"{info.get('version', '?')}); this version reads format {CACHE_FORMAT}: "
+                    "give another --out folder")
+            if dataset != self.dataset:
+                raise InvalidArgument(
+                    f"--out {out} holds the cache of {dataset} recipes "
+                    f"({', '.join(info.get('recipes', [])) or 'none'}), not {self.dataset}; "
+                    "give another --out folder")
+        elif out.exists() and any(out.iterdir()):
+            raise InvalidArgument(f"--out {out} is not empty and holds no reproduce cache; "
+                                  "give a new or empty folder")
+
+    def open(self, recipe: str) -> None:
+        from cascade_adv import __version__
+
+        self.out.mkdir(parents=True, exist_ok=True)
+        manifest = self.out / CACHE_FILE
+        info = {"format": CACHE_FORMAT, "dataset": self.dataset, "version": __version__,
+                "recipes": []}
+        if manifest.is_file():
+            info = json.loads(manifest.read_text())
+        if recipe not in info["recipes"]:
+            info["recipes"] = [*info["recipes"], recipe]
+        atomic_write_text(manifest, json.dumps(info, indent=1))
+
+    def folder(self, step: Step, key: str) -> Path:
+        return self.out / "steps" / f"{_slug(step.name)}-{key}"
+
+    @staticmethod
+    def finished(folder: Path, key: str) -> dict | None:
+        try:
+            done = json.loads((folder / "done.json").read_text())
+        except (OSError, ValueError):
+            return None
+        return done if done.get("key") == key else None
+
+    @staticmethod
+    def finish(record: StepRecord) -> None:
+        atomic_write_text(record.folder / "done.json", json.dumps(
+            {"key": record.key, "name": record.step.name, "kind": record.step.kind,
+             "seconds": record.seconds, "outputs": record.outputs,
+             "finished": datetime.now(timezone.utc).isoformat(timespec="seconds")},
+            indent=1))
+
+
+def plan(steps: Sequence[Step], cache: Cache) -> list[StepRecord]:
+    """Every step with its key, folder and whether it is already finished."""
+    keys = step_keys(steps)
+    records = []
+    for s in steps:
+        folder = cache.folder(s, keys[s.name])
+        done = Cache.finished(folder, keys[s.name])
+        rec = StepRecord(s, keys[s.name], folder)
+        if done is not None:
+            rec.status, rec.outputs, rec.seconds = "cached", done["outputs"], done["seconds"]
+        records.append(rec)
+    return records
+
+
+Event = Callable[[str, StepRecord], None]
+_STOP = (KeyboardInterrupt, SystemExit)
+
+
+class RayExecutor:
+    """Steps as Ray tasks (``pip install "cascade-adv[ray]"``): on a running cluster
+    (``address``, e.g. ``auto``) or a local instance started here. ``gpus`` is the
+    fraction of a GPU each step asks for, so several configurations share one GPU;
+    the step graph and the cache are the same as with local workers."""
+
+    def __init__(self, address: str | None = None, gpus: float = 0.0, cpus: float = 1.0):
+        try:
+            import ray
+        except ImportError:
+            raise InvalidArgument("--executor ray needs Ray: pip install 'cascade-adv[ray]'"
+                                  ) from None
+        self._ray = ray
+        self._started = not ray.is_initialized()
+        if self._started:
+            ray.init(address=address, include_dashboard=False, log_to_driver=False,
+                     configure_logging=False)
+        self._task = ray.remote(execute).options(num_cpus=cpus, num_gpus=gpus, max_retries=0)
+
+    def submit(self, fn, *args) -> Future:
+        return self._task.remote(*args).future()
+
+    def shutdown(self, wait: bool = True, cancel_futures: bool = False) -> None:
+        if self._started:
+            self._ray.shutdown()
+
+
+def run_steps(records: list[StepRecord], rt: Runtime, *, jobs: int = 1,
+              report: Callable[[StepRecord, dict[str, dict]], dict] | None = None,
+              on_event: Event | None = None, executor: Any = None) -> None:
+    """Run every unfinished step once its dependencies are done; ``jobs`` at a time.
+
+    A step that fails (e.g. a diverging training run) is recorded as ``failed`` with
+    its one-line error; the steps that need it are ``blocked``, the others go on, and
+    ``report`` steps (run in this process) still run with what finished, so the
+    report shows the missing cells. An interrupt (Ctrl-C, SIGTERM of training) stops
+    everything; finished steps stay cached. ``executor`` (anything with
+    ``submit(fn, *args) -> Future`` and ``shutdown()``, e.g. :class:`RayExecutor`)
+    replaces the local worker processes.
+    """
+    by_name = {r.step.name: r for r in records}
+    pending = [r for r in records if r.status != "cached"]
+    note = on_event or (lambda what, rec: None)
+    running: dict[Future, StepRecord] = {}
+    pool = executor if executor is not None else (
+        ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn"))
+        if jobs > 1 else None)
+    settled = ("cached", "done", "failed", "blocked")
+
+    def state(rec: StepRecord) -> str:
+        """ready | wait | blocked"""
+        deps = [by_name[d].status for d in rec.step.deps]
+        if rec.step.kind == "report":
+            return "ready" if all(d in settled for d in deps) else "wait"
+        if any(d in ("failed", "blocked") for d in deps):
+            return "blocked"
+        return "ready" if all(d in ("cached", "done") for d in deps) else "wait"
+
+    try:
+        while pending or running:
+            for rec in list(pending):
+                if state(rec) == "blocked":
+                    pending.remove(rec)
+                    rec.status = "blocked"
+                    note("blocked", rec)
+            ready = [r for r in pending if state(r) == "ready"]
+            if not ready and not running:
+                if pending:
+                    raise RuntimeError(f"steps with unmet dependencies: "
+                                       f"{[r.step.name for r in pending]}")
+                break
+            for rec in ready:
+                if pool is not None and len(running) >= jobs:
+                    break
+                pending.remove(rec)
+                deps = {d: by_name[d].outputs for d in rec.step.deps}
+                note("start", rec)
+                rec.seconds = time.perf_counter()
+                if rec.step.kind == "report" or pool is None:
+                    try:
+                        rec.outputs = (report(rec, deps) if rec.step.kind == "report"
+                                       else execute(rec.step.kind, rec.step.params,
+                                                    str(rec.folder), deps, rt))
+                    except _STOP:
+                        raise
+                    except Exception as exc:
+                        _failed(rec, exc, note)
+                        if rec.step.kind == "report" or _interrupt(exc):
+                            raise
+                        continue
+                    _finished(rec, note)
+                else:
+                    running[pool.submit(execute, rec.step.kind, rec.step.params,
+                                        str(rec.folder), deps, rt)] = rec
+            if running:
+                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    rec = running.pop(fut)
+                    try:
+                        rec.outputs = fut.result()
+                    except Exception as exc:
+                        _failed(rec, exc, note)
+                        if _interrupt(exc):
+                            raise
+                        continue
+                    _finished(rec, note)
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _interrupt(exc: BaseException) -> bool:
+    from cascade_adv.errors import TrainingInterrupted
+
+    return isinstance(exc, TrainingInterrupted)
+
+
+def _failed(rec: StepRecord, exc: BaseException, note: Event) -> None:
+    rec.seconds = time.perf_counter() - rec.seconds
+    rec.status = "failed"
+    rec.error = " ".join(str(exc).split()) or type(exc).__name__
+    note("failed", rec)
+
+
+def _finished(rec: StepRecord, note: Event) -> None:
+    rec.seconds = time.perf_counter() - rec.seconds
+    rec.status = "done"
+    Cache.finish(rec)
+    note("done", rec)
+
+
+def clear_unfinished(rec: StepRecord) -> None:
+    """A non-training step that did not finish starts over from an empty folder."""
+    if rec.status == "todo" and rec.step.kind != "train" and rec.folder.exists():
+        shutil.rmtree(rec.folder)
+
+
+# --- the command ------------------------------------------------------------------------------
+
+@dataclass
+class ReproduceResult:
+    recipe: str
+    records: list[StepRecord]
+    report: Path | None = None
+    comparison: dict[str, Any] | None = None
+    seconds: float = 0.0
+
+
+def default_configs() -> Path:
+    """The repository's ``configs/`` (beside ``src/``), else ``./configs``."""
+    here = Path(__file__).resolve().parents[3] / "configs"
+    return here if here.is_dir() else Path("configs")
+
+
+def _check_options(recipe, dataset: str | None, scale: float, test_images: int | None,
+                   jobs: int, tolerance: float, executor: str, gpus_per_step: float
+                   ) -> tuple[str, str | None]:
+    if not (isinstance(scale, (int, float)) and 0 < scale <= 1):
+        raise InvalidArgument(f"--scale must be in (0, 1], got {scale}; 0.1 runs a tenth "
+                              "of every schedule")
+    if test_images is not None and test_images < 1:
+        raise InvalidArgument(f"--test-images must be positive, got {test_images}")
+    if jobs < 1:
+        raise InvalidArgument(f"--jobs must be at least 1, got {jobs}")
+    if not 0 <= gpus_per_step <= 1:
+        raise InvalidArgument(f"--gpus-per-step must be in [0, 1], got {gpus_per_step}")
+    if executor not in ("local", "ray"):
+        raise InvalidArgument(f"--executor must be local or ray, got {executor!r}")
+    if not tolerance >= 0:
+        raise InvalidArgument(f"--tolerance must be >= 0 points, got {tolerance}")
+    dataset = dataset or recipe.datasets[0]
+    if dataset == "digits" and "mnist" in recipe.datasets:
+        return "mnist", "digits"   # the bundled digits in place of MNIST: quick checks
+    if dataset not in recipe.datasets:
+        raise InvalidArgument(f"{recipe.name} runs on {' or '.join(recipe.datasets)}, not "
+                              f"{dataset}; pass --dataset {recipe.datasets[0]}")
+    return dataset, None
+
+
+_LAYOUT = {"mnist": "DIR/mnist/ with the four MNIST .gz files",
+           "cifar10": "DIR/cifar10/cifar-10-batches-bin/ (or cifar-10-binary.tar.gz there)",
+           "digits": "nothing (bundled with scikit-learn)",
+           "imagenet": "DIR/imagenet/{train,val}/<class>/<images>"}
+
+
+def data_available(dataset: str, data_dir: str | None) -> bool:
+    from cascade_adv.data import load_dataset
+    from cascade_adv.errors import DatasetError
+
+    try:
+        load_dataset(dataset, "val" if dataset == "imagenet" else "test", root=data_dir)
+    except DatasetError:
+        return False
+    return True
+
+
+def _check_data(dataset: str, data_dir: str | None, download: bool) -> None:
+    """One line naming the folder layout and the download option when data is absent."""
+    from cascade_adv.data import load_dataset
+    from cascade_adv.errors import DatasetError
+
+    try:
+        for split in ("train", "val" if dataset == "imagenet" else "test"):
+            load_dataset(dataset, split, root=data_dir, download=download)
+    except DatasetError as exc:
+        fetch = ("ImageNet cannot be downloaded: bring the folder" if dataset == "imagenet"
+                 else "or pass --download to fetch it")
+        raise InvalidArgument(
+            f"{dataset} is needed and not usable under --data-dir "
+            f"{data_dir or '$CASCADE_ADV_DATA or ./data'}: expected {_LAYOUT[dataset]}, "
+            f"{fetch} ({' '.join(str(exc).split())})") from None
+
+
+def reproduce(name: str, out: str | Path, *, data_dir: str | None = None,
+              dataset: str | None = None, scale: float = 1.0, test_images: int | None = None,
+              jobs: int = 1, threads: int | None = None, only: Sequence[str] = (),
+              dry_run: bool = False, device: str = "auto", configs: str | Path | None = None,
+              tolerance: float = 1.5, download: bool = False, progress: bool = False,
+              executor: str = "local", ray_address: str | None = None,
+              gpus_per_step: float = 0.0, on_event: Event | None = None) -> ReproduceResult:
+    """Run recipe ``name`` (:mod:`cascade_adv.experiments.recipes`) with its cache in
+    ``out``; returns every step's record and, unless ``dry_run``, the report folder.
+
+    ``scale`` shortens every schedule (iterations, milestones, pre-training, delay) by
+    the same factor, ``test_images`` limits evaluation; both go into the model names
+    (``-x0.1``), the rows' ``n`` and the report. ``dataset="digits"`` runs an MNIST
+    recipe on the bundled digits. Bad options, a foreign ``out`` and absent data
+    raise one-line errors before anything is written. ``executor="ray"`` runs the
+    steps as Ray tasks (:class:`RayExecutor`), ``jobs`` at a time.
+    """
+    from cascade_adv.experiments.cost import estimate
+    from cascade_adv.experiments.recipes import Builder, build_steps, get_recipe
+
+    start = time.perf_counter()
+    recipe = get_recipe(name)
+    base, substitute = _check_options(recipe, dataset, scale, test_images, jobs, tolerance,
+                                      executor, gpus_per_step)
+    used = substitute or base
+    configs = Path(configs) if configs else default_configs()
+    builder = Builder(configs, base, scale=float(scale), test_images=test_images,
+                      substitute=substitute)
+    steps = build_steps(recipe, builder, only)
+    label = f"{recipe.name}{builder.suffix}" + (f"-n{test_images}" if test_images else "")
+    steps.append(Step(f"report/{label}", "report",
+                      {"recipe": recipe.name, "suffix": builder.suffix, "scale": scale,
+                       "test_images": test_images, "dataset": used, "tolerance": tolerance,
+                       "only": list(only)}, tuple(s.name for s in steps)))
+    cache = Cache(out, used)
+    cache.check()
+    _check_data(used, data_dir, download)
+    records = plan(steps, cache)
+    rt = Runtime(str(configs), data_dir, device, threads, progress)
+    result = ReproduceResult(recipe.name, records)
+    if dry_run:
+        estimate(records, rt)
+        return result
+    cache.open(recipe.name)
+    for rec in records:
+        clear_unfinished(rec)
+
+    def report(rec: StepRecord, deps: dict[str, dict]) -> dict:
+        from cascade_adv.experiments.report import write_report
+
+        return write_report(recipe, rec, deps, by_name)
+
+    by_name = {r.step.name: r for r in records}
+    pool = RayExecutor(ray_address, gpus_per_step, cpus=threads or 1) if executor == "ray" else None
+    run_steps(records, rt, jobs=jobs, report=report, on_event=on_event, executor=pool)
+    final = by_name[f"report/{label}"].outputs or {}
+    result.report = Path(final["folder"]) if "folder" in final else None
+    result.comparison = final.get("comparison")
+    result.seconds = time.perf_counter() - start
+    return result

@@ -1,0 +1,166 @@
+"""What one step of a reproduction recipe does: train, craft, evaluate, analyse.
+
+Each function takes the step's parameters (JSON values, part of its cache key), the
+step's folder, the outputs of the steps it depends on and the run's
+:class:`Runtime`, and returns its own outputs (JSON values). They are plain
+functions so that a worker process can run them (``--jobs``); the report step is in
+:mod:`cascade_adv.experiments.reproduce`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cascade_adv.io import atomic_write_text
+
+
+@dataclass(frozen=True)
+class Step:
+    """One node of a recipe's graph: ``kind`` (a key of :data:`RUNNERS`, or ``report``),
+    JSON ``params`` and the names of the steps it needs."""
+
+    name: str
+    kind: str
+    params: dict[str, Any] = field(hash=False)
+    deps: tuple[str, ...] = ()
+    #: what the cache key hashes instead of ``params`` (training: the resolved config
+    #: without its paths)
+    identity: Any = None
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Where and how steps run; none of it is part of a step's cache key."""
+
+    configs: str
+    data_dir: str | None = None
+    device: str = "auto"
+    threads: int | None = None
+    progress: bool = False
+
+
+def _device(rt: Runtime):
+    from cascade_adv.training import resolve_device
+
+    return resolve_device(rt.device)
+
+
+def _load(out: dict[str, Any], device):
+    from cascade_adv.models import load_model
+
+    return load_model(out["weights"], map_location=device)
+
+
+def _test_set(out: dict[str, Any], rt: Runtime, limit: int | None, split: str = "test"):
+    from cascade_adv.data import load_dataset
+
+    size = {"image_size": out["image_size"]} if out["dataset"] == "imagenet" else {}
+    if out["dataset"] == "imagenet" and split == "test":
+        split = "val"
+    data = load_dataset(out["dataset"], split, root=rt.data_dir, **size)
+    return data.subset(limit) if limit and limit < len(data) else data
+
+
+def _write_rows(folder: Path, rows) -> dict[str, Any]:
+    atomic_write_text(folder / "rows.json", json.dumps(list(rows), indent=0))
+    return {"rows": str(folder / "rows.json")}
+
+
+def train_step(p: dict, folder: Path, deps: dict[str, dict], rt: Runtime) -> dict:
+    """Train (or resume) one configuration into ``folder/run``."""
+    from cascade_adv.models import WEIGHTS_FILE, weights_hash
+    from cascade_adv.training import init_id, load_config, train
+
+    overrides = list(p["overrides"])
+    if p.get("init"):
+        overrides.append(f"init_from={Path(deps[p['init']]['run'])}")
+    if p.get("saved"):
+        sources = [dict(s) for s in p["sources"]]
+        for s in sources:
+            if s["kind"] == "saved":
+                s["paths"] = [deps[p["saved"]]["set"]]
+        overrides.append(f"adversarial.sources={json.dumps(sources)}")
+    if rt.data_dir:
+        overrides.append(f"data.root={rt.data_dir}")
+    cfg = load_config(Path(rt.configs) / p["config"], overrides)
+    run = folder / "run"
+    result = train(cfg, run, resume=True, progress=rt.progress)
+    weights = run / "final" / WEIGHTS_FILE
+    return {"run": str(run), "weights": str(weights), "name": cfg.name,
+            "hash": weights_hash(weights), "dataset": cfg.data.dataset,
+            "image_size": cfg.data.image_size,
+            "init": init_id(cfg.init_from, cfg.seed, result.model.config),
+            "experiment": p.get("experiment", ""), "params": p.get("params", {})}
+
+
+def craft_step(p: dict, folder: Path, deps: dict[str, dict], rt: Runtime) -> dict:
+    """Save adversarial images of the training split (cascade training, N18 section 6)."""
+    from cascade_adv.evaluation import craft_adversarial_set, prepare_images
+
+    src = deps[p["model"]]
+    device = _device(rt)
+    model = _load(src, device)
+    data = _test_set(src, rt, p.get("images"), split="train").to(device)
+    path = craft_adversarial_set(
+        model, data, folder / "set", p["attack"], p["eps"],
+        prepare=lambda x: prepare_images(model, x), source_name=src["name"],
+        source_hash=src["hash"], progress=rt.progress, overwrite=True)
+    return {"set": str(path)}
+
+
+def whitebox_step(p: dict, folder: Path, deps: dict[str, dict], rt: Runtime) -> dict:
+    """White-box accuracy of one model (N18 tables 1, 2, 5, 6; K17 tables 1-3, 5, 7)."""
+    from cascade_adv.evaluation import evaluate_whitebox
+
+    m = deps[p["model"]]
+    device = _device(rt)
+    data = _test_set(m, rt, p.get("test_images")).to(device)
+    rows = evaluate_whitebox(_load(m, device), data, p["attacks"], p["eps"],
+                             model_name=m["name"], model_hash=m["hash"], progress=rt.progress)
+    return _write_rows(folder, rows)
+
+
+def transfer_step(p: dict, folder: Path, deps: dict[str, dict], rt: Runtime) -> dict:
+    """Black-box rows for every source -> target pair (N18 tables 4, 7-10; K17 4, 6)."""
+    from cascade_adv.evaluation import transfer_matrix
+
+    device = _device(rt)
+    sources = {deps[s]["name"]: _load(deps[s], device) for s in p["sources"]}
+    targets = {deps[t]["name"]: _load(deps[t], device) for t in p["targets"]}
+    hashes = {deps[s]["name"]: deps[s]["hash"] for s in [*p["sources"], *p["targets"]]}
+    data = _test_set(deps[p["sources"][0]], rt, p.get("test_images")).to(device)
+    rows = transfer_matrix(sources, targets, data, p["attacks"], p["eps"], hashes=hashes,
+                           sets_dir=folder / "sets", progress=rt.progress)
+    return _write_rows(folder, rows)
+
+
+def analysis_step(p: dict, folder: Path, deps: dict[str, dict], rt: Runtime) -> dict:
+    """N18 figures 4 and 6 (``softmax``) and 5 (``gradcorr``) for one model."""
+    from cascade_adv.analysis import gradient_correlation, softmax_argument
+
+    fn = {"softmax": softmax_argument, "gradcorr": gradient_correlation}[p["analysis"]]
+    m = deps[p["model"]]
+    device = _device(rt)
+    rows = fn(_load(m, device), _test_set(m, rt, None).to(device), eps=p["eps"],
+              model_name=m["name"], model_hash=m["hash"])
+    return _write_rows(folder, rows)
+
+
+RUNNERS = {"train": train_step, "craft": craft_step, "whitebox": whitebox_step,
+           "transfer": transfer_step, "analysis": analysis_step}
+
+
+def execute(kind: str, params: dict, folder: str, deps: dict[str, dict], rt: Runtime) -> dict:
+    """Run one step (in this process or a worker); returns its outputs."""
+    if rt.threads:
+        import torch
+
+        torch.set_num_threads(rt.threads)
+        os.environ["OMP_NUM_THREADS"] = str(rt.threads)
+    path = Path(folder)
+    path.mkdir(parents=True, exist_ok=True)
+    return RUNNERS[kind](params, path, deps, rt)

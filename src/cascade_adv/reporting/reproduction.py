@@ -1,0 +1,249 @@
+"""Our numbers beside the paper's: every cell, the difference, the paper's claims.
+
+:func:`compare` lines up our result rows with a published table (which of our models
+reproduces which paper row is given by ``row_of``); :func:`check_claims` evaluates
+qualitative statements of the paper (:class:`Claim`) on both; :func:`render_comparison`
+and :func:`plot_ours_vs_paper` draw them for the reproduction report.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+import os
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cascade_adv.results.published import CLEAN, WHITEBOX, PaperTable
+from cascade_adv.results.tables import ResultTable
+
+#: Default tolerance, in percentage points, beyond which a cell is marked.
+TOLERANCE = 1.5
+
+
+@dataclass(frozen=True)
+class Cell:
+    row: str          # paper row label (target, for black-box tables)
+    source: str
+    attack: str
+    eps: float
+    metric: str
+    paper: float | None
+    ours: float | None
+    model: str = ""   # our model's name
+    n: int = 0        # our test images
+    primary: bool = True  # the first of our models that maps to ``row``
+
+    @property
+    def diff(self) -> float | None:
+        return None if self.paper is None or self.ours is None else self.ours - self.paper
+
+    def off(self, tolerance: float) -> bool:
+        return self.diff is not None and abs(self.diff) > tolerance
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A statement of the paper that a table supports: the mean of the ``higher`` cells
+    exceeds the mean of the ``lower`` cells. Each side filters the table's cells by
+    ``row`` (paper label), ``source``, ``attack``, ``eps`` and ``metric`` (a value or a
+    tuple of values; the table's first metric when ``metric`` is not given)."""
+
+    text: str
+    higher: Mapping[str, Any]
+    lower: Mapping[str, Any]
+
+
+def compare(ours: ResultTable | Iterable[Mapping[str, Any]], published: PaperTable,
+            row_of: Callable[[str], str | None]) -> list[Cell]:
+    """Every cell of ``published``'s grid with our value where one of our models maps to
+    its row (``row_of(model name)`` -> paper label; for black-box tables both the
+    target and the source are mapped).
+
+    A row that several of our models map to (e.g. the paper's and the released pivot)
+    gets one set of cells per model, the first model's marked ``primary``; mean_std
+    tables compare ``top1_mean`` / ``top1_std`` with the mean and sample std of all of
+    them.
+    """
+    from cascade_adv.evaluation.stats import mean_std
+
+    models: dict[str, list[str]] = {}
+    found: dict[tuple, tuple[float, int]] = {}
+    for r in ours:
+        label = row_of(r["model"])
+        if label is None:
+            continue
+        source = r["source"]
+        if published.sources:
+            source = row_of(source) if source != WHITEBOX else None
+            if source is None:
+                continue
+        group = "*" if published.kind == "mean_std" else r["model"]
+        models.setdefault(label, [])
+        if group not in models[label]:
+            models[label].append(group)
+        key = (label, group, source, r["attack"], float(r["eps"]), r["metric"])
+        found.setdefault(key, []).append((float(r["value"]), int(r["n"])))
+    cells = []
+    for row, source, attack, eps, metric in published.grid():
+        paper = published.value(row, attack, eps, metric, source if published.sources else None)
+        for i, group in enumerate(models.get(row, [""])):
+            base = metric.rsplit("_", 1)[0] if published.kind == "mean_std" else metric
+            hits = found.get((row, group, source, attack, eps, base), [])
+            value = None
+            if hits and published.kind == "mean_std":
+                mean, std, _ = mean_std([h[0] for h in hits])
+                value = mean if metric.endswith("_mean") else (std if len(hits) > 1 else None)
+            elif hits:
+                value = hits[-1][0]
+            cells.append(Cell(row, source, attack, eps, metric, paper, value,
+                              "" if group == "*" else group, hits[-1][1] if hits else 0,
+                              primary=i == 0))
+    return cells
+
+
+def _pick(cells: Sequence[Cell], spec: Mapping[str, Any], metric: str) -> list[Cell]:
+    def ok(c: Cell, key: str, value: Any) -> bool:
+        want = value if isinstance(value, (tuple, list)) else (value,)
+        return getattr(c, key) in want
+
+    spec = {"metric": metric, **spec}
+    return [c for c in cells if c.primary and all(ok(c, k, v) for k, v in spec.items())]
+
+
+def _mean(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+def check_claims(cells: Sequence[Cell], claims: Sequence[Claim], metric: str
+                 ) -> list[dict[str, Any]]:
+    """For each claim: whether it holds in the paper and on our numbers (``None`` where
+    our cells are missing), with the two means of each side."""
+    out = []
+    for claim in claims:
+        hi, lo = _pick(cells, claim.higher, metric), _pick(cells, claim.lower, metric)
+        res: dict[str, Any] = {"claim": claim.text}
+        for who in ("paper", "ours"):
+            a = _mean([getattr(c, who) for c in hi if getattr(c, who) is not None])
+            b = _mean([getattr(c, who) for c in lo if getattr(c, who) is not None])
+            complete = all(getattr(c, who) is not None for c in [*hi, *lo])
+            res[who] = None if a is None or b is None or not complete else a > b
+            res[f"{who}_means"] = (a, b)
+        out.append(res)
+    return out
+
+
+def _fmt(v: float | None) -> str:
+    return "" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.1f}"
+
+
+def _eps(e: float) -> str:
+    return f"{e:g}"
+
+
+def render_comparison(cells: Sequence[Cell], published: PaperTable, *,
+                      tolerance: float = TOLERANCE) -> tuple[str, str]:
+    """(HTML, Markdown): one line per paper row (and metric; per source for black-box
+    tables), each cell ``ours (paper, diff)``; cells further than ``tolerance`` points
+    from the paper are marked (class ``off`` in HTML, bold in Markdown)."""
+    cols = [(s, a, e) for s in (published.sources or (WHITEBOX,)) for a, e in published.columns]
+    head = [f"{a} {_eps(e)}" if a != CLEAN else "clean" for _, a, e in cols]
+    if published.sources:
+        head = [f"{s}: {h}" for (s, _, _), h in zip(cols, head)]
+    by = {(c.row, c.model, c.source, c.attack, c.eps, c.metric): c for c in cells}
+    md = ["| row | " + " | ".join(head) + " |", "|---" * (len(head) + 1) + "|"]
+    h = ["<table class=\"compare\"><tr><th>row</th>"
+         + "".join(f"<th>{html.escape(x)}</th>" for x in head) + "</tr>"]
+    lines = list(dict.fromkeys((c.row, c.model) for c in cells))
+    for metric in published.metrics:
+        for row, model in sorted(lines, key=lambda rm: published.row_order.index(rm[0])):
+            label = row if len(published.metrics) == 1 else f"{row} ({metric})"
+            if model and sum(r == row for r, _ in lines) > 1:
+                label += f" [{model}]"
+            md_cells, h_cells = [], []
+            for s, a, e in cols:
+                c = by.get((row, model, s, a, e, metric))
+                if c is None or (c.paper is None and c.ours is None):
+                    md_cells.append("-")
+                    h_cells.append("<td>-</td>")
+                    continue
+                d = c.diff
+                text = (f"{_fmt(c.ours) or 'n/a'} ({_fmt(c.paper) or '-'}"
+                        + (f", {d:+.1f})" if d is not None else ")"))
+                off = c.off(tolerance)
+                md_cells.append(f"**{text}**" if off else text)
+                cls = " class=\"off\"" if off else (" class=\"ok\"" if d is not None else "")
+                h_cells.append(f"<td{cls}>{html.escape(text)}</td>")
+            md.append(f"| {label} | " + " | ".join(md_cells) + " |")
+            h.append(f"<tr><th>{html.escape(label)}</th>" + "".join(h_cells) + "</tr>")
+    h.append("</table>")
+    return "\n".join(h), "\n".join(md)
+
+
+def summary(cells: Sequence[Cell], tolerance: float = TOLERANCE) -> dict[str, Any]:
+    both = [c for c in cells if c.diff is not None]
+    off = [c for c in both if c.off(tolerance)]
+    return {"cells": len(cells), "compared": len(both), "off": len(off),
+            "missing": sum(c.ours is None and c.paper is not None for c in cells),
+            "max_abs_diff": max((abs(c.diff) for c in both), default=None)}
+
+
+def render_claims(results: Sequence[Mapping[str, Any]]) -> tuple[str, str]:
+    def word(v: bool | None) -> str:
+        return "n/a" if v is None else ("holds" if v else "does not hold")
+
+    md = ["| claim | paper | ours |", "|---|---|---|"]
+    h = ["<table class=\"claims\"><tr><th>claim</th><th>paper</th><th>ours</th></tr>"]
+    for r in results:
+        a, b = r["ours_means"]
+        detail = "" if a is None or b is None else f" ({a:.1f} vs {b:.1f})"
+        md.append(f"| {r['claim']} | {word(r['paper'])} | {word(r['ours'])}{detail} |")
+        cls = "ok" if r["ours"] else ("off" if r["ours"] is False else "")
+        h.append(f"<tr><td>{html.escape(r['claim'])}</td><td>{word(r['paper'])}</td>"
+                 f"<td class=\"{cls}\">{word(r['ours'])}{html.escape(detail)}</td></tr>")
+    h.append("</table>")
+    return "\n".join(h), "\n".join(md)
+
+
+def plot_ours_vs_paper(cells: Sequence[Cell], path: str | os.PathLike, *,
+                       title: str = "") -> Path | None:
+    """Accuracy vs eps, one panel per attack, one colour per model (a paper row with
+    two of our models gets two colours): ours solid, the paper's dashed (the eps 0 point is the clean accuracy). ``None`` when the cells
+    have no white-box attack columns."""
+    from matplotlib.figure import Figure
+
+    white = [c for c in cells if c.source == WHITEBOX and c.metric in ("top1", "top1_mean")]
+    attacks = [a for a in dict.fromkeys(c.attack for c in white) if a != CLEAN]
+    if not attacks:
+        return None
+    lines = list(dict.fromkeys((c.row, c.model) for c in white))
+    fig = Figure(figsize=(3.2 * len(attacks), 3.2), layout="constrained")
+    axes = fig.subplots(1, len(attacks), sharey=True, squeeze=False)[0]
+    for ax, attack in zip(axes, attacks):
+        for i, (row, model) in enumerate(lines):
+            mine = [c for c in white if c.row == row and c.model == model]
+            clean = next((c for c in mine if c.attack == CLEAN), None)
+            pts = sorted((c for c in mine if c.attack == attack), key=lambda c: c.eps)
+            many = sum(r == row for r, _ in lines) > 1
+            for who, style in (("ours", "-"), ("paper", "--")):
+                if who == "paper" and not mine[0].primary:
+                    continue  # the paper's line once per row
+                xy = [(c.eps, getattr(c, who)) for c in ([clean] if clean else []) + pts
+                      if getattr(c, who) is not None]
+                name = f"{row} [{model}]" if many and who == "ours" else row
+                if xy:
+                    ax.plot(*zip(*xy), style, marker="o", markersize=3, color=f"C{i % 10}",
+                            label=f"{name} ({who})")
+        ax.set_title(attack, fontsize=9)
+        ax.set_xlabel("ε (pixels of 255)", fontsize=8)
+        ax.set_ylim(-2, 102)
+    axes[0].set_ylabel("top-1 accuracy (%)", fontsize=8)
+    axes[-1].legend(fontsize=6, loc="best")
+    if title:
+        fig.suptitle(f"{title}: ours solid, paper dashed", fontsize=9)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    return path

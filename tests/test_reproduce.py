@@ -1,0 +1,316 @@
+"""``cascade-adv reproduce``: recipes, the step cache, resume, concurrency, the comparison
+with the paper and bad input."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from cascade_adv.experiments.recipes import ALIASES, RECIPES, Builder, build_steps, get_recipe
+from cascade_adv.experiments.reproduce import default_configs, reproduce, step_keys
+from cascade_adv.reporting.reproduction import (
+    check_claims,
+    compare,
+    render_comparison,
+    summary,
+)
+from cascade_adv.results.published import get_table
+from tests._cli import run_cli
+
+CONFIGS = default_configs()
+TINY = {"dataset": "digits", "scale": 0.01, "test_images": 32, "threads": 1}
+
+
+def _events():
+    seen = []
+    return seen, lambda what, rec: seen.append((what, rec.step.kind, rec.step.name))
+
+
+def _tree(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+# --- recipes -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", list(RECIPES))
+def test_every_recipe_builds_from_the_repository_configs(name):
+    recipe = RECIPES[name]
+    for dataset in recipe.datasets:
+        steps = build_steps(recipe, Builder(CONFIGS, dataset))
+        names = [s.name for s in steps]
+        assert len(names) == len(set(names))
+        assert all(d in names for s in steps for d in s.deps)       # a closed graph
+        assert any(s.kind == "train" for s in steps)
+        # keys are a pure function of the configs: building again gives the same keys
+        again = build_steps(recipe, Builder(CONFIGS, dataset))
+        assert step_keys(steps) == step_keys(again)
+    for table in recipe.tables:
+        get_table(table)
+
+
+def test_aliases_and_unknown_names():
+    assert get_recipe("k17-figure4") is RECIPES["k17-figure1"]
+    assert set(ALIASES.values()) <= set(RECIPES)
+    with pytest.raises(ValueError, match="n18-table1"):
+        get_recipe("n18-table99")
+
+
+def test_scale_shortens_every_schedule_by_the_same_factor():
+    b = Builder(CONFIGS, "mnist", scale=0.1)
+    build_steps(RECIPES["n18-table1"], b)
+    pre = b.steps["train/n18_mnist_pretrain-x0.1"].params["overrides"]
+    row = b.steps["train/n18_mnist_pivot-x0.1"].params["overrides"]
+    assert "optim.iterations=94" in pre                         # 938 x 0.1
+    assert "optim.iterations=800" in row                        # 8000 x 0.1
+    assert "optim.lr_milestones=[400, 600]" in row              # 4000, 6000 x 0.1
+    assert b.steps["train/n18_mnist_pivot-x0.1"].deps == ("train/n18_mnist_pretrain-x0.1",)
+
+
+def test_cascade_configs_depend_on_the_crafted_set_of_their_source():
+    b = Builder(CONFIGS, "cifar10", scale=0.5)
+    build_steps(RECIPES["n18-table5"], b)
+    cascade = b.steps["train/n18_cifar10_cascade_pivot-x0.5"]
+    craft = b.steps[cascade.params["saved"]]
+    assert craft.kind == "craft" and craft.deps == ("train/n18_cifar10_P2-x0.5",)
+    assert craft.params["eps"] == [float(e) for e in range(1, 17)]   # N18: eps 1..max_e
+    assert craft.params["images"] == 25000                           # half the split
+
+
+def test_only_keeps_the_named_models_and_what_they_need():
+    steps = build_steps(RECIPES["n18-table2"], Builder(CONFIGS, "cifar10"),
+                        only=["baseline", "step_ll"])
+    trained = sorted(s.name for s in steps if s.kind == "train")
+    assert trained == sorted(["train/n18_cifar10_pretrain", "train/n18_cifar10_baseline",
+                              "train/n18_cifar10_step_ll_kurakin",
+                              "train/n18_cifar10_step_ll_bidirection",
+                              "train/n18_cifar10_step_ll_pivot",
+                              "train/n18_cifar10_step_ll_pivot-released"])
+
+
+# --- comparison and claims -----------------------------------------------------------------
+
+def _paper_as_ours(table):
+    """The published rows as if they were ours (model = paper label; a mean_std table's
+    means as the top-1 of one network per row)."""
+    if table.kind == "mean_std":
+        return [dict(r, n=10000, metric="top1") for r in table.rows
+                if r["metric"] == "top1_mean"]
+    return [dict(r, n=10000) for r in table.rows]
+
+
+@pytest.mark.parametrize("name", [n for n, r in RECIPES.items() if r.claims])
+def test_every_claim_holds_on_the_papers_own_numbers(name):
+    recipe = RECIPES[name]
+    for table_id in recipe.tables:
+        table = get_table(table_id)
+        cells = compare(_paper_as_ours(table), table, lambda m: m)
+        for result in check_claims(cells, recipe.claims, table.metrics[0]):
+            assert result["paper"] is True, result
+            assert result["ours"] is True, result
+
+
+def test_comparison_against_hand_computed_differences():
+    table = get_table("n18-table1")      # Baseline: clean 99.6, step_ll 16 95.7
+    ours = [{"model": "b", "model_hash": "", "dataset": "mnist", "split": "test",
+             "attack": a, "eps": e, "source": "whitebox", "metric": "top1", "value": v,
+             "n": 2000} for a, e, v in [("clean", 0.0, 99.0), ("step_ll", 16.0, 90.0)]]
+    cells = compare(ours, table, {"b": "Baseline"}.get)
+    by = {(c.row, c.attack, c.eps): c for c in cells}
+    assert by["Baseline", "clean", 0.0].diff == pytest.approx(-0.6)
+    assert by["Baseline", "step_ll", 16.0].diff == pytest.approx(-5.7)
+    assert not by["Baseline", "clean", 0.0].off(1.5) and by["Baseline", "step_ll", 16.0].off(1.5)
+    assert by["Pivot", "clean", 0.0].ours is None and by["Pivot", "clean", 0.0].paper == 99.6
+    s = summary(cells, 1.5)
+    assert (s["compared"], s["off"], s["missing"]) == (2, 1, 34)   # 4 rows x 9 columns
+    html, md = render_comparison(cells, table, tolerance=1.5)
+    assert "**90.0 (95.7, -5.7)**" in md and "99.0 (99.6, -0.6) |" in md
+    assert html.count('class="off"') == 1 and html.count('class="ok"') == 1
+    claim = check_claims(cells, RECIPES["n18-table1"].claims, "top1")[0]
+    assert claim["paper"] is True and claim["ours"] is None        # our cells are missing
+
+
+# --- end to end on the digits --------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("repro") / "cache"
+    seen, note = _events()
+    result = reproduce("n18-table1", out, on_event=note, **TINY)
+    return out, result, seen
+
+
+@pytest.mark.slow
+def test_reproduce_runs_the_recipe_and_reports_beside_the_paper(first_run):
+    _out, result, seen = first_run
+    kinds = [k for what, k, _ in seen if what == "done"]
+    assert kinds.count("train") == 6 and kinds.count("whitebox") == 5 and "report" in kinds
+    report = result.report
+    assert (report / "report.html").is_file() and (report / "results.db").is_file()
+    comp = json.loads((report / "comparison.json").read_text())["n18-table1"]
+    assert comp["summary"]["compared"] == 45       # 5 rows x 9 columns, both pivots on one
+    assert len(comp["claims"]) == 3
+    md = (report / "report.md").read_text()
+    assert "scale 0.01 of every schedule, 32 test images" in md
+    assert "n18_mnist_pivot-released-x0.01-digits" in md          # the scale in every name
+    assert (report / "figures" / "n18-table1-ours-vs-paper.png").stat().st_size > 1000
+
+
+@pytest.mark.slow
+def test_second_run_does_no_training_and_no_evaluation(first_run):
+    out, result, _ = first_run
+    seen, note = _events()
+    again = reproduce("n18-table1", out, on_event=note, **TINY)
+    assert seen == []
+    assert {r.status for r in again.records} == {"cached"}
+    assert again.comparison == result.comparison
+
+
+@pytest.mark.slow
+def test_a_changed_setting_reruns_only_what_depends_on_it(first_run):
+    out, _, _ = first_run
+    seen, note = _events()
+    reproduce("n18-table1", out, on_event=note, **dict(TINY, test_images=16))
+    assert {k for what, k, _ in seen if what == "done"} == {"whitebox", "report"}
+
+
+@pytest.mark.slow
+def test_two_jobs_give_the_same_results_as_one(first_run, tmp_path):
+    _, result, _ = first_run
+    two = reproduce("n18-table1", tmp_path / "cache", jobs=2, **TINY)
+    assert two.comparison == result.comparison
+
+
+@pytest.mark.slow
+def test_a_killed_run_resumes_and_ends_with_the_same_results(first_run, tmp_path):
+    _, result, _ = first_run
+    out = tmp_path / "cache"
+    cmd = [sys.executable, "-m", "cascade_adv.cli.main", "reproduce", "n18-table1", "--out",
+           str(out), "--dataset", "digits", "--scale", "0.01", "--test-images", "32",
+           "--threads", "1", "--quiet"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env=dict(os.environ, OMP_NUM_THREADS="1"))
+    deadline = time.time() + 300
+    while len(list(out.glob("steps/train_*/done.json"))) < 2 and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    finished = {p.parent.name for p in out.glob("steps/*/done.json")}
+    assert finished and not (out / "reports").exists()             # killed in the middle
+    seen, note = _events()
+    resumed = reproduce("n18-table1", out, on_event=note, **TINY)
+    rerun = {name for what, _, name in seen if what == "start"}
+    assert rerun and all(not f.startswith(n.replace("/", "_")) for f in finished
+                         for n in rerun)
+    assert resumed.comparison == result.comparison
+
+
+@pytest.mark.slow
+def test_ray_executor_gives_the_same_results(first_run, tmp_path):
+    pytest.importorskip("ray", reason="Ray is not installed (pip install 'cascade-adv[ray]')")
+    _, result, _ = first_run
+    two = reproduce("n18-table1", tmp_path / "cache", jobs=2, executor="ray", **TINY)
+    assert two.comparison == result.comparison
+
+
+# --- the command line ----------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_cli_dry_run_lists_cached_steps_with_estimates(first_run, tmp_path):
+    out, _, _ = first_run
+    code, stdout, _ = run_cli(["reproduce", "n18-table1", "--out", out, "--dataset", "digits",
+                               "--scale", "0.01", "--test-images", "32", "--dry-run"], tmp_path)
+    assert code == 0
+    assert "12 of 12 steps cached" in stdout
+    code, stdout, _ = run_cli(["reproduce", "n18-figure4", "--out", out, "--dataset", "digits",
+                               "--scale", "0.01", "--dry-run"], tmp_path)
+    lines = stdout.splitlines()
+    assert any(ln.startswith("cached  train     n18_mnist_pivot-x0.01-digits") for ln in lines)
+    assert any(ln.startswith("todo    analysis  softmax") or "softmax" in ln and "todo" in ln
+               for ln in lines)
+    assert "~" in stdout                                  # a measured estimate per step
+
+
+def test_cli_list_names_every_recipe(tmp_path):
+    code, stdout, _ = run_cli(["reproduce", "--list"], tmp_path)
+    assert code == 0
+    for name in [*RECIPES, *ALIASES]:
+        assert name in stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (["n18-table99"], "unknown recipe 'n18-table99'; the recipes are: n18-table1"),
+    (["n18-table1", "--scale", "0"], "--scale must be in (0, 1]"),
+    (["n18-table1", "--scale", "1.5"], "--scale must be in (0, 1]"),
+    (["n18-table1", "--dataset", "cifar10"], "n18-table1 runs on mnist, not cifar10"),
+])
+def test_cli_bad_options_one_line_exit_2(tmp_path, args, message):
+    code, _stdout, stderr = run_cli(["reproduce", *args, "--out", tmp_path / "c"], tmp_path)
+    assert code == 2 and message in stderr and len(stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "c").exists()
+
+
+def test_cli_absent_data_names_the_layout_and_the_download_option(tmp_path):
+    (tmp_path / "empty").mkdir()
+    code, _, stderr = run_cli(["reproduce", "n18-table1", "--data-dir", tmp_path / "empty",
+                               "--out", tmp_path / "c"], tmp_path)
+    assert code == 2 and len(stderr.strip().splitlines()) == 1
+    assert "mnist/" in stderr and "--download" in stderr
+    assert not (tmp_path / "c").exists()
+
+
+@pytest.mark.parametrize("manifest, message", [
+    ({"format": 1, "dataset": "cifar10", "recipes": ["n18-table2"]},
+     "holds the cache of cifar10 recipes (n18-table2)"),
+    ({"format": 99, "dataset": "mnist", "version": "9.0", "recipes": []},
+     "holds a cache of format 99"),
+    ("{not json", "cache.json is damaged"),
+])
+def test_cli_foreign_cache_is_refused_and_left_intact(tmp_path, manifest, message):
+    out = tmp_path / "c"
+    (out / "steps" / "x").mkdir(parents=True)
+    (out / "steps" / "x" / "done.json").write_text('{"key": "k"}')
+    (out / "cache.json").write_text(manifest if isinstance(manifest, str)
+                                    else json.dumps(manifest))
+    before = _tree(out)
+    code, _, stderr = run_cli(["reproduce", "n18-table1", "--dataset", "digits", "--out", out],
+                              tmp_path)
+    assert code == 2 and message in stderr and len(stderr.strip().splitlines()) == 1
+    assert _tree(out) == before
+
+
+def test_cli_folder_that_is_not_a_cache_is_refused(tmp_path):
+    out = tmp_path / "c"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    code, _, stderr = run_cli(["reproduce", "n18-table1", "--dataset", "digits", "--out", out],
+                              tmp_path)
+    assert code == 2 and "holds no reproduce cache" in stderr
+    assert _tree(out) == {"notes.txt": hashlib.sha256(b"mine").hexdigest()}
+
+
+def test_wall_time_schedules_the_graph_on_the_jobs():
+    from cascade_adv.experiments.cost import wall_time
+    from cascade_adv.experiments.reproduce import StepRecord
+    from cascade_adv.experiments.steps import Step
+
+    def rec(name, seconds, deps=(), status="todo"):
+        r = StepRecord(Step(name, "train", {}, tuple(deps)), "", Path("."), status=status)
+        r.estimate = seconds
+        return r
+
+    pre = rec("pre", 10)
+    rows = [rec(f"r{i}", 30, ["pre"]) for i in range(3)]
+    report = rec("report", 1, ["r0", "r1", "r2"])
+    assert wall_time([pre, *rows, report], 1) == 10 + 90 + 1
+    assert wall_time([pre, *rows, report], 2) == 10 + 60 + 1     # r0 | r1, then r2
+    assert wall_time([pre, *rows, report], 3) == 10 + 30 + 1
+    assert wall_time([rec("pre", 10, status="cached"), *rows, report], 3) == 31
