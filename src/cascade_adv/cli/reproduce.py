@@ -119,7 +119,7 @@ def reproduce(name, list_, out, data_dir, dataset, scale, test_images, jobs, thr
     def event(what, rec):
         if what == "start":
             total[0] += 1
-            click.echo(f"[{total[0]}] {rec.step.kind:9s} {rec.step.name.split('/', 1)[1]} ...")
+            click.echo(f"[{total[0]}] {rec.step.name} ...")
         elif what == "done":
             click.echo(f"    done {rec.step.name} in {_minutes(rec.seconds)}")
         else:
@@ -134,7 +134,7 @@ def reproduce(name, list_, out, data_dir, dataset, scale, test_images, jobs, thr
     if dry_run:
         todo = [r for r in result.records if r.status != "cached"]
         for r in result.records:
-            click.echo(f"{r.status:7s} {r.step.kind:9s} {r.step.name.split('/', 1)[1]:50s} "
+            click.echo(f"{r.status:7s} {r.step.name:60s} "
                        f"{'-' if r.status == 'cached' else '~' + _minutes(r.estimate)}")
         from cascade_adv.experiments.cost import wall_time
 

@@ -60,7 +60,7 @@ def calibrate(key: tuple, device, quick: bool = False) -> float:
     return min(times[1:]) * BATCH / batch
 
 
-def _passes(rec, by_name: dict[str, Any], cfgs: dict[str, Any]) -> tuple[tuple | None, float]:
+def _passes(rec, cfgs: dict[str, Any]) -> tuple[tuple | None, float]:
     s = rec.step
     p = s.params
     if s.kind == "train":
@@ -96,22 +96,28 @@ def estimate(records, rt, timing: dict[tuple, float] | None = None, quick: bool 
     """Fill ``record.estimate`` (seconds on ``rt.device``) for every step; returns the
     calibration (seconds per pass of 128 images, by model), which ``timing`` may
     already hold from an earlier call."""
-    from cascade_adv.training import load_config, resolve_device
+    import torch
+
+    from cascade_adv.training import resolve_device
 
     device = resolve_device(rt.device)
+    before = torch.get_num_threads()
     if rt.threads:
-        import torch
-
         torch.set_num_threads(rt.threads)     # time each step as it will run
-    cfgs = {}
+    try:
+        return _estimate(records, rt, device, {} if timing is None else timing, quick)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _estimate(records, rt, device, timing, quick) -> dict[tuple, float]:
+    from cascade_adv.training import load_config
+
+    cfgs = {rec.step.name: load_config(f"{rt.configs}/{rec.step.params['config']}",
+                                       rec.step.params["overrides"])
+            for rec in records if rec.step.kind == "train"}
     for rec in records:
-        if rec.step.kind == "train":
-            over = [o for o in rec.step.params["overrides"]]
-            cfgs[rec.step.name] = load_config(f"{rt.configs}/{rec.step.params['config']}", over)
-    timing = {} if timing is None else timing
-    by_name = {r.step.name: r for r in records}
-    for rec in records:
-        key, passes = _passes(rec, by_name, cfgs)
+        key, passes = _passes(rec, cfgs)
         if key is None:
             rec.estimate = 0.0
             continue

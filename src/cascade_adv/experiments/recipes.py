@@ -136,7 +136,8 @@ class Builder:
                      "params": {**(params or {}), "scale": self.scale}, **params_extra},
                     tuple(deps), identity={"config": identity, "experiment": experiment,
                                            "params": params or {}})
-        self.models.append(step.name)
+        if step.name not in self.steps:
+            self.models.append(step.name)
         return self._add(step)
 
     def craft(self, model: str, eps_max: float) -> str:
@@ -312,8 +313,9 @@ def _k17_transfer_eps(b: Builder) -> None:
 
 def _k17_fig3(b: Builder) -> None:
     m = b.train("k17_cifar10_step_ll")
-    b.whitebox(m, attacks=("step_ll", "step_fgsm", "step_rnd", "fgsm_pred", "fast_entropy",
-                           "random_sign", "random_normal"), eps=(2, 4, 8, 16))
+    b.whitebox(m, attacks=("step_ll", "step_fgsm", "fgsm_pred", "fast_entropy", "step_rnd",
+                           "fast_grad_l2", "fast_grad_linf", "random_sign", "random_normal"),
+               eps=(2, 4, 8, 16))
 
 
 def _c(text: str, higher: dict, lower: dict) -> Claim:

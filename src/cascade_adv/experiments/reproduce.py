@@ -162,7 +162,6 @@ def plan(steps: Sequence[Step], cache: Cache) -> list[StepRecord]:
 
 
 Event = Callable[[str, StepRecord], None]
-_STOP = (KeyboardInterrupt, SystemExit)
 
 
 class RayExecutor:
@@ -248,8 +247,6 @@ def run_steps(records: list[StepRecord], rt: Runtime, *, jobs: int = 1,
                         rec.outputs = (report(rec, deps) if rec.step.kind == "report"
                                        else execute(rec.step.kind, rec.step.params,
                                                     str(rec.folder), deps, rt))
-                    except _STOP:
-                        raise
                     except Exception as exc:
                         _failed(rec, exc, note)
                         if rec.step.kind == "report" or _interrupt(exc):
@@ -350,12 +347,28 @@ _LAYOUT = {"mnist": "DIR/mnist/ with the four MNIST .gz files",
            "imagenet": "DIR/imagenet/{train,val}/<class>/<images>"}
 
 
-def data_available(dataset: str, data_dir: str | None) -> bool:
+def _load_splits(dataset: str, data_dir: str | None, download: bool = False) -> None:
+    """Both splits of ``dataset`` load (raises :class:`DatasetError`); an ImageNet-style
+    folder is only looked for (decoding it all would take long)."""
     from cascade_adv.data import load_dataset
+    from cascade_adv.data.loading import resolve_data_root
+    from cascade_adv.errors import DatasetError
+
+    if dataset == "imagenet":
+        root = resolve_data_root(data_dir) / "imagenet"
+        for split in ("train", "val"):
+            if not any(p.is_dir() for p in (root / split).glob("*")):
+                raise DatasetError(f"no class folders in {root / split}")
+        return
+    for split in ("train", "test"):
+        load_dataset(dataset, split, root=data_dir, download=download)
+
+
+def data_available(dataset: str, data_dir: str | None) -> bool:
     from cascade_adv.errors import DatasetError
 
     try:
-        load_dataset(dataset, "val" if dataset == "imagenet" else "test", root=data_dir)
+        _load_splits(dataset, data_dir)
     except DatasetError:
         return False
     return True
@@ -363,12 +376,10 @@ def data_available(dataset: str, data_dir: str | None) -> bool:
 
 def _check_data(dataset: str, data_dir: str | None, download: bool) -> None:
     """One line naming the folder layout and the download option when data is absent."""
-    from cascade_adv.data import load_dataset
     from cascade_adv.errors import DatasetError
 
     try:
-        for split in ("train", "val" if dataset == "imagenet" else "test"):
-            load_dataset(dataset, split, root=data_dir, download=download)
+        _load_splits(dataset, data_dir, download)
     except DatasetError as exc:
         fetch = ("ImageNet cannot be downloaded: bring the folder" if dataset == "imagenet"
                  else "or pass --download to fetch it")
@@ -407,7 +418,8 @@ def reproduce(name: str, out: str | Path, *, data_dir: str | None = None,
     builder = Builder(configs, base, scale=float(scale), test_images=test_images,
                       substitute=substitute)
     steps = build_steps(recipe, builder, only)
-    label = f"{recipe.name}{builder.suffix}" + (f"-n{test_images}" if test_images else "")
+    label = (f"{recipe.name}{builder.suffix}" + (f"-n{test_images}" if test_images else "")
+             + (f"-only-{'+'.join(only)}" if only else ""))
     steps.append(Step(f"report/{label}", "report",
                       {"recipe": recipe.name, "suffix": builder.suffix, "scale": scale,
                        "test_images": test_images, "dataset": used, "tolerance": tolerance,

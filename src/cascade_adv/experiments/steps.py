@@ -10,7 +10,6 @@ functions so that a worker process can run them (``--jobs``); the report step is
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,7 +54,8 @@ def _load(out: dict[str, Any], device):
     return load_model(out["weights"], map_location=device)
 
 
-def _test_set(out: dict[str, Any], rt: Runtime, limit: int | None, split: str = "test"):
+def _split(out: dict[str, Any], rt: Runtime, limit: int | None, split: str = "test"):
+    """The first ``limit`` images of the split the model `out` was trained for."""
     from cascade_adv.data import load_dataset
 
     size = {"image_size": out["image_size"]} if out["dataset"] == "imagenet" else {}
@@ -104,7 +104,7 @@ def craft_step(p: dict, folder: Path, deps: dict[str, dict], rt: Runtime) -> dic
     src = deps[p["model"]]
     device = _device(rt)
     model = _load(src, device)
-    data = _test_set(src, rt, p.get("images"), split="train").to(device)
+    data = _split(src, rt, p.get("images"), split="train").to(device)
     path = craft_adversarial_set(
         model, data, folder / "set", p["attack"], p["eps"],
         prepare=lambda x: prepare_images(model, x), source_name=src["name"],
@@ -118,7 +118,7 @@ def whitebox_step(p: dict, folder: Path, deps: dict[str, dict], rt: Runtime) -> 
 
     m = deps[p["model"]]
     device = _device(rt)
-    data = _test_set(m, rt, p.get("test_images")).to(device)
+    data = _split(m, rt, p.get("test_images")).to(device)
     rows = evaluate_whitebox(_load(m, device), data, p["attacks"], p["eps"],
                              model_name=m["name"], model_hash=m["hash"], progress=rt.progress)
     return _write_rows(folder, rows)
@@ -132,7 +132,7 @@ def transfer_step(p: dict, folder: Path, deps: dict[str, dict], rt: Runtime) -> 
     sources = {deps[s]["name"]: _load(deps[s], device) for s in p["sources"]}
     targets = {deps[t]["name"]: _load(deps[t], device) for t in p["targets"]}
     hashes = {deps[s]["name"]: deps[s]["hash"] for s in [*p["sources"], *p["targets"]]}
-    data = _test_set(deps[p["sources"][0]], rt, p.get("test_images")).to(device)
+    data = _split(deps[p["sources"][0]], rt, p.get("test_images")).to(device)
     rows = transfer_matrix(sources, targets, data, p["attacks"], p["eps"], hashes=hashes,
                            sets_dir=folder / "sets", progress=rt.progress)
     return _write_rows(folder, rows)
@@ -145,7 +145,7 @@ def analysis_step(p: dict, folder: Path, deps: dict[str, dict], rt: Runtime) -> 
     fn = {"softmax": softmax_argument, "gradcorr": gradient_correlation}[p["analysis"]]
     m = deps[p["model"]]
     device = _device(rt)
-    rows = fn(_load(m, device), _test_set(m, rt, None).to(device), eps=p["eps"],
+    rows = fn(_load(m, device), _split(m, rt, None).to(device), eps=p["eps"],
               model_name=m["name"], model_hash=m["hash"])
     return _write_rows(folder, rows)
 
@@ -155,12 +155,16 @@ RUNNERS = {"train": train_step, "craft": craft_step, "whitebox": whitebox_step,
 
 
 def execute(kind: str, params: dict, folder: str, deps: dict[str, dict], rt: Runtime) -> dict:
-    """Run one step (in this process or a worker); returns its outputs."""
-    if rt.threads:
-        import torch
+    """Run one step (in this process or a worker) with ``rt.threads`` torch threads;
+    returns its outputs."""
+    import torch
 
+    before = torch.get_num_threads()
+    if rt.threads:
         torch.set_num_threads(rt.threads)
-        os.environ["OMP_NUM_THREADS"] = str(rt.threads)
     path = Path(folder)
     path.mkdir(parents=True, exist_ok=True)
-    return RUNNERS[kind](params, path, deps, rt)
+    try:
+        return RUNNERS[kind](params, path, deps, rt)
+    finally:
+        torch.set_num_threads(before)

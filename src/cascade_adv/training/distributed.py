@@ -155,7 +155,7 @@ def check_device_available(device: torch.device) -> None:
         raise ConfigError("device meta holds no data; use cpu, cuda, cuda:N or auto")
 
 
-def _pick_device(name: str, world: int, local_rank: int) -> torch.device:
+def pick_device(name: str, world: int, local_rank: int) -> torch.device:
     """The device of this rank: ``cuda:LOCAL_RANK`` for ``auto`` / ``cuda`` under torchrun."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
@@ -250,7 +250,7 @@ def setup(backend: str = "auto", device: str = "auto") -> DistContext:
     """
     world = env_world_size()
     local_rank = _env_int("LOCAL_RANK", 0)  # RANK is read by init_process_group
-    dev = _pick_device(device, world, local_rank)
+    dev = pick_device(device, world, local_rank)
     if world <= 1:
         return DistContext(dev)  # one process: no backend is used, none is checked
     name = resolve_backend(backend, dev)

@@ -59,7 +59,7 @@ Objective = Callable[[nn.Module, torch.Tensor, torch.Tensor, int, torch.Generato
 def resolve_device(name: str) -> torch.device:
     """``auto`` -> cuda when available, else cpu; an unknown or unavailable device
     raises :class:`ConfigError` (one line)."""
-    return distributed._pick_device(str(name), 1, 0)
+    return distributed.pick_device(str(name), 1, 0)
 
 
 def model_config_for(cfg: TrainConfig, train_set: ImageDataset) -> ModelConfig:
@@ -440,7 +440,7 @@ def preflight(cfgs: list[TrainConfig]) -> None:
     create any file.  Raises the same one-line errors as :func:`train`."""
     loaded: dict[tuple, ImageDataset] = {}
     for cfg in cfgs:
-        device = distributed._pick_device(cfg.device, 1, 0)
+        device = distributed.pick_device(cfg.device, 1, 0)
         speed_from_config(cfg.speed, device)
         key = (cfg.data.dataset, cfg.data.root, cfg.data.image_size, cfg.data.download)
         if key not in loaded:
