@@ -85,6 +85,28 @@ def test_cascade_configs_depend_on_the_crafted_set_of_their_source():
     assert craft.params["images"] == 25000                           # half the split
 
 
+def test_k17_models_a_to_d_train_from_their_own_random_starts():
+    b = Builder(CONFIGS, "cifar10")
+    steps = build_steps(RECIPES["k17-table4"], b)
+    trained = {s.name: s for s in steps if s.kind == "train"}
+    assert sorted(trained) == [f"train/k17_cifar10_{m}" for m in "ABCD"]    # no pre-training
+    assert all(s.deps == () for s in trained.values())
+    seeds = {s.identity["config"].split("seed: ")[1].split()[0] for s in trained.values()}
+    assert len(seeds) == 4
+
+
+def test_cascade_sources_of_tables_7_and_10_share_no_initialisation_with_the_targets():
+    b = Builder(CONFIGS, "cifar10")
+    build_steps(RECIPES["n18-table7"], b)
+    assert b.steps["train/n18_cifar10_K2C"].deps[0] == "train/n18_cifar10_pretrain2"
+    assert b.steps["train/n18_cifar10_P4C"].deps[0] == "train/n18_cifar10_pretrain_resnet110_2"
+    assert b.steps["train/n18_cifar10_cascade_kurakin"].deps[0] == "train/n18_cifar10_pretrain"
+    # all cascade networks learn from the same saved images of P2
+    assert {b.steps[n].params["saved"] for n in ("train/n18_cifar10_K2C",
+            "train/n18_cifar10_P4C", "train/n18_cifar10_cascade_kurakin")} == {
+        "craft/n18_cifar10_P2"}
+
+
 def test_only_keeps_the_named_models_and_what_they_need():
     steps = build_steps(RECIPES["n18-table2"], Builder(CONFIGS, "cifar10"),
                         only=["baseline", "step_ll"])

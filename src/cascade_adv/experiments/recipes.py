@@ -278,9 +278,13 @@ def _k17_label_leaking(b: Builder) -> None:
 
 
 #: K17 tables 4 and 6 at CIFAR-10 scale: A and B two initialisations of the baseline,
-#: C with ELU, D another (deeper) architecture, as Inception v3 / v3 ELU / v4 in K17.
-_ABCD = {"k17_cifar10_A": ("seed=0",), "k17_cifar10_B": ("seed=1",),
-         "k17_cifar10_C": ("model.activation=elu",), "k17_cifar10_D": ("model.depth=56",)}
+#: C with ELU, D another (deeper) architecture, as Inception v3 / v3 ELU / v4 in K17;
+#: each trained from its own random start (no shared pre-training, which C and D could
+#: not load).
+_SCRATCH = ("init_from=null",)
+_ABCD = {"k17_cifar10_A": ("seed=0", *_SCRATCH), "k17_cifar10_B": ("seed=1", *_SCRATCH),
+         "k17_cifar10_C": ("seed=2", "model.activation=elu", *_SCRATCH),
+         "k17_cifar10_D": ("seed=3", "model.depth=56", *_SCRATCH)}
 
 
 def _k17_transfer(table: str):
