@@ -332,7 +332,7 @@ ITER = ("iter_ll", "iter_fgsm")
 RECIPES: dict[str, Recipe] = {r.name: r for r in [
     Recipe("n18-table1", "N18 table 1: MNIST, white-box", ("mnist",),
            _whitebox_rows(N18_T1, "n18-table1"), ("n18-table1",), (
-               _c("Kurakin's far above Baseline under one-step attacks",
+               _c("Kurakin's above Baseline under one-step attacks",
                   {"row": "Kurakin's", "attack": ONE}, {"row": "Baseline", "attack": ONE}),
                _c("Pivot above Kurakin's under iterative attacks",
                   {"row": "Pivot", "attack": ITER}, {"row": "Kurakin's", "attack": ITER}),
@@ -341,7 +341,7 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in [
            )),
     Recipe("n18-table2", "N18 table 2: CIFAR-10, white-box, 8 training settings", ("cifar10",),
            _whitebox_rows(N18_T2, "n18-table2"), ("n18-table2",), (
-               _c("step_ll, Kurakin's far above Baseline under one-step attacks",
+               _c("step_ll, Kurakin's above Baseline under one-step attacks",
                   {"row": "step_ll, Kurakin's", "attack": ONE},
                   {"row": "Baseline", "attack": ONE}),
                _c("step_ll, Pivot above step_ll, Kurakin's under iterative attacks",
@@ -409,7 +409,7 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in [
            ("imagenet", "cifar10"),
            _k17_imagenet(["k17_imagenet_baseline", "k17_imagenet_step_ll"], "k17-table1"),
            ("k17-table1",), (
-               _c("adversarial training far above the baseline under step l.l.",
+               _c("adversarial training above the baseline under step l.l.",
                   {"row": "Adv. training", "attack": "step_ll"},
                   {"row": "Baseline (standard training)", "attack": "step_ll"}),),
            rows={"k17_cifar10_baseline": "Baseline (standard training)",
@@ -446,7 +446,7 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in [
                            "k17_cifar10_step_rnd", "k17_cifar10_fast_grad_l2",
                            "k17_cifar10_fast_grad_linf", "k17_cifar10_random_sign",
                            "k17_cifar10_random_normal"], "k17-table5"), ("k17-table5",), (
-               _c("step l.l. training far above no adversarial training under FGSM",
+               _c("step l.l. training above no adversarial training under FGSM",
                   {"row": "Step l.l.", "attack": "step_fgsm"},
                   {"row": "No adversarial training", "attack": "step_fgsm"}),)),
     Recipe("k17-table6", "K17 table 6: error rate of transferred examples, models A-D",
