@@ -418,8 +418,8 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in [
            ("imagenet", "cifar10"),
            _k17_imagenet(["k17_imagenet_baseline", "k17_imagenet_step_ll"],
                          "k17-table2"), ("k17-table2",), (
-               _c("iterative attacks stay strong: adversarial training gains less under "
-                  "iter_FGSM than its clean accuracy",
+               _c("iterative attacks stay strong: the adversarially trained network's "
+                  "iter_FGSM accuracy stays below its clean accuracy",
                   {"row": "Adv. training", "attack": "clean"},
                   {"row": "Adv. training", "attack": "iter_fgsm"}),),
            rows={"k17_cifar10_baseline": "Baseline", "k17_cifar10_step_ll": "Adv. training",
