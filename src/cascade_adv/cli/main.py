@@ -13,14 +13,7 @@ import click
 
 # the research commands (transfer, analyze, report, reproduce) register on the same group
 from cascade_adv.cli import reproduce, research  # noqa: F401
-from cascade_adv.cli.common import (
-    _apply,
-    _csv_list,
-    _load_for_eval,
-    check_outputs,
-    cli,
-    model_data_options,
-)
+from cascade_adv.cli.common import _apply, _csv_list, check_outputs, cli, model_data_options
 from cascade_adv.errors import CascadeAdvError
 
 EXAMPLES_TRAIN = """
@@ -195,7 +188,9 @@ def evaluate(attack_names, eps_list, results, csv_path, json_path, name, seed, b
     try:
         # unsupported --precision / --compile: one line before the model is loaded
         resolve_speed(ctx.device, precision, channels_last, compile_model, via="cli")
-        model, label, digest, data = _load_for_eval(**model_data)
+        from cascade_adv.training.runs import load_for_eval
+
+        model, label, digest, data = load_for_eval(**model_data)
         table = evaluate_whitebox(
             model,
             data,
@@ -244,7 +239,9 @@ def _write_set(attack_name, eps_list, out, seed, batch_size, quiet, overwrite, *
     except CascadeAdvError:
         pass  # reported by the model loader below
     check_set_output(out, overwrite=overwrite, protect=protect)
-    model, label, digest, data = _load_for_eval(**model_data)
+    from cascade_adv.training.runs import load_for_eval
+
+    model, label, digest, data = load_for_eval(**model_data)
     path = craft_adversarial_set(
         model,
         data,

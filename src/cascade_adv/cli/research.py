@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from cascade_adv.cli.common import POSITIVE, _csv_list, check_outputs, cli, load_models, load_split
+from cascade_adv.cli.common import POSITIVE, _csv_list, check_outputs, cli
 from cascade_adv.errors import CascadeAdvError
 
 
@@ -76,6 +76,7 @@ def transfer(sources, targets, attack_names, eps_list, sets_dir, csv_path, datas
     from cascade_adv.evaluation import ResultsStore, transfer_matrix
     from cascade_adv.results.tables import ResultTable
     from cascade_adv.training import resolve_device
+    from cascade_adv.training.runs import load_models, load_split
 
     names = _csv_list(attack_names, option="--attacks")
     for a in names:
@@ -153,6 +154,7 @@ def _model_analysis(kind, models, eps_list, images, figure, dataset, data_root, 
     from cascade_adv.reporting import figures
     from cascade_adv.results.tables import ResultTable
     from cascade_adv.training import resolve_device
+    from cascade_adv.training.runs import load_models, load_split
 
     eps = attacks.validate_eps(_csv_list(eps_list, float, option="--eps"))
     if kw.get("methods") is not None:
@@ -228,6 +230,7 @@ def transfer_eps(source, target, attack_names, eps_list, sets_dir, figure_dir, d
     from cascade_adv.evaluation import ResultsStore, transfer_matrix
     from cascade_adv.reporting import figures
     from cascade_adv.training import resolve_device
+    from cascade_adv.training.runs import load_models, load_split
 
     names = _csv_list(attack_names, option="--attacks")
     for a in names:
