@@ -160,6 +160,25 @@ def test_comparison_against_hand_computed_differences():
     assert claim["paper"] is True and claim["ours"] is None        # our cells are missing
 
 
+def test_a_claim_within_the_standard_error_is_flagged():
+    from cascade_adv.reporting.reproduction import Cell, Claim
+
+    def cell(row, value, n):
+        return Cell(row, "whitebox", "step_ll", 16.0, "top1", 50.0, value, row, n)
+
+    claim = Claim("a above b", {"row": "a"}, {"row": "b"})
+    # 51 vs 50 on 1000 images: SE of each 1.58, of the difference 2.24 -> not clear
+    (r,) = check_claims([cell("a", 51.0, 1000), cell("b", 50.0, 1000)], [claim], "top1")
+    assert r["ours"] is True and r["ours_clear"] is False
+    # 60 vs 50: 10 > 2 x 2.21
+    (r,) = check_claims([cell("a", 60.0, 1000), cell("b", 50.0, 1000)], [claim], "top1")
+    assert r["ours"] is True and r["ours_clear"] is True
+    from cascade_adv.reporting.reproduction import render_claims
+
+    assert "within 2 standard errors" in render_claims(
+        check_claims([cell("a", 51.0, 1000), cell("b", 50.0, 1000)], [claim], "top1"))[1]
+
+
 # --- end to end on the digits --------------------------------------------------------------
 
 @pytest.fixture(scope="module")

@@ -152,6 +152,8 @@ def reproduce(name, list_, out, data_dir, dataset, scale, test_images, jobs, thr
                    f"{tolerance:g} points off, {s['missing']} missing")
         for c in comp["claims"]:
             word = {True: "holds", False: "does not hold", None: "n/a"}[c["ours"]]
+            if c.get("ours_clear") is False:
+                word += " (within 2 standard errors)"
             click.echo(f"  {c['claim']}: {word}")
     failed = [r for r in result.records if r.status in ("failed", "blocked")]
     if result.report:

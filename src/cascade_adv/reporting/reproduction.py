@@ -117,20 +117,36 @@ def _mean(values: list[float]) -> float | None:
     return sum(values) / len(values) if values else None
 
 
+def _side(cells: Sequence[Cell], who: str) -> tuple[float | None, float | None]:
+    """Mean of the cells' values and its standard error (binomial per cell, from our
+    image counts ``n``; ``None`` for the paper's cells, whose counts we do not have)."""
+    values = [(getattr(c, who), c.n) for c in cells if getattr(c, who) is not None]
+    if not values:
+        return None, None
+    mean = sum(v for v, _ in values) / len(values)
+    if who != "ours" or any(n <= 0 for _, n in values):
+        return mean, None
+    var = sum((v / 100) * (1 - v / 100) / n for v, n in values) * 100 ** 2
+    return mean, math.sqrt(var) / len(values)
+
+
 def check_claims(cells: Sequence[Cell], claims: Sequence[Claim], metric: str
                  ) -> list[dict[str, Any]]:
     """For each claim: whether it holds in the paper and on our numbers (``None`` where
-    our cells are missing), with the two means of each side."""
+    cells are missing), the two means of each side and, for ours, whether the
+    difference exceeds twice its standard error (``ours_clear``; cells treated as
+    independent binomial estimates)."""
     out = []
     for claim in claims:
         hi, lo = _pick(cells, claim.higher, metric), _pick(cells, claim.lower, metric)
         res: dict[str, Any] = {"claim": claim.text}
         for who in ("paper", "ours"):
-            a = _mean([getattr(c, who) for c in hi if getattr(c, who) is not None])
-            b = _mean([getattr(c, who) for c in lo if getattr(c, who) is not None])
+            (a, se_a), (b, se_b) = _side(hi, who), _side(lo, who)
             complete = all(getattr(c, who) is not None for c in [*hi, *lo])
             res[who] = None if a is None or b is None or not complete else a > b
             res[f"{who}_means"] = (a, b)
+            if who == "ours" and res[who] is not None and se_a is not None and se_b is not None:
+                res["ours_clear"] = abs(a - b) > 2 * math.hypot(se_a, se_b)
         out.append(res)
     return out
 
@@ -198,7 +214,9 @@ def render_claims(results: Sequence[Mapping[str, Any]]) -> tuple[str, str]:
     h = ["<table class=\"claims\"><tr><th>claim</th><th>paper</th><th>ours</th></tr>"]
     for r in results:
         a, b = r["ours_means"]
-        detail = "" if a is None or b is None else f" ({a:.1f} vs {b:.1f})"
+        detail = "" if a is None or b is None else f" ({a:.1f} vs {b:.1f}"
+        if detail:
+            detail += ("; within 2 standard errors)" if r.get("ours_clear") is False else ")")
         md.append(f"| {r['claim']} | {word(r['paper'])} | {word(r['ours'])}{detail} |")
         cls = "ok" if r["ours"] else ("off" if r["ours"] is False else "")
         h.append(f"<tr><td>{html.escape(r['claim'])}</td><td>{word(r['paper'])}</td>"
