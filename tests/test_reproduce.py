@@ -356,3 +356,19 @@ def test_wall_time_schedules_the_graph_on_the_jobs():
     assert wall_time([pre, *rows, report], 2) == 10 + 60 + 1     # r0 | r1, then r2
     assert wall_time([pre, *rows, report], 3) == 10 + 30 + 1
     assert wall_time([rec("pre", 10, status="cached"), *rows, report], 3) == 31
+
+
+def test_estimate_of_an_interrupted_training_counts_only_what_is_left(tmp_path):
+    from cascade_adv.experiments.cost import _passes
+    from cascade_adv.experiments.reproduce import StepRecord
+    from cascade_adv.training import load_config
+
+    b = Builder(CONFIGS, "mnist", scale=0.1)
+    build_steps(RECIPES["n18-table1"], b)
+    step = b.steps["train/n18_mnist_baseline-x0.1"]
+    cfgs = {n: load_config(CONFIGS / s.params["config"], s.params["overrides"])
+            for n, s in b.steps.items() if s.kind == "train"}
+    rec = StepRecord(step, "", tmp_path)
+    assert _passes(rec, cfgs)[1] == 800 - 94           # continues the 94 pre-training its
+    (tmp_path / "run" / "checkpoints" / "ckpt-0000500").mkdir(parents=True)
+    assert _passes(rec, cfgs)[1] == 800 - 500          # resumes at its checkpoint

@@ -4,8 +4,9 @@ For every architecture and image shape a recipe trains, one forward + backward p
 of a batch of 128 is timed on the run's device (after a warm-up); a step's estimate
 is its count of such passes times that time:
 
-* training: one pass per iteration, plus the one-step attack on k of the m images
-  (``k/m`` of a pass) and, in ``append`` mode, the k extra images (``k/m`` more);
+* training: one pass per iteration still to run (an interrupted step resumes at its
+  newest checkpoint), plus the one-step attack on k of the m images (``k/m`` of a
+  pass) and, in ``append`` mode, the k extra images (``k/m`` more);
 * white-box evaluation: per attack and epsilon, one pass per attack iteration over the
   test images (iter_* use min(eps + 4, 1.25 eps) iterations, K17 section 2.1), plus
   the clean forward;
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import math
 import time
+from pathlib import Path
 from typing import Any
 
 BATCH = 128
@@ -60,14 +62,24 @@ def calibrate(key: tuple, device, quick: bool = False) -> float:
     return min(times[1:]) * BATCH / batch
 
 
+def _resumes_at(rec) -> int:
+    """The iteration an interrupted training step resumes from (its newest checkpoint,
+    ``run/checkpoints/ckpt-ITERATION``), else 0."""
+    if rec.folder is None:
+        return 0
+    its = [int(p.name.split("-")[1]) for p in (Path(rec.folder) / "run" / "checkpoints").glob(
+        "ckpt-*") if p.name.split("-")[1].isdigit()]
+    return max(its, default=0)
+
+
 def _passes(rec, cfgs: dict[str, Any]) -> tuple[tuple | None, float]:
     s = rec.step
     p = s.params
     if s.kind == "train":
         cfg = cfgs[s.name]
-        start = 0
+        start = _resumes_at(rec)
         if p.get("init") and cfg.init_mode == "continue":
-            start = cfgs[p["init"]].optim.iterations
+            start = max(start, cfgs[p["init"]].optim.iterations)
         adv = cfg.adversarial
         per_it = 1.0
         if adv.mode != "none":
