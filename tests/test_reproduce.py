@@ -372,3 +372,38 @@ def test_estimate_of_an_interrupted_training_counts_only_what_is_left(tmp_path):
     assert _passes(rec, cfgs)[1] == 800 - 94           # continues the 94 pre-training its
     (tmp_path / "run" / "checkpoints" / "ckpt-0000500").mkdir(parents=True)
     assert _passes(rec, cfgs)[1] == 800 - 500          # resumes at its checkpoint
+
+
+def test_configs_name_the_rows_they_reproduce_consistently_with_the_report_mapping():
+    """Each paper config's ``paper`` rows agree with the name-based mapping that reports
+    built from a store use (``recipe_for`` / ``blackbox_label_for``)."""
+    from cascade_adv.experiments.recipes import config_index
+    from cascade_adv.results.published import blackbox_label_for, recipe_for
+    from cascade_adv.training import load_config
+
+    named = 0
+    for name, rel in config_index(CONFIGS).items():
+        cfg = load_config(CONFIGS / rel)
+        rows = {tuple(x.strip() for x in e.split(":", 1)) for e in cfg.paper}
+        hit = recipe_for(name)
+        if hit is not None:
+            assert hit in rows or hit[0] == "n18-table4", (name, hit, rows)
+        label = blackbox_label_for(name)
+        if label is not None:
+            assert any(lab == label for _, lab in rows), (name, label, rows)
+        if hit is None and label is None:
+            assert not cfg.paper or name == "n18_mnist_pivot-features", name
+        named += bool(cfg.paper)
+    assert named >= 44
+
+
+def test_paper_key_is_checked_against_the_published_tables():
+    from cascade_adv.errors import ConfigError
+    from cascade_adv.training import load_config
+
+    cfg = load_config(None, ['paper=["n18-table4: B1", "n18-table2: Baseline"]'])
+    assert cfg.paper_row("n18-table4") == "B1" and cfg.paper_row("n18-table1") is None
+    with pytest.raises(ConfigError, match="n18-table1 has no row 'Pivo'; its rows are"):
+        load_config(None, ['paper=["n18-table1: Pivo"]'])
+    with pytest.raises(ConfigError, match="TABLE: ROW"):
+        load_config(None, ['paper=["n18-table99: Pivot"]'])

@@ -35,8 +35,9 @@ class Recipe:
     tables: tuple[str, ...] = ()       # published tables the report compares with
     claims: tuple[Claim, ...] = ()
     note: str = ""
-    #: our model name (or its prefix before ``/``) -> paper row label, where the
-    #: config names do not say it (:mod:`cascade_adv.results.published`)
+    #: the networks of a sweep (their name, or its prefix before ``/``, without the
+    #: scale suffix) -> paper row label; other models name their rows in their
+    #: config's ``paper`` key
     rows: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -98,7 +99,9 @@ class Builder:
     def train(self, config: str, *, name: str | None = None, overrides: Sequence[str] = (),
               experiment: str = "", params: dict | None = None) -> str:
         """The step that trains ``config`` (a name or a file under ``configs/``)."""
-        from cascade_adv.training import dump_config, load_config
+        import yaml
+
+        from cascade_adv.training import load_config
 
         rel = self.index.get(config, config)
         path = self.configs / rel
@@ -128,12 +131,15 @@ class Builder:
             deps.append(params_extra["saved"])
         model = f"{name or cfg.name}{self.suffix}"
         all_over = [*extra, *self._scaled(cfg), f"name={model}"]
-        # the key hashes the whole resolved config, with the paths left out
-        ident = [*all_over, "init_from=null", "adversarial.sources=null"]
-        identity = dump_config(load_config(path, ident))
+        # the key hashes the whole resolved config, without its paths and without the
+        # paper rows it names (which do not change what is trained)
+        ident = load_config(path, [*all_over, "init_from=null", "adversarial.sources=null"])
+        identity = yaml.safe_dump(ident.model_dump(mode="json", exclude={"paper"}),
+                                  sort_keys=False)
         step = Step(f"train/{model}", "train",
                     {"config": rel, "overrides": all_over, "experiment": experiment,
-                     "params": {**(params or {}), "scale": self.scale}, **params_extra},
+                     "params": {**(params or {}), "scale": self.scale},
+                     "paper": list(cfg.paper), **params_extra},
                     tuple(deps), identity={"config": identity, "experiment": experiment,
                                            "params": params or {}})
         if step.name not in self.steps:
@@ -281,10 +287,14 @@ def _k17_label_leaking(b: Builder) -> None:
 #: C with ELU, D another (deeper) architecture, as Inception v3 / v3 ELU / v4 in K17;
 #: each trained from its own random start (no shared pre-training, which C and D could
 #: not load).
-_SCRATCH = ("init_from=null",)
-_ABCD = {"k17_cifar10_A": ("seed=0", *_SCRATCH), "k17_cifar10_B": ("seed=1", *_SCRATCH),
-         "k17_cifar10_C": ("seed=2", "model.activation=elu", *_SCRATCH),
-         "k17_cifar10_D": ("seed=3", "model.depth=56", *_SCRATCH)}
+def _scratch(model: str, *overrides: str) -> tuple[str, ...]:
+    return (*overrides, "init_from=null",
+            f'paper=["k17-table4: {model}", "k17-table6: {model}"]')
+
+
+_ABCD = {"k17_cifar10_A": _scratch("A", "seed=0"), "k17_cifar10_B": _scratch("B", "seed=1"),
+         "k17_cifar10_C": _scratch("C", "seed=2", "model.activation=elu"),
+         "k17_cifar10_D": _scratch("D", "seed=3", "model.depth=56")}
 
 
 def _k17_transfer(table: str):
@@ -370,8 +380,7 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in [
            _whitebox_rows(N18_T5, "n18-table5"), ("n18-table5",), (
                _c("cascade raises iterative accuracy (saved_P2, P above P)",
                   {"row": "step_ll, saved_P2, P", "attack": ITER},
-                  {"row": "step_ll, P", "attack": ITER}),),
-           rows={"n18_cifar10_step_ll_pivot": "step_ll, P"}),
+                  {"row": "step_ll, P", "attack": ITER}),)),
     Recipe("n18-table6", "N18 table 6: cascade adversarial training, ResNet-110", ("cifar10",),
            _whitebox_rows(N18_T6, "n18-table6"), ("n18-table6",), (
                _c("cascade raises iterative accuracy (saved_P2, P above P)",
@@ -411,9 +420,7 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in [
            ("k17-table1",), (
                _c("adversarial training above the baseline under step l.l.",
                   {"row": "Adv. training", "attack": "step_ll"},
-                  {"row": "Baseline (standard training)", "attack": "step_ll"}),),
-           rows={"k17_cifar10_baseline": "Baseline (standard training)",
-                 "k17_cifar10_step_ll": "Adv. training"}),
+                  {"row": "Baseline (standard training)", "attack": "step_ll"}),)),
     Recipe("k17-table2", "K17 table 2: adversarial training, iterative attacks",
            ("imagenet", "cifar10"),
            _k17_imagenet(["k17_imagenet_baseline", "k17_imagenet_step_ll"],
@@ -421,9 +428,7 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in [
                _c("iterative attacks stay strong: the adversarially trained network's "
                   "iter_FGSM accuracy stays below its clean accuracy",
                   {"row": "Adv. training", "attack": "clean"},
-                  {"row": "Adv. training", "attack": "iter_fgsm"}),),
-           rows={"k17_cifar10_baseline": "Baseline", "k17_cifar10_step_ll": "Adv. training",
-                 "k17_imagenet_baseline": "Baseline", "k17_imagenet_step_ll": "Adv. training"}),
+                  {"row": "Adv. training", "attack": "iter_fgsm"}),)),
     Recipe("k17-table3", "K17 table 3: label leaking", ("imagenet", "cifar10"),
            _k17_label_leaking, ("k17-table3",), (
                _c("label leaking: FGSM-trained accuracy on FGSM images above its clean accuracy",

@@ -13,22 +13,25 @@ from pathlib import Path
 from typing import Any
 
 from cascade_adv.io import atomic_write_text, make_temp_dir
-from cascade_adv.results.published import blackbox_label_for, get_table, recipe_for
+from cascade_adv.results.published import get_table
 from cascade_adv.results.store import ResultsStore
 from cascade_adv.results.tables import ResultTable
 
 
-def row_mapper(recipe, table, suffix: str):
-    """Our model name -> the row label of published ``table`` it reproduces."""
+def row_mapper(recipe, table, suffix: str, paper: dict[str, list[str]]):
+    """Our model name -> the row label of published ``table`` it reproduces: the
+    ``paper`` rows its config names (``paper[name]``), else the recipe's ``rows`` (the
+    networks of a sweep, by name or name prefix without the scale suffix)."""
     def row_of(name: str) -> str | None:
+        for entry in paper.get(name, ()):
+            t, _, label = (x.strip() for x in entry.partition(":"))
+            if t == table.id:
+                return label
         base = name.replace(suffix, "", 1) if suffix else name
         for prefix, label in recipe.rows.items():
             if base == prefix or base.startswith((prefix + "/", prefix + "-")):
                 return label
-        if table.sources:
-            return blackbox_label_for(base)
-        hit = recipe_for(base)
-        return hit[1] if hit is not None and hit[0] == table.id else None
+        return None
     return row_of
 
 
@@ -40,7 +43,8 @@ def _rows(deps: dict[str, dict]) -> ResultTable:
     return table
 
 
-def _store(path: Path, rows: ResultTable, deps: dict[str, dict], p: dict) -> ResultsStore:
+def _store(path: Path, rows: ResultTable, deps: dict[str, dict], p: dict,
+           paper: dict[str, list[str]]) -> ResultsStore:
     tmp = path.with_name(path.name + ".tmp")
     tmp.unlink(missing_ok=True)
     with ResultsStore(tmp) as store:
@@ -51,6 +55,7 @@ def _store(path: Path, rows: ResultTable, deps: dict[str, dict], p: dict) -> Res
                                      dataset=out["dataset"], init=out["init"],
                                      experiment=out.get("experiment", ""),
                                      params={**out.get("params", {}),
+                                             "paper": paper.get(out["name"], []),
                                              "test_images": p["test_images"]})
     os.replace(tmp, path)
     return ResultsStore(path)
@@ -75,6 +80,10 @@ def write_report(recipe, rec, deps: dict[str, dict], records: dict[str, Any]) ->
     folder = rec.folder.parents[1] / "reports" / label
     folder.mkdir(parents=True, exist_ok=True)
     rows = _rows(deps)
+    # the rows each model's config names (read from the steps, so an edited paper key
+    # needs no retraining)
+    paper = {deps[n]["name"]: records[n].step.params.get("paper", [])
+             for n in rec.step.deps if records[n].step.kind == "train" and deps[n]}
     rec.folder.mkdir(parents=True, exist_ok=True)
     stage = make_temp_dir(rec.folder, "figs")
     sections, figures, comparison = [], [], {}
@@ -93,7 +102,7 @@ def write_report(recipe, rec, deps: dict[str, dict], records: dict[str, Any]) ->
     sections.append(("Reproduction", f"<p>{info}</p>", info))
     for table_id in recipe.tables:
         pub = get_table(table_id)
-        cells = compare(rows, pub, row_mapper(recipe, pub, p["suffix"]))
+        cells = compare(rows, pub, row_mapper(recipe, pub, p["suffix"], paper))
         h, md = render_comparison(cells, pub, tolerance=p["tolerance"])
         claims = check_claims(cells, recipe.claims, pub.metrics[0])
         ch, cmd = render_claims(claims)
@@ -115,7 +124,7 @@ def write_report(recipe, rec, deps: dict[str, dict], records: dict[str, Any]) ->
     text = json.dumps(comparison, indent=1)
     atomic_write_text(folder / "comparison.json", text)
     comparison = json.loads(text)     # as a cached run reads it back
-    store = _store(folder / "results.db", rows, deps, p)
+    store = _store(folder / "results.db", rows, deps, p, paper)
     try:
         if len(rows):
             build_report(store, folder, title=f"cascade-adv reproduce {label}", overwrite=True,

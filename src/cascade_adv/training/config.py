@@ -198,6 +198,33 @@ class TrainConfig(_Strict):
     #: precision auto|float32|bf16, channels_last auto|true|false, compile false|true
     #: (see :mod:`cascade_adv.speed`; the defaults are float32 on CPU, bf16 on CUDA)
     speed: SpeedConfig = SpeedConfig()
+    #: the published rows this run reproduces, as ``"TABLE: LABEL"`` (``n18-table2:
+    #: Baseline``; for black-box tables the label the paper gives the network, ``B1``)
+    paper: list[str] = []
+
+    @field_validator("paper")
+    @classmethod
+    def _published_rows(cls, rows: list[str]) -> list[str]:
+        from cascade_adv.results.published import PUBLISHED
+
+        for entry in rows:
+            table, sep, label = (x.strip() for x in entry.partition(":"))
+            if not sep or table not in PUBLISHED:
+                raise ValueError(f"{entry!r} is not 'TABLE: ROW' with TABLE one of "
+                                 f"{', '.join(PUBLISHED)}")
+            t = PUBLISHED[table]
+            if label not in (*t.row_order, *t.sources):
+                raise ValueError(f"{table} has no row {label!r}; its rows are "
+                                 f"{', '.join(dict.fromkeys((*t.row_order, *t.sources)))}")
+        return rows
+
+    def paper_row(self, table: str) -> str | None:
+        """The label of ``table``'s row this run reproduces, if it names one."""
+        for entry in self.paper:
+            t, _, label = (x.strip() for x in entry.partition(":"))
+            if t == table:
+                return label
+        return None
 
     @field_validator("name")
     @classmethod
