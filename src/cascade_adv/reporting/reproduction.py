@@ -228,7 +228,8 @@ def render_claims(results: Sequence[Mapping[str, Any]]) -> tuple[str, str]:
 def plot_ours_vs_paper(cells: Sequence[Cell], path: str | os.PathLike, *,
                        title: str = "") -> Path | None:
     """Accuracy vs eps, one panel per attack, one colour per model (a paper row with
-    two of our models gets two colours): ours solid, the paper's dashed (the eps 0 point is the clean accuracy). ``None`` when the cells
+    two of our models gets two colours): ours solid, the paper's dashed for the rows
+    we ran (the eps 0 point is the clean accuracy). ``None`` when the cells
     have no white-box attack columns."""
     from matplotlib.figure import Figure
 
@@ -237,7 +238,7 @@ def plot_ours_vs_paper(cells: Sequence[Cell], path: str | os.PathLike, *,
     if not attacks:
         return None
     lines = list(dict.fromkeys((c.row, c.model) for c in white))
-    fig = Figure(figsize=(3.2 * len(attacks), 3.2), layout="constrained")
+    fig = Figure(figsize=(3.2 * len(attacks) + 3.0, 3.4), layout="constrained")
     axes = fig.subplots(1, len(attacks), sharey=True, squeeze=False)[0]
     for ax, attack in zip(axes, attacks):
         for i, (row, model) in enumerate(lines):
@@ -246,8 +247,9 @@ def plot_ours_vs_paper(cells: Sequence[Cell], path: str | os.PathLike, *,
             pts = sorted((c for c in mine if c.attack == attack), key=lambda c: c.eps)
             many = sum(r == row for r, _ in lines) > 1
             for who, style in (("ours", "-"), ("paper", "--")):
-                if who == "paper" and not mine[0].primary:
-                    continue  # the paper's line once per row
+                if who == "paper" and (not mine[0].primary
+                                       or all(c.ours is None for c in mine)):
+                    continue  # the paper's line once per row, for rows we ran
                 xy = [(c.eps, getattr(c, who)) for c in ([clean] if clean else []) + pts
                       if getattr(c, who) is not None]
                 name = f"{row} [{model}]" if many and who == "ours" else row
@@ -258,7 +260,8 @@ def plot_ours_vs_paper(cells: Sequence[Cell], path: str | os.PathLike, *,
         ax.set_xlabel("ε (pixels of 255)", fontsize=8)
         ax.set_ylim(-2, 102)
     axes[0].set_ylabel("top-1 accuracy (%)", fontsize=8)
-    axes[-1].legend(fontsize=6, loc="best")
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=7, loc="outside right upper")
     if title:
         fig.suptitle(f"{title}: ours solid, paper dashed", fontsize=9)
     path = Path(path)
