@@ -408,3 +408,13 @@ def test_paper_key_is_checked_against_the_published_tables():
         load_config(None, ['paper=["n18-table1: Pivo"]'])
     with pytest.raises(ConfigError, match="TABLE: ROW"):
         load_config(None, ['paper=["n18-table99: Pivot"]'])
+
+
+@pytest.mark.slow
+def test_figure4_draws_the_softmax_argument_along_step_ll_only(first_run):
+    out, _, _ = first_run
+    result = reproduce("n18-figure4", out, **dict(TINY, test_images=None))
+    rows = json.loads(next((out / "steps").glob("softmax_n18_mnist_pivot-*/rows.json"))
+                      .read_text())
+    assert {r["attack"] for r in rows} == {"step_ll"}          # figure 6 adds the others
+    assert (result.report / "figures" / "n18_fig4_softmax_argument.png").is_file()

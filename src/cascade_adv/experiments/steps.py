@@ -145,8 +145,9 @@ def analysis_step(p: dict, folder: Path, deps: dict[str, dict], rt: Runtime) -> 
     fn = {"softmax": softmax_argument, "gradcorr": gradient_correlation}[p["analysis"]]
     m = deps[p["model"]]
     device = _device(rt)
+    extra = {"methods": p["methods"]} if "methods" in p else {}
     rows = fn(_load(m, device), _split(m, rt, None).to(device), eps=p["eps"],
-              model_name=m["name"], model_hash=m["hash"])
+              model_name=m["name"], model_hash=m["hash"], **extra)
     return _write_rows(folder, rows)
 
 
