@@ -418,3 +418,33 @@ def test_figure4_draws_the_softmax_argument_along_step_ll_only(first_run):
                       .read_text())
     assert {r["attack"] for r in rows} == {"step_ll"}          # figure 6 adds the others
     assert (result.report / "figures" / "n18_fig4_softmax_argument.png").is_file()
+
+
+def test_a_step_runs_once_when_two_invocations_reach_it_together(tmp_path, monkeypatch):
+    import threading
+
+    from cascade_adv.experiments import steps
+    from cascade_adv.experiments.steps import Runtime, Step, execute, read_done
+
+    calls = []
+
+    def slow(params, folder, deps, rt):
+        calls.append(folder)
+        time.sleep(0.3)
+        return {"rows": "r"}
+
+    monkeypatch.setitem(steps.RUNNERS, "whitebox", slow)
+    step, rt = Step("whitebox/m", "whitebox", {}), Runtime(str(CONFIGS))
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(
+        execute(step, "k1", str(tmp_path / "s"), {}, rt))) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(calls) == 1 and results == [{"rows": "r"}, {"rows": "r"}]
+    assert read_done(tmp_path / "s", "k1")["outputs"] == {"rows": "r"}
+    # an unfinished evaluation of another key starts over from an empty folder
+    (tmp_path / "s" / "partial.npy").write_text("x")
+    execute(step, "k2", str(tmp_path / "s"), {}, rt)
+    assert len(calls) == 2 and not (tmp_path / "s" / "partial.npy").exists()

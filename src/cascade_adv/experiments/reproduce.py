@@ -25,18 +25,16 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import shutil
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
 from cascade_adv.errors import InvalidArgument
-from cascade_adv.experiments.steps import Runtime, Step, execute
+from cascade_adv.experiments.steps import Runtime, Step, execute, read_done
 from cascade_adv.io import atomic_write_text, check_writable_dir
 
 #: Bumped when what a step computes changes for the same parameters; part of every key.
@@ -130,22 +128,6 @@ class Cache:
     def folder(self, step: Step, key: str) -> Path:
         return self.out / "steps" / f"{_slug(step.name)}-{key}"
 
-    @staticmethod
-    def finished(folder: Path, key: str) -> dict | None:
-        try:
-            done = json.loads((folder / "done.json").read_text())
-        except (OSError, ValueError):
-            return None
-        return done if done.get("key") == key else None
-
-    @staticmethod
-    def finish(record: StepRecord) -> None:
-        atomic_write_text(record.folder / "done.json", json.dumps(
-            {"key": record.key, "name": record.step.name, "kind": record.step.kind,
-             "seconds": record.seconds, "outputs": record.outputs,
-             "finished": datetime.now(timezone.utc).isoformat(timespec="seconds")},
-            indent=1))
-
 
 def plan(steps: Sequence[Step], cache: Cache) -> list[StepRecord]:
     """Every step with its key, folder and whether it is already finished (never the
@@ -156,7 +138,7 @@ def plan(steps: Sequence[Step], cache: Cache) -> list[StepRecord]:
         folder = cache.folder(s, keys[s.name])
         # the report is rebuilt every time (seconds): it follows the report code and
         # --tolerance without touching any cached rows
-        done = None if s.kind == "report" else Cache.finished(folder, keys[s.name])
+        done = None if s.kind == "report" else read_done(folder, keys[s.name])
         rec = StepRecord(s, keys[s.name], folder)
         if done is not None:
             rec.status, rec.outputs, rec.seconds = "cached", done["outputs"], done["seconds"]
@@ -248,8 +230,8 @@ def run_steps(records: list[StepRecord], rt: Runtime, *, jobs: int = 1,
                 if rec.step.kind == "report" or pool is None:
                     try:
                         rec.outputs = (report(rec, deps) if rec.step.kind == "report"
-                                       else execute(rec.step.kind, rec.step.params,
-                                                    str(rec.folder), deps, rt))
+                                       else execute(rec.step, rec.key, str(rec.folder), deps,
+                                                    rt))
                     except Exception as exc:
                         _failed(rec, exc, note)
                         if rec.step.kind == "report" or _interrupt(exc):
@@ -257,8 +239,8 @@ def run_steps(records: list[StepRecord], rt: Runtime, *, jobs: int = 1,
                         continue
                     _finished(rec, note)
                 else:
-                    running[pool.submit(execute, rec.step.kind, rec.step.params,
-                                        str(rec.folder), deps, rt)] = rec
+                    running[pool.submit(execute, rec.step, rec.key, str(rec.folder), deps,
+                                        rt)] = rec
             if running:
                 done, _ = wait(running, return_when=FIRST_COMPLETED)
                 for fut in done:
@@ -292,14 +274,7 @@ def _failed(rec: StepRecord, exc: BaseException, note: Event) -> None:
 def _finished(rec: StepRecord, note: Event) -> None:
     rec.seconds = time.perf_counter() - rec.seconds
     rec.status = "done"
-    Cache.finish(rec)
     note("done", rec)
-
-
-def clear_unfinished(rec: StepRecord) -> None:
-    """A non-training step that did not finish starts over from an empty folder."""
-    if rec.status == "todo" and rec.step.kind != "train" and rec.folder.exists():
-        shutil.rmtree(rec.folder)
 
 
 # --- the command ------------------------------------------------------------------------------
@@ -437,8 +412,6 @@ def reproduce(name: str, out: str | Path, *, data_dir: str | None = None,
         estimate(records, rt)
         return result
     cache.open(recipe.name)
-    for rec in records:
-        clear_unfinished(rec)
 
     def report(rec: StepRecord, deps: dict[str, dict]) -> dict:
         from cascade_adv.experiments.report import write_report

@@ -10,7 +10,11 @@ functions so that a worker process can run them (``--jobs``); the report step is
 from __future__ import annotations
 
 import json
+import shutil
+import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -155,17 +159,62 @@ RUNNERS = {"train": train_step, "craft": craft_step, "whitebox": whitebox_step,
            "transfer": transfer_step, "analysis": analysis_step}
 
 
-def execute(kind: str, params: dict, folder: str, deps: dict[str, dict], rt: Runtime) -> dict:
-    """Run one step (in this process or a worker) with ``rt.threads`` torch threads;
-    returns its outputs."""
+def read_done(folder: Path, key: str) -> dict | None:
+    """``folder/done.json`` when it records the step of ``key`` as finished."""
+    try:
+        done = json.loads((Path(folder) / "done.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return done if done.get("key") == key else None
+
+
+@contextmanager
+def _locked(folder: Path):
+    """An exclusive lock on ``folder/.lock`` (blocking; POSIX ``flock``, a no-op where
+    there is none)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    with open(folder / ".lock", "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def execute(step: Step, key: str, folder: str, deps: dict[str, dict], rt: Runtime) -> dict:
+    """Run one step (in this process or a worker) with ``rt.threads`` torch threads and
+    mark it finished (``done.json``); returns its outputs.
+
+    Under the folder's lock: a step another invocation finished meanwhile is not run
+    again; an unfinished non-training step starts over from an empty folder (training
+    resumes from its checkpoints).
+    """
     import torch
 
-    before = torch.get_num_threads()
-    if rt.threads:
-        torch.set_num_threads(rt.threads)
     path = Path(folder)
     path.mkdir(parents=True, exist_ok=True)
-    try:
-        return RUNNERS[kind](params, path, deps, rt)
-    finally:
-        torch.set_num_threads(before)
+    with _locked(path):
+        done = read_done(path, key)
+        if done is not None:
+            return done["outputs"]
+        if step.kind != "train":
+            for child in path.iterdir():
+                if child.name != ".lock":
+                    shutil.rmtree(child) if child.is_dir() else child.unlink()
+        before = torch.get_num_threads()
+        if rt.threads:
+            torch.set_num_threads(rt.threads)
+        start = time.perf_counter()
+        try:
+            outputs = RUNNERS[step.kind](step.params, path, deps, rt)
+        finally:
+            torch.set_num_threads(before)
+        atomic_write_text(path / "done.json", json.dumps(
+            {"key": key, "name": step.name, "kind": step.kind,
+             "seconds": time.perf_counter() - start, "outputs": outputs,
+             "finished": datetime.now(timezone.utc).isoformat(timespec="seconds")}, indent=1))
+        return outputs
