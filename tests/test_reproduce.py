@@ -279,7 +279,7 @@ def test_cli_dry_run_lists_cached_steps_with_estimates(first_run, tmp_path):
     assert any(ln.startswith("cached  train/n18_mnist_pivot-x0.01-digits ") for ln in lines)
     assert any(ln.startswith("todo    softmax/n18_mnist_pivot-x0.01-digits ") and "~" in ln
                for ln in lines)                            # with a measured estimate
-    assert "3 of 6 steps cached" in stdout                 # the three trainings
+    assert "4 of 8 steps cached" in stdout                 # the four trainings
 
 
 def test_cli_list_names_every_recipe(tmp_path):
