@@ -152,7 +152,8 @@ def test_comparison_against_hand_computed_differences():
     assert not by["Baseline", "clean", 0.0].off(1.5) and by["Baseline", "step_ll", 16.0].off(1.5)
     assert by["Pivot", "clean", 0.0].ours is None and by["Pivot", "clean", 0.0].paper == 99.6
     s = summary(cells, 1.5)
-    assert (s["compared"], s["off"], s["missing"]) == (2, 1, 34)   # 4 rows x 9 columns
+    # 4 rows x 9 columns: Baseline ran (7 of its cells missing), 3 rows not run
+    assert (s["compared"], s["off"], s["missing"], s["rows_not_run"]) == (2, 1, 7, 3)
     html, md = render_comparison(cells, table, tolerance=1.5)
     assert "**90.0 (95.7, -5.7)**" in md and "99.0 (99.6, -0.6) |" in md
     assert html.count('class="off"') == 1 and html.count('class="ok"') == 1

@@ -149,7 +149,8 @@ def reproduce(name, list_, out, data_dir, dataset, scale, test_images, jobs, thr
     for table, comp in (result.comparison or {}).items():
         s = comp["summary"]
         click.echo(f"{table}: {s['compared']} cells beside the paper's, {s['off']} more than "
-                   f"{tolerance:g} points off, {s['missing']} missing")
+                   f"{tolerance:g} points off, {s['missing']} missing"
+                   + (f", {s['rows_not_run']} paper rows not run" if s["rows_not_run"] else ""))
         for c in comp["claims"]:
             word = {True: "holds", False: "does not hold", None: "n/a"}[c["ours"]]
             if c.get("ours_clear") is False:

@@ -108,7 +108,8 @@ def write_report(recipe, rec, deps: dict[str, dict], records: dict[str, Any]) ->
         ch, cmd = render_claims(claims)
         s = summary(cells, p["tolerance"])
         line = (f"{s['compared']} cells compared, {s['off']} more than {p['tolerance']:g} "
-                f"points from the paper, {s['missing']} without our number.")
+                f"points from the paper, {s['missing']} without our number"
+                + (f", {s['rows_not_run']} paper rows not run." if s["rows_not_run"] else "."))
         fig = plot_ours_vs_paper(cells, stage / f"{table_id}-ours-vs-paper.png",
                                  title=f"{pub.paper} table {pub.number}")
         fig_h = fig_md = ""

@@ -199,10 +199,16 @@ def render_comparison(cells: Sequence[Cell], published: PaperTable, *,
 
 
 def summary(cells: Sequence[Cell], tolerance: float = TOLERANCE) -> dict[str, Any]:
+    """Counts: cells compared, of those further than ``tolerance`` from the paper,
+    paper cells without our number in the rows we ran (``missing``), and paper rows we
+    did not run at all (``rows_not_run``, e.g. left out with ``--only``)."""
     both = [c for c in cells if c.diff is not None]
     off = [c for c in both if c.off(tolerance)]
+    ran = {c.row for c in cells if c.ours is not None}
     return {"cells": len(cells), "compared": len(both), "off": len(off),
-            "missing": sum(c.ours is None and c.paper is not None for c in cells),
+            "missing": sum(c.ours is None and c.paper is not None and c.row in ran
+                           for c in cells),
+            "rows_not_run": len({c.row for c in cells} - ran),
             "max_abs_diff": max((abs(c.diff) for c in both), default=None)}
 
 
