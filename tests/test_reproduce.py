@@ -449,3 +449,25 @@ def test_a_step_runs_once_when_two_invocations_reach_it_together(tmp_path, monke
     (tmp_path / "s" / "partial.npy").write_text("x")
     execute(step, "k2", str(tmp_path / "s"), {}, rt)
     assert len(calls) == 2 and not (tmp_path / "s" / "partial.npy").exists()
+
+
+def test_a_claim_is_also_judged_with_each_other_model_of_a_row():
+    table = get_table("n18-table1")
+
+    def rows(model, value):
+        return [{"model": model, "model_hash": "", "dataset": "mnist", "split": "test",
+                 "attack": a, "eps": e, "source": "whitebox", "metric": "top1",
+                 "value": value, "n": 2000} for a, e in table.columns]
+
+    ours = rows("k", 95.0) + rows("p", 50.0) + rows("p-released", 97.0)
+    cells = compare(ours, table, {"k": "Kurakin's", "p": "Pivot", "p-released": "Pivot"}.get)
+    claim = [c for c in RECIPES["n18-table1"].claims if c.text.startswith("Pivot above")]
+    (r,) = check_claims(cells, claim, "top1")
+    assert r["ours"] is False and r["ours_means"] == (50.0, 95.0)       # the first model
+    (alt,) = r["alternatives"]
+    assert alt["model"] == "p-released" and alt["ours"] is True and alt["ours_means"] == (
+        97.0, 95.0)
+    from cascade_adv.reporting.reproduction import render_claims
+
+    assert "does not hold (50.0 vs 95.0); with p-released: holds (97.0 vs 95.0)" in (
+        render_claims([r])[1])

@@ -152,10 +152,13 @@ def reproduce(name, list_, out, data_dir, dataset, scale, test_images, jobs, thr
                    f"{tolerance:g} points off, {s['missing']} missing"
                    + (f", {s['rows_not_run']} paper rows not run" if s["rows_not_run"] else ""))
         for c in comp["claims"]:
-            word = {True: "holds", False: "does not hold", None: "n/a"}[c["ours"]]
-            if c.get("ours_clear") is False:
-                word += " (within 2 standard errors)"
-            click.echo(f"  {c['claim']}: {word}")
+            def word(r):
+                w = {True: "holds", False: "does not hold", None: "n/a"}[r["ours"]]
+                return w + (" (within 2 standard errors)" if r.get("ours_clear") is False
+                            else "")
+
+            click.echo(f"  {c['claim']}: {word(c)}" + "".join(
+                f"; with {alt['model']}: {word(alt)}" for alt in c.get("alternatives", ())))
     failed = [r for r in result.records if r.status in ("failed", "blocked")]
     if result.report:
         click.echo(f"report: {result.report / 'report.html'}")

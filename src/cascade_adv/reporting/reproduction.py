@@ -12,7 +12,7 @@ import html
 import math
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -130,23 +130,50 @@ def _side(cells: Sequence[Cell], who: str) -> tuple[float | None, float | None]:
     return mean, math.sqrt(var) / len(values)
 
 
+def _holds(cells: Sequence[Cell], claim: Claim, metric: str, who: str
+           ) -> tuple[bool | None, tuple[float | None, float | None], bool | None]:
+    """(holds, (mean higher, mean lower), difference beyond 2 standard errors)."""
+    hi, lo = _pick(cells, claim.higher, metric), _pick(cells, claim.lower, metric)
+    (a, se_a), (b, se_b) = _side(hi, who), _side(lo, who)
+    complete = all(getattr(c, who) is not None for c in [*hi, *lo])
+    holds = None if a is None or b is None or not complete else a > b
+    clear = (None if holds is None or se_a is None or se_b is None
+             else abs(a - b) > 2 * math.hypot(se_a, se_b))
+    return holds, (a, b), clear
+
+
+def _with_model(cells: Sequence[Cell], row: str, model: str) -> list[Cell]:
+    """The cells with ``model`` as the one model of ``row``."""
+    return [replace(c, primary=True) if c.row == row else c for c in cells
+            if c.row != row or c.model == model]
+
+
 def check_claims(cells: Sequence[Cell], claims: Sequence[Claim], metric: str
                  ) -> list[dict[str, Any]]:
     """For each claim: whether it holds in the paper and on our numbers (``None`` where
     cells are missing), the two means of each side and, for ours, whether the
     difference exceeds twice its standard error (``ours_clear``; cells treated as
-    independent binomial estimates)."""
+    independent binomial estimates). Claims use the first of our models of each row;
+    ``alternatives`` gives the verdict with each other model of a row (e.g. the
+    released code's pivot beside the paper's)."""
     out = []
+    extra = {}
+    for c in cells:
+        if not c.primary:
+            extra.setdefault(c.row, [])
+            if c.model not in extra[c.row]:
+                extra[c.row].append(c.model)
     for claim in claims:
-        hi, lo = _pick(cells, claim.higher, metric), _pick(cells, claim.lower, metric)
         res: dict[str, Any] = {"claim": claim.text}
-        for who in ("paper", "ours"):
-            (a, se_a), (b, se_b) = _side(hi, who), _side(lo, who)
-            complete = all(getattr(c, who) is not None for c in [*hi, *lo])
-            res[who] = None if a is None or b is None or not complete else a > b
-            res[f"{who}_means"] = (a, b)
-            if who == "ours" and res[who] is not None and se_a is not None and se_b is not None:
-                res["ours_clear"] = abs(a - b) > 2 * math.hypot(se_a, se_b)
+        res["paper"], res["paper_means"], _ = _holds(cells, claim, metric, "paper")
+        res["ours"], res["ours_means"], res["ours_clear"] = _holds(cells, claim, metric, "ours")
+        named = {r for side in (claim.higher, claim.lower) if "row" in side
+                 for r in (side["row"] if isinstance(side["row"], (tuple, list))
+                           else (side["row"],))}
+        res["alternatives"] = [
+            {"model": m, **dict(zip(("ours", "ours_means", "ours_clear"),
+                                    _holds(_with_model(cells, row, m), claim, metric, "ours")))}
+            for row, models in extra.items() if not named or row in named for m in models]
         out.append(res)
     return out
 
@@ -216,17 +243,23 @@ def render_claims(results: Sequence[Mapping[str, Any]]) -> tuple[str, str]:
     def word(v: bool | None) -> str:
         return "n/a" if v is None else ("holds" if v else "does not hold")
 
+    def verdict(r: Mapping[str, Any]) -> str:
+        a, b = r["ours_means"]
+        text = word(r["ours"])
+        if a is not None and b is not None:
+            text += f" ({a:.1f} vs {b:.1f}" + (
+                "; within 2 standard errors)" if r.get("ours_clear") is False else ")")
+        return text
+
     md = ["| claim | paper | ours |", "|---|---|---|"]
     h = ["<table class=\"claims\"><tr><th>claim</th><th>paper</th><th>ours</th></tr>"]
     for r in results:
-        a, b = r["ours_means"]
-        detail = "" if a is None or b is None else f" ({a:.1f} vs {b:.1f}"
-        if detail:
-            detail += ("; within 2 standard errors)" if r.get("ours_clear") is False else ")")
-        md.append(f"| {r['claim']} | {word(r['paper'])} | {word(r['ours'])}{detail} |")
+        ours = verdict(r) + "".join(f"; with {alt['model']}: {verdict(alt)}"
+                                    for alt in r.get("alternatives", ()))
+        md.append(f"| {r['claim']} | {word(r['paper'])} | {ours} |")
         cls = "ok" if r["ours"] else ("off" if r["ours"] is False else "")
         h.append(f"<tr><td>{html.escape(r['claim'])}</td><td>{word(r['paper'])}</td>"
-                 f"<td class=\"{cls}\">{word(r['ours'])}{html.escape(detail)}</td></tr>")
+                 f"<td class=\"{cls}\">{html.escape(ours)}</td></tr>")
     h.append("</table>")
     return "\n".join(h), "\n".join(md)
 
