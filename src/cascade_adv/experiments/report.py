@@ -129,7 +129,8 @@ def write_report(recipe, rec, deps: dict[str, dict], records: dict[str, Any]) ->
     try:
         if len(rows):
             build_report(store, folder, title=f"cascade-adv reproduce {label}", overwrite=True,
-                         sections=sections, extra_figures=figures)
+                         sections=sections, extra_figures=figures,
+                         accuracy_figures=False)
     finally:
         store.close()
     for f in figures:

@@ -66,10 +66,12 @@ def _figure(path: Path, root: Path, caption: str) -> tuple[str, str]:
             f"![{caption}]({rel})\n")
 
 
-def _whitebox_sections(page: _Page, rows: ResultTable, root: Path, figdir: Path) -> None:
+def _whitebox_sections(page: _Page, rows: ResultTable, root: Path, figdir: Path | None
+                       ) -> None:
     """One section per published table our models map to (with the published row under
-    each of ours) and per dataset for the others; each also draws accuracy vs epsilon,
-    one line per model, ours solid and the paper's dashed where they exist."""
+    each of ours) and per dataset for the others; each also draws accuracy vs epsilon
+    into ``figdir`` (unless ``None``), one line per model, ours solid and the paper's
+    dashed where they exist."""
     white = ResultTable(r for r in rows if r["source"] == WHITEBOX)
     if not len(white):
         return
@@ -94,9 +96,9 @@ def _whitebox_sections(page: _Page, rows: ResultTable, root: Path, figdir: Path)
         if paper.notes:
             note += " " + paper.notes
         ph, pm = _para(note)
-        cells = compare(ours, paper, row_map.get)
-        path = plot_ours_vs_paper(cells, figdir / f"accuracy-{table_id}.png",
-                                  title=f"{paper.paper} table {paper.number}")
+        path = figdir and plot_ours_vs_paper(compare(ours, paper, row_map.get),
+                                             figdir / f"accuracy-{table_id}.png",
+                                             title=f"{paper.paper} table {paper.number}")
         fh, fm = _figure(path, root, "Accuracy vs epsilon: ours solid, the paper's dashed"
                          ) if path else ("", "")
         page.add(title, h + ph + fh, md + "\n" + pm + fm)
@@ -105,7 +107,7 @@ def _whitebox_sections(page: _Page, rows: ResultTable, root: Path, figdir: Path)
         title = f"White-box accuracy, {dataset}"
         attacks = [a for a in dict.fromkeys(r["attack"] for r in ours) if a != CLEAN]
         fh = fm = ""
-        if attacks:
+        if attacks and figdir is not None:
             path = figures.plot_accuracy_vs_eps(ours, figdir / f"accuracy-{_slug(dataset)}.png",
                                                 models=models, attacks=attacks)
             fh, fm = _figure(path, root, "Accuracy vs epsilon (no published row to compare)")
@@ -320,14 +322,16 @@ def check_report_output(out, overwrite: bool = False) -> Path:
 def build_report(store: ResultsStore, out: str | os.PathLike, *,
                  title: str = "cascade-adv report", overwrite: bool = False,
                  sections: Sequence[tuple[str, str, str]] = (),
-                 extra_figures: Sequence[str | os.PathLike] = ()) -> tuple[Path, Path]:
+                 extra_figures: Sequence[str | os.PathLike] = (),
+                 accuracy_figures: bool = True) -> tuple[Path, Path]:
     """Write ``out/report.html``, ``out/report.md`` and ``out/figures/*.png`` from the
     store; returns the two page paths.  Figures are drawn in a scratch folder and moved
     into place with the pages, so a failure leaves any previous report intact.  An
     existing ``out`` must be empty or an earlier report unless ``overwrite``.
 
     ``sections`` (title, HTML, Markdown) come first; ``extra_figures`` are PNG files they
-    show as ``figures/NAME``, copied in."""
+    show as ``figures/NAME``, copied in. ``accuracy_figures=False`` leaves out the
+    accuracy-vs-epsilon figure of each white-box section (when ``sections`` draw it)."""
     rows = store.query()
     if not len(rows):
         raise CascadeAdvError(f"results store {store.path} is empty; run 'cascade-adv eval' "
@@ -350,7 +354,7 @@ def build_report(store: ResultsStore, out: str | os.PathLike, *,
             f'<li class="warning">{html.escape(w.message)} <em>{html.escape(w.meaning)}</em>'
             "</li>" for w in warnings) + "</ul>")
     page.add("Sanity checks", warn_html, warn_md)
-    _whitebox_sections(page, rows, stage, figdir)
+    _whitebox_sections(page, rows, stage, figdir if accuracy_figures else None)
     # the diagonal (a model attacked by itself) is white-box, not a same-init pair
     _blackbox_sections(page, rows, lambda a, b: a != b and store.same_init(a, b))
     _seed_sections(page, rows, store)
