@@ -471,3 +471,13 @@ def test_a_claim_is_also_judged_with_each_other_model_of_a_row():
 
     assert "does not hold (50.0 vs 95.0); with p-released: holds (97.0 vs 95.0)" in (
         render_claims([r])[1])
+
+
+def test_sweep_networks_carry_the_scale_once():
+    b = Builder(CONFIGS, "cifar10", scale=0.1)
+    steps = build_steps(RECIPES["n18-figure3"], b)
+    names = sorted(s.name for s in steps if s.kind == "train" and "lam2" in s.name)
+    assert "train/n18_fig3_lambda2/lam2=0.001-x0.1" in names
+    assert "train/n18_fig3_lambda2_released/lam2=0.3-x0.1" in names and len(names) == 12
+    assert b.steps["train/n18_fig3_lambda2/lam2=0.001-x0.1"].params["experiment"] == (
+        "n18_fig3_lambda2-x0.1")
