@@ -481,3 +481,13 @@ def test_sweep_networks_carry_the_scale_once():
     assert "train/n18_fig3_lambda2_released/lam2=0.3-x0.1" in names and len(names) == 12
     assert b.steps["train/n18_fig3_lambda2/lam2=0.001-x0.1"].params["experiment"] == (
         "n18_fig3_lambda2-x0.1")
+
+
+def test_k17_table1_at_cifar10_scale_has_every_row():
+    b = Builder(CONFIGS, "cifar10")
+    steps = build_steps(RECIPES["k17-table1"], b)
+    rows = {e.split(": ", 1)[1] for s in steps if s.kind == "train"
+            for e in s.params["paper"] if e.startswith("k17-table1:")}
+    assert rows == set(get_table("k17-table1").row_order)
+    deeper = b.steps["train/k17_cifar10_deeper_step_ll"]
+    assert deeper.deps == () and "depth: 56" in deeper.identity["config"]

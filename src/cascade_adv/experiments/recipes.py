@@ -276,11 +276,22 @@ def _lambda2(b: Builder) -> None:
 _K17_T1 = _by_dataset([], ["k17_cifar10_baseline", "k17_cifar10_step_ll"])
 
 
+#: K17 table 1's "deeper model" rows at CIFAR-10 scale: ResNet-56 for ResNet-20, each
+#: from its own random start (the shared ResNet-20 pre-training does not fit it).
+_DEEPER = {"k17_cifar10_baseline": ("k17_cifar10_deeper_baseline",
+                                    "Deeper model (standard training)"),
+           "k17_cifar10_step_ll": ("k17_cifar10_deeper_step_ll", "Deeper model (Adv. training)")}
+
+
 def _k17_imagenet(imagenet: Sequence[str], table: str):
     def build(b: Builder) -> None:
         configs = imagenet if b.dataset == "imagenet" else _K17_T1(b)
         for c in configs:
             b.whitebox(b.train(c), table)
+        if table == "k17-table1" and b.dataset != "imagenet":
+            for c, (name, row) in _DEEPER.items():
+                b.whitebox(b.train(c, name=name, overrides=(
+                    "model.depth=56", "init_from=null", f'paper=["k17-table1: {row}"]')), table)
     return build
 
 
