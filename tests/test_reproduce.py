@@ -491,3 +491,14 @@ def test_k17_table1_at_cifar10_scale_has_every_row():
     assert rows == set(get_table("k17-table1").row_order)
     deeper = b.steps["train/k17_cifar10_deeper_step_ll"]
     assert deeper.deps == () and "depth: 56" in deeper.identity["config"]
+
+
+def test_cli_unavailable_device_is_refused_before_any_work(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present")
+    code, _, stderr = run_cli(["reproduce", "n18-table1", "--dataset", "digits", "--device",
+                               "cuda", "--out", tmp_path / "c"], tmp_path)
+    assert code == 2 and len(stderr.strip().splitlines()) == 1 and "cuda" in stderr.lower()
+    assert not (tmp_path / "c").exists()

@@ -386,6 +386,7 @@ def reproduce(name: str, out: str | Path, *, data_dir: str | None = None,
     """
     from cascade_adv.experiments.cost import estimate
     from cascade_adv.experiments.recipes import Builder, build_steps, get_recipe
+    from cascade_adv.training import resolve_device
 
     start = time.perf_counter()
     recipe = get_recipe(name)
@@ -405,12 +406,14 @@ def reproduce(name: str, out: str | Path, *, data_dir: str | None = None,
     cache = Cache(out, used)
     cache.check()
     _check_data(used, data_dir, download)
+    resolve_device(device)   # an unavailable device: one line before any work
     records = plan(steps, cache)
     rt = Runtime(str(configs), data_dir, device, threads, progress)
     result = ReproduceResult(recipe.name, records)
     if dry_run:
         estimate(records, rt)
         return result
+    pool = RayExecutor(ray_address, gpus_per_step, cpus=threads or 1) if executor == "ray" else None
     cache.open(recipe.name)
 
     def report(rec: StepRecord, deps: dict[str, dict]) -> dict:
@@ -419,7 +422,6 @@ def reproduce(name: str, out: str | Path, *, data_dir: str | None = None,
         return write_report(recipe, rec, deps, by_name)
 
     by_name = {r.step.name: r for r in records}
-    pool = RayExecutor(ray_address, gpus_per_step, cpus=threads or 1) if executor == "ray" else None
     run_steps(records, rt, jobs=jobs, report=report, on_event=on_event, executor=pool)
     final = by_name[f"report/{label}"].outputs or {}
     result.report = Path(final["folder"]) if "folder" in final else None
