@@ -502,3 +502,10 @@ def test_cli_unavailable_device_is_refused_before_any_work(tmp_path):
                                "cuda", "--out", tmp_path / "c"], tmp_path)
     assert code == 2 and len(stderr.strip().splitlines()) == 1 and "cuda" in stderr.lower()
     assert not (tmp_path / "c").exists()
+
+
+def test_a_tiny_scale_still_continues_past_the_pretraining():
+    b = Builder(CONFIGS, "mnist", scale=0.0001)
+    build_steps(RECIPES["n18-table1"], b)
+    assert "optim.iterations=1" in b.steps["train/n18_mnist_pretrain-x0.0001"].params["overrides"]
+    assert "optim.iterations=2" in b.steps["train/n18_mnist_pivot-x0.0001"].params["overrides"]

@@ -87,9 +87,11 @@ class Builder:
         return step.name
 
     # -- training
-    def _scaled(self, cfg) -> list[str]:
+    def _scaled(self, cfg, after: int = 0) -> list[str]:
+        """Schedule overrides scaled by ``--scale``; ``after``: the iterations of the
+        run this one continues (``init_mode: continue``), which it must outlast."""
         s = self.scale
-        it = max(1, round(cfg.optim.iterations * s))
+        it = max(1, after + 1, round(cfg.optim.iterations * s))
         ms = sorted({round(m * s) for m in cfg.optim.lr_milestones if 0 < round(m * s) < it})
         return [f"optim.iterations={it}", f"optim.lr_milestones={ms}",
                 f"adversarial.delay={round(cfg.adversarial.delay * s)}",
@@ -112,13 +114,17 @@ class Builder:
         if self.substitute:
             extra.append(f"data.dataset={self.substitute}")
         cfg = load_config(path, extra)
-        deps, params_extra = [], {}
+        deps, params_extra, after = [], {}, 0
         if cfg.init_from:
             base = Path(cfg.init_from).name
             if base not in self.index:
                 raise CascadeAdvError(f"{rel}: init_from {cfg.init_from} names no config")
             params_extra["init"] = self.train(self.index[base])
             deps.append(params_extra["init"])
+            if cfg.init_mode == "continue":
+                after = next(int(o.split("=")[1]) for o in
+                             self.steps[params_extra["init"]].params["overrides"]
+                             if o.startswith("optim.iterations="))
         sources = cfg.adversarial.sources or []
         saved = [s for s in sources if s.kind == "saved"]
         if saved:
@@ -130,7 +136,7 @@ class Builder:
             params_extra["sources"] = [s.model_dump() for s in sources]
             deps.append(params_extra["saved"])
         model = f"{name or cfg.name}{self.suffix}"
-        all_over = [*extra, *self._scaled(cfg), f"name={model}"]
+        all_over = [*extra, *self._scaled(cfg, after), f"name={model}"]
         # the key hashes the whole resolved config, without its paths and without the
         # paper rows it names (which do not change what is trained)
         ident = load_config(path, [*all_over, "init_from=null", "adversarial.sources=null"])
