@@ -1,6 +1,10 @@
 """The published numbers of the papers' tables, as result rows.
 
-The numbers live in ``published.yaml`` beside this module, one line per paper row.
+The numbers live in ``published/TABLE.yaml`` beside this module, one file per table
+and one line per paper row: ``columns`` are ``"ATTACK EPS"``, ``sources`` the source
+labels of black-box / transfer tables, and ``values[metric][row]`` one value per cell
+of the grid (source after source, each source's cells in column order), ``null`` where
+the paper prints none.
 Every table of N18 (Na et al. 2018, *Cascade adversarial machine learning
 regularized with a unified embedding*, tables 1-10) and K17 (Kurakin et al.
 2017, *Adversarial machine learning at scale*, tables 1-7) is transcribed here
@@ -105,7 +109,7 @@ class PaperTable:
         return ResultTable(self.rows)
 
 
-# --- the data file ------------------------------------------------------------------------
+# --- the data files ------------------------------------------------------------------------
 
 #: Tables with cells the paper leaves empty (any other empty cell is a transcription
 #: error and stops the import).
@@ -118,7 +122,7 @@ def _column(text: str) -> Column:
 
 
 def _load(entry: Mapping[str, Any]) -> PaperTable:
-    """One table of ``published.yaml``: its values, in grid order, as result rows."""
+    """One table file: its values, in grid order, as result rows."""
     columns = tuple(_column(c) for c in entry["columns"])
     sources = tuple(entry.get("sources", ()))
     metrics = tuple(entry["metrics"])
@@ -151,12 +155,14 @@ def _load(entry: Mapping[str, Any]) -> PaperTable:
 def _load_all() -> list[PaperTable]:
     import yaml
 
-    text = resources.files("cascade_adv.results").joinpath("published.yaml").read_text("utf-8")
-    return [_load(entry) for entry in yaml.safe_load(text)]
+    folder = resources.files("cascade_adv.results").joinpath("published")
+    tables = [_load(yaml.safe_load(f.read_text("utf-8"))) for f in folder.iterdir()
+              if f.name.endswith(".yaml")]
+    return sorted(tables, key=lambda t: (t.paper != "N18", t.number))
 
 
 #: Every transcribed table, by id (``"n18-table1"`` ... ``"n18-table10"``,
-#: ``"k17-table1"`` ... ``"k17-table7"``), read from ``published.yaml``.
+#: ``"k17-table1"`` ... ``"k17-table7"``), read from ``published/TABLE.yaml``.
 PUBLISHED: dict[str, PaperTable] = {t.id: t for t in _load_all()}
 
 
