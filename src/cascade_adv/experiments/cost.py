@@ -17,7 +17,6 @@ is its count of such passes times that time:
 
 from __future__ import annotations
 
-import math
 import time
 from pathlib import Path
 from typing import Any
@@ -28,9 +27,12 @@ _SHAPES = {"mnist": (1, 28, 10), "digits": (1, 8, 10), "cifar10": (3, 32, 10),
 
 
 def _iterations(attack: str, eps: float) -> int:
-    if attack.startswith("iter") or attack == "pgd":
-        return max(1, math.floor(min(eps + 4, 1.25 * eps)))
-    return 1
+    """Gradient passes of ``attack`` at ``eps``: K17's count for iterative attacks."""
+    from cascade_adv import attacks
+
+    if attacks.get(attack).kind != "iterative":
+        return 1
+    return max(1, int(attacks.iterative_steps(eps)))
 
 
 def _model_key(cfg) -> tuple:

@@ -74,7 +74,6 @@ class Builder:
         self.scale = scale
         self.test_images = test_images
         self.steps: dict[str, Step] = {}
-        self.models: list[str] = []       # train steps whose models the report registers
 
     # -- naming
     @property
@@ -148,8 +147,6 @@ class Builder:
                      "paper": list(cfg.paper), **params_extra},
                     tuple(deps), identity={"config": identity, "experiment": experiment,
                                            "params": params or {}})
-        if step.name not in self.steps:
-            self.models.append(step.name)
         return self._add(step)
 
     def craft(self, model: str, eps_max: float) -> str:
@@ -180,12 +177,16 @@ class Builder:
                                                  "test_images": self.test_images}, (model,)))
 
     def transfer(self, label: str, sources: Sequence[str], targets: Sequence[str],
-                 table: str) -> str:
-        cols = get_table(table).columns
+                 table: str | None = None, *, attacks: Sequence[str] = (),
+                 eps: Sequence[float] = ()) -> str:
+        """Black-box rows of every source -> target for the columns of ``table``."""
+        if table is not None:
+            cols = get_table(table).columns
+            attacks = list(dict.fromkeys(a for a, _ in cols))
+            eps = sorted({e for _, e in cols})
         return self._add(Step(f"transfer/{label}", "transfer", {
-            "sources": list(sources), "targets": list(targets),
-            "attacks": list(dict.fromkeys(a for a, _ in cols)),
-            "eps": sorted({e for _, e in cols}), "test_images": self.test_images},
+            "sources": list(sources), "targets": list(targets), "attacks": list(attacks),
+            "eps": [float(e) for e in eps], "test_images": self.test_images},
             tuple(dict.fromkeys([*sources, *targets]))))
 
     def analysis(self, kind: str, model: str, **params: Any) -> str:
@@ -279,9 +280,6 @@ def _lambda2(b: Builder) -> None:
             "n18-table2")
 
 
-_K17_T1 = _by_dataset([], ["k17_cifar10_baseline", "k17_cifar10_step_ll"])
-
-
 #: K17 table 1's "deeper model" rows at CIFAR-10 scale: ResNet-56 for ResNet-20, each
 #: from its own random start (the shared ResNet-20 pre-training does not fit it).
 _DEEPER = {"k17_cifar10_baseline": ("k17_cifar10_deeper_baseline",
@@ -291,7 +289,8 @@ _DEEPER = {"k17_cifar10_baseline": ("k17_cifar10_deeper_baseline",
 
 def _k17_imagenet(imagenet: Sequence[str], table: str):
     def build(b: Builder) -> None:
-        configs = imagenet if b.dataset == "imagenet" else _K17_T1(b)
+        configs = (imagenet if b.dataset == "imagenet"
+                   else ["k17_cifar10_baseline", "k17_cifar10_step_ll"])
         for c in configs:
             b.whitebox(b.train(c), table)
         if table == "k17-table1" and b.dataset != "imagenet":
@@ -322,32 +321,34 @@ _ABCD = {"k17_cifar10_A": _scratch("A", "seed=0"), "k17_cifar10_B": _scratch("B"
          "k17_cifar10_D": _scratch("D", "seed=3", "model.depth=56")}
 
 
+def _abcd(b: Builder, names: Sequence[str] = tuple(_ABCD)) -> list[str]:
+    return [b.train("k17_cifar10_baseline", name=n, overrides=_ABCD[n]) for n in names]
+
+
 def _k17_transfer(table: str):
     def build(b: Builder) -> None:
-        models = [b.train("k17_cifar10_baseline", name=n, overrides=o) for n, o in _ABCD.items()]
+        models = _abcd(b)
         b.transfer(table, models, models, table)
     return build
 
 
-def _k17_sweep(kind: str):
-    def build(b: Builder) -> None:
-        from cascade_adv.analysis import activation_variants, capacity_variants
+def _k17_capacity(b: Builder) -> None:
+    from cascade_adv.analysis import capacity_variants
 
-        if kind == "capacity":
-            b.sweep("k17_cifar10_step_ll", capacity_variants([0.5, 1, 2]), "k17_capacity",
-                    attacks=("step_ll", "step_fgsm", "iter_fgsm", "iter_ll"), eps=(16,))
-        else:
-            b.sweep("k17_cifar10_step_ll", activation_variants(), "k17_t7_activations",
-                    "k17-table7")
-    return build
+    b.sweep("k17_cifar10_step_ll", capacity_variants([0.5, 1, 2]), "k17_capacity",
+            attacks=("step_ll", "step_fgsm", "iter_fgsm", "iter_ll"), eps=(16,))
+
+
+def _k17_activations(b: Builder) -> None:
+    from cascade_adv.analysis import activation_variants
+
+    b.sweep("k17_cifar10_step_ll", activation_variants(), "k17_t7_activations", "k17-table7")
 
 
 def _k17_transfer_eps(b: Builder) -> None:
-    a = b.train("k17_cifar10_baseline", name="k17_cifar10_A", overrides=_ABCD["k17_cifar10_A"])
-    c = b.train("k17_cifar10_baseline", name="k17_cifar10_B", overrides=_ABCD["k17_cifar10_B"])
-    b._add(Step("transfer/k17-transfer-eps", "transfer", {
-        "sources": [a], "targets": [c], "attacks": ["step_fgsm", "iter_fgsm", "iter_ll"],
-        "eps": [2.0, 4.0, 8.0, 16.0], "test_images": b.test_images}, (a, c)))
+    a, c = _abcd(b, ("k17_cifar10_A", "k17_cifar10_B"))
+    b.transfer("k17-transfer-eps", [a], [c], attacks=("step_fgsm", "iter_fgsm", "iter_ll"),
+               eps=(2, 4, 8, 16))
 
 
 def _k17_fig3(b: Builder) -> None:
@@ -357,8 +358,7 @@ def _k17_fig3(b: Builder) -> None:
                eps=(2, 4, 8, 16))
 
 
-def _c(text: str, higher: dict, lower: dict) -> Claim:
-    return Claim(text, higher, lower)
+_c = Claim  # short, for the tables below
 
 
 ONE = ("step_ll", "step_fgsm")
@@ -485,12 +485,12 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in [
                   {"attack": "step_fgsm", "metric": "error_top1"},
                   {"attack": "iter_ll", "metric": "error_top1"}),)),
     Recipe("k17-table7", "K17 table 7: activation functions", ("cifar10",),
-           _k17_sweep("activations"), ("k17-table7",),
+           _k17_activations, ("k17-table7",),
            rows={f"k17_t7_activations/act={a}": a.replace("relu_decay:", "ReluDecay")
                  for a in ("relu", "relu6", "relu_decay:0.001", "relu_decay:0.01",
                            "relu_decay:0.1", "tanh")}),
     Recipe("k17-figure1", "K17 figures 1 and 4: model capacity (top-1 and top-5)",
-           ("cifar10",), _k17_sweep("capacity")),
+           ("cifar10",), _k17_capacity),
     Recipe("k17-figure2", "K17 figures 2 and 5: transfer rate and error rate vs eps",
            ("cifar10",), _k17_transfer_eps),
     Recipe("k17-figure3", "K17 figure 3: one-step methods at evaluation, step l.l. training",
@@ -514,7 +514,8 @@ def build_steps(recipe: Recipe, builder: Builder, only: Sequence[str] = ()) -> l
     recipe.build(builder)
     steps = builder.steps
     if only:
-        keep_models = {n for n in builder.models if any(o in n for o in only)}
+        keep_models = {n for n, s in steps.items()
+                       if s.kind == "train" and any(o in n for o in only)}
         wanted = [n for n, s in steps.items() if s.kind != "train" and
                   all(d in keep_models or steps[d].kind != "train" for d in s.deps)]
         if not wanted:

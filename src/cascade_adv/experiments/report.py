@@ -122,9 +122,7 @@ def write_report(recipe, rec, deps: dict[str, dict], records: dict[str, Any]) ->
                          f"{line}\n\n{md}\n\n### Claims\n\n{cmd}\n\n{fig_md}"))
         comparison[table_id] = {"summary": s, "claims": claims,
                                 "cells": [dict(c.__dict__, diff=c.diff) for c in cells]}
-    text = json.dumps(comparison, indent=1)
-    atomic_write_text(folder / "comparison.json", text)
-    comparison = json.loads(text)     # as a cached run reads it back
+    atomic_write_text(folder / "comparison.json", json.dumps(comparison, indent=1))
     store = _store(folder / "results.db", rows, deps, p, paper)
     try:
         if len(rows):

@@ -52,21 +52,19 @@ def _device(rt: Runtime):
     return resolve_device(rt.device)
 
 
-def _load(out: dict[str, Any], device):
-    from cascade_adv.models import load_model
+def _model(out: dict[str, Any], device):
+    """The trained model of a train step's outputs, loaded and checked finite."""
+    from cascade_adv.training.runs import LoadedModel
 
-    return load_model(out["weights"], map_location=device)
+    return LoadedModel(out["weights"], device, name=out["name"])
 
 
-def _split(out: dict[str, Any], rt: Runtime, limit: int | None, split: str = "test"):
-    """The first ``limit`` images of the split the model `out` was trained for."""
-    from cascade_adv.data import load_dataset
+def _split(models: list, rt: Runtime, limit: int | None, device, split: str = "test"):
+    """The first ``limit`` images of the split the models were trained for, checked
+    against them (:func:`cascade_adv.training.runs.load_split`)."""
+    from cascade_adv.training.runs import load_split
 
-    size = {"image_size": out["image_size"]} if out["dataset"] == "imagenet" else {}
-    if out["dataset"] == "imagenet" and split == "test":
-        split = "val"
-    data = load_dataset(out["dataset"], split, root=rt.data_dir, **size)
-    return data.subset(limit) if limit and limit < len(data) else data
+    return load_split(models, None, rt.data_dir, split, limit, device)
 
 
 def _write_rows(folder: Path, rows) -> dict[str, Any]:
@@ -76,8 +74,8 @@ def _write_rows(folder: Path, rows) -> dict[str, Any]:
 
 def train_step(p: dict, folder: Path, deps: dict[str, dict], rt: Runtime) -> dict:
     """Train (or resume) one configuration into ``folder/run``."""
-    from cascade_adv.models import WEIGHTS_FILE, weights_hash
-    from cascade_adv.training import init_id, load_config, train
+    from cascade_adv.models import WEIGHTS_FILE
+    from cascade_adv.training import load_config, train
 
     overrides = list(p["overrides"])
     if p.get("init"):
@@ -92,27 +90,24 @@ def train_step(p: dict, folder: Path, deps: dict[str, dict], rt: Runtime) -> dic
         overrides.append(f"data.root={rt.data_dir}")
     cfg = load_config(Path(rt.configs) / p["config"], overrides)
     run = folder / "run"
-    result = train(cfg, run, resume=True, progress=rt.progress)
-    weights = run / "final" / WEIGHTS_FILE
-    return {"run": str(run), "weights": str(weights), "name": cfg.name,
-            "hash": weights_hash(weights), "dataset": cfg.data.dataset,
-            "image_size": cfg.data.image_size,
-            "init": init_id(cfg.init_from, cfg.seed, result.model.config),
-            "experiment": p.get("experiment", ""), "params": p.get("params", {})}
+    train(cfg, run, resume=True, progress=rt.progress)
+    m = _model({"weights": str(run / "final" / WEIGHTS_FILE), "name": cfg.name}, "cpu")
+    return {"run": str(run), "weights": str(m.weights), "name": m.name, "hash": m.hash,
+            "dataset": m.dataset, "init": m.init, "experiment": p.get("experiment", ""),
+            "params": p.get("params", {})}
 
 
 def craft_step(p: dict, folder: Path, deps: dict[str, dict], rt: Runtime) -> dict:
     """Save adversarial images of the training split (cascade training, N18 section 6)."""
     from cascade_adv.evaluation import craft_adversarial_set, prepare_images
 
-    src = deps[p["model"]]
     device = _device(rt)
-    model = _load(src, device)
-    data = _split(src, rt, p.get("images"), split="train").to(device)
+    src = _model(deps[p["model"]], device)
+    data = _split([src], rt, p.get("images"), device, split="train")
     path = craft_adversarial_set(
-        model, data, folder / "set", p["attack"], p["eps"],
-        prepare=lambda x: prepare_images(model, x), source_name=src["name"],
-        source_hash=src["hash"], progress=rt.progress, overwrite=True)
+        src.model, data, folder / "set", p["attack"], p["eps"],
+        prepare=lambda x: prepare_images(src.model, x), source_name=src.name,
+        source_hash=src.hash, progress=rt.progress, overwrite=True)
     return {"set": str(path)}
 
 
@@ -120,11 +115,11 @@ def whitebox_step(p: dict, folder: Path, deps: dict[str, dict], rt: Runtime) -> 
     """White-box accuracy of one model (N18 tables 1, 2, 5, 6; K17 tables 1-3, 5, 7)."""
     from cascade_adv.evaluation import evaluate_whitebox
 
-    m = deps[p["model"]]
     device = _device(rt)
-    data = _split(m, rt, p.get("test_images")).to(device)
-    rows = evaluate_whitebox(_load(m, device), data, p["attacks"], p["eps"],
-                             model_name=m["name"], model_hash=m["hash"], progress=rt.progress)
+    m = _model(deps[p["model"]], device)
+    rows = evaluate_whitebox(m.model, _split([m], rt, p.get("test_images"), device),
+                             p["attacks"], p["eps"], model_name=m.name, model_hash=m.hash,
+                             progress=rt.progress)
     return _write_rows(folder, rows)
 
 
@@ -133,11 +128,11 @@ def transfer_step(p: dict, folder: Path, deps: dict[str, dict], rt: Runtime) -> 
     from cascade_adv.evaluation import transfer_matrix
 
     device = _device(rt)
-    sources = {deps[s]["name"]: _load(deps[s], device) for s in p["sources"]}
-    targets = {deps[t]["name"]: _load(deps[t], device) for t in p["targets"]}
-    hashes = {deps[s]["name"]: deps[s]["hash"] for s in [*p["sources"], *p["targets"]]}
-    data = _split(deps[p["sources"][0]], rt, p.get("test_images")).to(device)
-    rows = transfer_matrix(sources, targets, data, p["attacks"], p["eps"], hashes=hashes,
+    models = {n: _model(deps[n], device) for n in dict.fromkeys([*p["sources"], *p["targets"]])}
+    data = _split(list(models.values()), rt, p.get("test_images"), device)
+    rows = transfer_matrix({models[s].name: models[s].model for s in p["sources"]},
+                           {models[t].name: models[t].model for t in p["targets"]}, data,
+                           p["attacks"], p["eps"], hashes={m.name: m.hash for m in models.values()},
                            sets_dir=folder / "sets", progress=rt.progress)
     return _write_rows(folder, rows)
 
@@ -147,11 +142,11 @@ def analysis_step(p: dict, folder: Path, deps: dict[str, dict], rt: Runtime) -> 
     from cascade_adv.analysis import gradient_correlation, softmax_argument
 
     fn = {"softmax": softmax_argument, "gradcorr": gradient_correlation}[p["analysis"]]
-    m = deps[p["model"]]
     device = _device(rt)
+    m = _model(deps[p["model"]], device)
     extra = {"methods": p["methods"]} if "methods" in p else {}
-    rows = fn(_load(m, device), _split(m, rt, None).to(device), eps=p["eps"],
-              model_name=m["name"], model_hash=m["hash"], **extra)
+    rows = fn(m.model, _split([m], rt, None, device), eps=p["eps"], model_name=m.name,
+              model_hash=m.hash, **extra)
     return _write_rows(folder, rows)
 
 

@@ -96,11 +96,14 @@ def _whitebox_sections(page: _Page, rows: ResultTable, root: Path, figdir: Path 
         if paper.notes:
             note += " " + paper.notes
         ph, pm = _para(note)
-        path = figdir and plot_ours_vs_paper(compare(ours, paper, row_map.get),
-                                             figdir / f"accuracy-{table_id}.png",
-                                             title=f"{paper.paper} table {paper.number}")
-        fh, fm = _figure(path, root, "Accuracy vs epsilon: ours solid, the paper's dashed"
-                         ) if path else ("", "")
+        fh = fm = ""
+        if figdir is not None:
+            path = plot_ours_vs_paper(compare(ours, paper, row_map.get),
+                                      figdir / f"accuracy-{table_id}.png",
+                                      title=f"{paper.paper} table {paper.number}")
+            if path is not None:
+                fh, fm = _figure(path, root, "Accuracy vs epsilon: ours solid, the paper's "
+                                 "dashed")
         page.add(title, h + ph + fh, md + "\n" + pm + fm)
     for dataset, models in others.items():
         ours = white.filter(model=models)

@@ -70,7 +70,7 @@ def compare(ours: ResultTable | Iterable[Mapping[str, Any]], published: PaperTab
     from cascade_adv.evaluation.stats import mean_std
 
     models: dict[str, list[str]] = {}
-    found: dict[tuple, tuple[float, int]] = {}
+    found: dict[tuple, list[tuple[float, int]]] = {}
     for r in ours:
         label = row_of(r["model"])
         if label is None:

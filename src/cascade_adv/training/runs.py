@@ -23,7 +23,6 @@ from cascade_adv.training.loop import init_id, resolve_device
 
 def model_init(weights: Path) -> str:
     """The model's initialisation id: from its metadata, else from its run's config."""
-
     init = read_model_init(weights)
     if init:
         return init
@@ -34,14 +33,18 @@ def model_init(weights: Path) -> str:
 
 
 class LoadedModel:
-    """A model given on the command line, with what the store records about it."""
+    """A model given as ``NAME=PATH`` or ``PATH`` (on the command line; ``NAME`` becomes
+    part of file names, so it is checked), or as ``PATH`` with a ``name`` the caller
+    owns (a recipe's ``experiment/variant``), with what the store records about it."""
 
-    def __init__(self, spec: str, device):
-
-        name, sep, path = spec.partition("=")
-        if not sep:
-            name, path = "", spec
-        check_name(name, "model name")
+    def __init__(self, spec: str, device, *, name: str | None = None):
+        if name is None:
+            name, sep, path = spec.partition("=")
+            if not sep:
+                name, path = "", spec
+            check_name(name, "model name")
+        else:
+            path = spec
         self.weights = resolve_weights(path)
         self.name = name or model_label(self.weights)
         self.model = load_model(self.weights, map_location=device)
@@ -62,7 +65,6 @@ class LoadedModel:
 
 def check_name(name: str, what: str) -> str:
     """A name that becomes part of a file name: no folder separators, no ``..``."""
-
     if name and ("/" in name or "\\" in name or name in (".", "..") or "\0" in name):
         raise InvalidArgument(f"{what} {name!r} may not contain '/', '\\' or be '.' / '..'; "
                               "use a plain name such as B1")
@@ -71,7 +73,6 @@ def check_name(name: str, what: str) -> str:
 
 def check_finite_model(model, weights) -> None:
     """Refuse (one line) a model whose weights or statistics hold inf / NaN."""
-
     bad = nonfinite_state(model)
     if bad:
         raise ModelFault(f"model {weights} holds non-finite weights ({len(bad)} tensors, first "
@@ -93,7 +94,6 @@ def load_models(specs: tuple[str, ...], device) -> dict[str, LoadedModel]:
 def load_split(models: list[LoadedModel], dataset: str | None, data_root: str | None,
                split: str, limit: int | None, device):
     """The evaluation images: ``dataset`` or the one every model was trained on."""
-
     if limit is not None and limit < 1:
         raise InvalidArgument(f"--limit must be a positive number of images, got {limit}")
     names = {m.dataset for m in models if m.dataset}
@@ -110,8 +110,6 @@ def load_split(models: list[LoadedModel], dataset: str | None, data_root: str | 
         dataset = names.pop()
     for m in models:  # before any data is read
         if m.dataset and dataset != m.dataset:
-            from cascade_adv.errors import DatasetError
-
             raise DatasetError(f"model {m.name} was trained on {m.dataset}, not {dataset}; "
                                f"evaluate it on --dataset {m.dataset}")
     root = data_root or next((m.run_config.data.root for m in models if m.run_config), None)
@@ -126,7 +124,6 @@ def load_split(models: list[LoadedModel], dataset: str | None, data_root: str | 
 def check_model_data(m: LoadedModel, data) -> None:
     """The dataset must be the one the model was made for: same dataset (when the
     model records it), channels, enough classes, images at least the model's size."""
-
     cfg = m.model.config
     if m.dataset and data.name != m.dataset:
         raise DatasetError(f"model {m.name} was trained on {m.dataset}, not {data.name}; "
@@ -150,7 +147,6 @@ def load_for_eval(
     limit: int | None,
 ):
     """Model, its name and hash, and the evaluation split it was trained for."""
-
     dev = resolve_device(device)
     m = LoadedModel(checkpoint, dev)
     return m.model, m.name, m.hash, load_split([m], dataset, data_root, split, limit, dev)
@@ -161,14 +157,13 @@ def size_option(name: str, model_config, run_cfg) -> dict:
     training images at, else the model's input size; ``{}`` for the other datasets."""
     if name != "imagenet":
         return {}
-
     if run_cfg is not None and run_cfg.data.dataset == "imagenet":
         return {"image_size": run_cfg.data.image_size or DEFAULT_IMAGE_SIZE}
     return {"image_size": model_config.input_size}
 
 
 def run_config(weights: Path):
-
+    """The config of the run ``weights`` belongs to (its ``config.yaml``), if any."""
     for folder in (weights.parent, weights.parent.parent, weights.parent.parent.parent):
         if (folder / "config.yaml").is_file():
             return load_config(folder / "config.yaml")
