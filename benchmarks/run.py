@@ -7,9 +7,9 @@ Figures (docs/performance.md explains each one):
 
 1. ``adv_clean_ratio``: one N18 adversarial-training iteration (pivot loss, step_ll,
    m = 128, k = 64, ResNet-20 on 24x24x3 crops) over one clean training iteration of
-   the same model and batch size; both built from the library exactly as
-   ``cascade_adv.training.train`` builds them (``Sampler``, ``AdversarialObjective`` /
-   ``clean_objective``, SGD), timed forward + backward + optimizer step.
+   the same model and batch size; both built and stepped by the library functions
+   ``cascade_adv.training.train`` uses (``setup_training``, ``initial_model``,
+   ``train_step``), timed forward + backward + optimizer step.
 2. attack throughput (images/s) of ``step_fgsm`` and ``iter_fgsm`` (eps 16) against
    torchattacks 3.5.1 and Foolbox 3.3.4 on the same model, inputs and device, with an
    agreement check of the adversarial images, and against the floor: the model's own
@@ -48,14 +48,19 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from cascade_adv import attacks
-from cascade_adv.data import ImageDataset, per_pixel_mean
+from cascade_adv.data import ImageDataset
 from cascade_adv.evaluation import evaluate_whitebox
 from cascade_adv.models import build_model
-from cascade_adv.speed import prepare_input, prepare_model, resolve_speed, speed_from_config
-from cascade_adv.training import clean_objective, learning_rate, load_config, model_config_for
-from cascade_adv.training.adversarial import AdversarialObjective, one_step_examples
+from cascade_adv.speed import prepare_input, prepare_model, resolve_speed
+from cascade_adv.training import (
+    initial_model,
+    learning_rate,
+    load_config,
+    setup_training,
+    train_step,
+)
+from cascade_adv.training.adversarial import one_step_examples
 from cascade_adv.training.epsilon import sample_eps
-from cascade_adv.training.loop import Sampler
 from cascade_adv.training.optim import make_optimizer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -242,25 +247,16 @@ def fake_dataset(name: str, n: int, shape: tuple[int, int, int], device: torch.d
 
 class TrainStep:
     """One iteration of ``cascade_adv.training.train``'s loop, one process (no metrics or
-    checkpoint files): the same sampler, speed options (``cfg.speed``), objective,
-    optimizer and loss read-back every ``log_every`` iterations."""
+    checkpoint files): its set-up (``setup_training``, ``initial_model``), its
+    ``train_step`` and its loss read-back every ``log_every`` iterations."""
 
     def __init__(self, overrides: list[str], data: ImageDataset, device: torch.device,
                  foreach: bool | None = None):
         cfg = load_config(None, [*overrides, f"device={device}"])
         self.cfg = cfg
-        self.speed = speed_from_config(cfg.speed, device)
-        model_cfg = model_config_for(cfg, data)
-        torch.manual_seed(cfg.seed)
-        self.model = build_model(model_cfg).to(device)
-        if model_cfg.normalize == "per_pixel_mean":
-            self.model.set_mean_image(per_pixel_mean(data.images))
-        if cfg.adversarial.mode != "none":
-            self.objective = AdversarialObjective(cfg, data, model_cfg, device)
-            self.sampler = Sampler(data, cfg, device, self.objective.clean_per_batch)
-        else:
-            self.objective = clean_objective
-            self.sampler = Sampler(data, cfg, device)
+        setup = setup_training(cfg, device, train_set=data)
+        self.speed, self.sampler, self.objective = setup.speed, setup.sampler, setup.objective
+        self.model = initial_model(cfg, setup, device)
         prepare_model(self.model, self.speed)
         self.optimizer = make_optimizer(cfg, self.model)
         if foreach is not None:  # e.g. count kernels as CUDA's default (foreach) SGD runs them
@@ -273,16 +269,11 @@ class TrainStep:
     def __call__(self) -> None:
         it = self.iteration
         self.iteration += 1
-        for group in self.optimizer.param_groups:
-            group["lr"] = learning_rate(self.cfg, it)
         x, y = self.sampler.batch(it)
-        x = prepare_input(x, self.speed)
-        with self.speed.autocast():
-            loss, _, _ = self.objective(self.model, x, y, it, self.sampler.generator(it, 3))
-        self.pending.append(loss.detach().float())
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
+        loss, _, _ = train_step(self.model, self.optimizer, self.objective, x, y, it,
+                                self.sampler.generator(it, 3), lr=learning_rate(self.cfg, it),
+                                speed=self.speed, fuse=self.cfg.speed.fuse)
+        self.pending.append(loss)
         if self.iteration % self.cfg.log_every == 0:  # train() checks the losses here
             torch.stack(self.pending).tolist()
             self.pending.clear()

@@ -192,7 +192,24 @@ def test_adversarial_batch_is_algorithm_1_for_any_module():
                                eps_sampler="fixed", max_e=8)
     assert xr.shape == x.shape and torch.equal(xr[3:], x[3:]) and torch.equal(yr, y)
     assert torch.allclose((xr[:3] - x[:3]).abs().flatten(1).amax(1), torch.full((3,), 8 / 255))
+    # given epsilons, one per example, instead of drawn ones
+    xe, _ = adversarial_batch(model, x, y, 3, mode="replace", method="step_fgsm",
+                              eps=torch.tensor([2.0, 4.0, 8.0]))
+    assert torch.allclose((xe[:3] - x[:3]).abs().flatten(1).amax(1),
+                          torch.tensor([2.0, 4.0, 8.0]) / 255)
+    # a craft callable (how train() mixes its sources) gets the k rows and their eps
+    seen = {}
+
+    def craft(net, xk, yk, eps, generator):
+        seen.update(rows=xk.shape[0], eps=eps)
+        return torch.zeros_like(xk)
+
+    xc, _ = adversarial_batch(model, x, y, 3, method=craft, eps=torch.ones(3))
+    assert seen["rows"] == 3 and torch.equal(seen["eps"], torch.ones(3))
+    assert torch.equal(xc[:3], torch.zeros(3, 1, 4, 4)) and torch.equal(xc[3:], x)
     with pytest.raises(ValueError, match="mode"):
         adversarial_batch(model, x, y, 3, mode="prepend")
     with pytest.raises(ValueError, match="k=9"):
         adversarial_batch(model, x, y, 9)
+    with pytest.raises(ValueError, match=r"shape \(3,\)"):
+        adversarial_batch(model, x, y, 3, eps=torch.ones(2))

@@ -115,6 +115,42 @@ def test_cascade_batch_pairs_saved_images_with_their_clean_twins(source):
     assert torch.equal(batch[8:12], x[:4])      # current-network rows keep their clean twins
 
 
+def test_rank_shares_with_saved_and_ensemble_sources_sum_to_one_process(source):
+    """Under DDP every rank draws the same saved rows and ensemble pick, attacks only its
+    own adversarial rows (a random attack: all of its block) and keeps its share of the
+    batch: with BatchNorm in inference mode the shares' mean is the one-process loss and
+    gradient."""
+    root, run, _data, path = source
+    cfg = load_config(None, BASE + [
+        "adversarial.mode=append", "adversarial.k=12", "adversarial.distance=pivot",
+        "adversarial.lam2=0.01",
+        (f"adversarial.sources=[{{kind: current, count: 4, method: step_rnd}}, "
+         f"{{kind: saved, count: 5, paths: [{path}]}}, "
+         f"{{kind: static, count: 3, method: step_both, paths: [{root / 'source'}]}}]"),
+    ])
+    train_set = load_dataset("digits", "train")
+    from cascade_adv.training.loop import Sampler, model_config_for
+
+    model = run.model.eval()
+
+    def loss_and_grads(rank, world):
+        objective = AdversarialObjective(cfg, train_set, model_config_for(cfg, train_set),
+                                         torch.device("cpu"), rank, world)
+        sampler = Sampler(train_set, cfg, torch.device("cpu"), objective.clean_per_batch)
+        x, y = sampler.batch(0)
+        loss, logits, _ = objective(model, x, y, 0, sampler.generator(0, 3))
+        model.zero_grad()
+        loss.backward()
+        return loss.detach(), torch.cat([p.grad.flatten() for p in model.parameters()]), \
+            logits.shape[0]
+
+    single, grad, rows = loss_and_grads(0, 1)
+    shares = [loss_and_grads(r, 4) for r in range(4)]
+    assert [s[2] for s in shares] == [rows // 4] * 4
+    assert sum(s[0] for s in shares) / 4 == pytest.approx(single.item(), abs=1e-6)
+    assert torch.allclose(sum(s[1] for s in shares) / 4, grad, rtol=0, atol=1e-6)
+
+
 def test_cascade_training_runs_end_to_end(source, tmp_path):
     root, _run, _data, path = source
     cfg = load_config(None, BASE + [

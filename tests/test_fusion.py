@@ -16,9 +16,7 @@ from cascade_adv.data import load_dataset
 from cascade_adv.evaluation import evaluate_whitebox
 from cascade_adv.models import build_model
 from cascade_adv.models.fuse import FoldedConv, fold_batchnorm, inference_network
-from cascade_adv.training import load_config, train
-from cascade_adv.training.adversarial import AdversarialObjective
-from cascade_adv.training.loop import Sampler, model_config_for
+from cascade_adv.training import initial_model, load_config, setup_training, train, train_step
 from cascade_adv.training.optim import make_optimizer
 
 #: Documented tolerance (docs/performance.md): folded vs unfused logits in float32.
@@ -178,24 +176,20 @@ class SyncCounter(TorchDispatchMode):
 
 @pytest.mark.parametrize("method", ["step_ll", "step_both", "step_fgsm"])
 def test_adversarial_training_step_has_no_host_sync(method):
-    """The hot loop of adversarial training (epsilons, the one-step attack on the folded
-    network, the batch, the loss, backward and the optimizer step) never reads a value
-    back to the host, so it can be captured (CUDA graphs) and never stalls the GPU."""
+    """The hot loop of adversarial training (``train_step``: epsilons, the one-step attack
+    on the folded network, the batch, the loss, backward and the optimizer step) never
+    reads a value back to the host, so it can be captured (CUDA graphs) and never
+    stalls the GPU."""
     cfg = load_config(None, ["data.dataset=digits", "model.depth=8", "optim.batch_size=32",
                              "adversarial.mode=append", "adversarial.k=16",
                              "adversarial.distance=pivot_detached", f"adversarial.method={method}",
                              "adversarial.max_e=16"])
-    data = load_dataset("digits", "train")
-    model_cfg = model_config_for(cfg, data)
-    model = build_model(model_cfg).train()
-    objective = AdversarialObjective(cfg, data, model_cfg, torch.device("cpu"))
-    sampler = Sampler(data, cfg, torch.device("cpu"), objective.clean_per_batch)
+    setup = setup_training(cfg, torch.device("cpu"))
+    model = initial_model(cfg, setup, torch.device("cpu")).train()
     optimizer = make_optimizer(cfg, model)
     for it in range(3):  # the first iteration builds the folded network
-        x, y = sampler.batch(it)
+        x, y = setup.sampler.batch(it)
         with SyncCounter() as counter:
-            loss, _, _ = objective(model, x, y, it, sampler.generator(it, 3))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            train_step(model, optimizer, setup.objective, x, y, it, setup.sampler.generator(it, 3),
+                       lr=0.1, speed=setup.speed)
         assert counter.syncs == 0, f"iteration {it}: {counter.syncs} host syncs"

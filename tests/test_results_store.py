@@ -132,3 +132,16 @@ def test_models_registry_and_same_init(tmp_path: Path) -> None:
         (k1,) = store.models(experiment="bb")
         assert k1.params == {"lam2": 1e-4} and k1.init == "weights:aa"
         assert [m.name for m in store.models()] == ["B1", "K1", "B2", "X"]
+
+
+def test_a_failed_write_is_rolled_back(tmp_path: Path) -> None:
+    """Every write is one transaction: an error inside it leaves the store as it was
+    and ready for the next write."""
+    with ResultsStore(tmp_path / "r.db") as store:
+        store.upsert(rows(90.0))
+        with pytest.raises(RuntimeError, match="crash"), store._transaction() as conn:
+            conn.execute("DELETE FROM results")
+            raise RuntimeError("crash mid-write")
+        assert len(store.query()) == 8
+        store.upsert(rows(50.0, model="other"))
+        assert len(store.query()) == 16

@@ -81,14 +81,6 @@ def choose_images(dataset: Any, n_images: int = 128, seed: int = 1234) -> ImageD
     )
 
 
-def check_eps(eps: Any) -> list[float]:
-    """Validated epsilons (pixel units of [0, 255]), duplicates dropped, order kept."""
-    values = list(dict.fromkeys(attacks.validate_eps(eps)))
-    if not values:
-        raise CascadeAdvError("eps is empty; give at least one epsilon, e.g. eps=(0, 2, 4, 8, 16)")
-    return values
-
-
 def check_names(names: Any, valid: Sequence[str], what: str) -> list[str]:
     """``names`` (a string or a sequence of strings), each in ``valid``; duplicates dropped."""
     if isinstance(names, str):
@@ -102,14 +94,6 @@ def check_names(names: Any, valid: Sequence[str], what: str) -> list[str]:
     if not out:
         raise CascadeAdvError(f"no {what} given; choose from: {', '.join(valid)}")
     return out
-
-
-def model_device(model: nn.Module) -> torch.device:
-    for t in model.parameters():
-        return t.device
-    for t in model.buffers():
-        return t.device
-    return torch.device("cpu")
 
 
 def seeded_generator(seed: int, device: torch.device) -> torch.Generator:
@@ -183,7 +167,7 @@ def along_direction(model: nn.Module, method: str, x: torch.Tensor, y: torch.Ten
     eps_t = torch.tensor(list(adv_eps), dtype=torch.float64).repeat_interleave(b)
     xs = x.repeat(g, 1, 1, 1)
     if method == "random_sign":
-        sign = torch.randn(x.shape, device=x.device, dtype=x.dtype, generator=generator).sign()
+        sign = core.random_sign_direction(x, generator)
         eps01 = core.pixel_eps(eps_t, xs.shape[0], xs)
         return core.project(xs + eps01 * sign.repeat(g, 1, 1, 1), xs, eps01)
     return attacks.get(method).fn(model, xs, y.repeat(g), eps_t, generator=generator)

@@ -27,13 +27,11 @@ from cascade_adv.analysis._common import (
     along_direction,
     base_row,
     batches,
-    check_eps,
     check_int,
     check_logits,
     check_names,
     choose_images,
     expected_classes,
-    model_device,
     seeded_generator,
 )
 from cascade_adv.attacks import core
@@ -147,11 +145,11 @@ def gradient_correlation(
     left has no rows, and one with a single image has no ``std`` row.
     """
     names = check_names(pairs, VALID_PAIRS, "pair")
-    eps_values = check_eps(eps)
+    eps_values = attacks.validate_eps(eps, required=True)
     batch_size = check_int(batch_size, "batch_size", 1)
     subset = choose_images(dataset, n_images, seed)
     classes = expected_classes(dataset)
-    device = model_device(model)
+    device = attacks.model_device(model)
     prepare_images(model, subset.images[:1])  # shape / channel check before any work
     split = [tuple(p.split("~")) for p in names]
     methods = [m for m in METHODS if any(m in ab for ab in split)]

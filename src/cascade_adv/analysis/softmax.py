@@ -26,13 +26,11 @@ from cascade_adv.analysis._common import (
     along_direction,
     base_row,
     batches,
-    check_eps,
     check_int,
     check_logits,
     check_names,
     choose_images,
     expected_classes,
-    model_device,
     seeded_generator,
 )
 from cascade_adv.errors import CascadeAdvError
@@ -96,11 +94,11 @@ def softmax_argument(
     """
     analysis = "softmax-argument"
     names = check_names(methods, METHODS, "method")
-    eps_values = check_eps(eps)
+    eps_values = attacks.validate_eps(eps, required=True)
     batch_size = check_int(batch_size, "batch_size", 1)
     subset = choose_images(dataset, n_images, seed)
     classes = expected_classes(dataset)
-    device = model_device(model)
+    device = attacks.model_device(model)
     prepare_images(model, subset.images[:1])  # shape / channel check before any work
     adv_eps = [e for e in eps_values if e != 0.0]
     generators = {name: seeded_generator(seed, device) for name in names}
@@ -118,8 +116,7 @@ def softmax_argument(
         x = prepare_images(model, subset.images[start:end].to(device))
         y = subset.labels[start:end].to(device)
         b = x.shape[0]
-        with attacks.inference_mode(model), torch.no_grad():
-            out = model(x)
+        out = attacks.predict(model, x)
         check_logits(out, b, classes, analysis)
         t0, f0 = true_and_false(out, y)
         for name in names:
@@ -129,8 +126,7 @@ def softmax_argument(
                 continue
             ys = y.repeat(len(adv_eps))
             x_adv = along_direction(model, name, x, y, adv_eps, generators[name])
-            with attacks.inference_mode(model), torch.no_grad():
-                out = model(x_adv)
+            out = attacks.predict(model, x_adv)
             t, f = true_and_false(out, ys)
             for i, e in enumerate(adv_eps):
                 keep(name, e, t[i * b:(i + 1) * b], f[i * b:(i + 1) * b])

@@ -91,6 +91,23 @@ def inference_mode(model: nn.Module) -> Iterator[nn.Module]:
             m.training = True
 
 
+def predict(model: nn.Module, x: torch.Tensor, net: nn.Module | None = None) -> torch.Tensor:
+    """Logits of ``x`` with ``model`` in inference mode and without gradients (its mode
+    restored); ``net`` computes them instead when given (e.g. its
+    :func:`attack_network`)."""
+    with inference_mode(model), torch.no_grad():
+        return (net or model)(x)
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """The device of ``model``'s first parameter or buffer (CPU for a module without)."""
+    for t in model.parameters():
+        return t.device
+    for t in model.buffers():
+        return t.device
+    return torch.device("cpu")
+
+
 def eps_pixels(eps, n: int, name: str = "eps") -> torch.Tensor:
     """Validate ``eps`` (pixel units, number or ``[N]`` tensor); return it as a float64
     CPU tensor of shape ``[N]`` in pixel units (exact, for step counts)."""
@@ -123,17 +140,23 @@ def pixel_eps(eps, n: int, x: torch.Tensor, name: str = "eps") -> torch.Tensor:
     return (t / 255.0).to(device=x.device, dtype=x.dtype).view(n, *([1] * (x.dim() - 1)))
 
 
-def validate_eps(values, name: str = "eps") -> list[float]:
-    """Check a list of epsilons (pixel units) before any work starts; return them as floats."""
+def validate_eps(values, name: str = "eps", *, required: bool = False) -> list[float]:
+    """The one check of a list of epsilons (pixel units of [0, 255]) before any work
+    starts: returns them as floats, duplicates dropped, order kept; ``required``: an
+    empty list is an error too.  Raises :class:`AttackError` (a ``ValueError``), one
+    line."""
     if isinstance(values, (int, float)):
         values = [values]
     try:
-        values = [float(v) for v in values]
+        values = list(dict.fromkeys(float(v) for v in values))
     except (TypeError, ValueError):
         raise AttackError(f"{name} {values!r} holds a non-number; give epsilons in pixel units "
                           "of [0, 255], e.g. 0 2 4 8 16") from None
     if values:
         eps_pixels(torch.tensor(values, dtype=torch.float64), len(values), name)
+    elif required:
+        raise AttackError(f"{name} is empty; give at least one epsilon in pixel units of "
+                          "[0, 255], e.g. 16")
     return values
 
 
@@ -238,6 +261,11 @@ def random_other_label(logits, y, generator=None):
 
 def sign_direction(g: torch.Tensor) -> torch.Tensor:
     return g.sign()
+
+
+def random_sign_direction(x: torch.Tensor, generator=None) -> torch.Tensor:
+    """``sign(N(0, I))`` in ``x``'s shape, dtype and device (K17 appendix A)."""
+    return torch.randn(x.shape, device=x.device, dtype=x.dtype, generator=generator).sign()
 
 
 def l2_direction(g: torch.Tensor) -> torch.Tensor:

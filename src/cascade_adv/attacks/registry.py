@@ -136,8 +136,7 @@ def fast_grad_linf(model, x, y, eps, *, generator=None):
 @register("random_sign", "random", "X + eps sign(N(0, I))")
 def random_sign(model, x, y, eps, *, generator=None):
     eps01 = core.pixel_eps(eps, x.shape[0], x)
-    noise = torch.randn(x.shape, device=x.device, dtype=x.dtype, generator=generator)
-    return core.project(x + eps01 * noise.sign(), x, eps01)
+    return core.project(x + eps01 * core.random_sign_direction(x, generator), x, eps01)
 
 
 @register("random_normal", "random", "X + T, T truncated normal, std 0.5 eps, on [-eps, eps]")
@@ -181,8 +180,8 @@ def pgd(model, x, y, eps, *, alpha=None, steps=None, restarts=1, generator=None)
                             random_start=True, generator=generator)
         if restarts == 1:
             return cand
-        with core.inference_mode(model), torch.no_grad():
-            loss = torch.nn.functional.cross_entropy(model(cand).float(), y, reduction="none")
+        loss = torch.nn.functional.cross_entropy(core.predict(model, cand).float(), y,
+                                                 reduction="none")
         if best_loss is None:
             best, best_loss = cand, loss
         else:

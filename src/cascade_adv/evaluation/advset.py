@@ -58,14 +58,12 @@ def craft_adversarial_set(
     """
     out = check_set_output(out, overwrite=overwrite, protect=protect)
     attacks.get(attack)
-    eps = attacks.validate_eps(list(eps))
-    if not eps:
-        raise CascadeAdvError("no epsilon given; pass at least one, e.g. --eps 16")
+    eps = attacks.validate_eps(eps, required=True)
     if len(dataset) == 0:
         raise CascadeAdvError(f"the {dataset.name}/{dataset.split} images to attack are empty; "
                               "pass a non-empty split (check --limit)")
     prepare = prepare or to_float
-    device = next(model.parameters()).device
+    device = attacks.model_device(model)
     out = Path(os.path.abspath(out))
     out.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(out.parent, glob_escape(out.name) + ".*")  # left by a killed run
@@ -109,9 +107,8 @@ def _write_set(model, dataset, tmp, attack, eps, prepare, batch_size, source_nam
         for e in eps:
             adv = to_uint8(attacks.run(attack, model, xb, yb, eps=e, generator=generator,
                                        **(attack_options or {})))
-            with attacks.inference_mode(model), torch.no_grad():
-                # the source's verdict on the saved (uint8) image, as a target would see it
-                rank_adv = true_class_rank(model(to_float(adv)), yb)
+            # the source's verdict on the saved (uint8) image, as a target would see it
+            rank_adv = true_class_rank(attacks.predict(model, to_float(adv)), yb)
             images[row:row + m] = adv.cpu().numpy()
             clean_rank[row:row + m] = rank_clean
             adv_rank[row:row + m] = rank_adv.cpu().numpy()

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from cascade_adv.attacks import inference_mode
+from cascade_adv.attacks import inference_mode, model_device
 from cascade_adv.data import to_float
 from cascade_adv.errors import CascadeAdvError, ModelFault
 from cascade_adv.evaluation.whitebox import true_class_rank
@@ -103,7 +103,7 @@ def evaluate_transfer(
             f"target {model_name} was trained on {cfg.dataset}, the adversarial set was made "
             f"from {adv.meta['dataset']}; use a set crafted from {cfg.dataset}"
         )
-    device = next(model.parameters()).device
+    device = model_device(model)
     ranks = np.empty(len(adv), np.int64)
     n_classes = 0
     nonfinite = torch.zeros((), dtype=torch.int64, device=device)

@@ -30,11 +30,11 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from torch import nn
 from tqdm.auto import tqdm
 
 from cascade_adv import attacks as attack_registry
+from cascade_adv import parallel
 from cascade_adv.data.transforms import center_crop, iterate_batches, to_float
 from cascade_adv.errors import CascadeAdvError, DatasetError, ModelFault
 from cascade_adv.results.tables import CLEAN, WHITEBOX, ResultTable
@@ -92,11 +92,6 @@ def check_dataset_for_model(model: nn.Module, dataset: Any) -> None:
                                f"predicts {classes} classes; use the dataset it was trained on")
 
 
-def _check_eps(eps: Sequence[float]) -> list[float]:
-    """Validated epsilons, duplicates dropped, order kept."""
-    return list(dict.fromkeys(attack_registry.validate_eps(eps)))
-
-
 def _check_attacks(
     names: Sequence[str], options: Mapping[str, Mapping[str, Any]] | None
 ) -> tuple[list[str], dict[str, dict[str, Any]]]:
@@ -137,14 +132,6 @@ def _check_topk(topk: Sequence[int]) -> list[int]:
     return sorted(ks)
 
 
-def _model_device(model: nn.Module) -> torch.device:
-    for t in model.parameters():
-        return t.device
-    for t in model.buffers():
-        return t.device
-    return torch.device("cpu")
-
-
 def true_class_rank(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """How many classes score strictly above the true one (``int64 [N]``): the example
     is top-k correct when its rank is below k.  Storing ranks instead of hits keeps
@@ -167,13 +154,6 @@ def count_correct(logits: torch.Tensor, labels: torch.Tensor, ks: Sequence[int])
     if labels.dim() == 2:
         return per_example.view(labels.shape[0], labels.shape[1], -1).sum(dim=1)
     return per_example.sum(dim=0)
-
-
-def _shard_of(distributed: bool | None) -> tuple[int, int]:
-    """``(rank, world)`` to shard the test set over; ``(0, 1)`` without a process group."""
-    if distributed is False or not (dist.is_available() and dist.is_initialized()):
-        return 0, 1
-    return dist.get_rank(), dist.get_world_size()
 
 
 def evaluate_whitebox(
@@ -233,7 +213,7 @@ def evaluate_whitebox(
     float rounding).
     """
     # --- validate everything before any work -----------------------------------------
-    eps_values = _check_eps(eps)
+    eps_values = attack_registry.validate_eps(eps)
     names, opts = _check_attacks(attacks, attack_options)
     ks = _check_topk(topk)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
@@ -254,7 +234,7 @@ def evaluate_whitebox(
     limit = batch_size * max(len(eps_values), 1) if max_batch is None else int(max_batch)
     if limit < 1:
         raise CascadeAdvError(f"max_batch must be a positive integer, got {max_batch!r}")
-    rank, world = _shard_of(distributed)
+    rank, world = (0, 1) if distributed is False else parallel.rank_and_world()
     if n_total < world:
         raise CascadeAdvError(f"the dataset has {n_total} images, fewer than the {world} "
                               "processes that share it; evaluate more images or fewer processes")
@@ -263,7 +243,7 @@ def evaluate_whitebox(
         shard = dataset.subset(slice(n_total * rank // world, n_total * (rank + 1) // world))
 
     if device is None:
-        device = _model_device(model)
+        device = attack_registry.model_device(model)
     else:
         device = torch.device(device)
         model.to(device)
@@ -319,8 +299,7 @@ def evaluate_whitebox(
                     x_adv = attack_registry.get(name).fn(model, xs, ys, eps_t,
                                                          generator=generators[name],
                                                          **opts.get(name, {}))
-                    with attack_registry.inference_mode(model), torch.no_grad():
-                        logits = net(x_adv)
+                    logits = attack_registry.predict(model, x_adv, net)
                     adv_counts[name][first:first + g] += count_correct(logits, ys.view(g, b), ks)
                     nonfinite += (~torch.isfinite(logits).all(dim=1)).sum()
     bar.close()
@@ -329,11 +308,8 @@ def evaluate_whitebox(
     assert clean_counts is not None
     stacked = torch.cat([clean_counts.view(1, -1)] + [adv_counts[name] for name in names]
                         + [nonfinite.expand(1, len(ks))])
-    if world > 1:  # the counts of every rank's shard (nccl reduces CUDA tensors only)
-        on = stacked.device if dist.get_backend() == "nccl" else torch.device("cpu")
-        total = stacked.to(on)
-        dist.all_reduce(total)
-        stacked = total
+    if world > 1:  # the counts of every rank's shard
+        stacked = parallel.all_reduce_sum(stacked)
     host = stacked.tolist()  # the only device -> host sync of the counting
     bad = host.pop()[0]
     if bad:

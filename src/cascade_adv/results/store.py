@@ -24,10 +24,11 @@ misread.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sqlite3
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -161,7 +162,7 @@ class ResultsStore:
             else:
                 p.parent.mkdir(parents=True, exist_ok=True)
         try:
-            # isolation_level=None: transactions are explicit (BEGIN ... COMMIT below).
+            # isolation_level=None: transactions are explicit (_transaction).
             self._conn = sqlite3.connect(self.path, timeout=timeout, isolation_level=None)
             self._open()
         except sqlite3.DatabaseError as e:
@@ -185,8 +186,7 @@ class ResultsStore:
             )
         if version == SCHEMA_VERSION:
             return
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with self._transaction():
             version = conn.execute("PRAGMA user_version").fetchone()[0]  # re-read under lock
             if version == 0:
                 tables = [r[0] for r in conn.execute(
@@ -200,16 +200,25 @@ class ResultsStore:
             if version < 2:
                 conn.execute(_MODELS_SCHEMA)
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
 
     @property
     def _connection(self) -> sqlite3.Connection:
         if self._conn is None:
             raise CascadeAdvError(f"results store {self.path} is closed; open it again")
         return self._conn
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction, taking the database's write lock at once (``BEGIN
+        IMMEDIATE``): committed when the block ends, rolled back if it raises."""
+        conn = self._connection
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
 
     @property
     def schema_version(self) -> int:
@@ -224,14 +233,8 @@ class ResultsStore:
             tuple(r[c] for c in ROW_KEYS) + (created,)
             for r in (normalize_row(row) for row in rows)
         ]
-        conn = self._connection
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with self._transaction() as conn:
             conn.executemany(_UPSERT, values)
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
         return len(values)
 
     def register_model(self, name: str, *, model_hash: str = "", dataset: str = "",
@@ -244,9 +247,7 @@ class ResultsStore:
             params_json = json.dumps(dict(params or {}), sort_keys=True)
         except TypeError as exc:
             raise CascadeAdvError(f"parameters of model {name!r} are not JSON: {exc}") from None
-        conn = self._connection
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with self._transaction() as conn:
             conn.execute(
                 "INSERT INTO models (name, model_hash, dataset, init, experiment, params, created)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET"
@@ -255,10 +256,6 @@ class ResultsStore:
                 " params = excluded.params, created = excluded.created",
                 (str(name), model_hash, dataset, init, experiment, params_json, _utc_now()),
             )
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
 
     def models(self, experiment: str | None = None) -> list[ModelInfo]:
         """The registered models (of one ``experiment`` if given), in registration order."""
@@ -277,14 +274,8 @@ class ResultsStore:
     def delete(self, **filters: Any) -> int:
         """Delete the rows matching ``filters`` (see :meth:`query`); returns the count."""
         where, params = _where(filters)
-        conn = self._connection
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with self._transaction() as conn:
             count = conn.execute(f"DELETE FROM results{where}", params).rowcount
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
         return int(count)
 
     # --- reading ----------------------------------------------------------------------------

@@ -1,20 +1,24 @@
 """Adversarial training: Algorithm 1 of K17 and of N18 as one batch-composition step.
 
-Per iteration (after ``delay`` clean-only iterations):
+Per iteration (after ``delay`` clean-only iterations), :func:`adversarial_batch`:
 
 1. the sampler reads m clean images (``replace``) or m - k (``append``), augmented;
+   the rows of a saved (cascade) source hold images drawn from its set instead, each
+   with the clean twin it was crafted from;
 2. each of the k adversarial slots gets an epsilon from the configured sampler and
    an adversarial image from its source: a one-step attack on the network being
-   trained (in inference mode), a saved set crafted by another network (cascade),
-   or a one-step attack on a fixed network (ensemble);
+   trained (in inference mode), the saved image (cascade), or a one-step attack on a
+   fixed network (ensemble);
 3. :func:`compose_batch` builds ``B'``: ``replace`` puts the k adversarial images
    in place of the first k clean ones (K17), ``append`` puts them in front of the
    m - k clean images, so rows k..2k-1 are their clean twins (N18);
 4. the loss is :func:`~cascade_adv.training.loss.unified_loss`.
 
-Under ``torchrun`` (``world`` > 1) every rank receives the same global batch and
-keeps its share: the adversarial rows ``rank, rank + W, ...``, their twins and a
-contiguous ``1/W`` of the other clean rows, with the global normaliser; see
+Under ``torchrun`` (``world`` > 1) every rank receives the same global batch, runs
+the same algorithm (attacking only the adversarial rows it keeps) and keeps its
+share of ``B'`` (:class:`~cascade_adv.training.distributed.BatchShard`): the
+adversarial rows ``rank, rank + W, ...``, their twins and a contiguous ``1/W`` of the
+other clean rows, with the global normaliser; see
 :mod:`cascade_adv.training.distributed` for what stays exact.
 
 Saved (cascade) images are used as stored: no random crop (N18 section 6); their
@@ -24,6 +28,8 @@ crop), so the similarity loss pairs each saved image with its own clean image.
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -36,7 +42,7 @@ from cascade_adv.errors import CascadeAdvError, ConfigError
 from cascade_adv.models import ModelConfig, load_model
 from cascade_adv.results.advsets import AdversarialSet, check_epsilon_ball, load_adversarial_set
 from cascade_adv.training.config import AdversarialSection, SourceSection, TrainConfig
-from cascade_adv.training.distributed import unwrap
+from cascade_adv.training.distributed import BatchShard, unwrap
 from cascade_adv.training.epsilon import sample_eps
 from cascade_adv.training.loss import unified_loss
 
@@ -108,6 +114,11 @@ def compose_batch(mode: str, x: torch.Tensor, y: torch.Tensor, x_adv: torch.Tens
     raise ValueError(f"mode must be replace or append, got {mode!r}")
 
 
+#: ``craft(model, x, y, eps, generator) -> images``: adversarial images of rows ``x``
+Craft = Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor,
+                  "torch.Generator | None"], torch.Tensor]
+
+
 def adversarial_batch(
     model: nn.Module,
     x: torch.Tensor,
@@ -115,10 +126,11 @@ def adversarial_batch(
     k: int,
     *,
     mode: str = "append",
-    method: str = "step_ll",
+    method: str | Craft = "step_ll",
     max_e: float = 16.0,
     eps_sampler: str = "n18",
     generator: torch.Generator | None = None,
+    eps: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Algorithm 1 of K17 (``mode="replace"``) and N18 (``mode="append"``) for one batch,
     with any ``nn.Module`` mapping [0, 1] images to logits and any batch source::
@@ -131,16 +143,24 @@ def adversarial_batch(
     Returns ``(x', y')``; pass them and ``k`` to :func:`~cascade_adv.training.loss.unified_loss`
     (``distance`` needs ``mode="append"``).  For N18's m = 128, k = 64, read 64 clean
     images and append; for K17's, read 128 and replace.  ``method`` is a one-step
-    attack of the registry or ``step_both``; ``eps_sampler`` one of
-    :data:`cascade_adv.training.epsilon.SAMPLERS`.
+    attack of the registry, ``step_both``, or a :data:`Craft` callable (``train()``
+    passes one that mixes the config's sources); ``eps_sampler`` one of
+    :data:`cascade_adv.training.epsilon.SAMPLERS`; ``eps`` (k values, pixels) replaces
+    the drawn epsilons.
     """
-    check_method(method)
+    if not callable(method):
+        check_method(method)
     if mode not in ("append", "replace"):
         raise ConfigError(f"mode must be append or replace, got {mode!r}")
     if not 1 <= k <= x.shape[0]:
         raise ConfigError(f"k={k} must lie in [1, {x.shape[0]}] (the clean images given)")
-    eps = sample_eps(eps_sampler, k, max_e, generator, x.device)
-    x_adv = one_step_examples(method, model, x[:k], y[:k], eps, generator)
+    if eps is None:
+        eps = sample_eps(eps_sampler, k, max_e, generator, x.device)
+    elif eps.shape != (k,):
+        raise ConfigError(f"eps must hold one epsilon per adversarial example, shape ({k},); "
+                          f"got {tuple(eps.shape)}")
+    craft = method if callable(method) else functools.partial(one_step_examples, method)
+    x_adv = craft(model, x[:k], y[:k], eps, generator)
     return compose_batch(mode, x, y, x_adv, y[:k])
 
 
@@ -166,7 +186,10 @@ class _Saved:
 
 
 class AdversarialObjective:
-    """The per-iteration loss of adversarial training, built from the config.
+    """The per-iteration loss of adversarial training, built from the config:
+    :func:`adversarial_batch` with the config's sources as its ``method``, this rank's
+    rows of the batch (:class:`~cascade_adv.training.distributed.BatchShard`), then
+    :func:`~cascade_adv.training.loss.unified_loss`.
 
     ``rank`` / ``world``: this process's share under DDP (see the module docstring);
     the loss it returns is ``world`` times its share of the global loss, so that
@@ -178,7 +201,7 @@ class AdversarialObjective:
 
     def __init__(self, cfg: TrainConfig, train_set: ImageDataset, model_cfg: ModelConfig,
                  device: torch.device, rank: int = 0, world: int = 1):
-        self.rank, self.world = rank, world
+        self.shard = BatchShard(rank, world)
         self.adv: AdversarialSection = cfg.adversarial
         self.m = cfg.optim.batch_size
         self.train_set = train_set
@@ -226,92 +249,94 @@ class AdversarialObjective:
             check_epsilon_ball(s, self.train_set.images, self.train_set.labels, path=path)
         return _Saved(sets, np.cumsum([0] + [len(s) for s in sets]))
 
-    def _twins(self, index: torch.Tensor) -> torch.Tensor:
-        """Clean images of saved rows, prepared as at test time (center crop)."""
-        images = self.train_set.images[index.to(self.train_set.images.device)]
-        size = self.model_cfg.input_size
-        if images.shape[-1] != size:
-            images = center_crop(images, size)
-        return to_float(images).to(self.device)
+    def _blocks(self) -> Iterator[tuple[int, SourceSection, slice]]:
+        """Each source with its block of the k adversarial rows, in config order."""
+        row = 0
+        for i, src in enumerate(self.sources):
+            yield i, src, slice(row, row + src.count)
+            row += src.count
 
-    def _share(self, start: int, count: int) -> slice:
-        """This rank's contiguous ``1/W`` of rows ``start .. start + count - 1``."""
-        per = count // self.world
-        return slice(start + self.rank * per, start + (self.rank + 1) * per)
+    def _saved_rows(self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator):
+        """Rows of saved (cascade) sources: drawn from their sets, with the clean twin of
+        each saved image, prepared as at test time (center crop), in place of the clean
+        row.  Returns ``x``, ``y`` and the saved images by source."""
+        images: dict[int, torch.Tensor] = {}
+        if not self.saved:
+            return x, y, images
+        x, y = x.clone(), y.clone()
+        for i, _src, rows in self._blocks():
+            if i in self.saved:
+                saved, labels, _, index = self.saved[i].sample(rows.stop - rows.start, generator)
+                twins = self.train_set.images[index.to(self.train_set.images.device)]
+                if twins.shape[-1] != self.model_cfg.input_size:
+                    twins = center_crop(twins, self.model_cfg.input_size)
+                x[rows], y[rows] = to_float(twins).to(x.device), labels.to(y.device)
+                images[i] = to_float(saved.to(x.device))
+        return x, y, images
+
+    def _craft(self, net: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: torch.Tensor,
+               generator: torch.Generator, *, saved: dict[int, torch.Tensor]) -> torch.Tensor:
+        """Algorithm 1's k adversarial images from the config's sources, block by block:
+        a saved image, or a one-step attack on the current network or on a fixed one
+        (ensemble: one of its networks drawn per iteration)."""
+        out = []
+        for i, src, rows in self._blocks():
+            if src.kind == "saved":
+                out.append(saved[i])
+                continue
+            if src.kind == "static":
+                net = self.static[i][int(torch.randint(0, len(self.static[i]), (1,),
+                                                       generator=generator))]
+            h = rows.start + (rows.stop - rows.start) // 2  # step_both: step_ll, then step_fgsm
+            parts = [("step_ll", slice(rows.start, h)), ("step_fgsm", slice(h, rows.stop))] \
+                if src.method == STEP_BOTH else [(src.method, rows)]
+            for method, part in parts:
+                out.append(self._attack(method, net, x[part], y[part], eps[part], part.start,
+                                        generator))
+        return torch.cat(out)
+
+    def _attack(self, method: str, net: nn.Module, x, y, eps, start: int,
+                generator: torch.Generator) -> torch.Tensor:
+        """One-step images of adversarial rows ``start ..``; under DDP only of the rows
+        this rank keeps (:meth:`BatchShard.select` drops the others, left clean here).
+        A random attack runs on all of them, so that its draws equal one process's."""
+        if self.shard.world == 1 or draws_random(method):
+            return one_step_examples(method, net, x, y, eps, generator)
+        mine = self.shard.adversarial(start, start + x.shape[0], x.device)
+        out = x.clone()
+        out[mine] = one_step_examples(method, net, x[mine], y[mine], eps[mine], generator)
+        return out
 
     def _scaled(self, loss: torch.Tensor) -> torch.Tensor:
-        return loss * self.world if self.world > 1 else loss
-
-    def _attack(self, method: str, net: nn.Module, x, y, eps, rows: slice, mine: torch.Tensor,
-                generator: torch.Generator) -> torch.Tensor:
-        """Adversarial images of this rank's rows ``mine`` of the source block ``rows``."""
-        if self.world == 1:
-            return one_step_examples(method, net, x[rows], y[rows], eps[rows], generator)
-        a, b = rows.start, rows.stop
-        h = a + (b - a) // 2  # step_both: the block's first half step_ll, the rest step_fgsm
-        parts = [("step_ll", a, h), ("step_fgsm", h, b)] if method == STEP_BOTH \
-            else [(method, a, b)]
-        out = []
-        for name, lo, hi in parts:
-            sel = mine[(mine >= lo) & (mine < hi)]
-            if draws_random(name):  # the whole block, as one process draws it
-                whole = one_step_examples(name, net, x[lo:hi], y[lo:hi], eps[lo:hi], generator)
-                out.append(whole[sel - lo])
-            elif sel.numel():
-                out.append(one_step_examples(name, net, x[sel], y[sel], eps[sel], generator))
-        return torch.cat(out) if out else x[mine]
+        return loss * self.shard.world if self.shard.world > 1 else loss
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, iteration: int,
                  generator: torch.Generator):
         """``x, y``: the global batch (every rank gets the same one); ``model`` may be
         DDP-wrapped.  Returns the loss, the logits and labels of this rank's rows."""
         adv = self.adv
-        if iteration < adv.delay:
+        if iteration < adv.delay:  # clean-only warm-up
             n = x.shape[0]
-            x, y = x[self._share(0, n)], y[self._share(0, n)]
+            x, y = self.shard.clean(x, y)
             logits = model(x)
-            loss = unified_loss(logits, y, 0, distance=None, normaliser=n)
-            return self._scaled(loss), logits, y
-        k = adv.k
-        eps = sample_eps(adv.eps_sampler, k, adv.max_e, generator, x.device)
-        x, y = x.clone(), y.clone()
-        net = unwrap(model)  # attacks run on the plain module, in inference mode
-        mine = torch.arange(self.rank, k, self.world, device=x.device)  # my adversarial rows
-        adv_images, row = [], 0
-        for i, src in enumerate(self.sources):
-            rows = slice(row, row + src.count)
-            if src.kind == "saved":
-                images, labels, _, index = self.saved[i].sample(src.count, generator)
-                x[rows] = self._twins(index)  # the clean twin of each saved image
-                y[rows] = labels.to(y.device)
-                if self.world > 1:
-                    own = mine[(mine >= rows.start) & (mine < rows.stop)] - rows.start
-                    images = images[own.to(images.device)]
-                adv_images.append(to_float(images.to(x.device)))
-            else:
-                net_i = net
-                if src.kind == "static":
-                    pick = int(torch.randint(0, len(self.static[i]), (1,), generator=generator))
-                    net_i = self.static[i][pick]
-                adv_images.append(self._attack(src.method, net_i, x, y, eps, rows, mine,
-                                               generator))
-            row += src.count
-        x_adv = torch.cat(adv_images)
-        if self.world > 1:  # my twins, then my share of the other clean rows
-            others = torch.arange(x.shape[0], device=x.device)[self._share(k, x.shape[0] - k)]
-            keep = torch.cat([mine, others])
-            x, y = x[keep], y[keep]
-        k_mine = x_adv.shape[0]
-        batch_x, batch_y = compose_batch(adv.mode, x, y, x_adv, y[:k_mine])
+            return self._scaled(unified_loss(logits, y, 0, distance=None, normaliser=n)), \
+                logits, y
+        eps = sample_eps(adv.eps_sampler, adv.k, adv.max_e, generator, x.device)
+        x, y, saved = self._saved_rows(x, y, generator)
+        craft = functools.partial(self._craft, saved=saved)
+        # attacks run on the plain module, in inference mode
+        x, y = adversarial_batch(unwrap(model), x, y, adv.k, mode=adv.mode, method=craft,
+                                 generator=generator, eps=eps)
+        x, y, k = self.shard.select(x, y, adv.k, adv.mode)
         distance = adv.distance if adv.mode == "append" else None
         if distance is not None and adv.embedding == "features":
-            logits, embeddings = logits_and_features(model, batch_x)
+            logits, embeddings = logits_and_features(model, x)
         else:
-            embeddings, logits = None, model(batch_x)
-        loss = unified_loss(logits, batch_y, k_mine, adv.lam, adv.lam2, distance, adv.norm,
-                            embeddings, normaliser=(self.m - k) + adv.lam * k,
+            embeddings, logits = None, model(x)
+        loss = unified_loss(logits, y, k, adv.lam, adv.lam2, distance, adv.norm, embeddings,
+                            normaliser=(self.m - adv.k) + adv.lam * adv.k,
                             normalize_embedding=adv.normalize_embedding)
-        return self._scaled(loss), logits, batch_y
+        return self._scaled(loss), logits, y
 
     def divergence_hint(self) -> str:
         if self.adv.distance == "pivot_detached" and not self.adv.normalize_embedding:

@@ -66,6 +66,7 @@ import torch.distributed as dist
 from torch import nn
 
 from cascade_adv.errors import ConfigError
+from cascade_adv.parallel import all_reduce_max, all_reduce_sum, barrier, is_initialized
 
 BACKENDS = ("auto", "gloo", "nccl")
 
@@ -179,6 +180,49 @@ def pick_device(name: str, world: int, local_rank: int) -> torch.device:
     return torch.device("cuda", local_rank)
 
 
+@dataclass(frozen=True)
+class BatchShard:
+    """The batch selection under DDP: which rows of the global batch rank ``rank`` of
+    ``world`` keeps (the module docstring says why these).  With ``world == 1`` every
+    row.  Algorithm 1 itself never sees ranks: it composes the global batch, and
+    :meth:`select` then keeps this rank's rows of it."""
+
+    rank: int = 0
+    world: int = 1
+
+    def share(self, start: int, count: int) -> slice:
+        """This rank's contiguous ``1/W`` of rows ``start .. start + count - 1``."""
+        per = count // self.world
+        return slice(start + self.rank * per, start + (self.rank + 1) * per)
+
+    def adversarial(self, start: int, stop: int, device=None) -> torch.Tensor:
+        """Of adversarial rows ``start .. stop - 1``, those this rank keeps (the global
+        rows ``rank, rank + W, ...``), numbered from ``start``."""
+        first = (self.rank - start) % self.world
+        return torch.arange(first, max(first, stop - start), self.world, device=device)
+
+    def clean(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """This rank's contiguous share of a batch without adversarial rows."""
+        rows = self.share(0, x.shape[0])
+        return x[rows], y[rows]
+
+    def select(self, x: torch.Tensor, y: torch.Tensor, k: int,
+               mode: str) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """This rank's rows of Algorithm 1's batch ``B'`` (k adversarial rows first; with
+        ``append`` their k clean twins next): its adversarial rows, their twins and a
+        contiguous ``1/W`` of the other clean rows, in the layout
+        :func:`~cascade_adv.training.loss.unified_loss` expects.  Returns ``(x, y, k)``
+        with ``k`` the adversarial rows kept."""
+        if self.world == 1:
+            return x, y, k
+        mine = self.adversarial(0, k, x.device)
+        twins = k + mine if mode == "append" else mine[:0]
+        start = 2 * k if mode == "append" else k
+        others = torch.arange(x.shape[0], device=x.device)[self.share(start, x.shape[0] - start)]
+        keep = torch.cat([mine, twins, others])
+        return x[keep], y[keep], mine.numel()
+
+
 @dataclass
 class DistContext:
     """This process's place in the run: ``rank`` of ``world`` on ``device``.
@@ -202,10 +246,14 @@ class DistContext:
     def distributed(self) -> bool:
         return self.world > 1
 
+    @property
+    def shard(self) -> BatchShard:
+        """The rows of a global batch this rank keeps."""
+        return BatchShard(self.rank, self.world)
+
     def rows(self, n: int) -> slice:
         """This rank's contiguous ``1/W`` of ``n`` rows (``W`` divides ``n``)."""
-        per = n // self.world
-        return slice(self.rank * per, (self.rank + 1) * per)
+        return self.shard.share(0, n)
 
     def wrap(self, model: nn.Module) -> nn.Module:
         """``model`` inside DDP (gradients averaged over ranks), or ``model`` itself."""
@@ -262,41 +310,6 @@ def setup(backend: str = "auto", device: str = "auto") -> DistContext:
         created = True
     name = dist.get_backend()
     return DistContext(dev, dist.get_rank(), dist.get_world_size(), local_rank, name, created)
-
-
-def is_initialized() -> bool:
-    return dist.is_available() and dist.is_initialized()
-
-
-def _comm_device(tensor: torch.Tensor) -> torch.device:
-    # nccl reduces CUDA tensors only; gloo is most at home with CPU tensors
-    return tensor.device if dist.get_backend() == "nccl" else torch.device("cpu")
-
-
-def _all_reduce(tensor: torch.Tensor, op) -> torch.Tensor:
-    if not is_initialized():
-        return tensor
-    out = tensor.detach().to(_comm_device(tensor), copy=True)
-    dist.all_reduce(out, op=op)
-    return out.to(tensor.device)
-
-
-def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
-    """The sum of ``tensor`` over all ranks (no autograd; a copy)."""
-    return _all_reduce(tensor, dist.ReduceOp.SUM)
-
-
-def all_reduce_max(tensor: torch.Tensor) -> torch.Tensor:
-    return _all_reduce(tensor, dist.ReduceOp.MAX)
-
-
-def barrier() -> None:
-    if not is_initialized():
-        return
-    if dist.get_backend() == "nccl":
-        dist.barrier(device_ids=[torch.cuda.current_device()])
-    else:
-        dist.barrier()
 
 
 def unwrap(model: nn.Module) -> nn.Module:

@@ -174,6 +174,74 @@ def clean_objective(model, x, y, iteration, generator):
 
 
 @dataclass
+class TrainingSetup:
+    """What :func:`train` builds from a config before its first iteration."""
+
+    train_set: ImageDataset
+    model_cfg: ModelConfig
+    sampler: Sampler
+    objective: Objective
+    speed: Speed
+    divergence_hint: str | None  # the adversarial objective's advice, if it is one
+
+
+def setup_training(cfg: TrainConfig, device: torch.device, *,
+                   shard: distributed.BatchShard | None = None,
+                   objective: Objective | None = None,
+                   train_set: ImageDataset | None = None) -> TrainingSetup:
+    """Speed options, training split, architecture, objective and sampler of ``cfg``
+    (the checks of everything but the starting weights, before any work): clean
+    cross-entropy, or with ``adversarial.mode`` set Algorithm 1 with the loss of N18
+    section 3.1 (:class:`AdversarialObjective`) keeping the rows of ``shard`` (one
+    process: all), unless ``objective`` is given.  ``train_set`` replaces the config's dataset (the benchmarks' stand-in data)."""
+    speed = speed_from_config(cfg.speed, device)  # bad / unsupported options: before any work
+    if train_set is None:
+        train_set = load_dataset(cfg.data.dataset, "train", root=cfg.data.root,
+                                 download=cfg.data.download,
+                                 image_size=cfg.data.image_size).to(device)
+    model_cfg = model_config_for(cfg, train_set)
+    hint, batch = None, None
+    if objective is None and cfg.adversarial.mode != "none":
+        shard = shard or distributed.BatchShard()
+        adv = AdversarialObjective(cfg, train_set, model_cfg, device, shard.rank, shard.world)
+        for nets in adv.static.values():  # fixed ensemble sources: layout only
+            for fixed in nets:
+                prepare_model(fixed, Speed(device, channels_last=speed.channels_last))
+        objective, hint, batch = adv, adv.divergence_hint(), adv.clean_per_batch
+    sampler = Sampler(train_set, cfg, device, batch)
+    return TrainingSetup(train_set, model_cfg, sampler, objective or clean_objective, speed,
+                         hint)
+
+
+def initial_model(cfg: TrainConfig, setup: TrainingSetup, device: torch.device) -> ResNet:
+    """A new network of ``cfg`` from its seed (the per-pixel mean image set when the
+    architecture normalises with it)."""
+    torch.manual_seed(cfg.seed)
+    model = build_model(setup.model_cfg).to(device)
+    if setup.model_cfg.normalize == "per_pixel_mean":
+        model.set_mean_image(per_pixel_mean(setup.train_set.images))
+    return model
+
+
+def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, objective: Objective,
+               x: torch.Tensor, y: torch.Tensor, iteration: int, generator: torch.Generator,
+               *, lr: float, speed: Speed, fuse: bool = True):
+    """One iteration: ``objective``'s loss of the batch under the speed options (bf16
+    autocast, channels_last input; the attacks inside run under them too, on the folded
+    network unless ``fuse`` is false), backward and an optimizer step at ``lr``.
+    Returns the detached float32 loss (left on the device), the logits and labels."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    x = prepare_input(x, speed)
+    with speed.autocast(), attacks.fusion(fuse):  # autocast: a no-op for float32
+        loss, logits, labels = objective(model, x, y, iteration, generator)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.detach().float(), logits, labels
+
+
+@dataclass
 class TrainResult:
     run_dir: Path
     model: ResNet
@@ -268,22 +336,9 @@ def train(
     distributed.check_batch_split(cfg, distributed.env_world_size())
     ctx = distributed.setup(cfg.distributed.backend, cfg.device)
     device = ctx.device
-    speed = speed_from_config(cfg.speed, device)  # bad / unsupported options: before any work
-    train_set = load_dataset(cfg.data.dataset, "train", root=cfg.data.root,
-                             download=cfg.data.download,
-                             image_size=cfg.data.image_size).to(device)
-    model_cfg = model_config_for(cfg, train_set)
-    if objective is None and cfg.adversarial.mode != "none":
-        adv_objective = AdversarialObjective(cfg, train_set, model_cfg, device, ctx.rank,
-                                             ctx.world)
-        objective, divergence_hint = adv_objective, adv_objective.divergence_hint()
-        for nets in adv_objective.static.values():  # fixed ensemble sources: layout only
-            for fixed in nets:
-                prepare_model(fixed, Speed(device, channels_last=speed.channels_last))
-        sampler = Sampler(train_set, cfg, device, adv_objective.clean_per_batch)
-    else:
-        sampler = Sampler(train_set, cfg, device)
-    objective = objective or clean_objective
+    setup = setup_training(cfg, device, shard=ctx.shard, objective=objective)
+    model_cfg, sampler, speed = setup.model_cfg, setup.sampler, setup.speed
+    objective, divergence_hint = setup.objective, setup.divergence_hint or divergence_hint
     init_from = init_from or cfg.init_from
 
     if ctx.is_main:
@@ -304,10 +359,7 @@ def train(
         elif init_from is not None:
             model = load_model(init_from, expected=model_cfg, map_location=device)
         else:
-            torch.manual_seed(cfg.seed)
-            model = build_model(model_cfg).to(device)
-            if model_cfg.normalize == "per_pixel_mean":
-                model.set_mean_image(per_pixel_mean(train_set.images))
+            model = initial_model(cfg, setup, device)
     ctx.check_same(start, f"the torchrun processes see different checkpoints in {run_dir} "
                           "(iterations {low} to {high}); put the run folder on a filesystem "
                           "that every node shares")
@@ -383,20 +435,14 @@ def train(
     # the previous handlers come back however the block ends
     with stop:
         for it in bar:
-            lr = learning_rate(cfg, it)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
             x, y = sampler.batch(it)  # the global batch, the same on every rank
             if ctx.distributed and not getattr(objective, "shards_batch", False):
-                x, y = x[ctx.rows(x.shape[0])], y[ctx.rows(x.shape[0])]
-            x = prepare_input(x, speed)
-            # autocast: a no-op for float32; the attacks inside run under it too
-            with speed.autocast(), attacks.fusion(cfg.speed.fuse):
-                loss, logits, labels = objective(net, x, y, it, sampler.generator(it, 3))
-            pending.append(loss.detach().float())
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+                x, y = ctx.shard.clean(x, y)
+            lr = learning_rate(cfg, it)
+            loss, logits, labels = train_step(net, optimizer, objective, x, y, it,
+                                              sampler.generator(it, 3), lr=lr, speed=speed,
+                                              fuse=cfg.speed.fuse)
+            pending.append(loss)
             done = it + 1
             logged = done % cfg.log_every == 0 or done == total
             saving = done % cfg.checkpoint.every == 0 or done == total or bool(stop.requested)
@@ -435,24 +481,18 @@ def train(
 
 def preflight(cfgs: list[TrainConfig]) -> None:
     """What :func:`train` checks before it writes anything - device, speed options,
-    dataset, crop and batch sizes, adversarial sources - for every config, without
-    training: commands that train several networks (the sweeps) call it before they
-    create any file.  Raises the same one-line errors as :func:`train`."""
+    dataset, crop and batch sizes, adversarial sources (:func:`setup_training`) and the
+    ``init_from`` weights - for every config, without training: commands that train
+    several networks (the sweeps) call it before they create any file.  Raises the
+    same one-line errors as :func:`train`."""
     loaded: dict[tuple, ImageDataset] = {}
     for cfg in cfgs:
-        device = distributed.pick_device(cfg.device, 1, 0)
-        speed_from_config(cfg.speed, device)
+        device = resolve_device(cfg.device)
         key = (cfg.data.dataset, cfg.data.root, cfg.data.image_size, cfg.data.download)
         if key not in loaded:
             loaded[key] = load_dataset(cfg.data.dataset, "train", root=cfg.data.root,
                                        download=cfg.data.download,
                                        image_size=cfg.data.image_size)
-        train_set = loaded[key]
-        model_cfg = model_config_for(cfg, train_set)
-        batch = None
-        if cfg.adversarial.mode != "none":
-            batch = AdversarialObjective(cfg, train_set, model_cfg, device).clean_per_batch
-        Sampler(train_set, cfg, device, batch)
-        init_from = cfg.init_from
-        if init_from is not None:
-            load_model(init_from, expected=model_cfg, map_location="cpu")
+        setup = setup_training(cfg, device, train_set=loaded[key])
+        if cfg.init_from is not None:
+            load_model(cfg.init_from, expected=setup.model_cfg, map_location="cpu")
