@@ -80,7 +80,15 @@ def test_attack_writes_loadable_set(trained_run):
 
 @pytest.mark.parametrize("args,words", [
     (["eval", "--checkpoint", "RUN", "--attacks", "step_lll"], ["step_lll", "step_ll"]),
-    (["eval", "--checkpoint", "RUN", "--eps", "300"], ["300", "[0, 255]"]),
+    (["eval", "--checkpoint", "RUN", "--eps", "300"], ["--eps", "300", "[0, 255]"]),
+    (["eval", "--checkpoint", "RUN", "--eps", "4,x"], ["--eps", "comma-separated"]),
+    # the lists are checked when the command line is parsed, before anything is loaded
+    (["eval", "--checkpoint", "missing_folder", "--attacks", "clean,nope"], ["--attacks", "nope"]),
+    (["transfer", "--source", "missing", "--target", "missing", "--eps", ","], ["--eps", "empty"]),
+    (["analyze", "softmax", "--model", "missing", "--methods", "step_ll,nope"],
+     ["--methods", "nope"]),
+    (["craft", "--checkpoint", "missing", "--attack", "iter_fgsm,step_ll", "--out", "x"],
+     ["--attack", "iter_fgsm,step_ll"]),
     (["eval", "--checkpoint", "RUN", "--eps", "-1"], ["[0, 255]"]),
     (["eval", "--checkpoint", "missing_folder"], ["missing_folder"]),
     (["attack", "--checkpoint", "RUN", "--attack", "nope", "--eps", "4", "--out", "x"], ["nope"]),

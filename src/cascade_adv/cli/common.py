@@ -36,6 +36,55 @@ def _csv_list(value: str, cast=str, option: str = "the list") -> list:
                               "write e.g. 4,8,16") from None
 
 
+class AttackNames(click.ParamType):
+    """Comma-separated attack names, each registered (``clean`` too where ``clean``);
+    ``single``: exactly one name.  Checked when the command line is parsed."""
+
+    name = "attacks"
+
+    def __init__(self, *, clean: bool = False, single: bool = False):
+        self.clean, self.single = clean, single
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, list):
+            return value
+        from cascade_adv import attacks
+        from cascade_adv.errors import CascadeAdvError
+
+        option = param.opts[0] if param is not None else "--attacks"
+        try:
+            names = [str(value).strip()] if self.single else _csv_list(value, option=option)
+            for n in names:
+                if not (self.clean and n == "clean"):
+                    attacks.get(n)
+        except CascadeAdvError as exc:
+            self.fail(str(exc), param, ctx)
+        return names[0] if self.single else names
+
+
+class EpsList(click.ParamType):
+    """Comma-separated epsilons in pixel units of [0, 255] (duplicates dropped), checked
+    by :func:`cascade_adv.attacks.validate_eps` when the command line is parsed."""
+
+    name = "eps"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, list):
+            return value
+        from cascade_adv import attacks
+        from cascade_adv.errors import CascadeAdvError
+
+        option = param.opts[0] if param is not None else "--eps"
+        try:
+            return attacks.validate_eps(_csv_list(value, float, option=option), option)
+        except CascadeAdvError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+ATTACKS = AttackNames()
+EPS = EpsList()
+
+
 def check_outputs(files=(), dirs=(), store=None) -> None:
     """Output paths checked before any work (one line each when not writable)."""
     from cascade_adv.io import check_writable_dir, check_writable_file

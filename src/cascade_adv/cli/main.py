@@ -13,7 +13,14 @@ import click
 
 # the research commands (transfer, analyze, report, reproduce) register on the same group
 from cascade_adv.cli import reproduce, research  # noqa: F401
-from cascade_adv.cli.common import _apply, _csv_list, check_outputs, cli, model_data_options
+from cascade_adv.cli.common import (
+    EPS,
+    AttackNames,
+    _apply,
+    check_outputs,
+    cli,
+    model_data_options,
+)
 from cascade_adv.errors import CascadeAdvError
 
 EXAMPLES_TRAIN = """
@@ -117,14 +124,16 @@ def train(config_path, out, resume, quiet, overrides):
 @_apply(model_data_options())
 @click.option(
     "--attacks",
-    "attack_names",
+    "names",
+    type=AttackNames(clean=True),
     default="step_ll,step_fgsm,iter_ll,iter_fgsm",
     show_default=True,
     help="Comma-separated attack names (see 'cascade-adv attacks').",
 )
 @click.option(
     "--eps",
-    "eps_list",
+    "eps",
+    type=EPS,
     default="16,32",
     show_default=True,
     help="Comma-separated epsilons in pixel units [0, 255].",
@@ -167,20 +176,13 @@ def train(config_path, out, resume, quiet, overrides):
     show_default=True,
     help="Run attacks on the inference network with BatchNorm folded into the convolutions.",
 )
-def evaluate(attack_names, eps_list, results, csv_path, json_path, name, seed, batch_size,
+def evaluate(names, eps, results, csv_path, json_path, name, seed, batch_size,
              quiet, precision, channels_last, compile_model, fuse, **model_data):
     """White-box accuracy (top-1, top-5) of one model under attacks x epsilons."""
-    from cascade_adv import attacks
     from cascade_adv.evaluation import ResultsStore, evaluate_whitebox
     from cascade_adv.speed import resolve_speed
     from cascade_adv.training import distributed
 
-    names = _csv_list(attack_names, option="--attacks")
-    eps = _csv_list(eps_list, float, option="--eps")
-    for a in names:
-        if a != "clean":
-            attacks.get(a)
-    attacks.validate_eps(eps)
     check_outputs(files=[("--csv", csv_path), ("--json", json_path)], store=results)
     # under torchrun every rank evaluates its shard of the images; rank 0 reports
     ctx = distributed.setup("auto", model_data["device"])
@@ -220,14 +222,10 @@ def evaluate(attack_names, eps_list, results, csv_path, json_path, name, seed, b
         table.to_json(json_path)
 
 
-def _write_set(attack_name, eps_list, out, seed, batch_size, quiet, overwrite, **model_data):
+def _write_set(attack_name, eps, out, seed, batch_size, quiet, overwrite, **model_data):
     """Shared body of ``attack`` and ``craft``: attack a split, save the set."""
-    from cascade_adv import attacks
     from cascade_adv.evaluation import craft_adversarial_set, prepare_images
     from cascade_adv.results.advsets import check_set_output
-
-    attacks.get(attack_name)
-    eps = attacks.validate_eps(_csv_list(eps_list, float, option="--eps"))
     checkpoint = Path(model_data["checkpoint"])
     protect = [checkpoint, model_data.get("data_root")]
     try:
@@ -265,8 +263,9 @@ def _write_set(attack_name, eps_list, out, seed, batch_size, quiet, overwrite, *
 
 @cli.command(epilog=EXAMPLES_ATTACK)
 @_apply(model_data_options())
-@click.option("--attack", "attack_name", required=True, help="Attack name.")
-@click.option("--eps", "eps_list", required=True, help="Comma-separated epsilons [0, 255].")
+@click.option("--attack", "attack_name", type=AttackNames(single=True), required=True,
+              help="Attack name.")
+@click.option("--eps", type=EPS, required=True, help="Comma-separated epsilons [0, 255].")
 @click.option(
     "--out",
     required=True,
@@ -291,10 +290,12 @@ Examples:
 
 @cli.command(epilog=EXAMPLES_CRAFT)
 @_apply(model_data_options(split_default="train"))
-@click.option("--attack", "attack_name", default="iter_fgsm", show_default=True)
+@click.option("--attack", "attack_name", type=AttackNames(single=True), default="iter_fgsm",
+              show_default=True)
 @click.option(
     "--eps",
-    "eps_list",
+    "eps",
+    type=EPS,
     default=",".join(str(e) for e in range(1, 17)),
     show_default=True,
     help="Comma-separated epsilons [0, 255].",

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from cascade_adv.cli.common import POSITIVE, _csv_list, check_outputs, cli
+from cascade_adv.cli.common import ATTACKS, EPS, POSITIVE, _csv_list, check_outputs, cli
 from cascade_adv.errors import CascadeAdvError
 
 
@@ -55,15 +55,15 @@ Examples:
               help="Source model NAME=PATH (or PATH); repeat for several.")
 @click.option("--target", "targets", multiple=True, required=True,
               help="Target model NAME=PATH (or PATH); repeat for several.")
-@click.option("--attacks", "attack_names", default="step_fgsm,iter_fgsm", show_default=True,
+@click.option("--attacks", "names", type=ATTACKS, default="step_fgsm,iter_fgsm", show_default=True,
               help="Comma-separated attacks crafted on each source.")
-@click.option("--eps", "eps_list", default="16", show_default=True,
+@click.option("--eps", type=EPS, default="16", show_default=True,
               help="Comma-separated epsilons in pixel units [0, 255].")
 @click.option("--sets", "sets_dir", type=click.Path(file_okay=False), default=None,
               help="Keep the crafted sets here and reuse them when the weights match.")
 @click.option("--csv", "csv_path", type=click.Path(dir_okay=False), default=None)
 @common_options
-def transfer(sources, targets, attack_names, eps_list, sets_dir, csv_path, dataset, data_root,
+def transfer(sources, targets, names, eps, sets_dir, csv_path, dataset, data_root,
              limit, batch_size, device, results, seed, quiet):
     """Black-box matrices: accuracy, error rate and transfer rate, source x target.
 
@@ -72,16 +72,10 @@ def transfer(sources, targets, attack_names, eps_list, sets_dir, csv_path, datas
     the results store with source = the source model's name; every model is
     registered with its initialisation, so reports mark same-initialisation pairs.
     """
-    from cascade_adv import attacks
     from cascade_adv.evaluation import ResultsStore, transfer_matrix
     from cascade_adv.results.tables import ResultTable
     from cascade_adv.training import resolve_device
     from cascade_adv.training.runs import load_models, load_split
-
-    names = _csv_list(attack_names, option="--attacks")
-    for a in names:
-        attacks.get(a)
-    eps = attacks.validate_eps(_csv_list(eps_list, float, option="--eps"))
     check_outputs(files=[("--csv", csv_path)], dirs=[("--sets", sets_dir)], store=results)
     dev = resolve_device(device)
     src = load_models(sources, dev)
@@ -146,20 +140,16 @@ def _figure_option(default: str):
                         show_default=True, help="Where to write the PNG figure.")
 
 
-def _model_analysis(kind, models, eps_list, images, figure, dataset, data_root, limit,
+def _model_analysis(kind, models, eps, images, figure, dataset, data_root, limit,
                     batch_size, device, results, seed, quiet, **kw):
     """Shared body of ``softmax`` and ``gradcorr``: run on every model, store, plot."""
-    from cascade_adv import analysis, attacks
+    from cascade_adv import analysis
     from cascade_adv.evaluation import ResultsStore
     from cascade_adv.reporting import figures
     from cascade_adv.results.tables import ResultTable
     from cascade_adv.training import resolve_device
     from cascade_adv.training.runs import load_models, load_split
 
-    eps = attacks.validate_eps(_csv_list(eps_list, float, option="--eps"))
-    if kw.get("methods") is not None:
-        for a in kw["methods"]:
-            attacks.get(a)
     check_outputs(files=[("--figure", figure)], store=results)
     dev = resolve_device(device)
     loaded = load_models(models, dev)
@@ -183,7 +173,7 @@ def _model_analysis_options(fn):
     for opt in reversed([
         click.option("--model", "models", multiple=True, required=True,
                      help="Model NAME=PATH (or PATH); repeat for several."),
-        click.option("--eps", "eps_list", default=",".join(str(e) for e in range(17)),
+        click.option("--eps", type=EPS, default=",".join(str(e) for e in range(17)),
                      show_default=True, help="Comma-separated epsilons (pixel units)."),
         click.option("--images", type=POSITIVE, default=128, show_default=True,
                      help="Randomly chosen test images (the same for every model)."),
@@ -194,13 +184,14 @@ def _model_analysis_options(fn):
 
 @analyze.command(epilog=EXAMPLES_ANALYZE)
 @_model_analysis_options
-@click.option("--methods", default="step_ll,step_fgsm,random_sign", show_default=True,
+@click.option("--methods", type=ATTACKS, default="step_ll,step_fgsm,random_sign",
+              show_default=True,
               help="Directions to move along.")
 @_figure_option("figures/n18_fig4_softmax_argument.png")
 def softmax(methods, **kw):
     """N18 figures 4 and 6: logit of the true class and mean logit of the false
     classes vs epsilon (mean +- std over the images)."""
-    _model_analysis("softmax", methods=tuple(_csv_list(methods, option="--methods")), **kw)
+    _model_analysis("softmax", methods=tuple(methods), **kw)
 
 
 @analyze.command(epilog=EXAMPLES_ANALYZE)
@@ -215,27 +206,21 @@ def gradcorr(**kw):
 @analyze.command(name="transfer-eps", epilog=EXAMPLES_ANALYZE)
 @click.option("--source", required=True, help="Source model NAME=PATH (or PATH).")
 @click.option("--target", required=True, help="Target model NAME=PATH (or PATH).")
-@click.option("--attacks", "attack_names", default="step_fgsm,iter_fgsm,iter_ll",
+@click.option("--attacks", "names", type=ATTACKS, default="step_fgsm,iter_fgsm,iter_ll",
               show_default=True)
-@click.option("--eps", "eps_list", default="2,4,8,16", show_default=True)
+@click.option("--eps", type=EPS, default="2,4,8,16", show_default=True)
 @click.option("--sets", "sets_dir", type=click.Path(file_okay=False), default=None,
               help="Keep the crafted sets here and reuse them.")
 @click.option("--figure-dir", type=click.Path(file_okay=False), default="figures",
               show_default=True)
 @common_options
-def transfer_eps(source, target, attack_names, eps_list, sets_dir, figure_dir, dataset,
+def transfer_eps(source, target, names, eps, sets_dir, figure_dir, dataset,
                  data_root, limit, batch_size, device, results, seed, quiet):
     """K17 figures 2 and 5: transfer rate and error rate vs epsilon, source -> target."""
-    from cascade_adv import attacks
     from cascade_adv.evaluation import ResultsStore, transfer_matrix
     from cascade_adv.reporting import figures
     from cascade_adv.training import resolve_device
     from cascade_adv.training.runs import load_models, load_split
-
-    names = _csv_list(attack_names, option="--attacks")
-    for a in names:
-        attacks.get(a)
-    eps = attacks.validate_eps(_csv_list(eps_list, float, option="--eps"))
     check_outputs(dirs=[("--sets", sets_dir), ("--figure-dir", figure_dir)], store=results)
     dev = resolve_device(device)
     (src,) = load_models((source,), dev).values()
@@ -263,9 +248,10 @@ def _sweep_options(fn):
                      help="Training config every network starts from."),
         click.option("--out", type=click.Path(file_okay=False), default=None,
                      help="Folder for the runs (default: runs/EXPERIMENT)."),
-        click.option("--attacks", "attack_names", default="step_ll,step_fgsm,iter_ll,iter_fgsm",
-                     show_default=True, help="White-box attacks to evaluate."),
-        click.option("--eps", "eps_list", default="16", show_default=True),
+        click.option("--attacks", "names", type=ATTACKS,
+                     default="step_ll,step_fgsm,iter_ll,iter_fgsm", show_default=True,
+                     help="White-box attacks to evaluate."),
+        click.option("--eps", type=EPS, default="16", show_default=True),
         click.option("--limit", type=POSITIVE, default=None,
                      help="Evaluate on the first N test images."),
         click.option("--batch-size", type=POSITIVE, default=500, show_default=True),
@@ -278,16 +264,10 @@ def _sweep_options(fn):
     return fn
 
 
-def _run_sweep(experiment, variants, config_path, out, attack_names, eps_list, limit,
+def _run_sweep(experiment, variants, config_path, out, names, eps, limit,
                batch_size, results, quiet, overrides, figure=None):
-    from cascade_adv import attacks
     from cascade_adv.analysis.sweeps import run_variants
     from cascade_adv.evaluation import ResultsStore
-
-    names = _csv_list(attack_names, option="--attacks")
-    for a in names:
-        attacks.get(a)
-    eps = attacks.validate_eps(_csv_list(eps_list, float, option="--eps"))
     out = out or f"runs/{experiment.replace(':', '_')}"
     check_outputs(files=[("--figure", figure)], dirs=[("--out", out)], store=results)
     _check_sweep_configs(config_path, overrides, variants, experiment)
@@ -384,8 +364,8 @@ def label_leaking(methods, figure, **kw):
 
     variants = label_leaking_variants(_csv_list(methods, option="--methods"))
     for v in variants:  # each network must be attacked with its own training method
-        if v.params["train_method"] not in _csv_list(kw["attack_names"], option="--attacks"):
-            kw["attack_names"] += f",{v.params['train_method']}"
+        if v.params["train_method"] not in kw["names"]:
+            kw["names"] = [*kw["names"], v.params["train_method"]]
     table, _, _ = _run_sweep("label_leaking", variants, figure=figure, **kw)
     rows = label_leaking_table(table, {f"label_leaking/{v.name}": v.params["train_method"]
                                        for v in variants})
