@@ -30,14 +30,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cascade_adv.data import load_dataset
+from cascade_adv import attacks as attack_registry
 from cascade_adv.errors import CascadeAdvError
 from cascade_adv.evaluation.whitebox import evaluate_whitebox
-from cascade_adv.models import WEIGHTS_FILE, weights_hash
 from cascade_adv.results.store import ResultsStore
 from cascade_adv.results.tables import CLEAN, ResultTable
-from cascade_adv.training import load_config, train
-from cascade_adv.training.loop import init_id
+from cascade_adv.training import load_config, resolve_device, train
+from cascade_adv.training.runs import LoadedModel, load_split
 
 
 @dataclass(frozen=True)
@@ -156,17 +155,14 @@ def run_variants(
     table = ResultTable()
     for variant, cfg in zip(variants, cfgs):
         run_dir = out / variant.name
-        result = train(cfg, run_dir, resume=True, progress=progress)
-        test = load_dataset(cfg.data.dataset, "test", root=cfg.data.root)
-        if limit:
-            test = test.subset(limit)
-        weights = run_dir / "final" / WEIGHTS_FILE
-        rows = evaluate_whitebox(result.model, test.to(next(result.model.parameters()).device),
-                                 attacks, eps, batch_size=batch_size, model_name=cfg.name,
-                                 model_hash=weights_hash(weights), progress=progress)
-        store.register_model(cfg.name, model_hash=weights_hash(weights), dataset=test.name,
-                             init=init_id(cfg.init_from, cfg.seed, result.model.config),
-                             experiment=experiment, params=variant.params)
+        train(cfg, run_dir, resume=True, progress=progress)
+        # the trained run as every command loads it: weights checked, hash, init, split
+        run = LoadedModel(str(run_dir / "final"), resolve_device(cfg.device), name=cfg.name)
+        test = load_split([run], cfg.data.dataset, cfg.data.root, "test", limit,
+                          attack_registry.model_device(run.model))
+        rows = evaluate_whitebox(run.model, test, attacks, eps, batch_size=batch_size,
+                                 model_name=run.name, model_hash=run.hash, progress=progress)
+        run.register(store, experiment, variant.params)
         store.upsert(rows)
         table.extend(rows)
     return table
