@@ -304,7 +304,8 @@ class AdversarialObjective:
             return one_step_examples(method, net, x, y, eps, generator)
         mine = self.shard.adversarial(start, start + x.shape[0], x.device)
         out = x.clone()
-        out[mine] = one_step_examples(method, net, x[mine], y[mine], eps[mine], generator)
+        if mine.numel():  # a shape, known on the host
+            out[mine] = one_step_examples(method, net, x[mine], y[mine], eps[mine], generator)
         return out
 
     def _scaled(self, loss: torch.Tensor) -> torch.Tensor:

@@ -251,10 +251,6 @@ class DistContext:
         """The rows of a global batch this rank keeps."""
         return BatchShard(self.rank, self.world)
 
-    def rows(self, n: int) -> slice:
-        """This rank's contiguous ``1/W`` of ``n`` rows (``W`` divides ``n``)."""
-        return self.shard.share(0, n)
-
     def wrap(self, model: nn.Module) -> nn.Module:
         """``model`` inside DDP (gradients averaged over ranks), or ``model`` itself."""
         if not self.distributed:

@@ -193,7 +193,8 @@ def setup_training(cfg: TrainConfig, device: torch.device, *,
     (the checks of everything but the starting weights, before any work): clean
     cross-entropy, or with ``adversarial.mode`` set Algorithm 1 with the loss of N18
     section 3.1 (:class:`AdversarialObjective`) keeping the rows of ``shard`` (one
-    process: all), unless ``objective`` is given.  ``train_set`` replaces the config's dataset (the benchmarks' stand-in data)."""
+    process: all), unless ``objective`` is given.  ``train_set`` replaces the config's
+    dataset (the benchmarks' stand-in data)."""
     speed = speed_from_config(cfg.speed, device)  # bad / unsupported options: before any work
     if train_set is None:
         train_set = load_dataset(cfg.data.dataset, "train", root=cfg.data.root,
