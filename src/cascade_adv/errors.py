@@ -7,6 +7,12 @@ and exits with status 2, without a traceback.
 """
 
 
+def one_line(text: object) -> str:
+    """``str(text)`` with all whitespace runs (newlines included) collapsed to one space:
+    how an error message reaches the user."""
+    return " ".join(str(text).split())
+
+
 class CascadeAdvError(Exception):
     """A problem in the user's input, with a one-line message naming the fix."""
 

@@ -21,7 +21,7 @@ from cascade_adv.cli.common import (
     cli,
     model_data_options,
 )
-from cascade_adv.errors import CascadeAdvError
+from cascade_adv.errors import CascadeAdvError, one_line
 
 EXAMPLES_TRAIN = """
 \b
@@ -364,10 +364,6 @@ def list_attacks():
         click.echo(f"{n:15s} {spec.kind:9s} {spec.description}{opts}")
 
 
-def _one_line(text: str) -> str:
-    return " ".join(str(text).split())
-
-
 def main(argv: list[str] | None = None) -> None:
     """Run the command line: user errors print one line on stderr and exit 2;
     an interrupted training run exits 130 (SIGINT) or 143 (SIGTERM)."""
@@ -381,16 +377,16 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(130)
     except click.UsageError as exc:
         where = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
-        click.echo(f"error: {_one_line(exc.format_message())}{where}", err=True)
+        click.echo(f"error: {one_line(exc.format_message())}{where}", err=True)
         sys.exit(2)
     except click.ClickException as exc:
-        click.echo(f"error: {_one_line(exc.format_message())}", err=True)
+        click.echo(f"error: {one_line(exc.format_message())}", err=True)
         sys.exit(exc.exit_code)
     except TrainingInterrupted as exc:
-        click.echo(f"{_one_line(exc)}", err=True)
+        click.echo(f"{one_line(exc)}", err=True)
         sys.exit(exc.exit_code)
     except CascadeAdvError as exc:
-        click.echo(f"error: {_one_line(exc)}", err=True)
+        click.echo(f"error: {one_line(exc)}", err=True)
         sys.exit(2)
     if isinstance(rv, int) and rv:  # --help / --version return 0
         sys.exit(rv)

@@ -8,7 +8,7 @@ import os
 import zlib
 from pathlib import Path
 
-from cascade_adv.errors import DatasetError
+from cascade_adv.errors import DatasetError, one_line
 from cascade_adv.io import file_md5
 
 
@@ -36,11 +36,6 @@ def check_file_md5(path: Path, expected: str, what: str, fix: str) -> None:
             f"{what} file {path} has md5 {actual} but the published checksum is {expected} "
             f"(corrupt or not the official file); {fix}"
         )
-
-
-def one_line(text: object) -> str:
-    """``str(text)`` with all whitespace runs (newlines included) collapsed to one space."""
-    return " ".join(str(text).split())
 
 
 def read_maybe_gzip(path: Path, what: str, fix: str) -> bytes:

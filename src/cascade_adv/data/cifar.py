@@ -21,10 +21,10 @@ import numpy as np
 import torch
 
 from cascade_adv.data import sources
-from cascade_adv.data._checks import check_file_md5, one_line, read_maybe_gzip
+from cascade_adv.data._checks import check_file_md5, read_maybe_gzip
 from cascade_adv.data.dataset import ImageDataset
 from cascade_adv.data.download import download_file, extract_cifar10_bin, resolve_mirrors
-from cascade_adv.errors import DatasetError
+from cascade_adv.errors import DatasetError, one_line
 
 RECORD_BYTES = 3073
 _REFETCH = "delete it and download it again (download=True)"

@@ -23,8 +23,7 @@ from pathlib import Path, PurePosixPath
 from tqdm.auto import tqdm
 
 from cascade_adv.data import sources
-from cascade_adv.data._checks import one_line
-from cascade_adv.errors import DatasetError
+from cascade_adv.errors import DatasetError, one_line
 from cascade_adv.io import atomic_path, file_md5
 
 _CHUNK = 1 << 16

@@ -52,9 +52,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from cascade_adv.data._checks import one_line
 from cascade_adv.data.dataset import ImageDataset
-from cascade_adv.errors import DatasetError
+from cascade_adv.errors import DatasetError, one_line
 
 #: Folder under the data root.
 FOLDER = "imagenet"

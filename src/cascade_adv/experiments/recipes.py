@@ -4,9 +4,9 @@ A recipe's ``build`` adds steps to a :class:`Builder`: ``b.train(CONFIG)`` adds 
 training of ``configs/CONFIG`` together with what it starts from (its ``init_from``
 pre-training, the crafting of the saved images its cascade sources name), all scaled
 by ``--scale``; ``b.whitebox`` / ``b.transfer`` / ``b.analysis`` evaluate. Which
-paper rows the models reproduce comes from their config names
-(:mod:`cascade_adv.results.published`), the attacks and epsilons of an evaluation
-from the published table's columns, so a recipe lists little more than its configs.
+paper rows the models reproduce comes from their config's ``paper`` key (a sweep's
+networks: the recipe's ``rows``), the attacks and epsilons of an evaluation from the
+published table's columns, so a recipe lists little more than its configs.
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from cascade_adv.io import atomic_write_text, make_temp_dir
-from cascade_adv.results.published import get_table
+from cascade_adv.results.published import get_table, paper_row
 from cascade_adv.results.store import ResultsStore
 from cascade_adv.results.tables import ResultTable
 
@@ -23,10 +23,9 @@ def row_mapper(recipe, table, suffix: str, paper: dict[str, list[str]]):
     ``paper`` rows its config names (``paper[name]``), else the recipe's ``rows`` (the
     networks of a sweep, by name or name prefix without the scale suffix)."""
     def row_of(name: str) -> str | None:
-        for entry in paper.get(name, ()):
-            t, _, label = (x.strip() for x in entry.partition(":"))
-            if t == table.id:
-                return label
+        label = paper_row(paper.get(name, ()), table.id)
+        if label is not None:
+            return label
         base = name.replace(suffix, "", 1) if suffix else name
         for prefix, label in recipe.rows.items():
             if base == prefix or base.startswith((prefix + "/", prefix + "-")):

@@ -33,7 +33,7 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
-from cascade_adv.errors import InvalidArgument
+from cascade_adv.errors import InvalidArgument, one_line
 from cascade_adv.experiments.steps import Runtime, Step, execute, read_done
 from cascade_adv.io import atomic_write_text, check_writable_dir
 
@@ -267,7 +267,7 @@ def _interrupt(exc: BaseException) -> bool:
 def _failed(rec: StepRecord, exc: BaseException, note: Event) -> None:
     rec.seconds = time.perf_counter() - rec.seconds
     rec.status = "failed"
-    rec.error = " ".join(str(exc).split()) or type(exc).__name__
+    rec.error = one_line(exc) or type(exc).__name__
     note("failed", rec)
 
 
@@ -364,7 +364,7 @@ def _check_data(dataset: str, data_dir: str | None, download: bool) -> None:
         raise InvalidArgument(
             f"{dataset} is needed and not usable under --data-dir "
             f"{data_dir or '$CASCADE_ADV_DATA or ./data'}: expected {_LAYOUT[dataset]}, "
-            f"{fetch} ({' '.join(str(exc).split())})") from None
+            f"{fetch} ({one_line(exc)})") from None
 
 
 def reproduce(name: str, out: str | Path, *, data_dir: str | None = None,

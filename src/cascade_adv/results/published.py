@@ -176,6 +176,25 @@ def get_table(table_id: str) -> PaperTable:
         ) from None
 
 
+# --- the paper rows a config names ------------------------------------------------------------
+
+
+def split_paper_entry(entry: str) -> tuple[str, str] | None:
+    """``"TABLE: LABEL"`` (an entry of a training config's ``paper`` key) as
+    ``(table id, row label)``; ``None`` without the colon."""
+    table, sep, label = (x.strip() for x in entry.partition(":"))
+    return (table, label) if sep else None
+
+
+def paper_row(entries: Iterable[str], table_id: str) -> str | None:
+    """The label of ``table_id``'s row among ``"TABLE: LABEL"`` entries, if one names it."""
+    for entry in entries:
+        parts = split_paper_entry(entry)
+        if parts is not None and parts[0] == table_id:
+            return parts[1]
+    return None
+
+
 # --- training recipes ------------------------------------------------------------------------
 
 #: Our training-config name -> (table id, paper row label) of the published row it

@@ -206,7 +206,6 @@ class AdversarialObjective:
         self.m = cfg.optim.batch_size
         self.train_set = train_set
         self.model_cfg = model_cfg
-        self.device = device
         self.sources = self.adv.resolved_sources()
         self.saved: dict[int, _Saved] = {}
         self.static: dict[int, list[nn.Module]] = {}

@@ -205,11 +205,11 @@ class TrainConfig(_Strict):
     @field_validator("paper")
     @classmethod
     def _published_rows(cls, rows: list[str]) -> list[str]:
-        from cascade_adv.results.published import PUBLISHED
+        from cascade_adv.results.published import PUBLISHED, split_paper_entry
 
         for entry in rows:
-            table, sep, label = (x.strip() for x in entry.partition(":"))
-            if not sep or table not in PUBLISHED:
+            table, label = split_paper_entry(entry) or ("", "")
+            if table not in PUBLISHED:
                 raise ValueError(f"{entry!r} is not 'TABLE: ROW' with TABLE one of "
                                  f"{', '.join(PUBLISHED)}")
             t = PUBLISHED[table]
@@ -220,11 +220,9 @@ class TrainConfig(_Strict):
 
     def paper_row(self, table: str) -> str | None:
         """The label of ``table``'s row this run reproduces, if it names one."""
-        for entry in self.paper:
-            t, _, label = (x.strip() for x in entry.partition(":"))
-            if t == table:
-                return label
-        return None
+        from cascade_adv.results.published import paper_row
+
+        return paper_row(self.paper, table)
 
     @field_validator("name")
     @classmethod

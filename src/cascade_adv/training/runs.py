@@ -21,12 +21,12 @@ from cascade_adv.training.config import load_config
 from cascade_adv.training.loop import init_id, resolve_device
 
 
-def model_init(weights: Path) -> str:
-    """The model's initialisation id: from its metadata, else from its run's config."""
+def model_init(weights: Path, run_cfg) -> str:
+    """The model's initialisation id: from its metadata, else from its run's config
+    (``run_cfg``, :func:`run_config`)."""
     init = read_model_init(weights)
     if init:
         return init
-    run_cfg = run_config(weights)
     if run_cfg is None:
         return ""
     return init_id(run_cfg.init_from, run_cfg.seed, read_model_config(weights))
@@ -50,8 +50,8 @@ class LoadedModel:
         self.model = load_model(self.weights, map_location=device)
         check_finite_model(self.model, self.weights)
         self.hash = weights_hash(self.weights)
-        self.init = model_init(self.weights)
         self.run_config = run_config(self.weights)
+        self.init = model_init(self.weights, self.run_config)
 
     @property
     def dataset(self) -> str:
