@@ -182,6 +182,31 @@ def test_transfer_analyze_and_report(trained_run, second_run):
     assert "Black-box accuracy" in page and "figures/n18_fig5_gradient_corr.png" in page
 
 
+def test_eval_records_the_paper_rows_the_config_names_for_the_report(trained_run, tmp_path):
+    """A run whose config names a published row (``paper``): ``eval`` registers the row
+    with the model, and the report shows the paper's numbers under ours, by that key
+    alone (the model name, ``mine``, means nothing to the report)."""
+    import shutil
+
+    import yaml
+
+    run = tmp_path / "mine"
+    shutil.copytree(trained_run / "run", run)
+    tree = yaml.safe_load((run / "config.yaml").read_text())
+    tree["paper"] = ["n18-table1: Pivot"]
+    (run / "config.yaml").write_text(yaml.safe_dump(tree))
+    result = cli("eval", "--checkpoint", str(run), "--attacks", "step_ll", "--eps", "16",
+                 "--limit", "32", "--quiet", "--results", "r.db", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    with sqlite3.connect(tmp_path / "r.db") as con:
+        (params,) = con.execute("SELECT params FROM models WHERE name = 'mine'").fetchone()
+    assert json.loads(params)["paper"] == ["n18-table1: Pivot"]
+    result = cli("report", "--results", "r.db", "--out", "rep", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    page = (tmp_path / "rep" / "report.md").read_text()
+    assert "## N18 table 1" in page and "| published: Pivot ‡ | 99.6 | 99.4 |" in page
+
+
 def test_sweep_analysis_trains_registers_and_plots(tmp_path):
     result = cli("analyze", "lambda2", "--config", str(ROOT / "configs/digits_baseline.yaml"),
                  "--values", "0,0.01", "--out", "sweep", "--attacks", "step_ll", "--eps", "8",

@@ -19,15 +19,14 @@ from cascade_adv.reporting.paper_tables import (
     render_whitebox,
 )
 from cascade_adv.results.published import (
-    APPROXIMATE,
     PUBLISHED,
-    RECIPES,
     PaperTable,
-    blackbox_label_for,
+    blackbox_label,
     get_table,
-    is_approximate,
-    recipe_for,
+    paper_row,
     same_init_by_number,
+    split_paper_entry,
+    whitebox_rows,
 )
 from cascade_adv.results.tables import ROW_KEYS, ResultTable, normalize_row
 
@@ -229,35 +228,24 @@ def test_get_table_unknown_lists_ids():
 # --- recipes -------------------------------------------------------------------------------------
 
 
-def test_recipes_point_at_published_rows():
-    for name, (tid, label) in RECIPES.items():
-        t = get_table(tid)
-        assert label in (t.sources if label in t.sources else t.row_order), name
-    assert RECIPES["n18_cifar10_step_fgsm_pivot"] == ("n18-table2", "step_FGSM, Pivot")
-    assert RECIPES["n18_cifar10_K2"] == ("n18-table4", "K2")
-    assert len(RECIPES) == 32
+def test_paper_entries_of_a_config():
+    """A config's ``paper`` rows ("TABLE: LABEL"), as the reports read them from the store:
+    every white-box table it names, and the label the black-box tables give it."""
+    entries = ["k17-table1: Baseline (standard training)", "n18-table4: B1",
+               "k17-table5 : No adversarial training", "n18-table8: B1"]
+    assert split_paper_entry("n18-table2: step_ll, Pivot") == ("n18-table2", "step_ll, Pivot")
+    assert split_paper_entry("no colon") is None
+    assert paper_row(entries, "k17-table5") == "No adversarial training"
+    assert paper_row(entries, "n18-table1") is None
+    assert whitebox_rows(entries) == [("k17-table1", "Baseline (standard training)"),
+                                      ("k17-table5", "No adversarial training")]
+    assert blackbox_label(entries) == "B1"
+    assert blackbox_label(["n18-table2: Baseline"]) is None
+    # a mean +- std table is not a white-box row of one model
+    assert whitebox_rows(["n18-table3: Pivot", "no colon", "x-table9: y"]) == []
 
 
-def test_recipe_for_matches_seeds():
-    assert recipe_for("n18_mnist_pivot") == ("n18-table1", "Pivot")
-    assert recipe_for("n18_mnist_pivot-seed3") == ("n18-table1", "Pivot")
-    assert recipe_for("n18_mnist_pivot_seed3") == ("n18-table1", "Pivot")
-    assert recipe_for("n18_mnist_pivotal") is None
-    assert recipe_for("n18_mnist_pivot2") is None
-    assert recipe_for("unknown") is None
-    assert recipe_for("n18_cifar10_resnet110_step_ll_pivot-s1") == ("n18-table6", "step_ll, P")
-
-
-def test_approximate_k17_recipes():
-    assert APPROXIMATE == {k for k in RECIPES if k.startswith("k17_cifar10_")}
-    assert len(APPROXIMATE) == 10
-    assert is_approximate("k17_cifar10_step_rnd-seed1")
-    assert not is_approximate("n18_mnist_pivot")
-
-
-def test_blackbox_labels_and_same_init():
-    assert blackbox_label_for("n18_cifar10_step_ll_pivot-seed0") == "P1"
-    assert blackbox_label_for("n18_cifar10_K2") == "K2"
+def test_same_init_by_number():
     assert same_init_by_number("K2C", "P2")
     assert not same_init_by_number("K1C", "P2C")
     assert not same_init_by_number("A", "A")
@@ -292,7 +280,9 @@ def test_layout_columns():
 
 
 def test_render_whitebox_html_structure():
-    out = render_whitebox(_ours(), published=get_table("n18-table1"), fmt="html")
+    out = render_whitebox(_ours(), published=get_table("n18-table1"), fmt="html",
+                          row_map={"n18_mnist_pivot-seed0": "Pivot",
+                                   "n18_mnist_kurakin-seed0": "Kurakin's"})
     assert out.startswith('<table class="paper">')
     assert out.count("<tr") == 2 + 3 + 2  # header rows, our models, published rows
     header = out.split("</thead>")[0]
@@ -333,7 +323,7 @@ def test_render_whitebox_escapes_html_and_marks_approximate():
                                               dataset="cifar10"),
             _wb("k17_cifar10_step_ll-seed1", "step_fgsm", 16, 70.0, dataset="cifar10")]
     out = render_whitebox(ResultTable(rows), published=get_table("k17-table5"), fmt="html",
-                          title="a < b")
+                          title="a < b", row_map={"k17_cifar10_step_ll-seed1": "Step l.l."})
     assert "<b>&" not in out and "&lt;b&gt;&amp;" in out and "a &lt; b" in out
     assert "published: Step l.l. ‡" in out and "imagenet" in out
     assert "re-creation" in out
@@ -351,7 +341,8 @@ def test_render_blackbox_marks_same_init_and_groups_attacks():
     same = {("n18_cifar10_step_ll_pivot", "n18_cifar10_step_ll_kurakin")}
     out = render_blackbox(ResultTable(rows), attack=["step_fgsm", "iter_fgsm"], eps=16,
                           same_init=lambda t, s: (t, s) in same,
-                          published=get_table("n18-table4"), fmt="html")
+                          published=get_table("n18-table4"), fmt="html",
+                          row_map={"n18_cifar10_step_ll_pivot": "P1", "n18_cifar10_B2": "B2"})
     header = out.split("</thead>")[0]
     assert re.findall(r'<th colspan="(\d+)">([^<]*)</th>', header) == [
         ("2", "step_fgsm ε=16"), ("2", "iter_fgsm ε=16")]
@@ -376,7 +367,7 @@ def test_render_mean_std():
         m = f"n18_cifar10_step_ll_pivot-seed{seed}"
         rows += [_wb(m, "clean", 0, clean, dataset="cifar10"),
                  _wb(m, "step_ll", 16, s16, dataset="cifar10")]
-    cells = mean_std_cells(ResultTable(rows))
+    cells = mean_std_cells(ResultTable(rows), lambda m: m.split("-seed")[0])
     assert cells[("n18_cifar10_step_ll_pivot", "step_ll", 16.0)] == (88.0, 1.0, 3)
     cells = {("Pivot", a, e): v for (_, a, e), v in cells.items()}
     out = render_mean_std(cells, published=get_table("n18-table3"))

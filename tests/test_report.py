@@ -36,11 +36,15 @@ def filled_store(tmp_path_factory) -> Path:
     test = load_dataset("digits", "test").subset(48)
     models = {"n18_mnist_baseline": _model(0), "n18_mnist_kurakin": _model(1),
               "other": _model(2)}
+    # the paper rows their configs name, as `eval` records them
+    paper = {"n18_mnist_baseline": ["n18-table1: Baseline"],
+             "n18_mnist_kurakin": ["n18-table1: Kurakin's"]}
     with ResultsStore(path) as store:
         for i, (name, model) in enumerate(models.items()):
             store.upsert(evaluate_whitebox(model, test, ["step_ll", "iter_fgsm"], [16, 32],
                                            model_name=name, progress=False))
-            store.register_model(name, dataset="digits", init="weights:a" if i < 2 else "seed:9")
+            store.register_model(name, dataset="digits", init="weights:a" if i < 2 else "seed:9",
+                                 params={"paper": paper[name]} if name in paper else None)
         store.upsert(transfer_matrix(models, models, test, ["step_fgsm"], [8, 16],
                                      progress=False))
         # one pair at a third epsilon: a transfer-rate curve (K17 figures 2 and 5)
@@ -166,10 +170,14 @@ def test_black_box_rows_find_their_published_matrix():
                             "attack": "iter_fgsm", "eps": 16, "metric": "top1", "value": 1.0,
                             "n": 1} for t in targets for s in sources)
 
+    # the labels the configs' paper rows give the networks (configs/n18/*.yaml)
+    labels = {"n18_cifar10_baseline": "B1", "n18_cifar10_step_ll_kurakin": "K1",
+              "n18_cifar10_step_ll_pivot": "P1", "n18_cifar10_P2": "P2"}
     # targets of initialisation 1, sources of initialisation 2: N18 table 4
     table4 = rows(["n18_cifar10_baseline", "n18_cifar10_step_ll_pivot"], ["n18_cifar10_P2"])
-    assert _published_matrix(table4).id == "n18-table4"
+    assert _published_matrix(table4, labels).id == "n18-table4"
     # sources and targets of initialisation 1: table 8
     table8 = rows(["n18_cifar10_baseline"], ["n18_cifar10_step_ll_kurakin"])
-    assert _published_matrix(table8).id == "n18-table8"
-    assert _published_matrix(rows(["mine"], ["yours"])) is None
+    assert _published_matrix(table8, labels).id == "n18-table8"
+    assert _published_matrix(rows(["mine"], ["yours"]), labels) is None
+    assert _published_matrix(table4, {}) is None  # unregistered: names alone map nothing

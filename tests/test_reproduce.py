@@ -376,27 +376,30 @@ def test_estimate_of_an_interrupted_training_counts_only_what_is_left(tmp_path):
     assert _passes(rec, cfgs)[1] == 800 - 500          # resumes at its checkpoint
 
 
-def test_configs_name_the_rows_they_reproduce_consistently_with_the_report_mapping():
-    """Each paper config's ``paper`` rows agree with the name-based mapping that reports
-    built from a store use (``recipe_for`` / ``blackbox_label_for``)."""
+def test_configs_name_the_rows_a_report_places_them_in():
+    """Every paper config names the rows that place its model in a report built from a
+    store (``eval`` / ``transfer`` register them): white-box tables, the label of the
+    N18 black-box tables, or both."""
     from cascade_adv.experiments.recipes import config_index
-    from cascade_adv.results.published import blackbox_label_for, recipe_for
+    from cascade_adv.results.published import blackbox_label, whitebox_rows
     from cascade_adv.training import load_config
 
-    named = 0
-    for name, rel in config_index(CONFIGS).items():
-        cfg = load_config(CONFIGS / rel)
-        rows = {tuple(x.strip() for x in e.split(":", 1)) for e in cfg.paper}
-        hit = recipe_for(name)
-        if hit is not None:
-            assert hit in rows or hit[0] == "n18-table4", (name, hit, rows)
-        label = blackbox_label_for(name)
-        if label is not None:
-            assert any(lab == label for _, lab in rows), (name, label, rows)
-        if hit is None and label is None:
-            assert not cfg.paper or name == "n18_mnist_pivot-features", name
-        named += bool(cfg.paper)
-    assert named >= 44
+    cfgs = {name: load_config(CONFIGS / rel) for name, rel in config_index(CONFIGS).items()}
+    for name, cfg in cfgs.items():
+        if cfg.paper:
+            assert whitebox_rows(cfg.paper) or blackbox_label(cfg.paper) is not None, name
+    assert sum(bool(c.paper) for c in cfgs.values()) >= 44
+    assert ("n18-table2", "step_FGSM, Pivot") in whitebox_rows(
+        cfgs["n18_cifar10_step_fgsm_pivot"].paper)
+    assert ("n18-table6", "step_ll, P") in whitebox_rows(
+        cfgs["n18_cifar10_resnet110_step_ll_pivot"].paper)
+    assert ("k17-table5", "No adversarial training") in whitebox_rows(
+        cfgs["k17_cifar10_baseline"].paper)
+    labels = {n: blackbox_label(c.paper) for n, c in cfgs.items()}
+    assert labels["n18_cifar10_baseline"] == "B1" and labels["n18_cifar10_K2"] == "K2"
+    assert labels["n18_cifar10_step_ll_pivot"] == "P1"
+    assert labels["n18_cifar10_cascade_pivot"] == "P1C" and labels["n18_cifar10_P4C"] == "P4C"
+    assert not whitebox_rows(cfgs["n18_cifar10_B2"].paper)  # a black-box source only
 
 
 def test_paper_key_is_checked_against_the_published_tables():

@@ -162,7 +162,9 @@ def run_variants(
                           attack_registry.model_device(run.model))
         rows = evaluate_whitebox(run.model, test, attacks, eps, batch_size=batch_size,
                                  model_name=run.name, model_hash=run.hash, progress=progress)
-        run.register(store, experiment, variant.params)
+        # a variant is not the published row its base config names (another lambda2,
+        # width, ...): no paper rows, its experiment places it in the report
+        run.register(store, experiment, {**variant.params, "paper": []})
         store.upsert(rows)
         table.extend(rows)
     return table

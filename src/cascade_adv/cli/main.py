@@ -192,16 +192,17 @@ def evaluate(names, eps, results, csv_path, json_path, name, seed, batch_size,
         resolve_speed(ctx.device, precision, channels_last, compile_model, via="cli")
         from cascade_adv.training.runs import load_for_eval
 
-        model, label, digest, data = load_for_eval(**model_data)
+        run, data = load_for_eval(**model_data)
+        run.name = name or run.name
         table = evaluate_whitebox(
-            model,
+            run.model,
             data,
             names,
             eps,
             batch_size=batch_size,
             seed=seed,
-            model_name=name or label,
-            model_hash=digest,
+            model_name=run.name,
+            model_hash=run.hash,
             progress=not quiet and ctx.is_main,
             precision=precision,
             channels_last=channels_last,
@@ -215,6 +216,7 @@ def evaluate(names, eps, results, csv_path, json_path, name, seed, batch_size,
     click.echo(table.to_markdown())
     if results:
         with ResultsStore(results) as store:
+            run.register(store)  # with the paper rows its config names, for the reports
             store.upsert(table)
     if csv_path:
         table.to_csv(csv_path)
@@ -239,17 +241,17 @@ def _write_set(attack_name, eps, out, seed, batch_size, quiet, overwrite, **mode
     check_set_output(out, overwrite=overwrite, protect=protect)
     from cascade_adv.training.runs import load_for_eval
 
-    model, label, digest, data = load_for_eval(**model_data)
+    run, data = load_for_eval(**model_data)
     path = craft_adversarial_set(
-        model,
+        run.model,
         data,
         out,
         attack_name,
         eps,
-        prepare=lambda x: prepare_images(model, x),
+        prepare=lambda x: prepare_images(run.model, x),
         batch_size=batch_size,
-        source_name=label,
-        source_hash=digest,
+        source_name=run.name,
+        source_hash=run.hash,
         seed=seed,
         progress=not quiet,
         overwrite=overwrite,
@@ -257,7 +259,7 @@ def _write_set(attack_name, eps, out, seed, batch_size, quiet, overwrite, **mode
     )
     click.echo(
         f"wrote {len(data) * len(eps)} {attack_name} images of {data.name}/{data.split} "
-        f"(eps {', '.join(f'{e:g}' for e in eps)}) from {label} to {path}"
+        f"(eps {', '.join(f'{e:g}' for e in eps)}) from {run.name} to {path}"
     )
 
 

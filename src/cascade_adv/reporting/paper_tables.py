@@ -33,11 +33,7 @@ from cascade_adv.evaluation.stats import mean_std
 from cascade_adv.results.published import (
     APPROXIMATE_NOTE,
     PaperTable,
-    blackbox_label_for,
     get_table,
-    is_approximate,
-    recipe_for,
-    recipe_name,
     same_init_by_number,
 )
 from cascade_adv.results.tables import CLEAN, WHITEBOX, ResultTable
@@ -144,8 +140,9 @@ def _render(*, fmt: str, title: str | None, corner: tuple[str, str],
 
 
 def _published_label(model: str, published: PaperTable, row_map: Mapping[str, str] | None,
-                     labels: Sequence[str], *, blackbox: bool = False) -> str | None:
-    """The paper's label for our ``model`` among ``labels`` (``None``: no published row)."""
+                     labels: Sequence[str]) -> str | None:
+    """The paper's label for our ``model`` among ``labels`` (``None``: no published row):
+    ``row_map[model]``, or without ``row_map`` the model's own name if it is a label."""
     if row_map is not None:
         if model not in row_map:
             return None
@@ -156,22 +153,14 @@ def _published_label(model: str, published: PaperTable, row_map: Mapping[str, st
                 f"{published.id}; its labels are: {', '.join(labels)}"
             )
         return label
-    recipe = recipe_for(model)
-    if recipe is not None and recipe[0] == published.id and recipe[1] in labels:
-        return recipe[1]
-    if blackbox:
-        label = blackbox_label_for(model)
-        if label is not None and label in labels:
-            return label
     return model if model in labels else None
 
 
-def _approx_note(published: PaperTable, models: Iterable[str],
-                 datasets: Iterable[str]) -> str | None:
+def _approx_note(published: PaperTable, datasets: Iterable[str]) -> str | None:
     ours = sorted({d for d in datasets if d})
-    if any(is_approximate(m) for m in models) or any(d != published.dataset for d in ours):
-        where = f" (ours: {', '.join(ours)})" if ours else ""
-        why = (APPROXIMATE_NOTE if any(is_approximate(m) for m in models)
+    if any(d != published.dataset for d in ours):
+        where = f" (ours: {', '.join(ours)})"
+        why = (APPROXIMATE_NOTE if published.dataset == "imagenet" and "cifar10" in ours
                else "other images: compare trends, not absolute numbers")
         return (f"{APPROX_MARK} {published.paper} table {published.number} reports "
                 f"{published.dataset}{where}: {why}.")
@@ -194,9 +183,9 @@ def render_whitebox(ours: Rows, *, metric: str = "top1", published: PaperTable |
     """Our white-box rows (``source == "whitebox"`` or clean) in the papers' layout.
 
     Rows are our models in order of first appearance.  With ``published``, a model
-    that maps to one of its rows (``row_map``: our model name -> paper row label;
-    default: the model's recipe (:func:`recipe_for`) when it points into this table,
-    or a model named like a paper row) is followed by a row ``published: <label>``
+    that maps to one of its rows (``row_map``: our model name -> paper row label, e.g.
+    from the ``paper`` rows the results store records for each model; default: a model
+    named like a paper row) is followed by a row ``published: <label>``
     with the paper's numbers (``published_metric``, default ``metric``).  The columns
     are ours; a column we measured that the paper lacks shows ``-`` in the published
     row.  ``include_paper_columns`` adds the paper's other columns (``-`` in our rows).
@@ -216,7 +205,7 @@ def render_whitebox(ours: Rows, *, metric: str = "top1", published: PaperTable |
     notes: list[str] = []
     approx = None
     if published is not None:
-        approx = _approx_note(published, cells, (r["dataset"] for r in rows))
+        approx = _approx_note(published, (r["dataset"] for r in rows))
         if approx:
             notes.append(approx)
     body: list[tuple[str, list[str], str | None]] = []
@@ -261,8 +250,8 @@ def render_blackbox(ours: Rows, *, attack: str | Sequence[str], eps: float | Seq
     ``targets`` / ``sources`` default to those of the rows, in order of appearance.
     Cells with ``same_init(target, source)`` true carry a dagger and a footnote.  With
     ``published``, each target that maps to a paper target (``row_map``, applied to
-    sources too; default: recipe, N18 black-box label such as ``B1``/``K2``, or the
-    name itself) is followed by its published row; a source without a paper
+    sources too, e.g. to the N18 black-box labels ``B1``/``K2`` the store records;
+    default: the name itself) is followed by its published row; a source without a paper
     counterpart shows ``-``.
     """
     _check_fmt(fmt)
@@ -283,10 +272,9 @@ def render_blackbox(ours: Rows, *, attack: str | Sequence[str], eps: float | Seq
     src_labels: dict[str, str | None] = {}
     approx = None
     if published is not None:
-        src_labels = {s: _published_label(s, published, row_map, published.sources,
-                                          blackbox=True) for s in sources}
-        approx = _approx_note(published, list(targets) + list(sources),
-                              (r["dataset"] for r in rows))
+        src_labels = {s: _published_label(s, published, row_map, published.sources)
+                      for s in sources}
+        approx = _approx_note(published, (r["dataset"] for r in rows))
     marked = False
     body: list[tuple[str, list[str], str | None]] = []
     for target in targets:
@@ -301,8 +289,7 @@ def render_blackbox(ours: Rows, *, attack: str | Sequence[str], eps: float | Seq
         body.append((target, texts, None))
         if published is None:
             continue
-        label = _published_label(target, published, row_map, published.row_order,
-                                 blackbox=True)
+        label = _published_label(target, published, row_map, published.row_order)
         if label is None:
             continue
         ptexts = []
@@ -328,22 +315,16 @@ def render_blackbox(ours: Rows, *, attack: str | Sequence[str], eps: float | Seq
 Cell = tuple[float, float, int]
 
 
-def mean_std_cells(ours: Rows, groups: Mapping[str, str] | Callable[[str], str | None]
-                   | None = None, *, metric: str = "top1") -> dict[tuple[str, str, float], Cell]:
+def mean_std_cells(ours: Rows, groups: Mapping[str, str] | Callable[[str], str | None], *,
+                   metric: str = "top1") -> dict[tuple[str, str, float], Cell]:
     """Mean, sample standard deviation (0 for one model) and count of our white-box
     ``metric`` values over the models of each group, per ``(attack, eps)``.
 
     ``groups`` maps a model name to its group label (a mapping, or a function returning
-    ``None`` to leave a model out); by default the model's recipe name
-    (``n18_cifar10_step_ll_pivot-seed3`` -> ``n18_cifar10_step_ll_pivot``) or its name.
+    ``None`` to leave a model out), e.g. the seed experiment each model is registered
+    with.
     """
-    if groups is None:
-        def group_of(m: str) -> str | None:
-            return recipe_name(m) or m
-    elif callable(groups):
-        group_of = groups
-    else:
-        group_of = groups.get
+    group_of = groups if callable(groups) else groups.get
     values: dict[tuple[str, str, float], list[float]] = {}
     for r in _rows(ours):
         if r["metric"] != metric or (r["attack"] != CLEAN and r["source"] != WHITEBOX):

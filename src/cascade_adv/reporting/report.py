@@ -22,7 +22,7 @@ from __future__ import annotations
 import html
 import os
 import shutil
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -38,11 +38,15 @@ from cascade_adv.reporting.paper_tables import (
     render_whitebox,
 )
 from cascade_adv.reporting.reproduction import compare, plot_ours_vs_paper
-from cascade_adv.results.published import blackbox_label_for, get_table, recipe_for
+from cascade_adv.results.published import blackbox_label, get_table, whitebox_rows
 from cascade_adv.results.store import ResultsStore
 from cascade_adv.results.tables import CLEAN, WHITEBOX, ResultTable
 
 ANALYSIS_SOURCES = ("softmax_argument", "gradient_correlation")
+
+
+#: our model -> the ``"TABLE: LABEL"`` entries of its config's ``paper`` key
+PaperRows = Mapping[str, Sequence[str]]
 
 
 @dataclass
@@ -66,41 +70,42 @@ def _figure(path: Path, root: Path, caption: str) -> tuple[str, str]:
             f"![{caption}]({rel})\n")
 
 
-def _whitebox_sections(page: _Page, rows: ResultTable, root: Path, figdir: Path | None
-                       ) -> None:
-    """One section per published table our models map to (with the published row under
-    each of ours) and per dataset for the others; each also draws accuracy vs epsilon
+def _whitebox_sections(page: _Page, rows: ResultTable, paper: PaperRows, root: Path,
+                       figdir: Path | None) -> None:
+    """One section per published white-box table our models map to (``paper``: the rows
+    the store records for each model, which may name several tables; the published row
+    under each of ours) and per dataset for the others; each also draws accuracy vs epsilon
     into ``figdir`` (unless ``None``), one line per model, ours solid and the paper's
     dashed where they exist."""
     white = ResultTable(r for r in rows if r["source"] == WHITEBOX)
     if not len(white):
         return
-    by_table: dict[str, list[str]] = {}
+    by_table: dict[str, dict[str, str]] = {}  # table -> our model -> its row there
     others: dict[str, list[str]] = {}
     for model in dict.fromkeys(r["model"] for r in white):
-        recipe = recipe_for(model)
-        if recipe is None:
+        named = whitebox_rows(paper.get(model, ()))
+        for table_id, label in named:
+            by_table.setdefault(table_id, {})[model] = label
+        if not named:
             dataset = next(r["dataset"] for r in white if r["model"] == model)
             others.setdefault(dataset, []).append(model)
-        else:
-            by_table.setdefault(recipe[0], []).append(model)
-    for table_id, models in by_table.items():
-        paper = get_table(table_id)
-        row_map = {m: recipe_for(m)[1] for m in models}
+    for table_id, row_map in by_table.items():
+        models = list(row_map)
+        table = get_table(table_id)
         ours = white.filter(model=models)
-        title = f"{paper.paper} table {paper.number}: {paper.title}"
-        h = render_whitebox(ours, published=paper, row_map=row_map, fmt="html", title="")
-        md = render_whitebox(ours, published=paper, row_map=row_map, fmt="markdown", title="")
+        title = f"{table.paper} table {table.number}: {table.title}"
+        h = render_whitebox(ours, published=table, row_map=row_map, fmt="html", title="")
+        md = render_whitebox(ours, published=table, row_map=row_map, fmt="markdown", title="")
         note = ("Our rows with the published row below each; the settings may differ "
                 "(schedule, test images): see each run's config.")
-        if paper.notes:
-            note += " " + paper.notes
+        if table.notes:
+            note += " " + table.notes
         ph, pm = _para(note)
         fh = fm = ""
         if figdir is not None:
-            path = plot_ours_vs_paper(compare(ours, paper, row_map.get),
+            path = plot_ours_vs_paper(compare(ours, table, row_map.get),
                                       figdir / f"accuracy-{table_id}.png",
-                                      title=f"{paper.paper} table {paper.number}")
+                                      title=f"{table.paper} table {table.number}")
             if path is not None:
                 fh, fm = _figure(path, root, "Accuracy vs epsilon: ours solid, the paper's "
                                  "dashed")
@@ -121,11 +126,17 @@ def _whitebox_sections(page: _Page, rows: ResultTable, root: Path, figdir: Path 
 BLACKBOX_TABLES = ("n18-table4", "n18-table7", "n18-table8", "n18-table9", "n18-table10")
 
 
-def _published_matrix(rows: ResultTable):
+def _blackbox_labels(paper: PaperRows) -> dict[str, str]:
+    """Our model -> the label N18's black-box tables give it (B1, K2, P1C, ...)."""
+    labels = {m: blackbox_label(entries) for m, entries in paper.items()}
+    return {m: label for m, label in labels.items() if label is not None}
+
+
+def _published_matrix(rows: ResultTable, labels: Mapping[str, str]):
     """The N18 black-box table holding the most of our (target, source, attack) cells,
-    through the labels our configs carry there (B1, K2, P1C, ...); None if none does."""
-    ours = {(blackbox_label_for(r["model"]), blackbox_label_for(r["source"]), r["attack"])
-            for r in rows}
+    through the labels our models' configs give them there (``labels``); None if none
+    does."""
+    ours = {(labels.get(r["model"]), labels.get(r["source"]), r["attack"]) for r in rows}
     best, hits = None, 0
     for table_id in BLACKBOX_TABLES:
         paper = get_table(table_id)
@@ -136,13 +147,14 @@ def _published_matrix(rows: ResultTable):
     return best
 
 
-def _blackbox_sections(page: _Page, rows: ResultTable, same_init: Callable[[str, str], bool]
-                       ) -> None:
+def _blackbox_sections(page: _Page, rows: ResultTable, paper: PaperRows,
+                       same_init: Callable[[str, str], bool]) -> None:
     black = ResultTable(r for r in rows
                         if r["source"] not in (WHITEBOX, *ANALYSIS_SOURCES)
                         and r["attack"] != CLEAN)
     if not len(black):
         return
+    labels = _blackbox_labels(paper)
     groups: dict[tuple[str, float], list[str]] = {}
     for r in black:
         attacks = groups.setdefault((r["dataset"], r["eps"]), [])
@@ -157,10 +169,13 @@ def _blackbox_sections(page: _Page, rows: ResultTable, same_init: Callable[[str,
             if not len(sub):
                 continue
             title = f"Black-box {what}: {dataset}, eps {eps:g}"
-            paper = _published_matrix(sub) if metric == "top1" else None
+            published = _published_matrix(sub, labels) if metric == "top1" else None
+            row_map = ({m: lab for m, lab in labels.items()
+                        if lab in (*published.row_order, *published.sources)}
+                       if published is not None else None)
             page.add(title, *(render_blackbox(sub, attack=attacks, eps=eps, metric=metric,
                                               same_init=same_init, fmt=fmt, title="",
-                                              published=paper)
+                                              published=published, row_map=row_map)
                               for fmt in ("html", "markdown")))
 
 
@@ -357,9 +372,11 @@ def build_report(store: ResultsStore, out: str | os.PathLike, *,
             f'<li class="warning">{html.escape(w.message)} <em>{html.escape(w.meaning)}</em>'
             "</li>" for w in warnings) + "</ul>")
     page.add("Sanity checks", warn_html, warn_md)
-    _whitebox_sections(page, rows, stage, figdir if accuracy_figures else None)
+    # the published rows each model reproduces: its config's ``paper`` key, as recorded
+    paper = {m.name: tuple(m.params.get("paper", ())) for m in store.models()}
+    _whitebox_sections(page, rows, paper, stage, figdir if accuracy_figures else None)
     # the diagonal (a model attacked by itself) is white-box, not a same-init pair
-    _blackbox_sections(page, rows, lambda a, b: a != b and store.same_init(a, b))
+    _blackbox_sections(page, rows, paper, lambda a, b: a != b and store.same_init(a, b))
     _seed_sections(page, rows, store)
     _analysis_sections(page, rows, store, stage, figdir)
 

@@ -195,116 +195,27 @@ def paper_row(entries: Iterable[str], table_id: str) -> str | None:
     return None
 
 
-# --- training recipes ------------------------------------------------------------------------
+def whitebox_rows(entries: Iterable[str]) -> list[tuple[str, str]]:
+    """The ``(table id, row label)`` entries of ``entries`` (a config's ``paper`` key, as
+    the results store records it) in white-box tables."""
+    parts = (split_paper_entry(entry) for entry in entries)
+    return [p for p in parts if p is not None and p[0] in PUBLISHED
+            and PUBLISHED[p[0]].kind == "whitebox"]
 
-#: Our training-config name -> (table id, paper row label) of the published row it
-#: reproduces.  For n18_cifar10_B2/K2/P2 the label is the *source* label of N18 table 4.
-RECIPES: dict[str, tuple[str, str]] = {
-    "n18_mnist_baseline": ("n18-table1", "Baseline"),
-    "n18_mnist_kurakin": ("n18-table1", "Kurakin's"),
-    "n18_mnist_bidirection": ("n18-table1", "Bidirection"),
-    "n18_mnist_pivot": ("n18-table1", "Pivot"),
-    "n18_cifar10_baseline": ("n18-table2", "Baseline"),
-    "n18_cifar10_step_ll_kurakin": ("n18-table2", "step_ll, Kurakin's"),
-    "n18_cifar10_step_ll_bidirection": ("n18-table2", "step_ll, Bidirection"),
-    "n18_cifar10_step_ll_pivot": ("n18-table2", "step_ll, Pivot"),
-    "n18_cifar10_step_fgsm_kurakin": ("n18-table2", "step_FGSM, Kurakin's"),
-    "n18_cifar10_step_fgsm_pivot": ("n18-table2", "step_FGSM, Pivot"),
-    "n18_cifar10_step_both_kurakin": ("n18-table2", "step_both, Kurakin's"),
-    "n18_cifar10_step_both_pivot": ("n18-table2", "step_both, Pivot"),
-    "n18_cifar10_cascade_pivot": ("n18-table5", "step_ll, saved_P2, P"),
-    "n18_cifar10_cascade_kurakin": ("n18-table5", "step_ll, saved_P2, K"),
-    "n18_cifar10_resnet110_step_ll_pivot": ("n18-table6", "step_ll, P"),
-    "n18_cifar10_resnet110_cascade_pivot": ("n18-table6", "step_ll, saved_P2, P"),
-    "n18_cifar10_resnet110_cascade_kurakin": ("n18-table6", "step_ll, saved_P2, K"),
-    "n18_cifar10_B2": ("n18-table4", "B2"),
-    "n18_cifar10_K2": ("n18-table4", "K2"),
-    "n18_cifar10_P2": ("n18-table4", "P2"),
-    "k17_cifar10_baseline": ("k17-table5", "No adversarial training"),
-    "k17_cifar10_step_ll": ("k17-table5", "Step l.l."),
-    "k17_cifar10_step_fgsm": ("k17-table5", "FGSM"),
-    "k17_cifar10_fgsm_pred": ("k17-table5", "Fast with predicted class"),
-    "k17_cifar10_fast_entropy": ("k17-table5", "Fast entropy"),
-    "k17_cifar10_step_rnd": ("k17-table5", "Step rnd."),
-    "k17_cifar10_fast_grad_l2": ("k17-table5", "Fast grad. L2"),
-    "k17_cifar10_fast_grad_linf": ("k17-table5", "Fast grad. L∞"),
-    "k17_cifar10_random_sign": ("k17-table5", "Sign of random perturbation"),
-    "k17_cifar10_random_normal": ("k17-table5", "Random normal perturbation"),
-    # the ImageNet path (Inception v3); their K17 table 2 rows are the same networks
-    "k17_imagenet_baseline": ("k17-table1", "Baseline (standard training)"),
-    "k17_imagenet_step_ll": ("k17-table1", "Adv. training"),
-}
 
-#: Recipes that re-create a published row only approximately: K17 table 5 is an
-#: ImageNet / Inception v3 table, our k17_cifar10_* configs train on CIFAR-10.
-APPROXIMATE: frozenset[str] = frozenset(k for k in RECIPES if k.startswith("k17_cifar10_"))
+def blackbox_label(entries: Iterable[str]) -> str | None:
+    """The label the black-box tables give the network (``B1``, ``K2``, ``P1C``, ...):
+    its first entry in a table with sources."""
+    for entry in entries:
+        parts = split_paper_entry(entry)
+        if parts is not None and parts[0] in PUBLISHED and PUBLISHED[parts[0]].sources:
+            return parts[1]
+    return None
+
+
+#: Why K17's ImageNet tables are only approximated by our CIFAR-10 runs.
 APPROXIMATE_NOTE = ("CIFAR-10 re-creation of an ImageNet (Inception v3) table: compare trends, "
                     "not absolute numbers")
-
-#: Labels the N18 black-box tables (4, 7-10) give our models.  Inferred from the
-#: text: the table-4 targets B1/K1/P1 are the step_ll models of table 2 (table 8's
-#: diagonal equals table 2's white-box numbers), and the table-7 targets K1C/P1C,
-#: K3C/P3C are the cascade networks of tables 5 and 6 ("Target networks are the same
-#: networks used in table 5 and 6").
-BLACKBOX_LABELS: dict[str, str] = {
-    "n18_cifar10_baseline": "B1",
-    "n18_cifar10_step_ll_kurakin": "K1",
-    "n18_cifar10_step_ll_pivot": "P1",
-    "n18_cifar10_B2": "B2",
-    "n18_cifar10_K2": "K2",
-    "n18_cifar10_P2": "P2",
-    "n18_cifar10_cascade_kurakin": "K1C",
-    "n18_cifar10_cascade_pivot": "P1C",
-    "n18_cifar10_resnet110_cascade_kurakin": "K3C",
-    "n18_cifar10_resnet110_cascade_pivot": "P3C",
-    "n18_cifar10_K2C": "K2C",
-    "n18_cifar10_P2C": "P2C",
-    "n18_cifar10_K4C": "K4C",
-    "n18_cifar10_P4C": "P4C",
-    # K17 tables 4 and 6 at CIFAR-10 scale (cascade-adv reproduce k17-table4): A and B two
-    # initialisations of one network, C with ELU, D a deeper ResNet
-    "k17_cifar10_A": "A",
-    "k17_cifar10_B": "B",
-    "k17_cifar10_C": "C",
-    "k17_cifar10_D": "D",
-}
-
-
-def _match(model_name: str, names: Iterable[str]) -> str | None:
-    """The longest of ``names`` that ``model_name`` equals or starts with, followed by
-    ``-`` or ``_seed`` (``n18_mnist_pivot-seed3``, ``n18_mnist_pivot_seed3``)."""
-    best = None
-    for name in names:
-        matches = model_name == name or model_name.startswith((name + "-", name + "_seed"))
-        if matches and (best is None or len(name) > len(best)):
-            best = name
-    return best
-
-
-def recipe_name(model_name: str) -> str | None:
-    """The recipe (training-config name) ``model_name`` was trained with, if any."""
-    return _match(model_name, RECIPES)
-
-
-def recipe_for(model_name: str) -> tuple[str, str] | None:
-    """``(table id, paper row label)`` that ``model_name`` reproduces, or ``None``.
-
-    ``model_name`` is a recipe name, or one followed by ``-...`` or ``_seed...``.
-    """
-    name = recipe_name(model_name)
-    return None if name is None else RECIPES[name]
-
-
-def is_approximate(model_name: str) -> bool:
-    """Whether ``model_name``'s recipe only approximates its published row (K17 on CIFAR-10)."""
-    name = recipe_name(model_name)
-    return name is not None and name in APPROXIMATE
-
-
-def blackbox_label_for(model_name: str) -> str | None:
-    """The label (B1, K2, P1C, ...) N18's black-box tables give ``model_name``'s recipe."""
-    name = _match(model_name, BLACKBOX_LABELS)
-    return None if name is None else BLACKBOX_LABELS[name]
 
 
 def same_init_by_number(target: str, source: str) -> bool:

@@ -58,7 +58,15 @@ class LoadedModel:
         cfg_name = self.model.config.dataset
         return cfg_name or (self.run_config.data.dataset if self.run_config else "")
 
+    @property
+    def paper(self) -> list[str]:
+        """The published rows its run's config names (``"TABLE: LABEL"``)."""
+        return list(self.run_config.paper) if self.run_config else []
+
     def register(self, store, experiment: str = "", params: dict | None = None) -> None:
+        """Record it in the results store, with the paper rows its config names (which
+        the reports read) unless ``params`` gives its own ``paper``."""
+        params = {**({"paper": self.paper} if self.paper else {}), **(params or {})}
         store.register_model(self.name, model_hash=self.hash, dataset=self.dataset,
                              init=self.init, experiment=experiment, params=params)
 
@@ -146,10 +154,10 @@ def load_for_eval(
     device: str,
     limit: int | None,
 ):
-    """Model, its name and hash, and the evaluation split it was trained for."""
+    """The model (:class:`LoadedModel`) and the evaluation split it was trained for."""
     dev = resolve_device(device)
     m = LoadedModel(checkpoint, dev)
-    return m.model, m.name, m.hash, load_split([m], dataset, data_root, split, limit, dev)
+    return m, load_split([m], dataset, data_root, split, limit, dev)
 
 
 def size_option(name: str, model_config, run_cfg) -> dict:
