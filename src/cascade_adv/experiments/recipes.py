@@ -196,10 +196,13 @@ class Builder:
 
     def sweep(self, config: str, variants, experiment: str, table: str | None = None,
               **eval_kw: Any) -> list[str]:
-        """One network per variant (``cascade_adv.analysis`` sweeps), evaluated."""
+        """One network per variant (``cascade_adv.analysis`` sweeps), evaluated.  A
+        variant is not the published row its base config names: it names none (the
+        recipe's ``rows`` map it)."""
         out = []
         for v in variants:
-            m = self.train(config, name=f"{experiment}/{v.name}", overrides=v.overrides,
+            m = self.train(config, name=f"{experiment}/{v.name}",
+                           overrides=(*v.overrides, "paper=[]"),
                            experiment=f"{experiment}{self.suffix}", params=v.params)
             out.append(self.whitebox(m, table, **eval_kw))
         return out
