@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -12,17 +13,33 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _cli import run_cli
 
 from cascade_adv.results.advsets import load_adversarial_set
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def cli(*args, cwd=None, env=None):
-    """Run ``cascade-adv`` in a fresh interpreter, as a user would."""
-    full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
-    return subprocess.run([sys.executable, "-m", "cascade_adv.cli.main", *args], check=False, cwd=cwd,
-                          env=full_env, capture_output=True, text=True, timeout=600)
+def cli(*args, cwd=None):
+    """Run ``cascade-adv ARGS`` in this process (through its entry point ``main``, so the
+    one-line errors and exit codes are the console script's)."""
+    code, out, err = run_cli([str(a) for a in args], cwd or os.getcwd())
+    return subprocess.CompletedProcess(["cascade-adv", *args], code, out, err)
+
+
+def test_console_script_exit_codes(tmp_path):
+    """The installed entry point in a fresh interpreter: exit 0, and one line with exit 2
+    for bad input."""
+    exe = shutil.which("cascade-adv")
+    cmd = [exe] if exe else [sys.executable, "-m", "cascade_adv.cli.main"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    ok = subprocess.run([*cmd, "attacks"], check=False, cwd=tmp_path, env=env,
+                        capture_output=True, text=True, timeout=300)
+    assert ok.returncode == 0 and "iter_fgsm" in ok.stdout
+    bad = subprocess.run([*cmd, "eval", "--checkpoint", "missing", "--eps", "300"],
+                         check=False, cwd=tmp_path, env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert_user_error(bad, "--eps", "[0, 255]")
 
 
 def assert_user_error(result, *words):
@@ -186,8 +203,6 @@ def test_eval_records_the_paper_rows_the_config_names_for_the_report(trained_run
     """A run whose config names a published row (``paper``): ``eval`` registers the row
     with the model, and the report shows the paper's numbers under ours, by that key
     alone (the model name, ``mine``, means nothing to the report)."""
-    import shutil
-
     import yaml
 
     run = tmp_path / "mine"
