@@ -107,6 +107,8 @@ def test_attack_writes_loadable_set(trained_run):
     (["craft", "--checkpoint", "missing", "--attack", "iter_fgsm,step_ll", "--out", "x"],
      ["--attack", "iter_fgsm,step_ll"]),
     (["eval", "--checkpoint", "RUN", "--eps", "-1"], ["[0, 255]"]),
+    (["train", "--config", str(ROOT / "configs/digits_baseline.yaml"), "model.init=glorot"],
+     ["model.init", "kaiming", "xavier", "glorot"]),
     (["eval", "--checkpoint", "missing_folder"], ["missing_folder"]),
     (["attack", "--checkpoint", "RUN", "--attack", "nope", "--eps", "4", "--out", "x"], ["nope"]),
 ])

@@ -128,6 +128,50 @@ def test_batchnorm_options_reach_every_layer():
     torch.testing.assert_close(net.bn1.running_mean, 0.001 * batch_mean)
 
 
+@pytest.mark.parametrize("shortcut", ["A", "B"])
+def test_xavier_init_is_glorot_uniform_with_zero_biases(shortcut):
+    """model.init xavier (the N18 authors' xavier_initializer): every convolution and
+    linear weight uniform on +-sqrt(6 / (fan_in + fan_out)), biases zero."""
+    torch.manual_seed(0)
+    net = build_model({"depth": 20, "init": "xavier", "shortcut": shortcut})
+    layers = [m for m in net.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    assert len(layers) == 1 + 2 * 9 + (2 if shortcut == "B" else 0) + 1
+    for m in layers:
+        w = m.weight.detach()
+        field = w[0, 0].numel() if w.dim() == 4 else 1
+        fan_in, fan_out = w.shape[1] * field, w.shape[0] * field
+        bound = (6 / (fan_in + fan_out)) ** 0.5
+        assert w.abs().max() <= bound
+        # uniform on [-bound, bound]: std bound / sqrt(3), and it reaches near the bound
+        assert abs(w.std().item() - bound / 3 ** 0.5) < 0.15 * bound / 3 ** 0.5
+        assert w.abs().max() > 0.9 * bound
+        if m.bias is not None:
+            assert torch.equal(m.bias, torch.zeros_like(m.bias))
+    # the 64 -> 10 layer: bound sqrt(6 / 74) = 0.2847, std 0.1644 (Kaiming's PyTorch
+    # default linear layer: bound 1 / sqrt(64) = 0.125)
+    assert net.fc.weight.abs().max() > 0.125
+    assert net.fc.weight.abs().max() <= (6 / 74) ** 0.5
+
+
+def test_kaiming_init_is_the_default_and_unchanged():
+    a = build_model({"depth": 8})
+    assert a.config.init == "kaiming"
+    torch.manual_seed(3)
+    a = build_model({"depth": 8})
+    torch.manual_seed(3)
+    b = build_model({"depth": 8, "init": "kaiming"})
+    torch.manual_seed(3)
+    c = build_model({"depth": 8, "init": "xavier"})
+    assert all(torch.equal(p, q) for p, q in zip(a.state_dict().values(),
+                                                   b.state_dict().values()))
+    # fan-out normal: std sqrt(2 / (9 * 16)) for a 3x3 16 -> 16 convolution
+    w = a.blocks[0].conv1.weight
+    assert abs(w.std().item() - (2 / (9 * 16)) ** 0.5) < 0.01
+    assert not torch.equal(a.blocks[0].conv1.weight, c.blocks[0].conv1.weight)
+    with pytest.raises(ValidationError, match="kaiming"):
+        ModelConfig(init="glorot")
+
+
 def test_shortcut_option_is_resnet_only():
     with pytest.raises(ValidationError, match="shortcut applies to arch resnet only"):
         ModelConfig(arch="inception_v3", input_size=75, shortcut="A")

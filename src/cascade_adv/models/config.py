@@ -43,6 +43,12 @@ class ModelConfig(BaseModel):
     (ResNet: PyTorch's 0.1 / 1e-5; Inception v3: 0.1 / 1e-3).  TensorFlow's
     ``batch_norm`` defaults, which the N18 authors trained with, are decay 0.999 and
     epsilon 1e-3, i.e. ``bn_momentum: 0.001, bn_eps: 0.001`` (docs/fidelity.md).
+
+    ``init`` is how convolution and linear weights start (:func:`init_weights`):
+    ``kaiming`` (Kaiming normal, fan-out, for convolutions; PyTorch's default for the
+    linear layer) or ``xavier`` (Glorot uniform for every convolution and linear
+    weight, zero biases: ``tf.contrib.layers.xavier_initializer()`` of the N18
+    authors' code, docs/fidelity.md).  It only matters when a model is built fresh.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -59,6 +65,7 @@ class ModelConfig(BaseModel):
     shortcut: Literal["A", "B"] | None = None
     bn_momentum: float | None = Field(None, gt=0, le=1)
     bn_eps: float | None = Field(None, gt=0)
+    init: Literal["kaiming", "xavier"] = "kaiming"
     dataset: str | None = None  # the dataset it was trained on, when known
 
     _depth = field_validator("depth")(check_depth)

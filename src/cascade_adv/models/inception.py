@@ -43,6 +43,7 @@ from torch import nn
 from cascade_adv.models.config import ModelConfig
 from cascade_adv.models.resnet import (
     batch_norm,
+    init_weights,
     make_activation,
     make_normalization,
     set_mean_image,
@@ -225,12 +226,7 @@ class InceptionV3(nn.Module):
         self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
         self.dropout = nn.Dropout(p=DROPOUT)
         self.fc = nn.Linear(self.Mixed_7c.out_channels, cfg.num_classes)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_weights(self, cfg.init)
 
     _BODY = ("Conv2d_1a_3x3", "Conv2d_2a_3x3", "Conv2d_2b_3x3", "maxpool1", "Conv2d_3b_1x1",
              "Conv2d_4a_3x3", "maxpool2", "Mixed_5b", "Mixed_5c", "Mixed_5d", "Mixed_6a",

@@ -153,6 +153,30 @@ def set_mean_image(normalize: nn.Module, mean: torch.Tensor) -> None:
         normalize.mean.copy_(mean[:, top : top + h, left : left + w])
 
 
+def init_weights(model: nn.Module, scheme: str) -> None:
+    """Initialise every convolution, linear and BatchNorm layer of ``model``.
+
+    ``kaiming``: Kaiming normal (fan-out) convolutions, linear layers as PyTorch builds
+    them; ``xavier``: Glorot uniform, bound ``sqrt(6 / (fan_in + fan_out))``, for every
+    convolution and linear weight and zero biases (the N18 authors' code, which uses
+    ``tf.contrib.layers.xavier_initializer()``). BatchNorm starts at scale 1, shift 0.
+    """
+    if scheme not in ("kaiming", "xavier"):
+        raise ValueError(f"unknown weight initialisation {scheme!r}; choose kaiming or xavier")
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+        elif not isinstance(m, (nn.Conv2d, nn.Linear)):
+            continue
+        elif scheme == "xavier":
+            nn.init.xavier_uniform_(m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+
 class ResNet(nn.Module):
     """ResNet-``depth`` (depth = 6n + 2) mapping images in [0, 1] to logits."""
 
@@ -174,12 +198,7 @@ class ResNet(nn.Module):
                 cin = cout
         self.blocks = nn.Sequential(*blocks)
         self.fc = nn.Linear(cin, cfg.num_classes)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_weights(self, cfg.init)
 
     def set_mean_image(self, mean: torch.Tensor) -> None:
         """Store the per-pixel mean image ([C, H, W] in [0, 1]) used by the first layer.

@@ -70,6 +70,9 @@ class ModelSection(_Strict):
     #: every BatchNorm layer; ``null``: the architecture's own (TF's: 0.001 and 0.001)
     bn_momentum: float | None = Field(None, gt=0, le=1)
     bn_eps: float | None = Field(None, gt=0)
+    #: weights at the start: ``kaiming`` (fan-out normal convolutions; the default) or
+    #: ``xavier`` (Glorot uniform weights, zero biases: the N18 authors' code)
+    init: Literal["kaiming", "xavier"] = "kaiming"
 
     _depth = field_validator("depth")(check_depth)
 

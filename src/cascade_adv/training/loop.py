@@ -77,7 +77,7 @@ def model_config_for(cfg: TrainConfig, train_set: ImageDataset) -> ModelConfig:
         activation=cfg.model.activation, relu_decay_beta=cfg.model.relu_decay_beta, in_channels=c,
         input_size=cfg.data.crop_size or h, num_classes=train_set.num_classes,
         normalize=normalize, dataset=cfg.data.dataset, shortcut=cfg.model.shortcut,
-        bn_momentum=cfg.model.bn_momentum, bn_eps=cfg.model.bn_eps,
+        bn_momentum=cfg.model.bn_momentum, bn_eps=cfg.model.bn_eps, init=cfg.model.init,
     )
 
 
