@@ -111,11 +111,15 @@ def test_only_keeps_the_named_models_and_what_they_need():
     steps = build_steps(RECIPES["n18-table2"], Builder(CONFIGS, "cifar10"),
                         only=["baseline", "step_ll"])
     trained = sorted(s.name for s in steps if s.kind == "train")
+    # the bidirectional row trains what the released pivot trains: one step for both
     assert trained == sorted(["train/n18_cifar10_pretrain", "train/n18_cifar10_baseline",
                               "train/n18_cifar10_step_ll_kurakin",
-                              "train/n18_cifar10_step_ll_bidirection",
                               "train/n18_cifar10_step_ll_pivot",
                               "train/n18_cifar10_step_ll_pivot-released"])
+    shared = next(s for s in steps if s.name == "train/n18_cifar10_step_ll_pivot-released")
+    assert shared.params["also"] == ["n18_cifar10_step_ll_bidirection"]
+    assert {"n18-table2: step_ll, Pivot", "n18-table2: step_ll, Bidirection"} <= set(
+        shared.params["paper"])
 
 
 # --- comparison and claims -----------------------------------------------------------------
@@ -194,14 +198,18 @@ def first_run(tmp_path_factory):
 def test_reproduce_runs_the_recipe_and_reports_beside_the_paper(first_run):
     _out, result, seen = first_run
     kinds = [k for what, k, _ in seen if what == "done"]
-    assert kinds.count("train") == 6 and kinds.count("whitebox") == 5 and "report" in kinds
+    # pretrain, baseline, kurakin, both pivots; the bidirectional row is the released pivot
+    assert kinds.count("train") == 5 and kinds.count("whitebox") == 4 and "report" in kinds
     report = result.report
     assert (report / "report.html").is_file() and (report / "results.db").is_file()
     comp = json.loads((report / "comparison.json").read_text())["n18-table1"]
     assert comp["summary"]["compared"] == 45       # 5 rows x 9 columns, both pivots on one
     assert len(comp["claims"]) == 3
     md = (report / "report.md").read_text()
-    assert "scale 0.01 of every schedule, 32 test images" in md
+    assert ("every schedule scaled by 0.01, the first 32 test images: a run reduced in "
+            "schedule and test images") in md
+    assert ("n18_mnist_pivot-released-x0.01-digits also stands for "
+            "n18_mnist_bidirection-x0.01-digits") in md
     assert "n18_mnist_pivot-released-x0.01-digits" in md          # the scale in every name
     assert (report / "figures" / "n18-table1-ours-vs-paper.png").stat().st_size > 1000
 
@@ -222,7 +230,7 @@ def test_a_changed_setting_reruns_only_what_depends_on_it(first_run):
     seen, note = _events()
     reproduce("n18-table1", out, on_event=note, **dict(TINY, test_images=16))
     assert {k for what, k, _ in seen if what == "done"} == {"whitebox", "report"}
-    assert sum(k == "whitebox" for what, k, _ in seen if what == "done") == 5
+    assert sum(k == "whitebox" for what, k, _ in seen if what == "done") == 4
 
 
 @pytest.mark.slow
@@ -272,7 +280,7 @@ def test_cli_dry_run_lists_cached_steps_with_estimates(first_run, tmp_path):
     code, stdout, _ = run_cli(["reproduce", "n18-table1", "--out", out, "--dataset", "digits",
                                "--scale", "0.01", "--test-images", "32", "--dry-run"], tmp_path)
     assert code == 0
-    assert "11 of 12 steps cached" in stdout               # all but the report
+    assert "9 of 10 steps cached" in stdout                # all but the report
     code, stdout, _ = run_cli(["reproduce", "n18-figure4", "--out", out, "--dataset", "digits",
                                "--scale", "0.01", "--dry-run"], tmp_path)
     lines = stdout.splitlines()

@@ -14,11 +14,35 @@ Examples:
   cascade-adv reproduce --list
   cascade-adv reproduce n18-table1 --data-dir ../shared/data --out runs/repro-mnist
   cascade-adv reproduce n18-table1 --scale 0.1 --test-images 1000 --jobs 2 --dry-run
+  cascade-adv reproduce n18-table1 --seeds 3 --test-images 2000 --out ~/repro-mnist
   cascade-adv reproduce n18-figure4 --dataset mnist --out runs/repro-mnist   # reuses table 1
   cascade-adv reproduce n18-table2 --only baseline,step_ll --scale 0.02 --out runs/repro-cifar
   cascade-adv reproduce n18-table1 --dataset digits --scale 0.02 --out runs/repro-digits
   cascade-adv reproduce n18-table2 --executor ray --jobs 8 --gpus-per-step 0.25
 """
+
+
+class SeedList(click.ParamType):
+    """``--seeds``: a count N (seeds 0 .. N-1) or a comma list of seeds, checked by
+    :func:`cascade_adv.experiments.reproduce.seed_indices` when the line is parsed."""
+
+    name = "seeds"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, list):
+            return value
+        from cascade_adv.errors import CascadeAdvError
+        from cascade_adv.experiments.reproduce import seed_indices
+
+        try:
+            items = _csv_list(str(value), int, option="--seeds")
+            return seed_indices(items[0] if len(items) == 1 and "," not in str(value)
+                                else items)
+        except CascadeAdvError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+SEEDS = SeedList()
 
 
 def _minutes(seconds: float | None) -> str:
@@ -73,6 +97,10 @@ def _list(data_dir, device) -> None:
               help="Torch threads per step [default: CPUs / jobs].")
 @click.option("--only", default=None,
               help="Only the models whose config name contains one of these (comma list).")
+@click.option("--seeds", type=SEEDS, default="1", show_default=True,
+              help="Train every configuration with N seeds (its whole chain, pre-training "
+              "included), or with the seeds listed (0,3: seed 0 is the configs' own); the "
+              "report gives mean +- std. Cached per seed: raising N trains the new ones.")
 @click.option("--dry-run", is_flag=True, help="Print the steps, which are cached, and the "
               "estimated time of each; run nothing.")
 @click.option("--tolerance", type=float, default=1.5, show_default=True,
@@ -92,7 +120,7 @@ def _list(data_dir, device) -> None:
               help="The configs folder [default: the repository's configs/].")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def reproduce(name, list_, out, data_dir, dataset, scale, test_images, jobs, threads, only,
-              dry_run, tolerance, executor, ray_address, gpus_per_step, download, device, configs,
+              seeds, dry_run, tolerance, executor, ray_address, gpus_per_step, download, device, configs,
               quiet):
     """Reproduce one table or figure of N18 / K17: train, craft, evaluate, report.
 
@@ -130,7 +158,7 @@ def reproduce(name, list_, out, data_dir, dataset, scale, test_images, jobs, thr
                  only=_csv_list(only, option="--only") if only else (), dry_run=dry_run,
                  device=device, configs=configs, tolerance=tolerance, download=download,
                  executor=executor, ray_address=ray_address, gpus_per_step=gpus_per_step,
-                 progress=not quiet and jobs == 1, on_event=event)
+                 progress=not quiet and jobs == 1, on_event=event, seeds=seeds)
     if dry_run:
         todo = [r for r in result.records if r.status != "cached"]
         for r in result.records:

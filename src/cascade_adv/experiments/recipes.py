@@ -11,6 +11,7 @@ published table's columns, so a recipe lists little more than its configs.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -19,7 +20,7 @@ from typing import Any
 
 from cascade_adv.errors import CascadeAdvError, InvalidArgument
 from cascade_adv.experiments.steps import Step
-from cascade_adv.reporting.reproduction import Claim
+from cascade_adv.reporting.reproduction import Claim, seed_tag
 from cascade_adv.results.published import CLEAN, get_table
 
 SAVED_SET = re.compile(r"(?:^|/)(?P<model>[^/]+)_iter_fgsm_train/?$")
@@ -47,6 +48,17 @@ class Recipe:
 
 # --- the builder ----------------------------------------------------------------------------
 
+def chain_seed(seed: int, index: int) -> int:
+    """The seed a config with ``seed`` trains with in seed ``index`` of a chain: its own
+    for index 0, else a 32-bit seed drawn from ``SeedSequence((seed, index))``, so the
+    chains of a recipe are independent of each other and of the configs' own seeds."""
+    if index == 0:
+        return seed
+    import numpy as np
+
+    return int(np.random.SeedSequence([seed, index]).generate_state(1, np.uint32)[0])
+
+
 def config_index(configs: Path) -> dict[str, str]:
     """Training-config name -> its file relative to ``configs``."""
     import yaml
@@ -73,13 +85,24 @@ class Builder:
         self.substitute = substitute      # digits in place of MNIST (quick checks)
         self.scale = scale
         self.test_images = test_images
+        #: which seed of every chain the next steps train (:func:`chain_seed`)
+        self.seed = 0
         self.steps: dict[str, Step] = {}
+        #: what a training step computes -> its name: configs that train the same
+        #: thing (e.g. the released pivot and the bidirectional loss) share one step
+        self._trained: dict[str, str] = {}
 
     # -- naming
     @property
     def suffix(self) -> str:
         s = "" if self.scale == 1.0 else f"-x{self.scale:g}"
         return s + (f"-{self.substitute}" if self.substitute else "")
+
+    @property
+    def tag(self) -> str:
+        """What a model's name carries after its config's: the scale, the substitute
+        dataset and the seed."""
+        return self.suffix + seed_tag(self.seed)
 
     def _add(self, step: Step) -> str:
         self.steps.setdefault(step.name, step)
@@ -103,6 +126,7 @@ class Builder:
         import yaml
 
         from cascade_adv.training import load_config
+        from cascade_adv.training.config import training_identity
 
         rel = self.index.get(config, config)
         path = self.configs / rel
@@ -113,6 +137,9 @@ class Builder:
         if self.substitute:
             extra.append(f"data.dataset={self.substitute}")
         cfg = load_config(path, extra)
+        if self.seed:
+            extra.append(f"seed={chain_seed(cfg.seed, self.seed)}")
+            cfg = load_config(path, extra)
         deps, params_extra, after = [], {}, 0
         if cfg.init_from:
             base = Path(cfg.init_from).name
@@ -134,20 +161,40 @@ class Builder:
                                                eps_max=cfg.adversarial.max_e)
             params_extra["sources"] = [s.model_dump() for s in sources]
             deps.append(params_extra["saved"])
-        model = f"{name or cfg.name}{self.suffix}"
+        model = f"{name or cfg.name}{self.tag}"
         all_over = [*extra, *self._scaled(cfg, after), f"name={model}"]
-        # the key hashes the whole resolved config, without its paths and without the
-        # paper rows it names (which do not change what is trained)
+        # the key hashes what the run computes (the resolved config without its name,
+        # paths and paper rows, equivalent losses written one way), not its name
         ident = load_config(path, [*all_over, "init_from=null", "adversarial.sources=null"])
-        identity = yaml.safe_dump(ident.model_dump(mode="json", exclude={"paper"}),
-                                  sort_keys=False)
+        identity = {"config": yaml.safe_dump(training_identity(ident), sort_keys=False),
+                    "experiment": experiment, "params": params or {}}
+        same = json.dumps([identity, deps], sort_keys=True)
+        if same in self._trained:
+            return self._share(self._trained[same], model, cfg.paper)
         step = Step(f"train/{model}", "train",
                     {"config": rel, "overrides": all_over, "experiment": experiment,
                      "params": {**(params or {}), "scale": self.scale},
-                     "paper": list(cfg.paper), **params_extra},
-                    tuple(deps), identity={"config": identity, "experiment": experiment,
-                                           "params": params or {}})
-        return self._add(step)
+                     "paper": list(cfg.paper), "also": [], **params_extra},
+                    tuple(deps), identity=identity)
+        self._trained[same] = self._add(step)
+        return step.name
+
+    def _share(self, name: str, model: str, paper: Sequence[str]) -> str:
+        """Let the training step ``name`` stand for ``model`` too (the same computation):
+        it takes the paper rows ``model``'s config names, and the report says so."""
+        params = self.steps[name].params
+        params["paper"] = list(dict.fromkeys([*params["paper"], *paper]))
+        if model not in params["also"]:
+            params["also"].append(model)
+        return name
+
+    def seeds(self, seeds: Sequence[int]):
+        """Iterate over ``seeds``, each time with :attr:`seed` set: the steps a recipe
+        adds meanwhile train (and evaluate) that seed of every chain."""
+        for j in seeds:
+            self.seed = j
+            yield j
+        self.seed = 0
 
     def craft(self, model: str, eps_max: float) -> str:
         """iter_FGSM images of the training split at eps 1..max_e (N18 section 6); with
@@ -184,7 +231,7 @@ class Builder:
             cols = get_table(table).columns
             attacks = list(dict.fromkeys(a for a, _ in cols))
             eps = sorted({e for _, e in cols})
-        return self._add(Step(f"transfer/{label}", "transfer", {
+        return self._add(Step(f"transfer/{label}{seed_tag(self.seed)}", "transfer", {
             "sources": list(sources), "targets": list(targets), "attacks": list(attacks),
             "eps": [float(e) for e in eps], "test_images": self.test_images},
             tuple(dict.fromkeys([*sources, *targets]))))
@@ -203,7 +250,7 @@ class Builder:
         for v in variants:
             m = self.train(config, name=f"{experiment}/{v.name}",
                            overrides=(*v.overrides, "paper=[]"),
-                           experiment=f"{experiment}{self.suffix}", params=v.params)
+                           experiment=f"{experiment}{self.tag}", params=v.params)
             out.append(self.whitebox(m, table, **eval_kw))
         return out
 
@@ -217,11 +264,13 @@ def _whitebox_rows(configs: Sequence[str], table: str) -> Callable[[Builder], No
     return build
 
 
-N18_T1 = ["n18_mnist_baseline", "n18_mnist_kurakin", "n18_mnist_bidirection",
-          "n18_mnist_pivot", "n18_mnist_pivot-released"]
+# the released pivot before the bidirectional row: they train the same thing, and the
+# one model that stands for both carries the released code's name
+N18_T1 = ["n18_mnist_baseline", "n18_mnist_kurakin", "n18_mnist_pivot-released",
+          "n18_mnist_bidirection", "n18_mnist_pivot"]
 N18_T2_STEP_LL = ["n18_cifar10_baseline", "n18_cifar10_step_ll_kurakin",
-                  "n18_cifar10_step_ll_bidirection", "n18_cifar10_step_ll_pivot",
-                  "n18_cifar10_step_ll_pivot-released"]
+                  "n18_cifar10_step_ll_pivot-released", "n18_cifar10_step_ll_bidirection",
+                  "n18_cifar10_step_ll_pivot"]
 N18_T2 = N18_T2_STEP_LL + [
     "n18_cifar10_step_fgsm_kurakin", "n18_cifar10_step_fgsm_pivot",
     "n18_cifar10_step_fgsm_pivot-released", "n18_cifar10_step_both_kurakin",
@@ -511,14 +560,18 @@ def get_recipe(name: str) -> Recipe:
     return RECIPES[key]
 
 
-def build_steps(recipe: Recipe, builder: Builder, only: Sequence[str] = ()) -> list[Step]:
-    """The recipe's steps, and with ``only`` just the models whose config name contains one
-    of the given strings (and what they need)."""
-    recipe.build(builder)
+def build_steps(recipe: Recipe, builder: Builder, only: Sequence[str] = (),
+                seeds: Sequence[int] = (0,)) -> list[Step]:
+    """The recipe's steps for every seed in ``seeds`` (each trains the whole chain of
+    every configuration again, pre-training included, :func:`chain_seed`), and with
+    ``only`` just the models whose config name contains one of the given strings (and
+    what they need)."""
+    for _ in builder.seeds(seeds):
+        recipe.build(builder)
     steps = builder.steps
     if only:
-        keep_models = {n for n, s in steps.items()
-                       if s.kind == "train" and any(o in n for o in only)}
+        keep_models = {n for n, s in steps.items() if s.kind == "train" and any(
+            o in m for o in only for m in (n, *s.params.get("also", ())))}
         wanted = [n for n, s in steps.items() if s.kind != "train" and
                   all(d in keep_models or steps[d].kind != "train" for d in s.deps)]
         if not wanted:

@@ -13,24 +13,26 @@ from pathlib import Path
 from typing import Any
 
 from cascade_adv.io import atomic_write_text, make_temp_dir
-from cascade_adv.results.published import get_table, paper_row
+from cascade_adv.results.published import get_table, split_paper_entry
 from cascade_adv.results.store import ResultsStore
 from cascade_adv.results.tables import ResultTable
 
 
 def row_mapper(recipe, table, suffix: str, paper: dict[str, list[str]]):
-    """Our model name -> the row label of published ``table`` it reproduces: the
-    ``paper`` rows its config names (``paper[name]``), else the recipe's ``rows`` (the
+    """Our model name -> the row labels of published ``table`` it reproduces: the
+    ``paper`` rows its config names (``paper[name]``; several when the model stands for
+    several configs that train the same thing), else the recipe's ``rows`` (the
     networks of a sweep, by name or name prefix without the scale suffix)."""
-    def row_of(name: str) -> str | None:
-        label = paper_row(paper.get(name, ()), table.id)
-        if label is not None:
-            return label
+    def row_of(name: str) -> list[str]:
+        labels = [e[1] for e in map(split_paper_entry, paper.get(name, ()))
+                  if e is not None and e[0] == table.id]
+        if labels:
+            return labels
         base = name.replace(suffix, "", 1) if suffix else name
         for prefix, label in recipe.rows.items():
             if base == prefix or base.startswith((prefix + "/", prefix + "-")):
-                return label
-        return None
+                return [label]
+        return []
     return row_of
 
 
@@ -58,6 +60,21 @@ def _store(path: Path, rows: ResultTable, deps: dict[str, dict], p: dict,
                                              "test_images": p["test_images"]})
     os.replace(tmp, path)
     return ResultsStore(path)
+
+
+def _scale_words(p: dict) -> str:
+    """What the run reduced from the paper's recipe and what it did not."""
+    schedule = ("the full schedule" if p["scale"] == 1
+                else f"every schedule scaled by {p['scale']:g}")
+    images = (f"the first {p['test_images']} test images" if p["test_images"]
+              else "every test image")
+    if p["scale"] == 1 and not p["test_images"]:
+        return f"{schedule}, {images}"
+    trend = " (compare trends rather than absolute numbers; model names carry the " \
+            "scale, -xF)" if p["scale"] != 1 else ""
+    return f"{schedule}, {images}: a run reduced in " + (
+        "schedule and test images" if p["scale"] != 1 and p["test_images"]
+        else "schedule" if p["scale"] != 1 else "test images only") + trend
 
 
 def write_report(recipe, rec, deps: dict[str, dict], records: dict[str, Any]) -> dict:
@@ -88,16 +105,22 @@ def write_report(recipe, rec, deps: dict[str, dict], records: dict[str, Any]) ->
     sections, figures, comparison = [], [], {}
     steps = [records[n] for n in rec.step.deps]
     spent = sum(r.seconds or 0 for r in steps)
-    scale = "the full schedule" if p["scale"] == 1 else f"scale {p['scale']:g} of every schedule"
-    images = p["test_images"] or "all"
-    info = (f"{recipe.title}. Dataset {p['dataset']}, {scale}, {images} test images, "
-            f"tolerance {p['tolerance']:g} points. cascade-adv {__version__}, "
+    seeds = p.get("seeds", [0])
+    info = (f"{recipe.title}. Dataset {p['dataset']}, {_scale_words(p)}; "
+            f"{len(seeds)} seed{'s' if len(seeds) > 1 else ''} of every configuration"
+            + (" (cells: mean ± sample std; a cell is off when |ours - paper| > "
+               "max(tolerance, 2 std); claims are judged on the means)" if len(seeds) > 1
+               else "")
+            + f"; tolerance {p['tolerance']:g} points. cascade-adv {__version__}, "
             f"{platform.node() or 'this machine'}, {len(steps)} steps, "
             f"{spent / 60:.1f} min of step time; "
             f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC.")
-    if p["scale"] != 1 or p["test_images"]:
-        info += (" A scaled run: compare trends, not absolute numbers, with the paper's "
-                 "full recipe. Model names carry the scale (-xF).")
+    shared = [(deps[n]["name"], records[n].step.params["also"]) for n in rec.step.deps
+              if records[n].step.kind == "train" and deps[n]
+              and records[n].step.params.get("also")]
+    if shared:
+        info += " " + " ".join(f"{name} also stands for {', '.join(also)}: the same "
+                               "training computation, trained once." for name, also in shared)
     sections.append(("Reproduction", f"<p>{info}</p>", info))
     for table_id in recipe.tables:
         pub = get_table(table_id)

@@ -294,6 +294,27 @@ def default_configs() -> Path:
     return here if here.is_dir() else Path("configs")
 
 
+def seed_indices(seeds: int | Sequence[int]) -> list[int]:
+    """``seeds`` as the list of chain seeds to train: a count N (seeds 0 .. N-1) or the
+    seeds themselves (seed 0: the configs' own; others: :func:`recipes.chain_seed`)."""
+    if isinstance(seeds, bool) or not isinstance(seeds, (int, Sequence)) or isinstance(
+            seeds, str):
+        raise InvalidArgument(f"--seeds must be a count or a list of seeds, got {seeds!r}")
+    if isinstance(seeds, int):
+        if seeds < 1:
+            raise InvalidArgument(f"--seeds must be at least 1, got {seeds}; 3 trains seeds "
+                                  "0, 1 and 2 of every configuration")
+        return list(range(seeds))
+    out = list(seeds)
+    if not out or any(isinstance(j, bool) or not isinstance(j, int) or j < 0 for j in out):
+        raise InvalidArgument(f"--seeds lists seeds as integers >= 0, got {out}")
+    dup = sorted({j for j in out if out.count(j) > 1})
+    if dup:
+        raise InvalidArgument(f"--seeds lists seed {dup[0]} twice; give each seed once "
+                              f"(e.g. {','.join(map(str, dict.fromkeys(out)))})")
+    return out
+
+
 def _check_options(recipe, dataset: str | None, scale: float, test_images: int | None,
                    jobs: int, tolerance: float, executor: str, gpus_per_step: float
                    ) -> tuple[str, str | None]:
@@ -372,6 +393,7 @@ def reproduce(name: str, out: str | Path, *, data_dir: str | None = None,
               jobs: int = 1, threads: int | None = None, only: Sequence[str] = (),
               dry_run: bool = False, device: str = "auto", configs: str | Path | None = None,
               tolerance: float = 1.5, download: bool = False, progress: bool = False,
+              seeds: int | Sequence[int] = 1,
               executor: str = "local", ray_address: str | None = None,
               gpus_per_step: float = 0.0, on_event: Event | None = None) -> ReproduceResult:
     """Run recipe ``name`` (:mod:`cascade_adv.experiments.recipes`) with its cache in
@@ -379,7 +401,10 @@ def reproduce(name: str, out: str | Path, *, data_dir: str | None = None,
 
     ``scale`` shortens every schedule (iterations, milestones, pre-training, delay) by
     the same factor, ``test_images`` limits evaluation; both go into the model names
-    (``-x0.1``), the rows' ``n`` and the report. ``dataset="digits"`` runs an MNIST
+    (``-x0.1``), the rows' ``n`` and the report. ``seeds`` (a count N, or the seeds)
+    trains every configuration's chain with each seed (names ``-seedJ`` for J >= 1;
+    cached per seed, so raising N trains only the new ones); the report gives mean ±
+    std over them. ``dataset="digits"`` runs an MNIST
     recipe on the bundled digits. Bad options, a foreign ``out`` and absent data
     raise one-line errors before anything is written. ``executor="ray"`` runs the
     steps as Ray tasks (:class:`RayExecutor`), ``jobs`` at a time.
@@ -392,17 +417,18 @@ def reproduce(name: str, out: str | Path, *, data_dir: str | None = None,
     recipe = get_recipe(name)
     base, substitute = _check_options(recipe, dataset, scale, test_images, jobs, tolerance,
                                       executor, gpus_per_step)
+    seeds = seed_indices(seeds)
     used = substitute or base
     configs = Path(configs) if configs else default_configs()
     builder = Builder(configs, base, scale=float(scale), test_images=test_images,
                       substitute=substitute)
-    steps = build_steps(recipe, builder, only)
+    steps = build_steps(recipe, builder, only, seeds)
     label = (f"{recipe.name}{builder.suffix}" + (f"-n{test_images}" if test_images else "")
              + (f"-only-{'+'.join(only)}" if only else ""))
     steps.append(Step(f"report/{label}", "report",
                       {"recipe": recipe.name, "suffix": builder.suffix, "scale": scale,
                        "test_images": test_images, "dataset": used, "tolerance": tolerance,
-                       "only": list(only)}, tuple(s.name for s in steps)))
+                       "only": list(only), "seeds": seeds}, tuple(s.name for s in steps)))
     cache = Cache(out, used)
     cache.check()
     _check_data(used, data_dir, download)

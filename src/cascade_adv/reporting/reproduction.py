@@ -11,6 +11,7 @@ from __future__ import annotations
 import html
 import math
 import os
+import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -21,6 +22,19 @@ from cascade_adv.results.tables import ResultTable
 
 #: Default tolerance, in percentage points, beyond which a cell is marked.
 TOLERANCE = 1.5
+#: How a model trained with another seed of its chain is named: ``NAME-seedJ`` (J >= 1;
+#: seed 0, the config's own, keeps the plain name).
+_SEED_TAG = re.compile(r"-seed(\d+)$")
+
+
+def seed_tag(index: int) -> str:
+    """The suffix of the models of seed ``index`` of a chain (``""`` for seed 0)."""
+    return f"-seed{index}" if index else ""
+
+
+def without_seed(name: str) -> str:
+    """``name`` without its seed suffix: the model whose seeds are averaged."""
+    return _SEED_TAG.sub("", name)
 
 
 @dataclass(frozen=True)
@@ -32,16 +46,20 @@ class Cell:
     metric: str
     paper: float | None
     ours: float | None
-    model: str = ""   # our model's name
+    model: str = ""   # our model's name (without its seed suffix)
     n: int = 0        # our test images
     primary: bool = True  # the first of our models that maps to ``row``
+    std: float | None = None  # sample std of ``ours`` over seeds (two or more)
+    seeds: int = 1    # how many seeds ``ours`` is the mean of
 
     @property
     def diff(self) -> float | None:
         return None if self.paper is None or self.ours is None else self.ours - self.paper
 
     def off(self, tolerance: float) -> bool:
-        return self.diff is not None and abs(self.diff) > tolerance
+        """Further from the paper than ``tolerance`` points and than twice our spread
+        over seeds: ``|ours - paper| > max(tolerance, 2 std)``."""
+        return self.diff is not None and abs(self.diff) > max(tolerance, 2 * (self.std or 0))
 
 
 @dataclass(frozen=True)
@@ -56,51 +74,56 @@ class Claim:
     lower: Mapping[str, Any]
 
 
+def _labels(found: str | Sequence[str] | None) -> list[str]:
+    return [] if found is None else [found] if isinstance(found, str) else list(found)
+
+
 def compare(ours: ResultTable | Iterable[Mapping[str, Any]], published: PaperTable,
-            row_of: Callable[[str], str | None]) -> list[Cell]:
+            row_of: Callable[[str], str | Sequence[str] | None]) -> list[Cell]:
     """Every cell of ``published``'s grid with our value where one of our models maps to
-    its row (``row_of(model name)`` -> paper label; for black-box tables both the
-    target and the source are mapped).
+    its row (``row_of(model name)`` -> paper label, or several labels for a model that
+    stands for several rows; for black-box tables both the target and the source are
+    mapped).
 
     A row that several of our models map to (e.g. the paper's and the released pivot)
-    gets one set of cells per model, the first model's marked ``primary``; mean_std
-    tables compare ``top1_mean`` / ``top1_std`` with the mean and sample std of all of
-    them.
+    gets one set of cells per model, the first model's marked ``primary``. The seeds
+    of one model (``NAME-seedJ``, :func:`seed_tag`) are one model: its cell holds their
+    mean, ``std`` their sample std. mean_std tables compare ``top1_mean`` / ``top1_std``
+    with the mean and sample std of all the models of a row.
     """
     from cascade_adv.evaluation.stats import mean_std
 
     models: dict[str, list[str]] = {}
     found: dict[tuple, list[tuple[float, int]]] = {}
     for r in ours:
-        label = row_of(r["model"])
-        if label is None:
-            continue
         source = r["source"]
         if published.sources:
-            source = row_of(source) if source != WHITEBOX else None
+            source = next(iter(_labels(row_of(source))), None) if source != WHITEBOX else None
             if source is None:
                 continue
-        group = "*" if published.kind == "mean_std" else r["model"]
-        models.setdefault(label, [])
-        if group not in models[label]:
-            models[label].append(group)
-        key = (label, group, source, r["attack"], float(r["eps"]), r["metric"])
-        found.setdefault(key, []).append((float(r["value"]), int(r["n"])))
+        for label in _labels(row_of(r["model"])):
+            group = "*" if published.kind == "mean_std" else without_seed(r["model"])
+            models.setdefault(label, [])
+            if group not in models[label]:
+                models[label].append(group)
+            key = (label, group, source, r["attack"], float(r["eps"]), r["metric"])
+            found.setdefault(key, []).append((float(r["value"]), int(r["n"])))
     cells = []
     for row, source, attack, eps, metric in published.grid():
         paper = published.value(row, attack, eps, metric, source if published.sources else None)
         for i, group in enumerate(models.get(row, [""])):
             base = metric.rsplit("_", 1)[0] if published.kind == "mean_std" else metric
             hits = found.get((row, group, source, attack, eps, base), [])
-            value = None
-            if hits and published.kind == "mean_std":
+            value = spread = None
+            if hits:
                 mean, std, _ = mean_std([h[0] for h in hits])
-                value = mean if metric.endswith("_mean") else (std if len(hits) > 1 else None)
-            elif hits:
-                value = hits[-1][0]
+                spread = std if len(hits) > 1 else None
+                value = spread if metric.endswith("_std") else mean
             cells.append(Cell(row, source, attack, eps, metric, paper, value,
                               "" if group == "*" else group, hits[-1][1] if hits else 0,
-                              primary=i == 0))
+                              primary=i == 0,
+                              std=None if published.kind == "mean_std" else spread,
+                              seeds=len(hits) if published.kind != "mean_std" else 1))
     return cells
 
 
@@ -213,7 +236,10 @@ def render_comparison(cells: Sequence[Cell], published: PaperTable, *,
                     h_cells.append("<td>-</td>")
                     continue
                 d = c.diff
-                text = (f"{_fmt(c.ours) or 'n/a'} ({_fmt(c.paper) or '-'}"
+                ours = _fmt(c.ours) or "n/a"
+                if c.std is not None:
+                    ours += f" ± {c.std:.1f}"
+                text = (f"{ours} ({_fmt(c.paper) or '-'}"
                         + (f", {d:+.1f})" if d is not None else ")"))
                 off = c.off(tolerance)
                 md_cells.append(f"**{text}**" if off else text)

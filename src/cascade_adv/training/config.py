@@ -391,5 +391,25 @@ def load_config(path: str | os.PathLike | None = None, overrides=(), model=Train
         raise ConfigError(format_validation_error(exc, model, where)) from None
 
 
+#: Config entries that do not change what a run computes: its name and the paper rows it
+#: names, logging and checkpoint cadence (resuming is exact), where the data lies.
+NOT_COMPUTED = {"name": True, "paper": True, "log_every": True, "checkpoint": True,
+                "data": {"root": True, "download": True}}
+#: Loss options that compute the same thing (docs/fidelity.md): the released code's
+#: pivot is the bidirectional loss, with the same values and gradients.
+SAME_DISTANCE = {"pivot_released": "bidirectional"}
+
+
+def training_identity(cfg: TrainConfig) -> dict:
+    """What a run computes, as plain data: the resolved config without
+    :data:`NOT_COMPUTED` and with equivalent loss options written one way. Two configs
+    with equal identities train bit-identical weights (on one device), so a cache can
+    key training by it instead of by the config's name."""
+    tree = cfg.model_dump(mode="json", exclude=NOT_COMPUTED)
+    adv = tree["adversarial"]
+    adv["distance"] = SAME_DISTANCE.get(adv["distance"], adv["distance"])
+    return tree
+
+
 def dump_config(cfg: BaseModel) -> str:
     return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
