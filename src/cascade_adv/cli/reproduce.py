@@ -52,29 +52,35 @@ def _minutes(seconds: float | None) -> str:
         f"{seconds / 60:.0f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h")
 
 
-def _list(data_dir, device) -> None:
+def _list(data_dir, device, out, threads) -> None:
     from cascade_adv.experiments.cost import estimate
     from cascade_adv.experiments.recipes import ALIASES, RECIPES, Builder, build_steps
     from cascade_adv.experiments.reproduce import StepRecord, data_available, default_configs
     from cascade_adv.experiments.steps import Runtime
 
-    rt = Runtime(str(default_configs()), data_dir, device)
+    rt = Runtime(str(default_configs()), data_dir, device, threads)
     timing: dict = {}
     click.echo(f"{'recipe':13s} {'data':22s} {'steps':>5s} {'full recipe here':>16s}  what")
     for name, recipe in RECIPES.items():
         dataset = recipe.datasets[0]
         steps = build_steps(recipe, Builder(rt.configs, dataset))
         records = [StepRecord(s, "", None) for s in steps]
-        estimate(records, rt, timing, quick=True)
+        cache = out or f"runs/reproduce-{dataset}"
+        estimate(records, rt, timing, quick=True, out=cache)
         need = f"{dataset} ({'present' if data_available(dataset, data_dir) else 'absent'})"
         also = f"; also --dataset {', '.join(recipe.datasets[1:])}" if recipe.datasets[1:] else ""
+        spent = sum(r.estimate for r in records)
+        share = sum(r.estimate for r in records if r.measured) / spent if spent else 0
+        how = f" ({share:.0%} measured)" if share else ""
         click.echo(f"{name:13s} {need:22s} {len(steps) + 1:5d} "
-                   f"{_minutes(sum(r.estimate for r in records)):>16s}  {recipe.title}{also}")
+                   f"{_minutes(spent):>16s}  {recipe.title}{also}{how}")
     for alias, target in ALIASES.items():
         click.echo(f"{alias:13s} {'':22s} {'':5s} {'':>16s}  same recipe as {target}")
-    click.echo("Rough estimates, with --jobs 1, from one timed forward + backward pass of "
-               f"each model on {device} (other load on the machine inflates them); --dry-run "
-               "times more carefully, and --scale F divides training time by about 1/F.")
+    click.echo(f"Estimates with --jobs 1 and {threads or 'all'} threads on {device}: measured "
+               "where the cache (--out, default runs/reproduce-DATASET) has run the same model "
+               "(its seconds per training iteration and per evaluation pass; the share in "
+               "brackets), else from one timed forward + backward pass of each model (other "
+               "load inflates them); --scale F divides training time by about 1/F.")
 
 
 @cli.command(epilog=EXAMPLES)
@@ -135,7 +141,7 @@ def reproduce(name, list_, out, data_dir, dataset, scale, test_images, jobs, thr
     from cascade_adv.experiments.reproduce import reproduce as run
 
     if list_:
-        _list(data_dir, device)
+        _list(data_dir, device, out, threads)
         return
     if not name:
         raise InvalidArgument("give a recipe name (cascade-adv reproduce --list shows them)")
@@ -163,7 +169,8 @@ def reproduce(name, list_, out, data_dir, dataset, scale, test_images, jobs, thr
         todo = [r for r in result.records if r.status != "cached"]
         for r in result.records:
             click.echo(f"{r.status:7s} {r.step.name:60s} "
-                       f"{'-' if r.status == 'cached' else '~' + _minutes(r.estimate)}")
+                       + ("-" if r.status == "cached" else "~" + _minutes(r.estimate)
+                          + (" (measured)" if r.measured else "")))
         from cascade_adv.experiments.cost import wall_time
 
         click.echo(f"{len(result.records) - len(todo)} of {len(result.records)} steps cached; "

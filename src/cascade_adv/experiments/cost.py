@@ -13,10 +13,18 @@ is its count of such passes times that time:
 * crafting: the same for the attacked training images; transfer: crafting on each
   source plus a forward of every target; analyses: a few passes per epsilon on 128
   images.
+
+Measured times come first: given the cache folder, every training run in it (finished
+or not) gives its seconds per iteration from ``metrics.jsonl`` and every finished
+evaluation step its seconds per pass, so a step is estimated from a step of the same
+model (and, for training, the same kind of iteration) that ran here; the timed pass
+is the fallback for models the cache has not run yet.
 """
 
 from __future__ import annotations
 
+import json
+import statistics
 import time
 from pathlib import Path
 from typing import Any
@@ -74,6 +82,20 @@ def _resumes_at(rec) -> int:
     return max(its, default=0)
 
 
+def _per_iteration(cfg) -> float:
+    """Passes of 128 images one training iteration of ``cfg`` costs (timed-pass model)."""
+    adv = cfg.adversarial
+    if adv.mode == "none":
+        return 1.0
+    return 1.0 + adv.k / cfg.optim.batch_size * (2 if adv.mode == "append" else 1)
+
+
+def _iteration_kind(cfg) -> tuple:
+    """What makes iterations of two runs of one model cost the same."""
+    adv = cfg.adversarial
+    return (cfg.optim.batch_size,) + (() if adv.mode == "none" else (adv.mode, adv.k))
+
+
 def _passes(rec, cfgs: dict[str, Any]) -> tuple[tuple | None, float]:
     s = rec.step
     p = s.params
@@ -82,11 +104,7 @@ def _passes(rec, cfgs: dict[str, Any]) -> tuple[tuple | None, float]:
         start = _resumes_at(rec)
         if p.get("init") and cfg.init_mode == "continue":
             start = max(start, cfgs[p["init"]].optim.iterations)
-        adv = cfg.adversarial
-        per_it = 1.0
-        if adv.mode != "none":
-            per_it += adv.k / cfg.optim.batch_size * (2 if adv.mode == "append" else 1)
-        return _model_key(cfg), max(0, cfg.optim.iterations - start) * per_it
+        return _model_key(cfg), max(0, cfg.optim.iterations - start) * _per_iteration(cfg)
     if s.kind == "report":
         return None, 0.0
     model = p.get("model") or p["sources"][0]
@@ -105,10 +123,60 @@ def _passes(rec, cfgs: dict[str, Any]) -> tuple[tuple | None, float]:
     return key, 128 / BATCH * len(p["eps"]) * 4
 
 
-def estimate(records, rt, timing: dict[tuple, float] | None = None, quick: bool = False
-             ) -> dict[tuple, float]:
-    """Fill ``record.estimate`` (seconds on ``rt.device``) for every step; returns the
-    calibration (seconds per pass of 128 images, by model), which ``timing`` may
+def seconds_per_iteration(run: str | Path) -> float | None:
+    """The median seconds per iteration of the training run in folder ``run``, from the
+    intervals between its ``metrics.jsonl`` lines (a resumed run restarts its clock:
+    the interval across a restart is skipped); ``None`` before two lines."""
+    try:
+        lines = (Path(run) / "metrics.jsonl").read_text().splitlines()
+    except OSError:
+        return None
+    points = []
+    for line in lines:
+        try:
+            m = json.loads(line)
+            points.append((int(m["iteration"]), float(m["seconds"])))
+        except (ValueError, KeyError, TypeError):
+            continue
+    rates = [(t1 - t0) / (i1 - i0) for (i0, t0), (i1, t1) in zip(points, points[1:])
+             if i1 > i0 and t1 > t0]
+    return statistics.median(rates) if rates else None
+
+
+def measured(out: str | Path | None, records=(), configs: str = "") -> dict[tuple, float]:
+    """Seconds measured in the cache ``out``: per training iteration by
+    ``("train", model key, iteration kind)``, per pass by ``("train", model key)`` and
+    ``("eval", model key)`` (the finished evaluation steps among ``records``)."""
+    from cascade_adv.errors import CascadeAdvError
+    from cascade_adv.training import load_config
+
+    found: dict[tuple, list[float]] = {}
+    for cfg_file in sorted(Path(out).glob("steps/*/run/config.yaml")) if out else ():
+        rate = seconds_per_iteration(cfg_file.parent)
+        try:
+            cfg = load_config(cfg_file)
+        except (CascadeAdvError, OSError, KeyError):
+            continue
+        if rate is None or cfg.data.dataset not in _SHAPES:
+            continue
+        key = _model_key(cfg)
+        found.setdefault(("train", key, _iteration_kind(cfg)), []).append(rate)
+        found.setdefault(("train", key), []).append(rate / _per_iteration(cfg))
+    cfgs = _configs(records, configs)
+    for rec in records:
+        if rec.status == "cached" and rec.step.kind not in ("train", "report") and rec.seconds:
+            key, passes = _passes(rec, cfgs)
+            if key is not None and passes > 0:
+                found.setdefault(("eval", key), []).append(rec.seconds / passes)
+    return {k: statistics.median(v) for k, v in found.items()}
+
+
+def estimate(records, rt, timing: dict[tuple, float] | None = None, quick: bool = False,
+             out: str | Path | None = None) -> dict[tuple, float]:
+    """Fill ``record.estimate`` (seconds on ``rt.device``) for every step, from the
+    times measured in the cache ``out`` where it has run the same model (see the
+    module's docstring; ``record.measured`` says which), else from a timed pass; returns
+    the calibration (seconds per pass of 128 images, by model), which ``timing`` may
     already hold from an earlier call."""
     import torch
 
@@ -119,25 +187,42 @@ def estimate(records, rt, timing: dict[tuple, float] | None = None, quick: bool 
     if rt.threads:
         torch.set_num_threads(rt.threads)     # time each step as it will run
     try:
-        return _estimate(records, rt, device, {} if timing is None else timing, quick)
+        return _estimate(records, rt, device, {} if timing is None else timing, quick,
+                         measured(out, records, rt.configs))
     finally:
         torch.set_num_threads(before)
 
 
-def _estimate(records, rt, device, timing, quick) -> dict[tuple, float]:
+def _configs(records, configs: str) -> dict[str, Any]:
+    """The resolved config of every training step among ``records``."""
     from cascade_adv.training import load_config
 
-    cfgs = {rec.step.name: load_config(f"{rt.configs}/{rec.step.params['config']}",
+    return {rec.step.name: load_config(Path(configs) / rec.step.params["config"],
                                        rec.step.params["overrides"])
             for rec in records if rec.step.kind == "train"}
+
+
+def _estimate(records, rt, device, timing, quick, seen: dict[tuple, float]
+              ) -> dict[tuple, float]:
+    cfgs = _configs(records, rt.configs)
     for rec in records:
         key, passes = _passes(rec, cfgs)
+        rec.measured = False
         if key is None:
             rec.estimate = 0.0
             continue
-        if key not in timing:
-            timing[key] = calibrate(key, device, quick)
-        rec.estimate = passes * timing[key]
+        if rec.step.kind == "train":
+            cfg = cfgs[rec.step.name]
+            exact = seen.get(("train", key, _iteration_kind(cfg)))
+            rate = exact / _per_iteration(cfg) if exact else seen.get(("train", key))
+        else:
+            rate = seen.get(("eval", key))
+        rec.measured = rate is not None
+        if rate is None:
+            if key not in timing:
+                timing[key] = calibrate(key, device, quick)
+            rate = timing[key]
+        rec.estimate = passes * rate
     return timing
 
 

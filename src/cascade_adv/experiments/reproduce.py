@@ -53,6 +53,7 @@ class StepRecord:
     seconds: float | None = None
     outputs: dict[str, Any] | None = None
     estimate: float | None = None
+    measured: bool = False        # the estimate comes from steps this cache ran
     error: str = ""
 
 
@@ -437,7 +438,7 @@ def reproduce(name: str, out: str | Path, *, data_dir: str | None = None,
     rt = Runtime(str(configs), data_dir, device, threads, progress)
     result = ReproduceResult(recipe.name, records)
     if dry_run:
-        estimate(records, rt)
+        estimate(records, rt, out=cache.out)
         return result
     pool = RayExecutor(ray_address, gpus_per_step, cpus=threads or 1) if executor == "ray" else None
     cache.open(recipe.name)
