@@ -53,13 +53,12 @@ Examples:
 def _is_config_dump(path: Path) -> bool:
     """True for the resolved config that ``train`` writes first into a run folder (every
     top-level key present), as opposed to a config file of the user's."""
-    import yaml
-
+    from cascade_adv.textdata import load_yaml
     from cascade_adv.training.config import TrainConfig
 
-    try:
-        tree = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError, yaml.YAMLError):
+    try:  # ConfigError (a ValueError): not YAML, or past the limits of textdata
+        tree = load_yaml(path.read_text(encoding="utf-8"), str(path))
+    except (OSError, ValueError):
         return False
     return isinstance(tree, dict) and set(TrainConfig.model_fields) <= set(tree)
 
