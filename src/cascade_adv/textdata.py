@@ -99,6 +99,10 @@ def _check_expanded(root: yaml.Node) -> None:
         stack.extend((k, False) for k in _children(node) if id(k) not in size)
 
 
+def _fail(message: str, fix: str) -> ConfigError:
+    return ConfigError(f"{message}; {fix}" if fix else message)
+
+
 def _problem(exc: Exception) -> str:
     """A short reason from a parser's exception (its first line, shortened)."""
     text = getattr(exc, "problem", None) or str(exc) or type(exc).__name__
@@ -108,11 +112,11 @@ def _problem(exc: Exception) -> str:
 def load_yaml(text: str, where: str, fix: str = "fix its syntax") -> Any:
     """The value of the YAML document ``text`` (``None`` when it is empty), parsed with
     ``yaml.safe_load``'s rules within this module's limits; otherwise
-    :class:`ConfigError`: "``where`` is not valid YAML[ at line N] (reason); ``fix``"
-    or "``where`` (what) exceeds ...; ``fix``"."""
+    :class:`ConfigError`: "``where`` is not valid YAML[ at line N] (reason); ``fix``",
+    or the limit exceeded (an empty ``fix`` appends none)."""
     if len(text) > MAX_CHARS:
-        raise ConfigError(f"{where} is {len(text):,} characters long, more than the limit of "
-                          f"{MAX_CHARS:,}; {fix}")
+        raise _fail(f"{where} is {len(text):,} characters long, more than the limit of "
+                    f"{MAX_CHARS:,}", fix)
     loader = _BoundedLoader(text)
     try:
         node = loader.get_single_node()
@@ -121,14 +125,13 @@ def load_yaml(text: str, where: str, fix: str = "fix its syntax") -> Any:
         _check_expanded(node)
         return loader.construct_document(node)
     except _Refused as exc:
-        raise ConfigError(f"{where} {exc}; {fix}") from None
+        raise _fail(f"{where} {exc}", fix) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f" at line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"{where} is not valid YAML{at} ({_problem(exc)}); {fix}") from None
+        raise _fail(f"{where} is not valid YAML{at} ({_problem(exc)})", fix) from None
     except (ValueError, TypeError, OverflowError) as exc:  # e.g. a 5,000-digit integer
-        raise ConfigError(f"{where} holds a value YAML cannot read ({_problem(exc)}); "
-                          f"{fix}") from None
+        raise _fail(f"{where} holds a value YAML cannot read ({_problem(exc)})", fix) from None
     finally:
         loader.dispose()
 
@@ -146,15 +149,15 @@ def load_json(text: str | bytes, where: str, fix: str = "fix its syntax",
         try:
             text = text.decode("utf-8")
         except UnicodeDecodeError:
-            raise ConfigError(f"{where} is not UTF-8 text; {fix}") from None
+            raise _fail(f"{where} is not UTF-8 text", fix) from None
     if len(text) > max_chars:
-        raise ConfigError(f"{where} is {len(text):,} characters long, more than the limit of "
-                          f"{max_chars:,}; {fix}")
+        raise _fail(f"{where} is {len(text):,} characters long, more than the limit of "
+                    f"{max_chars:,}", fix)
     brackets = _BRACKET.findall(_JSON_STRING.sub("", text))  # nesting outside strings
     deepest = max(accumulate(1 if b in "[{" else -1 for b in brackets), default=0)
     if deepest > MAX_DEPTH:
-        raise ConfigError(f"{where} nests deeper than the limit of {MAX_DEPTH} levels; {fix}")
+        raise _fail(f"{where} nests deeper than the limit of {MAX_DEPTH} levels", fix)
     try:
         return json.loads(text)
     except ValueError as exc:  # JSONDecodeError, an integer too long to convert
-        raise ConfigError(f"{where} is not valid JSON ({_problem(exc)}); {fix}") from None
+        raise _fail(f"{where} is not valid JSON ({_problem(exc)})", fix) from None

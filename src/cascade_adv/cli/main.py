@@ -15,6 +15,7 @@ import click
 from cascade_adv.cli import reproduce, research  # noqa: F401
 from cascade_adv.cli.common import (
     EPS,
+    SEED,
     AttackNames,
     _apply,
     check_outputs,
@@ -147,7 +148,7 @@ def train(config_path, out, resume, quiet, overrides):
 @click.option("--csv", "csv_path", type=click.Path(dir_okay=False), default=None)
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None)
 @click.option("--name", default=None, help="Model name in tables (default: run folder name).")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option(
     "--precision",
     type=click.Choice(["auto", "float32", "bf16"]),
@@ -275,7 +276,7 @@ def _write_set(attack_name, eps, out, seed, batch_size, quiet, overwrite, **mode
 )
 @click.option("--overwrite", is_flag=True,
               help="Replace --out even when it is not an earlier adversarial set.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
 def attack(**kwargs):
     """Write adversarial images of a split to disk (uint8 .npy + meta.json)."""
     _write_set(**kwargs)
@@ -309,7 +310,7 @@ Examples:
 )
 @click.option("--overwrite", is_flag=True,
               help="Replace --out even when it is not an earlier adversarial set.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
 def craft(**kwargs):
     """Save iter_FGSM images of the training split for cascade training (N18 section 6).
 

@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 
 import torch
+from pydantic import ValidationError
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
@@ -113,9 +114,13 @@ def read_model_config(path: str | os.PathLike) -> ModelConfig:
     if "config" not in meta:
         raise CheckpointError(f"{path} holds no model config; pass a checkpoint written by cascade-adv")
     try:
-        return ModelConfig(**_upgrade(load_json(meta["config"], "its model config")))
-    except (ValueError, TypeError) as exc:  # ConfigError (textdata) and pydantic's ValidationError
-        first = str(exc).strip().splitlines()[0]
+        return ModelConfig(**_upgrade(load_json(meta["config"], "its model config", fix="")))
+    except (ValueError, TypeError) as exc:  # textdata's ConfigError, pydantic's ValidationError
+        if isinstance(exc, ValidationError):  # the field and the range it is outside of
+            err = exc.errors()[0]
+            first = f"{'.'.join(map(str, err['loc'])) or 'config'}: {err['msg']}"
+        else:
+            first = str(exc).strip().splitlines()[0]
         raise CheckpointError(
             f"{path} holds an invalid model config ({first}); it is damaged or was not "
             "written by cascade-adv"

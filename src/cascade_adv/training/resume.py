@@ -97,7 +97,7 @@ def check_resume(run_dir: Path, cfg: TrainConfig, done: int, *,
     fix = (f"optim.iterations must be at least {done}, where the run is; "
            if "optim.iterations" in refused else "")
     raise ConfigError(
-        f"run {run_dir} was trained to iteration {done} with another config ({listed}); "
+        f"run folder {run_dir} was trained to iteration {done} with another config ({listed}); "
         f"{fix}resume it with its own config ({path}), or train into a new --out folder "
         "(only more iterations, logging, checkpointing, device and speed options may change "
         "on resume)")
