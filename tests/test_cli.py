@@ -127,7 +127,7 @@ def test_checkpoint_of_another_architecture(trained_run):
     result = cli("train", "--config", str(ROOT / "configs/digits_baseline.yaml"), "--out",
                  str(trained_run / "run"), "--quiet", "model.depth=14", "optim.iterations=40",
                  cwd=trained_run)
-    assert_user_error(result, "another architecture", "depth")
+    assert_user_error(result, "another config", "model.depth 8 -> 14")
 
 
 def test_corrupt_dataset_files(tmp_path):

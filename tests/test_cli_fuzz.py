@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -42,10 +43,12 @@ def snapshot(folder: Path) -> dict:
 
 @pytest.fixture(scope="module")
 def work(tmp_path_factory):
+    from cascade_adv.io import folder_lock
     from cascade_adv.training import load_config, train
 
     work = tmp_path_factory.mktemp("fuzz")
     train(load_config(CONFIG, TINY), work / "run", progress=False)
+    shutil.copytree(work / "run", work / "busy")  # a run another writer holds (below)
     (work / "notes.txt").write_text("a user's file\n")
     (work / "userdir").mkdir()
     (work / "userdir" / "paper.tex").write_text("years of work\n")
@@ -54,12 +57,14 @@ def work(tmp_path_factory):
     for name, text in {"empty.yaml": "", "comments.yaml": "# nothing\n",
                        "list.yaml": "- a\n- b\n", "syntax.yaml": "optim: [1,\n",
                        "unknown.yaml": "optim:\n  nope: 1\n", "wrongtype.yaml": "optim:\n  lr: abc\n",
-                       "scalar.yaml": "42\n", "cycle.yaml": "extends: cycle.yaml\nseed: 1\n"}.items():
+                       "scalar.yaml": "42\n", "cycle.yaml": "extends: cycle.yaml\nseed: 1\n",
+                       **HOSTILE_YAML}.items():
         (work / name).write_text(text)
     (work / "bin.yaml").write_bytes(b"\x89PNG\r\n\x1a\n\x00\xff\xfe\x00")
     assert run(["eval", "--checkpoint", "run", "--limit", "8", "--attacks", "step_ll", "--eps",
                 "4", "--quiet", "--results", "store.db"], work)[0] == 0
-    return work
+    with folder_lock(work / "busy"):  # held by this process for every case
+        yield work
 
 
 # --- malformed values ---------------------------------------------------------------------
@@ -87,19 +92,39 @@ FILE_OUT = st.sampled_from(["userdir", "emptydir", "notes.txt/t.csv", "/proc/t.c
 SET_OUT = st.sampled_from([".", "..", "run", "run/final", "userdir", "notes.txt",
                            "notes.txt/sub", "/proc/adv"])
 DIR_OUT = st.sampled_from(["notes.txt", "notes.txt/sub", "/proc/x"])
+#: config files past textdata's limits or with what YAML refuses (issue 19, class 6)
+_BOMB = "".join(f"l{i}: &l{i} [{', '.join([f'*l{i - 1}' if i else 'x'] * 10)}]\n"
+                for i in range(9)).replace("l8: ", "paper: ")  # 10^9 values expanded
+HOSTILE_YAML = {"deep.yaml": "seed: " + "[" * 20000 + "]" * 20000 + "\n", "bomb.yaml": _BOMB,
+                "selfalias.yaml": "optim:\n  lr_milestones: &m [1, *m]\n",
+                "tag.yaml": "seed: !!python/object/apply:os.system ['echo owned']\n",
+                "tabs.yaml": "optim:\n\tlr: 0.1\n", "bigint.yaml": "seed: " + "9" * 5000 + "\n",
+                "wide.yaml": "extends: " + CONFIG + "\nmodel: {width: .inf}\n"}
 CONFIGS = st.sampled_from(["missing.yaml", "bin.yaml", "empty.yaml", "comments.yaml",
                            "list.yaml", "syntax.yaml", "unknown.yaml", "wrongtype.yaml",
-                           "scalar.yaml", "cycle.yaml", "userdir"])
+                           "scalar.yaml", "cycle.yaml", "userdir", *HOSTILE_YAML])
 _KEYS = ("name", "seed", "init_from", "device", "log_every", "data", "model", "optim",
          "checkpoint", "adversarial", "distributed", "speed", "extends")
 _BAD_OVERRIDES = st.sampled_from(["noeq", "=1", "optim=3", "optim.lr=-1", "optim.iterations=0",
                      "name=../x", "name=/abs", "name=a/../../b", "device=foo", "model.depth=9",
                      "data.dataset=svhn", "optim.lr_milestones=[5, 2]", "seed=abc",
                      "adversarial.mode=sideways", "data.crop_size=100", "init_from=notes.txt",
-                     "optim.batch_size=100000", "adversarial.max_e=300", "optim.lr=nan_"]
+                     "optim.batch_size=100000", "adversarial.max_e=300", "optim.lr=nan_",
+                     # issue 19: malformed YAML values, numbers outside what can be built
+                     "optim.lr=[0.1", "name=*foo", "name=&a [*a]", "optim.lr=\t0.1",
+                     "seed=!!python/object/apply:os.system [x]", "seed=" + "[" * 5000,
+                     "seed=18446744073709551616", "seed=-1", "seed=" + "9" * 5000,
+                     "model.width=.inf", "model.width=.nan", "model.width=1e6",
+                     "model.width=64", "model.depth=60000002", "optim.lr=.inf",
+                     "data.crop_size=100000", "optim.lr=" + "x" * 100_000]
                     + ([] if CUDA else ["device=cuda"]))
+#: values of numeric keys from YAML's syntax characters (no digits or letters: never a number)
+_YAML_VALUES = st.builds("{}={}".format,
+                         st.sampled_from(["optim.lr", "seed", "model.width", "model.depth"]),
+                         st.text(alphabet="[]{}*&!|>:,'\"\t#%@`-?. ~\\x", min_size=1,
+                                 max_size=12))
 OVERRIDES = st.one_of(
-    _BAD_OVERRIDES, _BAD_OVERRIDES,  # twice the weight of the generated keys
+    _BAD_OVERRIDES, _BAD_OVERRIDES, _YAML_VALUES,  # twice the weight of the generated keys
     st.from_regex(r"[a-z_]{1,8}(\.[a-z_]{1,8}){0,2}=[a-z0-9]{0,4}", fullmatch=True).filter(
         lambda s: s.split(".")[0].split("=")[0] not in _KEYS),
 )
@@ -109,7 +134,8 @@ UNKNOWN = st.sampled_from(["--nope", "--limit", "--eps=", "-x", "extra_argument"
 COMMON_MODEL = {"--limit": ints_not_positive(), "--batch-size": ints_not_positive(),
                 "--device": DEVICES, "--dataset": DATASETS, "--checkpoint": CHECKPOINTS,
                 "?": UNKNOWN, "--split": st.sampled_from(["val", "", "TRAIN"]),
-                "--seed": st.sampled_from(["abc", "1.5", ""])}
+                "--seed": st.sampled_from(["abc", "1.5", "", "-1", "18446744073709551616",
+                                           "9" * 5000])}
 ANALYSIS = {"--limit": ints_not_positive(), "--batch-size": ints_not_positive(),
             "--device": DEVICES, "--dataset": DATASETS, "--results": RESULTS, "?": UNKNOWN,
             "--model": st.sampled_from(["missing_run", "fake.safetensors", "../x=run",
@@ -123,7 +149,13 @@ SWEEP_BASE = ["--config", CONFIG, "--limit", "8", "--attacks", "step_ll", "--eps
 
 COMMANDS = {
     "train": (["train", "--config", CONFIG, "--out", "newrun", "--quiet", *TINY],
-              {"--config": CONFIGS, "@override": OVERRIDES, "--out": DIR_OUT, "?": UNKNOWN}),
+              {"--config": CONFIGS, "@override": OVERRIDES, "?": UNKNOWN,
+               "--out": st.one_of(DIR_OUT, st.just("busy")),  # busy: another writer holds it
+               # resuming the trained run with a config that changes what it computes
+               "@resume": st.sampled_from(["optim.lr=0.05", "seed=3", "optim.momentum=0.5",
+                                           "optim.lr_milestones=[2]", "optim.iterations=2",
+                                           "model.depth=14", "data.flip=true",
+                                           "optim.weight_decay=0.001", "init_mode=continue"])}),
     "eval": (["eval", "--checkpoint", "run", "--limit", "8", "--attacks", "step_ll", "--eps",
               "4", "--quiet", "--results", "r.db"],
              {**COMMON_MODEL, "--eps": EPS, "--attacks": ATTACKS, "--results": RESULTS,
@@ -213,6 +245,9 @@ def test_malformed_input_is_one_line_exit_2_and_changes_nothing(work, command):
             value = data.draw(options[key], label=key)
             if key == "@override":
                 overrides.append(value)
+            elif key == "@resume":  # into the trained run (a later --out would win)
+                argv += ["--out", "run"]
+                overrides.append(value)
             elif key == "?":
                 argv.append(value)
             else:
@@ -230,3 +265,94 @@ def test_malformed_input_is_one_line_exit_2_and_changes_nothing(work, command):
     if report:
         with open(report, "a") as fh:
             fh.write(json.dumps({"command": command, "cases": CASES[command]}) + "\n")
+
+
+# --- issue 19, classes 4-7: one case, one hostile value, so that each reaches its check ----
+
+def _deep(depth: int, key: str) -> str:
+    return f"{key}: " + "[" * depth + "]" * depth + "\n"
+
+
+def _bomb(levels: int, width: int, key: str) -> str:
+    """Anchors ``l0 .. l{levels-1}``, each ``width`` aliases of the one before
+    (``width ** levels`` values expanded), the last under ``key`` (a known key)."""
+    lines = [f"l{i}: &l{i} [{', '.join([f'*l{i - 1}' if i else 'x'] * width)}]"
+             for i in range(levels)]
+    return "\n".join(lines[:-1]) + "\n" + lines[-1].replace(f"l{levels - 1}:", f"{key}:") + "\n"
+
+
+_KNOWN = st.sampled_from(["seed", "paper", "name", "log_every"])
+YAML_DOCS = st.one_of(
+    st.builds(_deep, st.integers(33, 20000), _KNOWN),
+    st.builds(_bomb, st.integers(5, 9), st.integers(10, 20), _KNOWN),
+    st.builds("{}: !!python/{} {}\n".format, _KNOWN,
+              st.sampled_from(["object/apply:os.system", "name:os.system", "object:os.Popen"]),
+              st.sampled_from(["['echo owned']", "x", "{}"])),
+    st.builds("optim:\n{}lr: 0.1\n".format, st.sampled_from(["\t", " \t", "\t  "])),
+    st.builds("{}: &a [1, *a]\n".format, _KNOWN),
+    st.integers(4301, 20000).map(lambda n: "seed: " + "9" * n + "\n"),
+)
+_ALLOWED = st.lists(st.sampled_from(["log_every=1", "checkpoint.every=2", "device=cpu",
+                                     "checkpoint.keep=3"]), max_size=2)
+ISSUE19 = {
+    "yaml override": st.one_of(_YAML_VALUES, st.sampled_from(
+        ["optim.lr=[0.1", "name=*foo", "name=&a [*a]", "optim.lr=\t0.1", "seed=" + "[" * 5000,
+         "seed=!!python/object/apply:os.system [x]", "optim.lr=" + "x" * 100_000])).map(
+        lambda o: ["--out", "newrun", o]),
+    "yaml file": YAML_DOCS,
+    "numbers": st.one_of(
+        st.floats(min_value=64.0001, allow_nan=False).map(lambda w: [f"model.width={w!r}"]),
+        st.sampled_from([".inf", "-.inf", ".nan", "-1e-9", "0"]).map(
+            lambda w: [f"model.width={w}"]),
+        st.integers(201, 10**12).map(lambda n: [f"model.depth={6 * n + 2}"]),
+        st.tuples(st.sampled_from([110, 218]), st.floats(25, 64)).map(  # > 10^9 parameters
+            lambda dw: [f"model.depth={dw[0]}", f"model.width={dw[1]!r}"]),
+        st.one_of(st.integers(min_value=2**64), st.integers(max_value=-1)).map(
+            lambda s: [f"seed={s}"]),
+        st.integers(1025, 10**9).map(lambda c: [f"data.crop_size={c}"]),
+    ).map(lambda o: ["--out", "newrun", *o]),
+    "resume": st.tuples(st.one_of(
+        st.floats(1e-4, 10).filter(lambda x: x != 0.1).map("optim.lr={!r}".format),
+        st.integers(1, 2**64 - 1).map("seed={}".format),
+        st.floats(0, 0.99).filter(lambda x: x != 0.9).map("optim.momentum={!r}".format),
+        st.floats(0, 1).filter(lambda x: x != 1e-4).map("optim.weight_decay={!r}".format),
+        st.integers(1, 3).map("optim.iterations={}".format),  # the run is at 4
+        st.lists(st.integers(1, 100), min_size=1, max_size=3, unique=True).map(
+            lambda m: f"optim.lr_milestones={sorted(m)}"),
+        st.sampled_from(["model.depth=14", "model.width=0.5", "data.flip=true",
+                         "init_mode=continue", "adversarial.lam=0.5", "optim.name=rmsprop"]),
+    ), _ALLOWED).map(lambda c: ["--out", "run", *c[1], c[0]]),
+    "busy": _ALLOWED.map(lambda extra: ["--out", "busy", *extra]),
+}
+
+
+@pytest.mark.parametrize("kind", list(ISSUE19))
+def test_hostile_values_of_issue_19_are_one_line_exit_2_and_change_nothing(work, kind,
+                                                                          tmp_path_factory):
+    files = tmp_path_factory.mktemp("configs")  # outside the work folder
+    before = snapshot(work)
+    name = f"train ({kind})"
+    CASES[name] = 0
+
+    @settings(max_examples=40, deadline=None, derandomize=True, database=None,
+              suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+    @given(value=ISSUE19[kind])
+    def case(value):
+        if kind == "yaml file":
+            path = files / f"{hashlib.sha256(value.encode()).hexdigest()[:16]}.yaml"
+            path.write_text(value)
+            argv = ["train", "--config", path, "--out", "newrun", "--quiet", *TINY]
+        else:
+            argv = ["train", "--config", CONFIG, "--quiet", *TINY, *value]
+        CASES[name] += 1
+        code, _, err = run(argv, work)
+        assert code == 2, (argv, code, err)
+        assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, (argv, err)
+        assert len(err) <= 2100, argv  # errors.MAX_LINE: no echoed document
+        assert snapshot(work) == before, argv
+
+    case()
+    report = os.environ.get("CASCADE_ADV_FUZZ_REPORT")
+    if report:
+        with open(report, "a") as fh:
+            fh.write(json.dumps({"command": name, "cases": CASES[name]}) + "\n")

@@ -515,3 +515,162 @@ def test_run_killed_before_its_first_log_resumes_but_a_users_config_folder_is_re
     assert_one_line(run("train", "--config", "exp/config.yaml", "--out", "exp", *TINY,
                         cwd=tmp_path), 2, "not a run folder")
     assert snapshot(tmp_path / "exp") == before
+
+
+# --- issue 19, classes 4-7: one writer, resume, hostile YAML, numbers out of range -------
+
+_HOLD = """\
+import sys, time
+from cascade_adv.io import folder_lock
+with folder_lock(sys.argv[1]):
+    print("held", flush=True)
+    time.sleep(120)
+"""
+
+
+def test_a_second_writer_of_a_run_folder_is_refused_naming_the_holder(tmp_path):
+    train_tiny(tmp_path / "run", "optim.iterations=8")
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD, str(tmp_path / "run")],
+                              stdout=subprocess.PIPE, text=True,
+                              env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
+    try:
+        assert holder.stdout.readline().strip() == "held"  # another process writes the run
+        before = snapshot(tmp_path)
+        result = run("train", "--config", CONFIG, "--out", "run", "--quiet", *TINY,
+                     cwd=tmp_path)  # would resume the run to 12 iterations
+        assert_one_line(result, 2, "run folder run", f"process {holder.pid}")
+        assert snapshot(tmp_path) == before
+    finally:
+        holder.kill()
+        holder.wait()
+    assert run("train", "--config", CONFIG, "--out", "run", "--quiet", *TINY,
+               cwd=tmp_path)[0] == 0  # the lock ends with its holder
+
+
+def test_resume_with_a_changed_config_is_refused_naming_the_keys(tmp_path):
+    train_tiny(tmp_path / "run", "optim.iterations=8")
+    before = snapshot(tmp_path)
+    result = run("train", "--config", CONFIG, "--out", "run", "--quiet", *TINY, "optim.lr=0.05",
+                 "seed=7", "optim.momentum=0.5", "optim.lr_milestones=[10]", cwd=tmp_path)
+    assert_one_line(result, 2, "trained to iteration 8", "optim.lr 0.1 -> 0.05", "seed 0 -> 7",
+                    "optim.momentum 0.9 -> 0.5", "optim.lr_milestones [] -> [10]")
+    result = run("train", "--config", CONFIG, "--out", "run", "--quiet", *TINY,
+                 "optim.iterations=6", cwd=tmp_path)  # below where the run is
+    assert_one_line(result, 2, "optim.iterations 8 -> 6", "at least 8")
+    assert snapshot(tmp_path) == before
+
+
+def test_an_extended_schedule_is_recorded_and_equals_the_longer_run(tmp_path):
+    from cascade_adv.models import load_model
+    from cascade_adv.training import load_config
+
+    train_tiny(tmp_path / "run", "optim.iterations=8")
+    result = run("train", "--config", CONFIG, "--out", "run", "--quiet", *TINY, "log_every=2",
+                 "checkpoint.every=6", "data.root=elsewhere", cwd=tmp_path)  # to 12
+    assert result[0] == 0, result
+    history = [json.loads(ln) for ln in (tmp_path / "run" / "history.jsonl").open()]
+    assert len(history) == 1 and history[0]["iteration"] == 8
+    assert history[0]["changed"] == {
+        "optim.iterations": {"old": 8, "new": 12}, "log_every": {"old": 4, "new": 2},
+        "checkpoint.every": {"old": 4, "new": 6}, "data.root": {"old": None, "new": "elsewhere"}}
+    assert load_config(tmp_path / "run" / "config.yaml").optim.iterations == 12
+    iters = [json.loads(ln)["iteration"] for ln in (tmp_path / "run" / "metrics.jsonl").open()]
+    assert iters == [4, 8, 10, 12]
+    train_tiny(tmp_path / "straight")
+    a, b = load_model(tmp_path / "run"), load_model(tmp_path / "straight")
+    for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert torch.equal(x, y), name  # the extension continued the same run
+
+
+_BOMB = "".join(f"l{i}: &l{i} [{', '.join([f'*l{i - 1}' if i else 'x'] * 10)}]\n"
+                for i in range(6))  # 10^6 values once its aliases are expanded
+
+
+@pytest.mark.parametrize("case", [
+    "override_unclosed", "override_undefined_alias", "override_python_tag", "override_tab",
+    "override_800kb", "file_20000_deep", "file_alias_bomb", "file_self_alias", "file_python_tag",
+    "file_tabs", "run_config_bomb", "metadata_deep_json",
+])
+def test_hostile_yaml_is_one_short_line_and_changes_nothing(work, case, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from cascade_adv.models.serialize import _read_metadata
+
+    files = {"deep.yaml": "seed: " + "[" * 20000 + "]" * 20000 + "\n",
+             "bomb.yaml": _BOMB.replace("l5: ", "paper: "),
+             "self.yaml": "optim:\n  lr_milestones: &m [1, *m]\n",
+             "tag.yaml": "seed: !!python/object/apply:os.system ['echo owned']\n",
+             "tabs.yaml": "optim:\n\tlr: 0.1\n"}
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    (tmp_path / "bombrun").mkdir()  # a run folder whose recorded config is a bomb
+    weights = work / "myrun" / "final" / "model.safetensors"
+    (tmp_path / "bombrun" / "model.safetensors").write_bytes(weights.read_bytes())
+    (tmp_path / "bombrun" / "config.yaml").write_text(_BOMB.replace("l5: ", "paper: "))
+    meta = {**_read_metadata(weights), "config": "[" * 50000 + "]" * 50000}
+    save_file(load_file(weights), tmp_path / "deepmeta.safetensors", metadata=meta)
+    tr = ["train", "--config", CONFIG, "--out", "r", *TINY]
+    ev = ["eval", "--limit", "8", "--quiet", "--attacks", "step_ll", "--eps", "4"]
+    args, words = {
+        "override_unclosed": ([*tr, "optim.lr=[0.1"], ["optim.lr=[0.1", "not valid YAML"]),
+        "override_undefined_alias": ([*tr, "name=*foo"], ["undefined alias"]),
+        "override_python_tag": ([*tr, "seed=!!python/object/apply:os.system [x]"], ["tag"]),
+        "override_tab": ([*tr, "optim.lr=\t0.1"], ["'\\t'"]),
+        "override_800kb": ([*tr, "optim.lr=" + "x" * 800_000], ["optim.lr", "characters"]),
+        "file_20000_deep": (["train", "--config", "deep.yaml"], ["limit of 32 levels"]),
+        "file_alias_bomb": (["train", "--config", "bomb.yaml"], ["limit of 100,000 values"]),
+        "file_self_alias": (["train", "--config", "self.yaml"], ["contains itself"]),
+        "file_python_tag": (["train", "--config", "tag.yaml"], ["tag.yaml", "tag"]),
+        "file_tabs": (["train", "--config", "tabs.yaml"], ["line 2"]),
+        "run_config_bomb": ([*ev, "--checkpoint", "bombrun"], ["limit of 100,000 values"]),
+        "metadata_deep_json": ([*ev, "--checkpoint", "deepmeta.safetensors"],
+                               ["limit of 32 levels"]),
+    }[case]
+    before = snapshot(tmp_path)
+    result = run(*args, cwd=tmp_path)
+    assert_one_line(result, 2, *words)
+    assert len(result[2]) < 2100  # no echoed document (errors.MAX_LINE)
+    assert snapshot(tmp_path) == before
+
+
+def _with_model_config(weights: Path, out: Path, **change) -> Path:
+    from safetensors.torch import load_file, save_file
+
+    from cascade_adv.models.serialize import _read_metadata
+
+    meta = _read_metadata(weights)
+    meta["config"] = json.dumps({**json.loads(meta["config"]), **change})
+    save_file(load_file(weights), out, metadata=meta)
+    return out
+
+
+@pytest.mark.parametrize("case", [
+    "width_inf", "width_absurd", "depth_absurd", "too_many_parameters", "crop_absurd",
+    "seed_past_2_64", "seed_negative", "metadata_width_absurd", "metadata_too_many_parameters",
+    "eval_seed_past_2_64",
+])
+def test_numbers_outside_what_can_be_built_are_refused_with_the_limit(work, case, tmp_path):
+    weights = work / "myrun" / "final" / "model.safetensors"
+    _with_model_config(weights, tmp_path / "wide.safetensors", width=1e4)
+    _with_model_config(weights, tmp_path / "big.safetensors", width=40.0, depth=56)
+    tr = ["train", "--config", CONFIG, "--out", "r", "--quiet", *TINY]
+    ev = ["eval", "--limit", "8", "--quiet", "--attacks", "step_ll", "--eps", "4"]
+    args, words = {
+        "width_inf": ([*tr, "model.width=.inf"], ["model.width", "finite"]),
+        "width_absurd": ([*tr, "model.width=1e6"], ["model.width", "64"]),
+        "depth_absurd": ([*tr, "model.depth=60000002"], ["model.depth", "1202"]),
+        # ResNet-56 at width 40: 1.36 billion parameters, 5.4 GB before any tensor is read
+        "too_many_parameters": ([*tr, "model.depth=56", "model.width=40"],
+                                ["1,356,951,809", "limit of 1,000,000,000", "model.width"]),
+        "crop_absurd": ([*tr, "data.crop_size=100000"], ["data.crop_size", "1024"]),
+        "seed_past_2_64": ([*tr, f"seed={2**64}"], ["seed", "0..2^64-1"]),
+        "seed_negative": ([*tr, "seed=-1"], ["seed", "0..2^64-1"]),
+        "metadata_width_absurd": ([*ev, "--checkpoint", "wide.safetensors"], ["width", "64"]),
+        "metadata_too_many_parameters": ([*ev, "--checkpoint", "big.safetensors"],
+                                         ["big.safetensors", "limit of 1,000,000,000"]),
+        "eval_seed_past_2_64": ([*ev, "--checkpoint", weights, "--seed", str(2**64)],
+                                ["--seed", "18446744073709551615"]),
+    }[case]
+    before = snapshot(tmp_path)
+    assert_one_line(run(*args, cwd=tmp_path), 2, *words)
+    assert snapshot(tmp_path) == before

@@ -129,6 +129,9 @@ def test_divergence_stops_and_keeps_last_good_checkpoint(tmp_path):
 def test_resume_with_other_architecture_is_refused(tmp_path):
     train(tiny_config(**{"optim.iterations": 4}), tmp_path / "run", progress=False)
     other = tiny_config(**{"optim.iterations": 8, "model.depth": 14})
+    with pytest.raises(ConfigError, match="model.depth 8 -> 14"):  # the recorded config's
+        train(other, tmp_path / "run", progress=False)
+    (tmp_path / "run" / "config.yaml").unlink()  # no recorded config: the weights' own check
     with pytest.raises(CheckpointError, match="depth"):
         train(other, tmp_path / "run", progress=False)
 

@@ -7,10 +7,33 @@ and exits with status 2, without a traceback.
 """
 
 
+#: The longest error line a user is shown; a longer one keeps its start and its end
+#: (the fix), so that no echoed input (an 800 KB YAML value) floods the terminal.
+MAX_LINE = 2000
+
+
+def shorten(text: str, limit: int) -> str:
+    """``text`` at most ``limit`` characters long (``limit`` >= 40): a longer one keeps its
+    start and end around a note of how much was left out."""
+    if len(text) <= limit:
+        return text
+    keep = limit - len(f" [... {len(text):,} characters ...] ")  # the note's longest form
+    head = keep * 2 // 3
+    return (f"{text[:head]} [... {len(text) - keep:,} characters ...] "
+            f"{text[len(text) - (keep - head):]}")
+
+
+def echo(value: object, limit: int = 80) -> str:
+    """``repr(value)`` for an error message, at most ``limit`` characters (an input
+    echoed back may be a file's whole content)."""
+    return shorten(repr(value), limit)
+
+
 def one_line(text: object) -> str:
-    """``str(text)`` with all whitespace runs (newlines included) collapsed to one space:
-    how an error message reaches the user."""
-    return " ".join(str(text).split())
+    """``str(text)`` with all whitespace runs (newlines included) collapsed to one space
+    and at most :data:`MAX_LINE` characters (:func:`shorten`): how an error message
+    reaches the user."""
+    return shorten(" ".join(str(text).split()), MAX_LINE)
 
 
 class CascadeAdvError(Exception):
@@ -52,6 +75,11 @@ class OutputPathError(CascadeAdvError, ValueError):
 
 class InvalidArgument(CascadeAdvError, ValueError):
     """A bad argument to a command or a library function (empty list, non-positive limit...)."""
+
+
+class FolderInUse(CascadeAdvError):
+    """A folder that another running process holds locked (a run folder that a
+    ``train`` is writing); the message names the folder and that process."""
 
 
 class ModelFault(CascadeAdvError):

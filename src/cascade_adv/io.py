@@ -92,6 +92,44 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             tmp_path.unlink()
 
 
+#: The lock file of :func:`folder_lock`, inside the folder it locks.
+LOCK_FILE = ".lock"
+
+
+@contextlib.contextmanager
+def folder_lock(folder: str | os.PathLike, *, wait: bool = True, what: str = "folder",
+                fix: str = "wait for it to finish") -> Iterator[None]:
+    """Hold an exclusive lock on the existing ``folder`` for the block: POSIX ``flock`` on
+    ``folder/.lock``, into which the holder writes its pid (a no-op where there is no
+    ``flock``).  The kernel drops the lock when its holder ends, however it ends, so a
+    killed process leaves no stale lock.  ``wait``: block until the holder is done;
+    otherwise raise :class:`~cascade_adv.errors.FolderInUse` naming ``what``, the folder,
+    the holder's pid and ``fix``, having written nothing."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    from cascade_adv.errors import FolderInUse
+
+    fd = os.open(Path(folder) / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666)  # umask applies
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            pid = os.pread(fd, 32, 0).decode(errors="replace").strip()
+            holder = f"process {pid}" if pid.isdigit() else "another process"
+            raise FolderInUse(f"{what} {folder} is in use by {holder}; {fix}") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        try:
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)

@@ -6,6 +6,8 @@ from __future__ import annotations
 import click
 
 POSITIVE = click.IntRange(min=1)
+#: ``--seed``: torch's generators take 64 bits
+SEED = click.IntRange(0, 2**64 - 1)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})

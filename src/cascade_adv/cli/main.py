@@ -15,6 +15,7 @@ import click
 from cascade_adv.cli import reproduce, research  # noqa: F401
 from cascade_adv.cli.common import (
     EPS,
+    SEED,
     AttackNames,
     _apply,
     check_outputs,
@@ -53,13 +54,12 @@ Examples:
 def _is_config_dump(path: Path) -> bool:
     """True for the resolved config that ``train`` writes first into a run folder (every
     top-level key present), as opposed to a config file of the user's."""
-    import yaml
-
+    from cascade_adv.textdata import load_yaml
     from cascade_adv.training.config import TrainConfig
 
-    try:
-        tree = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError, yaml.YAMLError):
+    try:  # ConfigError (a ValueError): not YAML, or past the limits of textdata
+        tree = load_yaml(path.read_text(encoding="utf-8"), str(path))
+    except (OSError, ValueError):
         return False
     return isinstance(tree, dict) and set(TrainConfig.model_fields) <= set(tree)
 
@@ -148,7 +148,7 @@ def train(config_path, out, resume, quiet, overrides):
 @click.option("--csv", "csv_path", type=click.Path(dir_okay=False), default=None)
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None)
 @click.option("--name", default=None, help="Model name in tables (default: run folder name).")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option(
     "--precision",
     type=click.Choice(["auto", "float32", "bf16"]),
@@ -276,7 +276,7 @@ def _write_set(attack_name, eps, out, seed, batch_size, quiet, overwrite, **mode
 )
 @click.option("--overwrite", is_flag=True,
               help="Replace --out even when it is not an earlier adversarial set.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
 def attack(**kwargs):
     """Write adversarial images of a split to disk (uint8 .npy + meta.json)."""
     _write_set(**kwargs)
@@ -310,7 +310,7 @@ Examples:
 )
 @click.option("--overwrite", is_flag=True,
               help="Replace --out even when it is not an earlier adversarial set.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
 def craft(**kwargs):
     """Save iter_FGSM images of the training split for cascade training (N18 section 6).
 

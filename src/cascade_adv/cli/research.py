@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from cascade_adv.cli.common import ATTACKS, EPS, POSITIVE, _csv_list, check_outputs, cli
+from cascade_adv.cli.common import ATTACKS, EPS, POSITIVE, SEED, _csv_list, check_outputs, cli
 from cascade_adv.errors import CascadeAdvError
 
 
@@ -29,7 +29,7 @@ def common_options(fn):
         click.option("--results", type=click.Path(dir_okay=False),
                      default="results/results.db", show_default=True,
                      help="SQLite results store (rows are upserted)."),
-        click.option("--seed", type=int, default=0, show_default=True),
+        click.option("--seed", type=SEED, default=0, show_default=True),
         click.option("--quiet", is_flag=True, help="No progress bars."),
     ]
     for opt in reversed(options):

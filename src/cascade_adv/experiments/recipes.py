@@ -61,13 +61,13 @@ def chain_seed(seed: int, index: int) -> int:
 
 def config_index(configs: Path) -> dict[str, str]:
     """Training-config name -> its file relative to ``configs``."""
-    import yaml
+    from cascade_adv.textdata import load_yaml
 
     out = {}
     for path in sorted(configs.rglob("*.yaml")):
-        try:
-            tree = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError:
+        try:  # ConfigError (a ValueError): not YAML, or past the limits of textdata
+            tree = load_yaml(path.read_text(), str(path)) or {}
+        except (OSError, ValueError):
             continue
         if isinstance(tree, dict) and isinstance(tree.get("name"), str):
             out.setdefault(tree["name"], str(path.relative_to(configs)))

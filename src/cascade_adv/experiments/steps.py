@@ -12,13 +12,12 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from cascade_adv.io import atomic_write_text
+from cascade_adv.io import LOCK_FILE, atomic_write_text, folder_lock
 
 
 @dataclass(frozen=True)
@@ -163,23 +162,6 @@ def read_done(folder: Path, key: str) -> dict | None:
     return done if done.get("key") == key else None
 
 
-@contextmanager
-def _locked(folder: Path):
-    """An exclusive lock on ``folder/.lock`` (blocking; POSIX ``flock``, a no-op where
-    there is none)."""
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows
-        yield
-        return
-    with open(folder / ".lock", "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
 def execute(step: Step, key: str, folder: str, deps: dict[str, dict], rt: Runtime) -> dict:
     """Run one step (in this process or a worker) with ``rt.threads`` torch threads and
     mark it finished (``done.json``); returns its outputs.
@@ -192,13 +174,13 @@ def execute(step: Step, key: str, folder: str, deps: dict[str, dict], rt: Runtim
 
     path = Path(folder)
     path.mkdir(parents=True, exist_ok=True)
-    with _locked(path):
+    with folder_lock(path):
         done = read_done(path, key)
         if done is not None:
             return done["outputs"]
         if step.kind != "train":
             for child in path.iterdir():
-                if child.name != ".lock":
+                if child.name != LOCK_FILE:
                     shutil.rmtree(child) if child.is_dir() else child.unlink()
         before = torch.get_num_threads()
         if rt.threads:

@@ -7,6 +7,7 @@ from cascade_adv.models.resnet import ReluDecay, ResNet
 from cascade_adv.models.serialize import (
     WEIGHTS_FILE,
     build_model,
+    check_model_size,
     load_model,
     read_model_config,
     read_model_init,
@@ -24,6 +25,7 @@ __all__ = [
     "ReluDecay",
     "ResNet",
     "build_model",
+    "check_model_size",
     "load_model",
     "read_model_config",
     "read_model_init",

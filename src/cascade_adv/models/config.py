@@ -12,6 +12,22 @@ ARCHS = ("resnet", "inception_v3")
 #: The smallest input Inception v3 accepts: 75x75 shrinks to 1x1 before Mixed_7b.
 INCEPTION_MIN_SIZE = 75
 
+# What :func:`cascade_adv.models.build_model` builds (docs/reliability.md, class 7): ranges
+# that keep every size a finite integer, then a limit on the model's size, estimated
+# before any memory is allocated (:func:`cascade_adv.models.check_model_size`).
+#: The deepest ResNet: He et al.'s deepest CIFAR network, ResNet-1202 (n = 200).
+MAX_DEPTH = 1202
+#: The largest width multiplier (K17 section 4.3 goes up to rho = 2).
+MAX_WIDTH = 64.0
+#: The largest input side in pixels (K17's Inception v3 takes 299).
+MAX_INPUT_SIZE = 1024
+#: The most input channels and classes.
+MAX_IN_CHANNELS = 64
+MAX_CLASSES = 100_000
+#: The most parameters and buffer elements of one model: 4 GB as float32 (ResNet-110 has
+#: 1.7 million, K17's Inception v3 24 million).
+MAX_PARAMETERS = 1_000_000_000
+
 
 def check_depth(v: int) -> int:
     """ResNet depth must be 6n + 2 (20, 32, 44, 56, 110, ...)."""
@@ -51,16 +67,16 @@ class ModelConfig(BaseModel):
     authors' code, docs/fidelity.md).  It only matters when a model is built fresh.
     """
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     arch: Literal["resnet", "inception_v3"] = "resnet"
-    depth: int = Field(20, ge=8)
-    width: float = Field(1.0, gt=0)
+    depth: int = Field(20, ge=8, le=MAX_DEPTH)
+    width: float = Field(1.0, gt=0, le=MAX_WIDTH)
     activation: Literal["relu", "relu6", "relu_decay", "tanh", "elu"] = "relu"
     relu_decay_beta: float = Field(0.1, gt=0)
-    in_channels: int = Field(3, ge=1)
-    input_size: int = Field(32, ge=4)
-    num_classes: int = Field(10, ge=2)
+    in_channels: int = Field(3, ge=1, le=MAX_IN_CHANNELS)
+    input_size: int = Field(32, ge=4, le=MAX_INPUT_SIZE)
+    num_classes: int = Field(10, ge=2, le=MAX_CLASSES)
     normalize: Literal["per_pixel_mean", "none", "inception"] = "per_pixel_mean"
     shortcut: Literal["A", "B"] | None = None
     bn_momentum: float | None = Field(None, gt=0, le=1)

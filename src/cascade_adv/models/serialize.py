@@ -12,26 +12,56 @@ import os
 from pathlib import Path
 
 import torch
+from pydantic import ValidationError
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from cascade_adv.errors import CheckpointError
+from cascade_adv.errors import CheckpointError, ConfigError
 from cascade_adv.io import atomic_path
-from cascade_adv.models.config import ModelConfig
+from cascade_adv.models.config import MAX_PARAMETERS, ModelConfig
 from cascade_adv.models.inception import InceptionV3
 from cascade_adv.models.resnet import ResNet
+from cascade_adv.textdata import load_json
 
 WEIGHTS_FILE = "model.safetensors"
 
 
+def _construct(cfg: ModelConfig) -> ResNet | InceptionV3:
+    return InceptionV3(cfg) if cfg.arch == "inception_v3" else ResNet(cfg)
+
+
+def parameter_count(cfg: ModelConfig) -> int:
+    """The number of parameters and buffer elements of a model of ``cfg``, counted on
+    PyTorch's ``meta`` device: shapes only, no memory (ResNet-1202 in under a second)."""
+    with torch.device("meta"):
+        model = _construct(cfg)
+    return sum(t.numel() for t in (*model.parameters(), *model.buffers()))
+
+
+def check_model_size(cfg: ModelConfig, fix: str = "lower the width or depth") -> int:
+    """:func:`parameter_count` of ``cfg``, or :class:`ConfigError` naming the limit and
+    ``fix`` when it is over :data:`~cascade_adv.models.config.MAX_PARAMETERS` (checked
+    before a model is built, so an absurd width is refused instead of allocated)."""
+    n = parameter_count(cfg)
+    if n > MAX_PARAMETERS:
+        shape = f"{cfg.in_channels}x{cfg.input_size}x{cfg.input_size}"
+        what = "inception_v3" if cfg.arch == "inception_v3" else f"resnet depth {cfg.depth}"
+        raise ConfigError(
+            f"a {what} of width {cfg.width:g} on {shape} inputs with {cfg.num_classes} classes "
+            f"would hold {n:,} parameters and buffer values ({4 * n / 1e9:,.1f} GB as float32), "
+            f"more than the limit of {MAX_PARAMETERS:,} ({4 * MAX_PARAMETERS / 1e9:g} GB); "
+            f"{fix}")
+    return n
+
+
 def build_model(cfg: ModelConfig | dict) -> ResNet | InceptionV3:
     """A freshly initialised model for ``cfg``: a :class:`ResNet` or, for
-    ``arch: inception_v3``, an :class:`InceptionV3`."""
+    ``arch: inception_v3``, an :class:`InceptionV3`; :class:`ConfigError` for a model
+    over the size limit (:func:`check_model_size`)."""
     if isinstance(cfg, dict):
         cfg = ModelConfig(**cfg)
-    if cfg.arch == "inception_v3":
-        return InceptionV3(cfg)
-    return ResNet(cfg)
+    check_model_size(cfg)
+    return _construct(cfg)
 
 
 def save_model(model: ResNet | InceptionV3, path: str | os.PathLike, *, init: str = "") -> None:
@@ -84,9 +114,13 @@ def read_model_config(path: str | os.PathLike) -> ModelConfig:
     if "config" not in meta:
         raise CheckpointError(f"{path} holds no model config; pass a checkpoint written by cascade-adv")
     try:
-        return ModelConfig(**_upgrade(json.loads(meta["config"])))
-    except (ValueError, TypeError) as exc:  # JSONDecodeError and pydantic's ValidationError
-        first = str(exc).strip().splitlines()[0]
+        return ModelConfig(**_upgrade(load_json(meta["config"], "its model config", fix="")))
+    except (ValueError, TypeError) as exc:  # textdata's ConfigError, pydantic's ValidationError
+        if isinstance(exc, ValidationError):  # the field and the range it is outside of
+            err = exc.errors()[0]
+            first = f"{'.'.join(map(str, err['loc'])) or 'config'}: {err['msg']}"
+        else:
+            first = str(exc).strip().splitlines()[0]
         raise CheckpointError(
             f"{path} holds an invalid model config ({first}); it is damaged or was not "
             "written by cascade-adv"
@@ -116,7 +150,12 @@ def load_model(
             f"checkpoint {path} is another architecture ({detail}); "
             "use the config it was trained with or another checkpoint"
         )
-    model = build_model(cfg)
+    try:  # before any memory is allocated
+        check_model_size(cfg, fix="it is damaged or was not written by cascade-adv")
+    except ConfigError as exc:
+        raise CheckpointError(f"checkpoint {path} holds a model config that cannot be built: "
+                              f"{exc}") from None
+    model = _construct(cfg)
     try:
         state = load_file(str(path), device="cpu")
     except (SafetensorError, OSError) as exc:
@@ -145,10 +184,10 @@ def weights_hash(path: str | os.PathLike) -> str:
         n = int.from_bytes(data[:8], "little")
         if len(data) < 8 or 8 + n > len(data):
             raise ValueError("short file")
-        header = json.loads(data[8 : 8 + n])
+        header = load_json(data[8 : 8 + n], "header", max_chars=n)
         canonical = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
         digest = hashlib.sha256(b"safetensors\0" + canonical + b"\0" + data[8 + n :])
-    except ValueError:  # not safetensors (JSONDecodeError and UnicodeDecodeError included)
+    except ValueError:  # not safetensors (textdata's ConfigError included)
         digest = hashlib.sha256(data)
     return digest.hexdigest()[:16]
 

@@ -23,7 +23,6 @@ can check that the set was made for the expected dataset, split and image shape.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ import torch
 
 from cascade_adv.errors import CascadeAdvError, OutputPathError
 from cascade_adv.io import check_writable_dir, file_sha256, is_within
+from cascade_adv.textdata import load_json
 
 FORMAT = "cascade-adv/advset/1"
 ARRAYS = ("images", "labels", "eps", "index")
@@ -45,8 +45,8 @@ def is_adversarial_set(path: str | os.PathLike) -> bool:
     """True when ``path`` is a folder written by :func:`craft_adversarial_set`."""
     meta = Path(path) / "meta.json"
     try:
-        return meta.is_file() and json.loads(meta.read_text()).get("format") == FORMAT
-    except (OSError, ValueError, AttributeError):
+        return meta.is_file() and load_json(meta.read_bytes(), str(meta)).get("format") == FORMAT
+    except (OSError, ValueError, AttributeError):  # textdata's ConfigError is a ValueError
         return False
 
 
@@ -107,9 +107,9 @@ def _read_meta(path: Path) -> dict:
         raise CascadeAdvError(f"{path} is not an adversarial set (no meta.json); "
                               "create one with 'cascade-adv attack'")
     try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except (ValueError, OSError):  # JSONDecodeError, UnicodeDecodeError, unreadable
-        raise CascadeAdvError(f"{meta_path} is not valid JSON; re-create the set") from None
+        meta = load_json(meta_path.read_bytes(), str(meta_path), "re-create the set")
+    except OSError:  # unreadable
+        raise CascadeAdvError(f"{meta_path} cannot be read; re-create the set") from None
     if not isinstance(meta, dict):
         raise _bad(path, "has a meta.json that is not a JSON object")
     if meta.get("format") != FORMAT:

@@ -3,7 +3,9 @@
 Layout of a run folder::
 
     run/
-      config.yaml                 resolved training config
+      .lock                       held by the process training into it (its pid inside)
+      config.yaml                 resolved training config (of the latest session)
+      history.jsonl               config changes made on resume (training/resume.py)
       metrics.jsonl               one JSON object per logged iteration
       checkpoints/ckpt-0001000/   model.safetensors + state.pt
       checkpoints/latest          name of the newest complete checkpoint

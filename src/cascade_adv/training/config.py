@@ -22,13 +22,23 @@ from pydantic import (
 )
 
 from cascade_adv.data.imagefolder import DEFAULT_IMAGE_SIZE as INCEPTION_DEFAULT_SIZE
-from cascade_adv.errors import ConfigError
-from cascade_adv.models.config import INCEPTION_MIN_SIZE, check_depth
+from cascade_adv.errors import ConfigError, echo
+from cascade_adv.models.config import (
+    INCEPTION_MIN_SIZE,
+    MAX_DEPTH,
+    MAX_INPUT_SIZE,
+    MAX_WIDTH,
+    check_depth,
+)
 from cascade_adv.speed import SpeedConfig
+from cascade_adv.textdata import load_yaml
+
+#: The largest seed: torch's generators take 64 bits.
+MAX_SEED = 2**64 - 1
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class DataSection(_Strict):
@@ -43,8 +53,8 @@ class DataSection(_Strict):
 
     dataset: Literal["digits", "mnist", "cifar10", "imagenet"] = "digits"
     root: str | None = None
-    image_size: int | None = Field(None, ge=8)
-    crop_size: int | None = Field(None, ge=4)
+    image_size: int | None = Field(None, ge=8, le=MAX_INPUT_SIZE)
+    crop_size: int | None = Field(None, ge=4, le=MAX_INPUT_SIZE)
     flip: bool = False
     download: bool = False
 
@@ -60,8 +70,8 @@ class ModelSection(_Strict):
     """
 
     arch: Literal["resnet", "inception_v3"] = "resnet"
-    depth: int = Field(20, ge=8)
-    width: float = Field(1.0, gt=0)
+    depth: int = Field(20, ge=8, le=MAX_DEPTH)
+    width: float = Field(1.0, gt=0, le=MAX_WIDTH)
     activation: Literal["relu", "relu6", "relu_decay", "tanh", "elu"] = "relu"
     relu_decay_beta: float = Field(0.1, gt=0)
     normalize: Literal["auto", "per_pixel_mean", "none", "inception"] = "auto"
@@ -213,11 +223,11 @@ class TrainConfig(_Strict):
         for entry in rows:
             table, label = split_paper_entry(entry) or ("", "")
             if table not in PUBLISHED:
-                raise ValueError(f"{entry!r} is not 'TABLE: ROW' with TABLE one of "
+                raise ValueError(f"{echo(entry)} is not 'TABLE: ROW' with TABLE one of "
                                  f"{', '.join(PUBLISHED)}")
             t = PUBLISHED[table]
             if label not in (*t.row_order, *t.sources):
-                raise ValueError(f"{table} has no row {label!r}; its rows are "
+                raise ValueError(f"{table} has no row {echo(label)}; its rows are "
                                  f"{', '.join(dict.fromkeys((*t.row_order, *t.sources)))}")
         return rows
 
@@ -227,6 +237,14 @@ class TrainConfig(_Strict):
 
         return paper_row(self.paper, table)
 
+    @field_validator("seed")
+    @classmethod
+    def _seed_range(cls, seed: int) -> int:
+        if not 0 <= seed <= MAX_SEED:
+            raise ValueError(f"must be in the range 0..2^64-1 (0..{MAX_SEED}), got "
+                             f"{echo(seed)}; pick a seed in that range")
+        return seed
+
     @field_validator("name")
     @classmethod
     def _plain_name(cls, name: str) -> str:
@@ -234,7 +252,7 @@ class TrainConfig(_Strict):
         parts = name.replace("\\", "/").split("/")
         if not name.strip() or name.startswith(("/", "~")) or "\0" in name \
                 or any(p in ("", ".", "..") for p in parts):
-            raise ValueError(f"name {name!r} must be a relative name inside runs/ (no '..', "
+            raise ValueError(f"name {echo(name)} must be a relative name inside runs/ (no '..', "
                              "no leading '/'); use e.g. name=my_run")
         return name
 
@@ -295,7 +313,7 @@ def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
     for part in parts[:-1]:
         child = node.setdefault(part, {})
         if not isinstance(child, dict):
-            raise ConfigError(f"override {dotted!r}: {part!r} is not a section")
+            raise ConfigError(f"override {echo(dotted)}: {echo(part)} is not a section")
         node = child
     node[parts[-1]] = value
 
@@ -306,8 +324,11 @@ def parse_overrides(overrides: list[str] | tuple[str, ...]) -> dict:
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
-            raise ConfigError(f"override {item!r} is not key=value; write e.g. optim.lr=0.05")
-        _set_dotted(tree, key.strip(), yaml.safe_load(raw) if raw.strip() else None)
+            raise ConfigError(f"override {echo(item)} is not key=value; write e.g. optim.lr=0.05")
+        value = load_yaml(raw, f"override {echo(item)}", "quote or fix the value, e.g. "
+                          "name=my_run optim.lr=0.05 optim.lr_milestones=[100,200]") \
+            if raw.strip() else None
+        _set_dotted(tree, key.strip(), value)
     return tree
 
 
@@ -336,14 +357,14 @@ def format_validation_error(exc: ValidationError, model: type[BaseModel], where:
     key = ".".join(loc) or "(top level)"
     if err["type"] == "extra_forbidden":
         valid = _section_fields(model, err["loc"])
-        return f"{where}: unknown key {key!r}; valid keys here: {', '.join(valid)}"
+        return f"{where}: unknown key {echo(key)}; valid keys here: {', '.join(valid)}"
     msg = err["msg"]
     if err["type"] == "value_error":
         prefix = "" if not loc else f"{key}: "
         return f"{where}: {prefix}{msg.removeprefix('Value error, ')}"
     if err["type"] == "literal_error":
         msg = msg.replace("Input should be", "must be one of")
-    return f"{where}: {key}: {msg} (got {err.get('input')!r})"
+    return f"{where}: {key}: {msg} (got {echo(err.get('input'))})"
 
 
 def read_yaml_tree(path: str | os.PathLike, _seen: tuple = ()) -> dict:
@@ -364,12 +385,7 @@ def read_yaml_tree(path: str | os.PathLike, _seen: tuple = ()) -> dict:
                                for ln in text.splitlines()):
         raise ConfigError(f"config {path} is empty; copy one from configs/ "
                           "(e.g. configs/digits_baseline.yaml)")
-    try:
-        tree = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        line = getattr(getattr(exc, "problem_mark", None), "line", None)
-        at = f" at line {line + 1}" if line is not None else ""
-        raise ConfigError(f"{path} is not valid YAML{at}; fix its syntax") from None
+    tree = load_yaml(text, str(path))
     if not isinstance(tree, dict):
         raise ConfigError(f"{path} must hold a mapping of keys to values")
     parent = tree.pop("extends", None)

@@ -15,29 +15,35 @@ import hashlib
 import json
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
+from pydantic import ValidationError
 from torch import nn
 from tqdm.auto import tqdm
 
 from cascade_adv import attacks
 from cascade_adv.data import ImageDataset, load_dataset, per_pixel_mean, random_crop_flip, to_float
 from cascade_adv.errors import CheckpointError, ConfigError, TrainingDiverged
-from cascade_adv.io import atomic_write_text
+from cascade_adv.io import LOCK_FILE, atomic_write_text, folder_lock
 from cascade_adv.models import (
     ModelConfig,
     ResNet,
     build_model,
+    check_model_size,
     load_model,
+    read_model_init,
     save_model,
     weights_hash,
 )
 from cascade_adv.models.serialize import WEIGHTS_FILE
 from cascade_adv.speed import Speed, prepare_input, prepare_model, release_model, speed_from_config
+from cascade_adv.textdata import load_json
 from cascade_adv.training import distributed
 from cascade_adv.training.adversarial import AdversarialObjective
 from cascade_adv.training.checkpoint import (
@@ -47,8 +53,9 @@ from cascade_adv.training.checkpoint import (
     remove_stale_run_temps,
     save_checkpoint,
 )
-from cascade_adv.training.config import TrainConfig, dump_config
+from cascade_adv.training.config import TrainConfig, dump_config, format_validation_error
 from cascade_adv.training.optim import make_optimizer
+from cascade_adv.training.resume import check_resume, record_changes
 from cascade_adv.training.signals import StopSignals
 
 #: ``objective(model, x, y, iteration, generator) -> (loss, logits_for_accuracy, labels)``
@@ -72,13 +79,19 @@ def model_config_for(cfg: TrainConfig, train_set: ImageDataset) -> ModelConfig:
     if normalize == "auto":
         normalize = {"cifar10": "per_pixel_mean", "imagenet": "inception"}.get(cfg.data.dataset,
                                                                               "none")
-    return ModelConfig(
-        arch=cfg.model.arch, depth=cfg.model.depth, width=cfg.model.width,
-        activation=cfg.model.activation, relu_decay_beta=cfg.model.relu_decay_beta, in_channels=c,
-        input_size=cfg.data.crop_size or h, num_classes=train_set.num_classes,
-        normalize=normalize, dataset=cfg.data.dataset, shortcut=cfg.model.shortcut,
-        bn_momentum=cfg.model.bn_momentum, bn_eps=cfg.model.bn_eps, init=cfg.model.init,
-    )
+    try:
+        model_cfg = ModelConfig(
+            arch=cfg.model.arch, depth=cfg.model.depth, width=cfg.model.width,
+            activation=cfg.model.activation, relu_decay_beta=cfg.model.relu_decay_beta,
+            in_channels=c, input_size=cfg.data.crop_size or h,
+            num_classes=train_set.num_classes, normalize=normalize, dataset=cfg.data.dataset,
+            shortcut=cfg.model.shortcut, bn_momentum=cfg.model.bn_momentum,
+            bn_eps=cfg.model.bn_eps, init=cfg.model.init,
+        )
+    except ValidationError as exc:  # the dataset's channels or classes out of range
+        raise ConfigError(format_validation_error(exc, ModelConfig, "model")) from None
+    check_model_size(model_cfg, fix="lower model.width or model.depth")  # before any memory
+    return model_cfg
 
 
 def init_id(init_from: str | Path | None, seed: int, model_cfg: ModelConfig) -> str:
@@ -271,7 +284,7 @@ class _Metrics:
             keep = []
             for ln in path.read_text(errors="replace").splitlines():
                 try:  # a line cut short by a kill (or damaged) is dropped
-                    record = json.loads(ln)
+                    record = load_json(ln, "a metrics line")
                 except ValueError:
                     continue
                 if isinstance(record, dict) and record.get("iteration", 0) <= start:
@@ -282,6 +295,253 @@ class _Metrics:
     def write(self, record: dict) -> None:
         with open(self.path, "a") as fh:
             fh.write(json.dumps(record) + "\n")
+
+
+@dataclass
+class OpenRun:
+    """A run folder opened for training by :func:`open_run`."""
+
+    model: nn.Module  # prepared for the speed options (and SyncBatchNorm under DDP)
+    optimizer: torch.optim.Optimizer  # with the checkpoint's state when resuming
+    start: int  # the first iteration to run
+    init: str  # where the weights started (:func:`init_id`), saved with every checkpoint
+    metrics: _Metrics | None  # None on the ranks that write no files
+
+
+def _empty_ancestor(path: Path) -> Path | None:
+    """The outermost folder of ``path`` that does not exist yet (None: it exists)."""
+    missing = None
+    for folder in (path, *path.parents):
+        if folder.exists():
+            break
+        missing = folder
+    return missing
+
+
+@contextmanager
+def _writer_lock(run_dir: Path, ctx: distributed.DistContext) -> Iterator[None]:
+    """One writer per run folder: rank 0 creates ``run_dir`` and holds its lock
+    (:func:`cascade_adv.io.folder_lock`, the lock of the reproduce steps) for the block;
+    a second writer gets :class:`~cascade_adv.errors.FolderInUse` naming the holder,
+    having written nothing.  Folders created here are removed again if the block fails
+    before anything but the lock file was written (a refused config, a bad init_from)."""
+    if not ctx.is_main:  # under torchrun the other ranks write no files
+        yield
+        return
+    created = _empty_ancestor(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with folder_lock(run_dir, wait=False, what="run folder",
+                     fix="wait for that run to finish, or train into another --out folder"):
+        try:
+            yield
+        except BaseException:
+            if created is not None and {p.name for p in run_dir.iterdir()} <= {LOCK_FILE}:
+                (run_dir / LOCK_FILE).unlink(missing_ok=True)
+                for folder in (run_dir, *run_dir.parents):
+                    try:
+                        folder.rmdir()
+                    except OSError:  # someone else's file appeared meanwhile: keep it
+                        break
+                    if folder == created:
+                        break
+            raise
+
+
+def _starting_point(cfg: TrainConfig, run_dir: Path, setup: TrainingSetup, device, *,
+                    resume: bool, init_from) -> tuple[nn.Module, dict | None, int, dict, Any]:
+    """The model, training state (None: a fresh optimizer) and first iteration: the run's
+    last checkpoint (its recorded config checked, :func:`check_resume`), else the last
+    checkpoint of ``init_from`` (``init_mode: continue``), its weights, or a new
+    network; the config changes a resume makes (to record) and where the state is from."""
+    ckpt = latest_checkpoint(run_dir) if resume else None
+    if ckpt is not None:
+        state = read_state(ckpt, device)
+        changes = check_resume(run_dir, cfg, state["iteration"], same_init=lambda: (
+            cfg.init_from is not None and read_model_init(ckpt)
+            == init_id(cfg.init_from, cfg.seed, setup.model_cfg)))
+        model = load_model(ckpt, expected=setup.model_cfg, map_location=device)
+        return model, state, state["iteration"], changes, ckpt
+    if not resume and (run_dir / "checkpoints" / "latest").exists():
+        raise CheckpointError(f"{run_dir} already holds a run; pick a new --out folder or "
+                              "resume it")
+    if init_from is not None and cfg.init_mode == "continue":
+        return (*continue_from(init_from, cfg, setup.model_cfg, device), {}, init_from)
+    if init_from is not None:
+        model = load_model(init_from, expected=setup.model_cfg, map_location=device)
+        return model, None, 0, {}, init_from
+    return initial_model(cfg, setup, device), None, 0, {}, None
+
+
+def _load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict, source) -> None:
+    try:
+        optimizer.load_state_dict(state["optimizer"])
+    except (ValueError, KeyError) as exc:
+        raise ConfigError(
+            f"the optimizer state of {source} does not fit this run's optimizer "
+            f"({str(exc).splitlines()[0]}); use the optim.name and "
+            "optim.weight_decay_scope it was written with, or init_mode weights"
+        ) from None
+
+
+@contextmanager
+def open_run(cfg: TrainConfig, run_dir: Path, setup: TrainingSetup,
+             ctx: distributed.DistContext, *, resume: bool = True,
+             init_from: str | Path | None = None) -> Iterator[OpenRun]:
+    """Open ``run_dir`` for training with ``cfg`` and hold it for the block: lock it
+    (one writer), remove what a killed run left half-written, pick the starting point
+    (resume with the recorded config checked, ``init_from``, ``init_mode: continue``
+    or a new network), build the optimizer with its state, then record the session
+    (``config.yaml``, changes in ``history.jsonl``, ``metrics.jsonl`` trimmed to the
+    checkpoint).  Everything that can be refused is refused before that record."""
+    device = ctx.device
+    with _writer_lock(run_dir, ctx):
+        if ctx.is_main:
+            remove_stale_run_temps(run_dir)  # what a killed run left half-written
+        model, state, start, changes, source = _starting_point(
+            cfg, run_dir, setup, device, resume=resume, init_from=init_from)
+        ctx.check_same(start, f"the torchrun processes see different checkpoints in {run_dir} "
+                              "(iterations {low} to {high}); put the run folder on a "
+                              "filesystem that every node shares")
+        if ctx.distributed and cfg.distributed.sync_batchnorm:
+            model = distributed.convert_sync_batchnorm(model, device)
+        prepare_model(model, setup.speed)  # channels_last / compile, in place (parameters kept)
+        init = init_id(init_from, cfg.seed, setup.model_cfg)
+        optimizer = make_optimizer(cfg, model)
+        if state is not None:
+            _load_optimizer_state(optimizer, state, source)
+        metrics = None
+        if ctx.is_main:  # under torchrun only rank 0 writes files
+            atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
+            record_changes(run_dir, start, changes)
+            metrics = _Metrics(run_dir / "metrics.jsonl", start)
+        yield OpenRun(model, optimizer, start, init, metrics)
+
+
+class DivergenceGuard:
+    """Training stops at the first non-finite loss, weight, BatchNorm statistic or
+    optimizer state, before it becomes a checkpoint.
+
+    The losses stay on the device (:meth:`add`) and are read back together, one host
+    sync, at each check (:meth:`losses`); the weights are checked with one fused
+    reduction (:meth:`weights`, :func:`nonfinite_state`).  Either raises
+    :class:`TrainingDiverged` naming the iteration (losses) or the range since the last
+    check (weights), the last good checkpoint that is kept, and ``hint``."""
+
+    def __init__(self, cfg: TrainConfig, run_dir: Path, run: OpenRun,
+                 ctx: distributed.DistContext, hint: str):
+        self.cfg, self.run_dir, self.run, self.ctx, self.hint = cfg, run_dir, run, ctx, hint
+        self.finite_at = run.start  # weights last found finite after this iteration
+        self.pending: list[torch.Tensor] = []  # this rank's losses since the last check
+
+    def add(self, loss: torch.Tensor) -> None:
+        self.pending.append(loss)
+
+    def _kept(self, what: str) -> str:
+        last = latest_checkpoint(self.run_dir)
+        return f"the last {what} checkpoint {last} is kept" if last else \
+            "no checkpoint was written yet"
+
+    def losses(self, done: int) -> float:
+        """The global losses of iterations ``done - len(pending) .. done - 1`` in one
+        read-back: the last one, or :class:`TrainingDiverged` at the first non-finite."""
+        first = done - len(self.pending)
+        losses = self.ctx.all_reduce_sum(torch.stack(self.pending)) / self.ctx.world
+        self.pending.clear()
+        values = losses.tolist()  # the host sync of the loss, once per check
+        for i, value in enumerate(values):
+            if not math.isfinite(value):
+                bad = first + i
+                raise TrainingDiverged(
+                    f"training diverged: loss is {value} at iteration {bad} "
+                    f"(lr {learning_rate(self.cfg, bad):g}; found when checking iterations "
+                    f"{first}-{done - 1}); {self._kept('good')}; {self.hint}"
+                )
+        return values[-1]
+
+    def weights(self, done: int) -> None:
+        """Weights, buffers and optimizer state finite, else :class:`TrainingDiverged`."""
+        bad = nonfinite_state(self.run.model, self.run.optimizer, self.ctx)
+        if bad:
+            raise TrainingDiverged(
+                f"training diverged: {len(bad)} weight / optimizer tensors became non-finite "
+                f"(first {bad[0]}) between iterations {self.finite_at} and {done} "
+                f"(lr {learning_rate(self.cfg, done - 1):g}); {self._kept('finite')}; "
+                f"{self.hint}")
+        self.finite_at = done
+
+
+def _iterate(cfg: TrainConfig, run_dir: Path, setup: TrainingSetup,
+             ctx: distributed.DistContext, run: OpenRun, guard: DivergenceGuard, *,
+             progress: bool, on_step, t0: float) -> float:
+    """Iterations ``run.start .. optim.iterations - 1``: a step each, the divergence checks,
+    metrics and checkpoints at their points, a checkpoint and
+    :class:`~cascade_adv.errors.TrainingInterrupted` on SIGINT / SIGTERM.  Returns the
+    last loss checked."""
+    model, optimizer, metrics, sampler = run.model, run.optimizer, run.metrics, setup.sampler
+    total = cfg.optim.iterations
+    model.train()
+    net = ctx.wrap(model)  # DDP under torchrun: averages the ranks' gradients
+    if ctx.distributed:  # dropout (Inception v3): independent masks on each rank's rows
+        torch.manual_seed(_seed(cfg.seed, run.start, ctx.rank, 4))
+    loss_value = metrics.last_loss if metrics is not None else math.nan  # a finished run
+    stop = StopSignals(enabled=not ctx.distributed)
+    bar = tqdm(range(run.start, total), initial=run.start, total=total,
+               disable=not (progress and ctx.is_main), desc=f"train {cfg.name}", unit="it",
+               dynamic_ncols=True)
+    # SIGINT / SIGTERM inside the block: finish the iteration, checkpoint, stop;
+    # the previous handlers come back however the block ends
+    with stop:
+        for it in bar:
+            x, y = sampler.batch(it)  # the global batch, the same on every rank
+            if ctx.distributed and not getattr(setup.objective, "shards_batch", False):
+                x, y = ctx.shard.clean(x, y)
+            lr = learning_rate(cfg, it)
+            loss, logits, labels = train_step(net, optimizer, setup.objective, x, y, it,
+                                              sampler.generator(it, 3), lr=lr,
+                                              speed=setup.speed, fuse=cfg.speed.fuse)
+            guard.add(loss)
+            done = it + 1
+            logged = done % cfg.log_every == 0 or done == total
+            saving = done % cfg.checkpoint.every == 0 or done == total or bool(stop.requested)
+            if logged or saving or on_step is not None:
+                loss_value = guard.losses(done)  # before any checkpoint is written
+            if logged or saving:
+                guard.weights(done)
+            if logged:
+                acc = _accuracy(logits, labels, ctx)
+                if metrics is not None:
+                    metrics.write({"iteration": done, "loss": loss_value, "lr": lr,
+                                   "train_acc": acc,
+                                   "max_abs_logit": logits.detach().abs().max().item(),
+                                   "seconds": round(time.perf_counter() - t0, 3)})
+                bar.set_postfix(loss=f"{loss_value:.4f}", acc=f"{acc:.1f}", lr=f"{lr:g}")
+            if saving:
+                if ctx.is_main:
+                    save_checkpoint(run_dir, model, optimizer, done, keep=cfg.checkpoint.keep,
+                                    init=run.init)
+                ctx.barrier()
+            if stop.requested and done < total:
+                bar.close()
+                raise stop.interrupted(done, total, latest_checkpoint(run_dir))
+            if on_step is not None:
+                on_step(done, loss_value)
+    bar.close()
+    return loss_value
+
+
+def _finish(cfg: TrainConfig, run_dir: Path, ctx: distributed.DistContext,
+            run: OpenRun) -> nn.Module:
+    """Save the final weights (rank 0) and return the model in eval mode, eager, with
+    plain BatchNorm; the process group is left as it was found."""
+    model = run.model
+    if ctx.is_main:
+        save_model(model, run_dir / "final" / WEIGHTS_FILE, init=run.init)
+    ctx.barrier()
+    release_model(model)  # eager forward, contiguous weights
+    if ctx.distributed and cfg.distributed.sync_batchnorm:
+        model = distributed.revert_sync_batchnorm(model)
+    ctx.close()
+    return model.eval()
 
 
 def train(
@@ -296,6 +556,14 @@ def train(
     on_step: Callable[[int, float], None] | None = None,
 ) -> TrainResult:
     """Train a ResNet with ``cfg`` into ``run_dir``; resume from its last checkpoint.
+
+    Set-up (:func:`setup_training`, :func:`open_run`), the iterations, the final weights.
+    A run folder has one writer: a second ``train`` into it raises
+    :class:`~cascade_adv.errors.FolderInUse` naming the process that holds it.  A
+    resume whose config differs from the run's recorded one in anything but the
+    options of :mod:`cascade_adv.training.resume` (more iterations, logging,
+    checkpointing, device, speed...) raises :class:`ConfigError` naming the keys;
+    allowed changes are recorded in the run's ``history.jsonl``.
 
     ``objective`` computes the loss of one batch; by default it is clean
     cross-entropy, or with ``adversarial.mode`` set, Algorithm 1 with the loss of
@@ -336,148 +604,17 @@ def train(
     run_dir = Path(run_dir)
     distributed.check_batch_split(cfg, distributed.env_world_size())
     ctx = distributed.setup(cfg.distributed.backend, cfg.device)
-    device = ctx.device
-    setup = setup_training(cfg, device, shard=ctx.shard, objective=objective)
-    model_cfg, sampler, speed = setup.model_cfg, setup.sampler, setup.speed
-    objective, divergence_hint = setup.objective, setup.divergence_hint or divergence_hint
-    init_from = init_from or cfg.init_from
-
-    if ctx.is_main:
-        remove_stale_run_temps(run_dir)  # what a killed run left half-written
-    ckpt = latest_checkpoint(run_dir) if resume else None
-    if ckpt is not None:
-        model = load_model(ckpt, expected=model_cfg, map_location=device)
-        state = read_state(ckpt, device)
-        start = state["iteration"]
-    else:
-        if not resume and (run_dir / "checkpoints" / "latest").exists():
-            raise CheckpointError(
-                f"{run_dir} already holds a run; pick a new --out folder or resume it"
-            )
-        state, start = None, 0
-        if init_from is not None and cfg.init_mode == "continue":
-            model, state, start = continue_from(init_from, cfg, model_cfg, device)
-        elif init_from is not None:
-            model = load_model(init_from, expected=model_cfg, map_location=device)
-        else:
-            model = initial_model(cfg, setup, device)
-    ctx.check_same(start, f"the torchrun processes see different checkpoints in {run_dir} "
-                          "(iterations {low} to {high}); put the run folder on a filesystem "
-                          "that every node shares")
-    if ctx.distributed and cfg.distributed.sync_batchnorm:
-        model = distributed.convert_sync_batchnorm(model, device)
-    prepare_model(model, speed)  # channels_last / compile, in place (parameters kept)
-    init = init_id(init_from, cfg.seed, model_cfg)
-    optimizer = make_optimizer(cfg, model)
-    if state is not None:
-        try:
-            optimizer.load_state_dict(state["optimizer"])
-        except (ValueError, KeyError) as exc:
-            raise ConfigError(
-                f"the optimizer state of {ckpt or init_from} does not fit this run's optimizer "
-                f"({str(exc).splitlines()[0]}); use the optim.name and "
-                "optim.weight_decay_scope it was written with, or init_mode weights"
-            ) from None
-
-    metrics = None
-    if ctx.is_main:  # under torchrun only rank 0 writes files
-        run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
-        metrics = _Metrics(run_dir / "metrics.jsonl", start)
-    total = cfg.optim.iterations
-    model.train()
-    net = ctx.wrap(model)  # DDP under torchrun: averages the ranks' gradients
-    if ctx.distributed:  # dropout (Inception v3): independent masks on each rank's rows
-        torch.manual_seed(_seed(cfg.seed, start, ctx.rank, 4))
-    t0 = time.perf_counter()
-    loss_value = metrics.last_loss if metrics is not None else math.nan  # a finished run
-    finite_at = start  # weights last found finite after this iteration
-    pending: list[torch.Tensor] = []  # this rank's losses since the last check, on the device
-
-    def check_losses(done: int) -> float:
-        """The global losses of iterations ``done - len(pending) .. done - 1`` in one
-        read-back; raise :class:`TrainingDiverged` at the first non-finite one."""
-        first = done - len(pending)
-        losses = ctx.all_reduce_sum(torch.stack(pending)) / ctx.world
-        pending.clear()
-        values = losses.tolist()  # the host sync of the loss, once per check
-        for i, value in enumerate(values):
-            if not math.isfinite(value):
-                last = latest_checkpoint(run_dir)
-                kept = (f"the last good checkpoint {last} is kept" if last
-                        else "no checkpoint was written yet")
-                bad = first + i
-                raise TrainingDiverged(
-                    f"training diverged: loss is {value} at iteration {bad} "
-                    f"(lr {learning_rate(cfg, bad):g}; found when checking iterations "
-                    f"{first}-{done - 1}); {kept}; {divergence_hint}"
-                )
-        return values[-1]
-
-    def check_weights(done: int) -> None:
-        """Weights, buffers and optimizer state finite, else :class:`TrainingDiverged`."""
-        nonlocal finite_at
-        bad = nonfinite_state(model, optimizer, ctx)
-        if bad:
-            last = latest_checkpoint(run_dir)
-            kept = (f"the last finite checkpoint {last} is kept" if last
-                    else "no checkpoint was written yet")
-            raise TrainingDiverged(
-                f"training diverged: {len(bad)} weight / optimizer tensors became non-finite "
-                f"(first {bad[0]}) between iterations {finite_at} and {done} "
-                f"(lr {learning_rate(cfg, done - 1):g}); {kept}; {divergence_hint}")
-        finite_at = done
-
-    stop = StopSignals(enabled=not ctx.distributed)
-    bar = tqdm(range(start, total), initial=start, total=total,
-               disable=not (progress and ctx.is_main), desc=f"train {cfg.name}", unit="it",
-               dynamic_ncols=True)
-    # SIGINT / SIGTERM inside the block: finish the iteration, checkpoint, stop;
-    # the previous handlers come back however the block ends
-    with stop:
-        for it in bar:
-            x, y = sampler.batch(it)  # the global batch, the same on every rank
-            if ctx.distributed and not getattr(objective, "shards_batch", False):
-                x, y = ctx.shard.clean(x, y)
-            lr = learning_rate(cfg, it)
-            loss, logits, labels = train_step(net, optimizer, objective, x, y, it,
-                                              sampler.generator(it, 3), lr=lr, speed=speed,
-                                              fuse=cfg.speed.fuse)
-            pending.append(loss)
-            done = it + 1
-            logged = done % cfg.log_every == 0 or done == total
-            saving = done % cfg.checkpoint.every == 0 or done == total or bool(stop.requested)
-            if logged or saving or on_step is not None:
-                loss_value = check_losses(done)  # before any checkpoint is written
-            if logged or saving:
-                check_weights(done)
-            if logged:
-                acc = _accuracy(logits, labels, ctx)
-                if metrics is not None:
-                    metrics.write({"iteration": done, "loss": loss_value, "lr": lr, "train_acc": acc,
-                                   "max_abs_logit": logits.detach().abs().max().item(),
-                                   "seconds": round(time.perf_counter() - t0, 3)})
-                bar.set_postfix(loss=f"{loss_value:.4f}", acc=f"{acc:.1f}", lr=f"{lr:g}")
-            if saving:
-                if ctx.is_main:
-                    save_checkpoint(run_dir, model, optimizer, done, keep=cfg.checkpoint.keep,
-                                    init=init)
-                ctx.barrier()
-            if stop.requested and done < total:
-                bar.close()
-                raise stop.interrupted(done, total, latest_checkpoint(run_dir))
-            if on_step is not None:
-                on_step(done, loss_value)
-    bar.close()
-    if ctx.is_main:
-        save_model(model, run_dir / "final" / WEIGHTS_FILE, init=init)
-    ctx.barrier()
-    release_model(model)  # eager forward, contiguous weights
-    if ctx.distributed and cfg.distributed.sync_batchnorm:
-        model = distributed.revert_sync_batchnorm(model)
-    ctx.close()
-    model.eval()
-    return TrainResult(run_dir, model, total, loss_value, time.perf_counter() - t0, start)
+    setup = setup_training(cfg, ctx.device, shard=ctx.shard, objective=objective)
+    hint = setup.divergence_hint or divergence_hint
+    with open_run(cfg, run_dir, setup, ctx, resume=resume,
+                  init_from=init_from or cfg.init_from) as run:
+        t0 = time.perf_counter()
+        guard = DivergenceGuard(cfg, run_dir, run, ctx, hint)
+        loss = _iterate(cfg, run_dir, setup, ctx, run, guard, progress=progress,
+                        on_step=on_step, t0=t0)
+        model = _finish(cfg, run_dir, ctx, run)
+    return TrainResult(run_dir, model, cfg.optim.iterations, loss, time.perf_counter() - t0,
+                       run.start)
 
 
 def preflight(cfgs: list[TrainConfig]) -> None:
