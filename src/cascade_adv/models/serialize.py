@@ -43,7 +43,8 @@ def save_model(model: ResNet | InceptionV3, path: str | os.PathLike, *, init: st
     meta = {"format": "cascade-adv/model/1", "config": model.config.model_dump_json()}
     if init:
         meta["init"] = init
-    with atomic_path(path) as tmp:
+    size = sum(t.numel() * t.element_size() for t in state.values()) + (64 << 10)
+    with atomic_path(path, size=size) as tmp:  # a full disk: one line with the size
         save_file(state, str(tmp), metadata=meta)
 
 
