@@ -23,6 +23,23 @@ def resolve_data_root(root: str | os.PathLike | None = None) -> Path:
     return Path(root).expanduser()
 
 
+#: The folder of each dataset under the data root (the bundled digits have none).
+DATASET_FOLDERS = {"mnist": "mnist", "cifar10": "cifar10", "imagenet": "imagenet"}
+
+
+def dataset_folder(name: str, root: str | os.PathLike | None = None) -> Path | None:
+    """The folder the reader of dataset ``name`` reads under ``root``
+    (:func:`resolve_data_root`): ``ROOT/mnist``, ``ROOT/cifar10``, ``ROOT/imagenet`` when it
+    exists, else the root itself (the files may lie there); None for the bundled digits
+    and unknown names.  What commands must never write into (docs/reliability.md)."""
+    key = _ALIASES.get(str(name).strip().lower(), str(name).strip().lower())
+    if key not in DATASET_FOLDERS:
+        return None
+    data_root = resolve_data_root(root)
+    folder = data_root / DATASET_FOLDERS[key]
+    return folder if folder.is_dir() else data_root
+
+
 def load_dataset(
     name: str,
     split: str = "train",
