@@ -69,19 +69,26 @@ def work(tmp_path_factory):
 def test_craft_into_the_model_run_folder_is_refused(work):
     before = snapshot(work)
     assert_one_line(run("craft", "--checkpoint", "myrun", "--out", "myrun", "--limit", "8",
-                        "--eps", "2", "--quiet", cwd=work), 2, "myrun", "new folder")
+                        "--eps", "2", "--quiet", cwd=work), 2, "--out myrun is --checkpoint",
+                    "which this command reads")
     assert_one_line(run("craft", "--checkpoint", "myrun", "--out", "myrun", "--overwrite",
                         "--limit", "8", "--eps", "2", "--quiet", cwd=work), 2, "myrun")
     assert snapshot(work) == before
 
 
-def test_attack_into_the_current_folder_is_refused(work):
-    before = snapshot(work)
-    for out in (".", str(work), ".."):
+def test_attack_into_the_current_folder_is_refused(work, tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    before, work_before = snapshot(tmp_path), snapshot(work)
+    for out in (".", str(tmp_path), ".."):  # '..' also holds the model: either rule refuses
+        result = run("attack", "--checkpoint", work / "myrun", "--attack", "step_ll", "--eps",
+                     "4", "--out", out, "--overwrite", "--limit", "8", "--quiet", cwd=tmp_path)
+        assert_one_line(result, 2, "--out")
+        assert "current folder" in result[2] or (out == ".." and "holds" in result[2])
+    for out in ("myrun", "..", str(work)):  # the model's folder, from inside it
         assert_one_line(run("attack", "--checkpoint", "myrun", "--attack", "step_ll", "--eps",
                             "4", "--out", out, "--overwrite", "--limit", "8", "--quiet",
-                            cwd=work), 2, "current folder")
-    assert snapshot(work) == before
+                            cwd=work), 2, "--out")
+    assert snapshot(tmp_path) == before and snapshot(work) == work_before
 
 
 def test_existing_folder_refused_unless_overwrite_and_own_set_replaced(work, tmp_path):
@@ -391,16 +398,42 @@ def test_stale_temporary_files_of_a_killed_run_are_removed(tmp_path):
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     ckpts = tmp_path / "run" / "checkpoints"
-    stale = [ckpts / f".latest.{dead.pid}.abc123.tmp", ckpts / ".ckpt-0000012.tmp",
-             tmp_path / "run" / f".metrics.jsonl.{dead.pid}.x_y.tmp"]
+    stale = [ckpts / f".cascade-adv.latest.{dead.pid}.abc123xy.tmp",
+             ckpts / f".cascade-adv.ckpt-0000012.{dead.pid}.k2j4_5g6.tmp",
+             tmp_path / "run" / f".cascade-adv.metrics.jsonl.{dead.pid}.x_y12345.tmp"]
     stale[0].write_text("ckpt-0000")
     stale[1].mkdir()
     stale[2].write_text("{")
-    alive = ckpts / f".latest.{os.getpid()}.zz.tmp"  # a writer still running: kept
+    alive = ckpts / f".cascade-adv.latest.{os.getpid()}.zzzzzzzz.tmp"  # a running writer's
     alive.write_text("x")
+    users = [ckpts / ".latest.notes.tmp", ckpts / ".ckpt-0000012.tmp",  # not ours: kept
+             tmp_path / "run" / ".metrics.jsonl.v2.tmp",
+             ckpts / ".cascade-adv.latest.notes.tmp",  # no pid, no random part
+             ckpts / f".cascade-adv.latest.{dead.pid}.short.tmp"]  # not mkstemp's 8 chars
+    for p in users:
+        p.write_text("mine")
     train_tiny(tmp_path / "run")
     assert not any(p.exists() for p in stale) and alive.exists()
+    assert all(p.read_text() == "mine" for p in users)
     assert TrainingInterrupted("x", 143).exit_code == 143
+
+
+def test_stale_temp_cleanup_beside_out_spares_the_users_dotfiles(work, tmp_path):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (tmp_path / ".adv.notes.tmp").write_text("my notes")  # a user's dotfile and dot-folder
+    (tmp_path / ".adv.v2.tmp").mkdir()
+    (tmp_path / ".adv.v2.tmp" / "draft.txt").write_text("draft")
+    stale = tmp_path / f".cascade-adv.adv.{dead.pid}.a1b2c3d4.tmp"  # a killed craft's
+    stale.mkdir()
+    (stale / "images.npy").write_bytes(b"half")
+    assert run("attack", "--checkpoint", work / "myrun", "--attack", "step_ll", "--eps", "4",
+               "--limit", "8", "--quiet", "--out", "adv", cwd=tmp_path)[0] == 0
+    assert (tmp_path / ".adv.notes.tmp").read_text() == "my notes"
+    assert (tmp_path / ".adv.v2.tmp" / "draft.txt").read_text() == "draft"
+    assert not stale.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".adv.notes.tmp", ".adv.v2.tmp",
+                                                          "adv"]
 
 
 def test_folder_moved_aside_by_a_killed_swap_is_put_back(tmp_path):
@@ -408,7 +441,7 @@ def test_folder_moved_aside_by_a_killed_swap_is_put_back(tmp_path):
 
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    aside = tmp_path / f".ckpt-0000010.{dead.pid}.q1.old.tmp"  # killed between the renames
+    aside = tmp_path / f".cascade-adv.ckpt-0000010.{dead.pid}.q1w2e3r4.old.tmp"  # killed between
     aside.mkdir()
     (aside / "model.safetensors").write_text("weights")
     remove_stale_temps(tmp_path, "ckpt-*")
@@ -513,5 +546,9 @@ def test_run_killed_before_its_first_log_resumes_but_a_users_config_folder_is_re
     (tmp_path / "exp" / "config.yaml").write_text(Path(CONFIG).read_text())
     before = snapshot(tmp_path / "exp")
     assert_one_line(run("train", "--config", "exp/config.yaml", "--out", "exp", *TINY,
-                        cwd=tmp_path), 2, "not a run folder")
+                        cwd=tmp_path), 2, "--out exp holds --config exp/config.yaml")
+    (tmp_path / "exp2").mkdir()
+    (tmp_path / "exp2" / "plan.txt").write_text("mine")
+    assert_one_line(run("train", "--config", CONFIG, "--out", "exp2", *TINY, cwd=tmp_path), 2,
+                    "not a run folder")
     assert snapshot(tmp_path / "exp") == before

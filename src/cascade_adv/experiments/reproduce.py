@@ -33,9 +33,10 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
+from cascade_adv.data.loading import dataset_folder
 from cascade_adv.errors import InvalidArgument, one_line
 from cascade_adv.experiments.steps import Runtime, Step, execute, read_done
-from cascade_adv.io import atomic_write_text, check_writable_dir
+from cascade_adv.io import atomic_write_text, check_disjoint, check_writable_dir
 
 #: Bumped when what a step computes changes for the same parameters; part of every key.
 CACHE_VERSION = 1
@@ -403,6 +404,9 @@ def reproduce(name: str, out: str | Path, *, data_dir: str | None = None,
                       {"recipe": recipe.name, "suffix": builder.suffix, "scale": scale,
                        "test_images": test_images, "dataset": used, "tolerance": tolerance,
                        "only": list(only)}, tuple(s.name for s in steps)))
+    data_folder = dataset_folder(used, data_dir)
+    check_disjoint([("--out", out)], [("--configs", configs)] + (
+        [("the dataset folder", data_folder)] if data_folder is not None else []))
     cache = Cache(out, used)
     cache.check()
     _check_data(used, data_dir, download)
