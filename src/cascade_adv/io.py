@@ -317,16 +317,14 @@ def check_disjoint(outputs: Sequence[tuple[str, str | os.PathLike | None]],
     outs = [(label, Path(p), real_path(p)) for label, p in outputs if p]
     ins = [(label, Path(p), real_path(p)) for label, p in inputs if p]
     for i, (label, path, real) in enumerate(outs):
-        for other, opath, oreal, kind in ([(o, op, orl, "writes") for o, op, orl in outs[i + 1:]]
-                                         + [(o, op, orl, "reads") for o, op, orl in ins]):
-            if real == oreal:
-                how = "is"
-            elif real in oreal.parents:
-                how = "holds"
-            elif oreal in real.parents:
-                how = "lies inside"
-            else:
-                continue
+        others = [(o, op, orl, "writes") for o, op, orl in outs[i + 1:]] + \
+            [(o, op, orl, "reads") for o, op, orl in ins]
+        hits = [(rank, how, other, opath, kind) for other, opath, oreal, kind in others
+                for rank, how, hit in ((0, "is", real == oreal),
+                                       (1, "holds", real in oreal.parents),
+                                       (2, "lies inside", oreal in real.parents)) if hit]
+        if hits:
+            _, how, other, opath, kind = min(hits, key=lambda h: h[0])
             where = f" (-> {real})" if os.path.abspath(path) != str(real) else ""
             raise PathCollision(f"{label} {path}{where} {how} {other} {opath}, which this "
                                 f"command {kind}; pass a new path for {label} (--overwrite "

@@ -395,6 +395,9 @@ def reproduce(name: str, out: str | Path, *, data_dir: str | None = None,
                                       executor, gpus_per_step)
     used = substitute or base
     configs = Path(configs) if configs else default_configs()
+    data_folder = dataset_folder(used, data_dir)
+    check_disjoint([("--out", out)], [("--configs", configs)] + (
+        [("the dataset folder", data_folder)] if data_folder is not None else []))
     builder = Builder(configs, base, scale=float(scale), test_images=test_images,
                       substitute=substitute)
     steps = build_steps(recipe, builder, only)
@@ -404,9 +407,6 @@ def reproduce(name: str, out: str | Path, *, data_dir: str | None = None,
                       {"recipe": recipe.name, "suffix": builder.suffix, "scale": scale,
                        "test_images": test_images, "dataset": used, "tolerance": tolerance,
                        "only": list(only)}, tuple(s.name for s in steps)))
-    data_folder = dataset_folder(used, data_dir)
-    check_disjoint([("--out", out)], [("--configs", configs)] + (
-        [("the dataset folder", data_folder)] if data_folder is not None else []))
     cache = Cache(out, used)
     cache.check()
     _check_data(used, data_dir, download)

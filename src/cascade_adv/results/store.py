@@ -469,16 +469,17 @@ def import_rows(file: str | os.PathLike, store: str | os.PathLike | None = None)
                               f"must have format {PENDING_FORMAT!r})")
     rows, models = [], []
     for i, entry in enumerate(entries, 2):
-        if isinstance(entry, dict) and set(entry) == {"row"}:
-            rows.append(normalize_row(entry["row"]))
-        elif isinstance(entry, dict) and set(entry) == {"model"} and isinstance(
-                entry["model"], dict):
-            try:
+        kind = next(iter(entry)) if isinstance(entry, dict) and len(entry) == 1 else None
+        try:
+            if kind == "row":
+                rows.append(normalize_row(entry["row"]))
+            elif kind == "model" and isinstance(entry["model"], dict):
                 models.append(_model_record(**entry["model"]))
-            except TypeError as exc:
-                raise CascadeAdvError(f"line {i} of {file}: {one_line(exc)}") from None
-        else:
-            raise CascadeAdvError(f"line {i} of {file} is neither a row nor a model record")
+            else:
+                raise CascadeAdvError("neither a row nor a model record")
+        except (CascadeAdvError, TypeError) as exc:
+            raise CascadeAdvError(f"line {i} of {file}: {one_line(exc)}; nothing was "
+                                  "imported") from None
     target = Path(store if store is not None else str(header.get("store", "")))
     check_disjoint([("--results", target)], [("FILE", file)])
     check_store_path(target)
