@@ -763,20 +763,23 @@ def test_full_disk_under_the_store_is_one_line_and_keeps_the_rows(work, tmp_path
     from cascade_adv.evaluation import ResultsStore
     from cascade_adv.results import store as store_mod
 
+    ResultsStore(tmp_path / "r.db").close()  # an existing store, with no room to grow
     real_connect = sqlite3.connect
 
-    def full(*a, **k):  # SQLite's own "database or disk is full" (SQLITE_FULL) when the
-        con = real_connect(*a, **k)  # new store's tables are created
-        con.execute("PRAGMA max_page_count = 1")
+    def full(*a, **k):  # SQLite's own "database or disk is full" (SQLITE_FULL), after
+        con = real_connect(*a, **k)  # which SQLite has rolled the transaction back itself
+        con.execute("PRAGMA max_page_count = 1")  # (clamped to the store's current size)
         return con
 
     monkeypatch.setattr(store_mod.sqlite3, "connect", full)
     result = run("eval", "--checkpoint", work / "myrun", "--limit", "8", "--quiet",
-                 "--attacks", "step_ll", "--eps", "4", "--results", "r.db", "--csv", "t.csv",
-                 cwd=tmp_path)
+                 "--attacks", "step_ll,step_fgsm", "--eps", "1,2,3,4,5,6,7,8,9,10,11,12",
+                 "--results", "r.db", "--csv", "t.csv", cwd=tmp_path)
     assert_one_line(result, 2, "disk is full", "cascade-adv store import")
     assert "cannot rollback" not in result[2]
     monkeypatch.setattr(store_mod.sqlite3, "connect", real_connect)
+    with ResultsStore(tmp_path / "r.db") as store:
+        assert len(store) == 0
     assert run("store", "import", _pending_file(result[2]), cwd=tmp_path)[0] == 0
     with ResultsStore(tmp_path / "r.db") as store:
         assert len(store) == len((tmp_path / "t.csv").read_text().splitlines()) - 1
@@ -885,6 +888,18 @@ def test_train_on_a_full_or_read_only_disk_keeps_its_last_checkpoint(tmp_path, m
     monkeypatch.setattr(checkpoint, "save_model", real)
     assert run("train", "--config", CONFIG, "--out", "run", "--quiet", *TINY,
                cwd=tmp_path)[0] == 0  # resumes once there is room
+
+
+def test_a_write_the_library_does_not_size_is_one_line_on_a_full_disk(tmp_path, monkeypatch):
+    from cascade_adv.training import loop
+
+    def full(self, record):  # appending a metrics line meets a full disk
+        raise _enospc(self.path)
+
+    monkeypatch.setattr(loop._Metrics, "write", full)
+    result = run("train", "--config", CONFIG, "--out", "run", "--quiet", *TINY, cwd=tmp_path)
+    assert_one_line(result, 2, "cannot write run/metrics.jsonl", "No space left",
+                    "free some space in run", "resumes from its last checkpoint")
 
 
 def test_train_and_eval_refuse_a_full_folder_before_any_work(work, tmp_path, monkeypatch):

@@ -58,7 +58,13 @@ class PathCollision(OutputPathError):
 class DiskFull(CascadeAdvError, OSError):
     """No space left (or a read-only folder) where a command writes: the message names
     the folder and the space needed; what was complete before is kept.  Also an
-    :class:`OSError`, as the failed write was."""
+    :class:`OSError`, as the failed write was.  ``folder`` is where it happened and
+    ``errno_value`` the system's reason (``ENOSPC``, ``EROFS``...)."""
+
+    def __init__(self, message: str, *, folder=None, errno_value: int | None = None):
+        super().__init__(message)
+        self.folder = folder
+        self.errno_value = errno_value
 
 
 class StoreWriteError(CascadeAdvError):

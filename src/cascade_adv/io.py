@@ -148,29 +148,44 @@ def check_free_space(folder: str | os.PathLike, need: int, what: str) -> None:
     free = free_bytes(folder)
     if free is not None and free < need:
         raise DiskFull(f"{what} needs {format_bytes(need)} in {folder}, which has "
-                       f"{format_bytes(free)} free; free some space there or pass another path")
+                       f"{format_bytes(free)} free; free some space there or pass another path",
+                       folder=folder, errno_value=errno.ENOSPC)
 
 
 @contextlib.contextmanager
 def disk_errors(folder: str | os.PathLike, what: str, need: int | None = None) -> Iterator[None]:
     """Turn a full disk (``ENOSPC``, quota) or a read-only folder met while writing
     ``what`` into ``folder`` into :class:`~cascade_adv.errors.DiskFull`: one line naming
-    the folder and ``need`` bytes (when known); the caller keeps what was complete."""
+    the folder and ``need`` bytes (when known); the caller keeps what was complete.  A
+    :class:`~cascade_adv.errors.DiskFull` of a temporary folder inside ``folder`` is said
+    of ``folder`` and ``what``."""
     from cascade_adv.errors import DiskFull
 
     try:
         yield
+    except DiskFull as exc:
+        inner = real_path(exc.folder) if exc.folder is not None else None
+        if inner is None or real_path(folder) not in inner.parents:
+            raise
+        raise _disk_full(exc.errno_value, str(exc), folder, what, need) from None
     except OSError as exc:
-        if exc.errno in NO_SPACE_ERRNOS:
-            free = free_bytes(folder)
-            size = f"{format_bytes(need)}" if need else "more space than is free"
-            left = f", {format_bytes(free)} free" if free is not None else ""
-            raise DiskFull(f"no space left in {folder} for {what} (needs {size}{left}); free "
-                           "some space there or pass another path, and run it again") from None
-        if exc.errno in NO_WRITE_ERRNOS:
-            raise DiskFull(f"cannot write {what} in {folder} ({exc.strerror}); make the folder "
-                           "writable or pass another path") from None
-        raise
+        if exc.errno not in NO_SPACE_ERRNOS | NO_WRITE_ERRNOS:
+            raise
+        raise _disk_full(exc.errno, exc.strerror, folder, what, need) from None
+
+
+def _disk_full(errno_value, strerror, folder, what, need):
+    from cascade_adv.errors import DiskFull
+
+    if errno_value in NO_SPACE_ERRNOS:
+        free = free_bytes(folder)
+        size = f"{format_bytes(need)}" if need else "more space than is free"
+        left = f", {format_bytes(free)} free" if free is not None else ""
+        return DiskFull(f"no space left in {folder} for {what} (needs {size}{left}); free "
+                        "some space there or pass another path, and run it again",
+                        folder=folder, errno_value=errno_value)
+    return DiskFull(f"cannot write {what} in {folder} ({strerror}); make the folder "
+                    "writable or pass another path", folder=folder, errno_value=errno_value)
 
 
 @contextlib.contextmanager

@@ -17,6 +17,7 @@ previous checkpoint intact.  ``state.pt`` holds only tensors and plain values
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 import warnings
@@ -27,7 +28,7 @@ from torch import nn
 
 from cascade_adv.errors import CheckpointError
 from cascade_adv.io import (
-    atomic_path,
+    atomic_write_bytes,
     atomic_write_text,
     check_free_space,
     disk_errors,
@@ -57,8 +58,9 @@ def save_checkpoint(run_dir: str | os.PathLike, model: nn.Module, optimizer: tor
         tmp = make_temp_dir(root, name)
         try:
             save_model(model, tmp / WEIGHTS_FILE, init=init)
-            with atomic_path(tmp / STATE_FILE) as path:
-                torch.save({"iteration": iteration, "optimizer": optimizer.state_dict()}, path)
+            state = io.BytesIO()  # in memory first: torch's writer fails obscurely on ENOSPC
+            torch.save({"iteration": iteration, "optimizer": optimizer.state_dict()}, state)
+            atomic_write_bytes(tmp / STATE_FILE, state.getvalue())
             final = root / name
             swap_dir(tmp, final)  # an earlier folder of this iteration is replaced, not deleted
         finally:
