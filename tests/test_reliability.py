@@ -592,6 +592,10 @@ def _collision_cases(work):
                                          "--data-root", "data", "--limit", "8", "--eps", "2",
                                          "--overwrite", "--out", "data"],
                                         ["--out data holds the dataset folder data/mnist"]),
+        "craft_out_holds_dataset_files": (["craft", "--checkpoint", ckpt, "--dataset", "mnist",
+                                           "--data-root", "flat", "--limit", "8", "--eps", "2",
+                                           "--overwrite", "--out", "flat"],
+                                          ["--out flat holds a dataset file flat/t10k-images"]),
         "craft_out_inside_the_run": (["craft", "--checkpoint", ckpt, "--limit", "8", "--eps",
                                       "2", "--out", ckpt / "adv"],
                                      ["--out", "lies inside --checkpoint"]),
@@ -636,6 +640,8 @@ def test_an_output_that_is_an_input_or_another_output_is_refused(work, store_db,
     (tmp_path / "runlink").symlink_to(work / "myrun")
     (tmp_path / "data" / "mnist").mkdir(parents=True)
     (tmp_path / "data" / "mnist" / "train-images-idx3-ubyte").write_bytes(b"mine")
+    (tmp_path / "flat").mkdir()  # the IDX files directly in the data root
+    (tmp_path / "flat" / "t10k-images-idx3-ubyte.gz").write_bytes(b"mine")
     (tmp_path / "rep" / "figures").mkdir(parents=True)
     shutil.copyfile(store_db, tmp_path / "rep" / "figures" / "s.db")
     (tmp_path / "configs").mkdir()

@@ -154,8 +154,6 @@ def _apply(options):
     return deco
 
 
-
-
 def save_results(table, results, models=(), files=()) -> None:
     """Deliver a command's rows: first the files the user asked for (``files``:
     ``(path, writer)`` pairs such as ``(csv_path, table.to_csv)``), then the rows and the

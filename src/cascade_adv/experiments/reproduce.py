@@ -33,7 +33,7 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
-from cascade_adv.data.loading import dataset_folder
+from cascade_adv.data.loading import dataset_inputs
 from cascade_adv.errors import InvalidArgument, one_line
 from cascade_adv.experiments.steps import Runtime, Step, execute, read_done
 from cascade_adv.io import atomic_write_text, check_disjoint, check_writable_dir
@@ -395,9 +395,8 @@ def reproduce(name: str, out: str | Path, *, data_dir: str | None = None,
                                       executor, gpus_per_step)
     used = substitute or base
     configs = Path(configs) if configs else default_configs()
-    data_folder = dataset_folder(used, data_dir)
-    check_disjoint([("--out", out)], [("--configs", configs)] + (
-        [("the dataset folder", data_folder)] if data_folder is not None else []))
+    check_disjoint([("--out", out)], [("--configs", configs),
+                                      *dataset_inputs(used, data_dir)])
     builder = Builder(configs, base, scale=float(scale), test_images=test_images,
                       substitute=substitute)
     steps = build_steps(recipe, builder, only)

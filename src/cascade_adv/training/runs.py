@@ -101,7 +101,7 @@ def data_inputs(specs, dataset: str | None, data_root: str | None) -> list[tuple
     """The dataset folder a command reads (``dataset``, else the one the models of
     ``specs`` were trained on, under ``data_root`` or their runs' data root), for the
     output checks; none for the bundled digits."""
-    from cascade_adv.data.loading import dataset_folder
+    from cascade_adv.data.loading import dataset_inputs
 
     names, roots = {dataset} if dataset else set(), []
     for spec in specs:
@@ -116,15 +116,14 @@ def data_inputs(specs, dataset: str | None, data_root: str | None) -> list[tuple
         if cfg is not None and cfg.data.root:
             roots.append(cfg.data.root)
     root = data_root or next(iter(roots), None)
-    return [("the dataset folder", f) for f in (dataset_folder(n, root) for n in sorted(names))
-            if f is not None]
+    return [p for n in sorted(names) for p in dataset_inputs(n, root)]
 
 
 def config_inputs(cfg, config_path: str | None = None) -> list[tuple[str, Path]]:
     """What training ``cfg`` reads, for the output checks: its config file, the
     ``init_from`` model, the adversarial sources' saved sets and checkpoints, and the
     dataset folder."""
-    from cascade_adv.data.loading import dataset_folder
+    from cascade_adv.data.loading import dataset_inputs
 
     out = [("--config", Path(config_path))] if config_path else []
     out += model_inputs(cfg.init_from, "init_from")
@@ -132,8 +131,7 @@ def config_inputs(cfg, config_path: str | None = None) -> list[tuple[str, Path]]
         for p in src.paths:
             out += ([("a saved adversarial set of the config", Path(p))] if src.kind == "saved"
                     else model_inputs(p, "an adversarial source of the config"))
-    folder = dataset_folder(cfg.data.dataset, cfg.data.root)
-    return out + ([("the dataset folder", folder)] if folder is not None else [])
+    return out + dataset_inputs(cfg.data.dataset, cfg.data.root)
 
 
 def check_name(name: str, what: str) -> str:
