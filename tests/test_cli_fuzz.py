@@ -27,6 +27,7 @@ from hypothesis import strategies as st
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = str(ROOT / "configs/digits_baseline.yaml")
 MAX_EXAMPLES = 100
+COLLISION_EXAMPLES = 40
 TINY = ["model.depth=8", "optim.iterations=4", "optim.lr_milestones=[]", "optim.batch_size=32"]
 CUDA = torch.cuda.is_available()
 
@@ -61,6 +62,13 @@ def work(tmp_path_factory):
                        **HOSTILE_YAML}.items():
         (work / name).write_text(text)
     (work / "bin.yaml").write_bytes(b"\x89PNG\r\n\x1a\n\x00\xff\xfe\x00")
+    (work / "runlink").symlink_to(work / "run")  # a link into the run: resolved by the checks
+    (work / "cfgdir").mkdir()
+    (work / "cfgdir" / "c.yaml").write_text(Path(CONFIG).read_text())
+    (work / "pending.jsonl").write_text(  # rows a locked store could not take
+        '{"format": "cascade-adv/pending-rows/1", "store": "r.db"}\n{"row": {"model": "m", '
+        '"dataset": "digits", "split": "test", "attack": "clean", "eps": 0, "source": '
+        '"whitebox", "metric": "top1", "value": 50.0, "n": 8}}\n')
     assert run(["eval", "--checkpoint", "run", "--limit", "8", "--attacks", "step_ll", "--eps",
                 "4", "--quiet", "--results", "store.db"], work)[0] == 0
     with folder_lock(work / "busy"):  # held by this process for every case
@@ -89,8 +97,30 @@ DATASETS = st.sampled_from(["mnist", "cifar10", "imagenet", "svhn", ""])
 RESULTS = st.sampled_from(["userdir", "emptydir", "notes.txt", "notes.txt/r.db", "/proc/r.db",
                            "fake.safetensors"])
 FILE_OUT = st.sampled_from(["userdir", "emptydir", "notes.txt/t.csv", "/proc/t.csv"])
-SET_OUT = st.sampled_from([".", "..", "run", "run/final", "userdir", "notes.txt",
-                           "notes.txt/sub", "/proc/adv"])
+
+
+class Colliding(str):
+    """A drawn value whose output is, holds or lies inside an input of its command (the
+    model ``run``, the store ``r.db``; also through the symlink ``runlink``) or another
+    of its outputs (issue 19, class 1): counted apart in the report."""
+
+
+def colliding(values):
+    """``values`` (strings, or (options, overrides) pairs) drawn as :class:`Colliding`."""
+    def mark(v):
+        if isinstance(v, tuple):
+            return tuple([Colliding(x) for x in part] for part in v)
+        return Colliding(v)
+
+    return st.sampled_from(values).map(mark)
+
+
+COLLIDING_FILE = colliding(["r.db", "./r.db", "run/t.csv", "run/final/model.safetensors",
+                            "runlink/t.csv", "runlink/final/model.safetensors",
+                            "run/config.yaml"])
+SET_OUT = st.one_of(st.sampled_from([".", "..", "run", "run/final", "userdir", "notes.txt",
+                                    "notes.txt/sub", "/proc/adv"]),
+                    colliding(["runlink", "run/sub", "runlink/adv", "run/checkpoints"]))
 DIR_OUT = st.sampled_from(["notes.txt", "notes.txt/sub", "/proc/x"])
 #: config files past textdata's limits or with what YAML refuses (issue 19, class 6)
 _BOMB = "".join(f"l{i}: &l{i} [{', '.join([f'*l{i - 1}' if i else 'x'] * 10)}]\n"
@@ -100,6 +130,19 @@ HOSTILE_YAML = {"deep.yaml": "seed: " + "[" * 20000 + "]" * 20000 + "\n", "bomb.
                 "tag.yaml": "seed: !!python/object/apply:os.system ['echo owned']\n",
                 "tabs.yaml": "optim:\n\tlr: 0.1\n", "bigint.yaml": "seed: " + "9" * 5000 + "\n",
                 "wide.yaml": "extends: " + CONFIG + "\nmodel: {width: .inf}\n"}
+#: folders that hold or lie inside the model ``run``
+COLLIDING_DIR = colliding([".", "run", "runlink", "run/sets", "runlink/x"])
+#: (options, overrides) pairs whose outputs collide with each other or an input
+COLLIDE_EVAL = colliding([(["--csv", "t.csv", "--json", "t.csv"], []),
+                          (["--csv", "t.csv", "--json", "./t.csv"], []),
+                          (["--csv", "sub/t.csv", "--json", "sub/../sub/t.csv"], []),
+                          (["--csv", "r.db"], [])])
+COLLIDE_TRAIN = colliding([(["--out", "run/sub"], ["init_from=run"]),
+                           (["--out", "runlink/sub"], ["init_from=run"]),
+                           (["--out", "run2"], ["init_from=run2/../run2"]),
+                           (["--config", "cfgdir/c.yaml", "--out", "cfgdir"], []),
+                           (["--out", "."], ["init_from=run"]),
+                           (["--out", "cfgdir/run"], ["init_from=cfgdir"])])
 CONFIGS = st.sampled_from(["missing.yaml", "bin.yaml", "empty.yaml", "comments.yaml",
                            "list.yaml", "syntax.yaml", "unknown.yaml", "wrongtype.yaml",
                            "scalar.yaml", "cycle.yaml", "userdir", *HOSTILE_YAML])
@@ -140,10 +183,12 @@ ANALYSIS = {"--limit": ints_not_positive(), "--batch-size": ints_not_positive(),
             "--device": DEVICES, "--dataset": DATASETS, "--results": RESULTS, "?": UNKNOWN,
             "--model": st.sampled_from(["missing_run", "fake.safetensors", "../x=run",
                                         "a/b=run", "notes.txt"]),
-            "--eps": EPS, "--images": ints_not_positive(), "--figure": FILE_OUT}
+            "--eps": EPS, "--images": ints_not_positive(),
+            "--figure": st.one_of(FILE_OUT, COLLIDING_FILE)}
 SWEEP = {"--config": CONFIGS, "@override": OVERRIDES, "--limit": ints_not_positive(),
          "--batch-size": ints_not_positive(), "--results": RESULTS, "--eps": EPS,
-         "--attacks": ATTACKS, "--out": DIR_OUT, "--figure": FILE_OUT, "?": UNKNOWN}
+         "--attacks": ATTACKS, "--out": st.one_of(DIR_OUT, colliding([".", "r.db"])),
+         "--figure": st.one_of(FILE_OUT, colliding(["r.db", "./r.db"])), "?": UNKNOWN}
 SWEEP_BASE = ["--config", CONFIG, "--limit", "8", "--attacks", "step_ll", "--eps", "4",
               "--quiet", "--results", "r.db", *TINY]
 
@@ -151,6 +196,7 @@ COMMANDS = {
     "train": (["train", "--config", CONFIG, "--out", "newrun", "--quiet", *TINY],
               {"--config": CONFIGS, "@override": OVERRIDES, "?": UNKNOWN,
                "--out": st.one_of(DIR_OUT, st.just("busy")),  # busy: another writer holds it
+               "@collide": COLLIDE_TRAIN,
                # resuming the trained run with a config that changes what it computes
                "@resume": st.sampled_from(["optim.lr=0.05", "seed=3", "optim.momentum=0.5",
                                            "optim.lr_milestones=[2]", "optim.iterations=2",
@@ -159,7 +205,8 @@ COMMANDS = {
     "eval": (["eval", "--checkpoint", "run", "--limit", "8", "--attacks", "step_ll", "--eps",
               "4", "--quiet", "--results", "r.db"],
              {**COMMON_MODEL, "--eps": EPS, "--attacks": ATTACKS, "--results": RESULTS,
-              "--csv": FILE_OUT, "--json": FILE_OUT,
+              "--csv": st.one_of(FILE_OUT, COLLIDING_FILE),
+              "--json": st.one_of(FILE_OUT, COLLIDING_FILE), "@collide": COLLIDE_EVAL,
               "--precision": st.sampled_from(["fp8", "", "bf17"])}),
     "attack": (["attack", "--checkpoint", "run", "--attack", "step_ll", "--eps", "4",
                 "--limit", "8", "--quiet", "--out", "adv"],
@@ -174,8 +221,9 @@ COMMANDS = {
                   "--target": st.sampled_from(["missing_run", "x\\y=run", "notes.txt"]),
                   "--attacks": ATTACKS, "--eps": EPS, "--limit": ints_not_positive(),
                   "--batch-size": ints_not_positive(), "--device": DEVICES,
-                  "--dataset": DATASETS, "--results": RESULTS, "--csv": FILE_OUT,
-                  "--sets": DIR_OUT, "?": UNKNOWN}),
+                  "--dataset": DATASETS, "--results": RESULTS,
+                  "--csv": st.one_of(FILE_OUT, COLLIDING_FILE),
+                  "--sets": st.one_of(DIR_OUT, COLLIDING_DIR), "?": UNKNOWN}),
     "analyze softmax": (["analyze", "softmax", "--model", "run", "--eps", "0,4", "--images", "4",
                          "--limit", "8", "--quiet", "--results", "r.db", "--figure", "f.png"],
                         {**ANALYSIS, "--methods": ATTACKS}),
@@ -189,7 +237,10 @@ COMMANDS = {
                               "--target": st.sampled_from(["A=run", "notes.txt"]),
                               "--attacks": ATTACKS, "--eps": EPS, "--limit": ints_not_positive(),
                               "--device": DEVICES, "--results": RESULTS,
-                              "--figure-dir": DIR_OUT, "--sets": DIR_OUT, "?": UNKNOWN}),
+                              "--figure-dir": st.one_of(DIR_OUT, colliding(
+                                  ["run", "runlink", "run/figs", "runlink/x"])),
+                              "--sets": st.one_of(DIR_OUT, COLLIDING_DIR, colliding(["figs"])),
+                              "?": UNKNOWN}),
     "analyze lambda2": (["analyze", "lambda2", *SWEEP_BASE[:-len(TINY)], "--values", "0",
                          "--figure", "f.png", *TINY],
                         {**SWEEP, "--values": st.sampled_from(["", ",", "abc", "-1", "-0.5,0",
@@ -214,20 +265,52 @@ COMMANDS = {
                 "--out": st.sampled_from(["notes.txt", "notes.txt/sub", "/proc/x", "userdir",
                                           "."]), "?": UNKNOWN}),
     "quickstart": (["quickstart", "--out", "qs", "--results", "r.db", "--quiet"],
-                   {"--out": DIR_OUT, "--results": RESULTS, "--device": DEVICES,
+                   {"--out": st.one_of(DIR_OUT, colliding([".", "r.db"])),
+                    "--results": st.one_of(RESULTS, colliding(["qs/r.db"])), "--device": DEVICES,
                     "?": st.sampled_from(["--nope", "extra_argument", "--out"])}),
+    "store import": (["store", "import", "pending.jsonl", "--results", "r.db"],
+                     {"--results": st.one_of(RESULTS, colliding(["pending.jsonl",
+                                                                 "./pending.jsonl"])),
+                      "?": UNKNOWN}),
     "attacks": (["attacks"], {"?": st.sampled_from(["--nope", "extra", "-x"])}),
     "(top level)": ([], {"?": st.sampled_from(["nope", "--nope", "evaluate", "train2"])}),
 }
-#: generated cases per command, filled in as the tests run (reported in docs/reliability.md)
+#: the options of each command drawn only from output / input collisions (issue 19, class 1):
+#: every case of :func:`test_colliding_outputs_are_one_line_exit_2_and_change_nothing`
+#: collides, alone or with the others
+_SWEEP_COLLIDE = {"--out": colliding([".", "r.db", "./r.db/.."]),
+                  "--figure": colliding(["r.db", "./r.db"])}
+COLLIDING = {
+    "train": {"@collide": COLLIDE_TRAIN},
+    "eval": {"--csv": COLLIDING_FILE, "--json": COLLIDING_FILE, "@collide": COLLIDE_EVAL},
+    "attack": {"--out": colliding(["run", "runlink", "run/sub", "runlink/adv", ".",
+                                   "run/checkpoints"])},
+    "craft": {"--out": colliding(["run", "runlink", "run/final", "runlink/adv", ".."])},
+    "transfer": {"--csv": COLLIDING_FILE, "--sets": COLLIDING_DIR},
+    "analyze softmax": {"--figure": COLLIDING_FILE},
+    "analyze gradcorr": {"--figure": COLLIDING_FILE},
+    "analyze transfer-eps": {"--sets": colliding(["figs", ".", "run", "runlink"]),
+                             "--figure-dir": colliding(["run", "runlink/x", "run/figs"])},
+    **{f"analyze {name}": _SWEEP_COLLIDE for name in ("lambda2", "capacity", "activations",
+                                                      "label-leaking")},
+    "analyze seeds": {"--out": _SWEEP_COLLIDE["--out"]},
+    # any two of these collide too: every --out holds every --results
+    "quickstart": {"--out": colliding([".", "qs/.."]),
+                   "--results": colliding(["qs/r.db", "qs/sub/r.db"])},
+    "store import": {"--results": colliding(["pending.jsonl", "./pending.jsonl",
+                                             "runlink/../pending.jsonl"])},
+}
+#: generated cases per command, filled in as the tests run (reported in docs/reliability.md),
+#: and of those the cases with an output / input collision
 CASES: dict[str, int] = {}
+COLLISIONS: dict[str, int] = {}
 
 
-@pytest.mark.parametrize("command", list(COMMANDS))
-def test_malformed_input_is_one_line_exit_2_and_changes_nothing(work, command):
-    base, options = COMMANDS[command]
+def _fuzz(work, name: str, base: list, options: dict, examples: int) -> None:
+    """Run ``examples`` cases of ``base`` plus one to three drawn ``options``: each must exit
+    2 with one line on stderr, no traceback, and leave ``work`` unchanged."""
     before = snapshot(work)
-    CASES[command] = 0
+    CASES[name] = COLLISIONS[name] = 0
     names = sorted(options)
 
     # half the cases one malformed argument (so that no earlier check hides a later
@@ -235,7 +318,7 @@ def test_malformed_input_is_one_line_exit_2_and_changes_nothing(work, command):
     single = st.sampled_from(names).map(lambda k: [k])
     several = st.lists(st.sampled_from(names), min_size=2, max_size=3, unique=True)
 
-    @settings(max_examples=MAX_EXAMPLES, deadline=None, derandomize=True, database=None,
+    @settings(max_examples=examples, deadline=None, derandomize=True, database=None,
               suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
     @given(keys=st.one_of(single, several) if len(names) > 1 else single, data=st.data())
     def case(keys, data):
@@ -248,23 +331,41 @@ def test_malformed_input_is_one_line_exit_2_and_changes_nothing(work, command):
             elif key == "@resume":  # into the trained run (a later --out would win)
                 argv += ["--out", "run"]
                 overrides.append(value)
+            elif key == "@collide":  # options and overrides that only collide together
+                argv += value[0]
+                overrides += value[1]
             elif key == "?":
                 argv.append(value)
             else:
                 argv += [key, value]
         argv += overrides  # KEY=VALUE arguments after the options
-        CASES[command] += 1
+        CASES[name] += 1
+        COLLISIONS[name] += any(isinstance(a, Colliding) for a in argv)
         code, _, err = run(argv, work)
         assert code == 2, (argv, code, err)
         assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, (argv, err)
         assert snapshot(work) == before, argv
 
     case()
-    assert CASES[command] >= 1
+    assert CASES[name] >= 1
     report = os.environ.get("CASCADE_ADV_FUZZ_REPORT")  # docs/reliability.md's counts
     if report:
         with open(report, "a") as fh:
-            fh.write(json.dumps({"command": command, "cases": CASES[command]}) + "\n")
+            fh.write(json.dumps({"command": name, "cases": CASES[name],
+                                 "collisions": COLLISIONS[name]}) + "\n")
+
+
+@pytest.mark.parametrize("command", list(COMMANDS))
+def test_malformed_input_is_one_line_exit_2_and_changes_nothing(work, command):
+    base, options = COMMANDS[command]
+    _fuzz(work, command, base, options, MAX_EXAMPLES)
+
+
+@pytest.mark.parametrize("command", list(COLLIDING))
+def test_colliding_outputs_are_one_line_exit_2_and_change_nothing(work, command):
+    base, _ = COMMANDS[command]
+    _fuzz(work, f"{command} (collisions)", base, COLLIDING[command], COLLISION_EXAMPLES)
+    assert COLLISIONS[f"{command} (collisions)"] == CASES[f"{command} (collisions)"]
 
 
 # --- issue 19, classes 4-7: one case, one hostile value, so that each reaches its check ----

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -69,19 +70,26 @@ def work(tmp_path_factory):
 def test_craft_into_the_model_run_folder_is_refused(work):
     before = snapshot(work)
     assert_one_line(run("craft", "--checkpoint", "myrun", "--out", "myrun", "--limit", "8",
-                        "--eps", "2", "--quiet", cwd=work), 2, "myrun", "new folder")
+                        "--eps", "2", "--quiet", cwd=work), 2, "--out myrun is --checkpoint",
+                    "which this command reads")
     assert_one_line(run("craft", "--checkpoint", "myrun", "--out", "myrun", "--overwrite",
                         "--limit", "8", "--eps", "2", "--quiet", cwd=work), 2, "myrun")
     assert snapshot(work) == before
 
 
-def test_attack_into_the_current_folder_is_refused(work):
-    before = snapshot(work)
-    for out in (".", str(work), ".."):
+def test_attack_into_the_current_folder_is_refused(work, tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    before, work_before = snapshot(tmp_path), snapshot(work)
+    for out in (".", str(tmp_path), ".."):  # '..' also holds the model: either rule refuses
+        result = run("attack", "--checkpoint", work / "myrun", "--attack", "step_ll", "--eps",
+                     "4", "--out", out, "--overwrite", "--limit", "8", "--quiet", cwd=tmp_path)
+        assert_one_line(result, 2, "--out")
+        assert "current folder" in result[2] or (out == ".." and "holds" in result[2])
+    for out in ("myrun", "..", str(work)):  # the model's folder, from inside it
         assert_one_line(run("attack", "--checkpoint", "myrun", "--attack", "step_ll", "--eps",
                             "4", "--out", out, "--overwrite", "--limit", "8", "--quiet",
-                            cwd=work), 2, "current folder")
-    assert snapshot(work) == before
+                            cwd=work), 2, "--out")
+    assert snapshot(tmp_path) == before and snapshot(work) == work_before
 
 
 def test_existing_folder_refused_unless_overwrite_and_own_set_replaced(work, tmp_path):
@@ -391,16 +399,42 @@ def test_stale_temporary_files_of_a_killed_run_are_removed(tmp_path):
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     ckpts = tmp_path / "run" / "checkpoints"
-    stale = [ckpts / f".latest.{dead.pid}.abc123.tmp", ckpts / ".ckpt-0000012.tmp",
-             tmp_path / "run" / f".metrics.jsonl.{dead.pid}.x_y.tmp"]
+    stale = [ckpts / f".cascade-adv.latest.{dead.pid}.abc123xy.tmp",
+             ckpts / f".cascade-adv.ckpt-0000012.{dead.pid}.k2j4_5g6.tmp",
+             tmp_path / "run" / f".cascade-adv.metrics.jsonl.{dead.pid}.x_y12345.tmp"]
     stale[0].write_text("ckpt-0000")
     stale[1].mkdir()
     stale[2].write_text("{")
-    alive = ckpts / f".latest.{os.getpid()}.zz.tmp"  # a writer still running: kept
+    alive = ckpts / f".cascade-adv.latest.{os.getpid()}.zzzzzzzz.tmp"  # a running writer's
     alive.write_text("x")
+    users = [ckpts / ".latest.notes.tmp", ckpts / ".ckpt-0000012.tmp",  # not ours: kept
+             tmp_path / "run" / ".metrics.jsonl.v2.tmp",
+             ckpts / ".cascade-adv.latest.notes.tmp",  # no pid, no random part
+             ckpts / f".cascade-adv.latest.{dead.pid}.short.tmp"]  # not mkstemp's 8 chars
+    for p in users:
+        p.write_text("mine")
     train_tiny(tmp_path / "run")
     assert not any(p.exists() for p in stale) and alive.exists()
+    assert all(p.read_text() == "mine" for p in users)
     assert TrainingInterrupted("x", 143).exit_code == 143
+
+
+def test_stale_temp_cleanup_beside_out_spares_the_users_dotfiles(work, tmp_path):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (tmp_path / ".adv.notes.tmp").write_text("my notes")  # a user's dotfile and dot-folder
+    (tmp_path / ".adv.v2.tmp").mkdir()
+    (tmp_path / ".adv.v2.tmp" / "draft.txt").write_text("draft")
+    stale = tmp_path / f".cascade-adv.adv.{dead.pid}.a1b2c3d4.tmp"  # a killed craft's
+    stale.mkdir()
+    (stale / "images.npy").write_bytes(b"half")
+    assert run("attack", "--checkpoint", work / "myrun", "--attack", "step_ll", "--eps", "4",
+               "--limit", "8", "--quiet", "--out", "adv", cwd=tmp_path)[0] == 0
+    assert (tmp_path / ".adv.notes.tmp").read_text() == "my notes"
+    assert (tmp_path / ".adv.v2.tmp" / "draft.txt").read_text() == "draft"
+    assert not stale.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".adv.notes.tmp", ".adv.v2.tmp",
+                                                          "adv"]
 
 
 def test_folder_moved_aside_by_a_killed_swap_is_put_back(tmp_path):
@@ -408,7 +442,7 @@ def test_folder_moved_aside_by_a_killed_swap_is_put_back(tmp_path):
 
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    aside = tmp_path / f".ckpt-0000010.{dead.pid}.q1.old.tmp"  # killed between the renames
+    aside = tmp_path / f".cascade-adv.ckpt-0000010.{dead.pid}.q1w2e3r4.old.tmp"  # killed between
     aside.mkdir()
     (aside / "model.safetensors").write_text("weights")
     remove_stale_temps(tmp_path, "ckpt-*")
@@ -513,7 +547,11 @@ def test_run_killed_before_its_first_log_resumes_but_a_users_config_folder_is_re
     (tmp_path / "exp" / "config.yaml").write_text(Path(CONFIG).read_text())
     before = snapshot(tmp_path / "exp")
     assert_one_line(run("train", "--config", "exp/config.yaml", "--out", "exp", *TINY,
-                        cwd=tmp_path), 2, "not a run folder")
+                        cwd=tmp_path), 2, "--out exp holds --config exp/config.yaml")
+    (tmp_path / "exp2").mkdir()
+    (tmp_path / "exp2" / "plan.txt").write_text("mine")
+    assert_one_line(run("train", "--config", CONFIG, "--out", "exp2", *TINY, cwd=tmp_path), 2,
+                    "not a run folder")
     assert snapshot(tmp_path / "exp") == before
 
 
@@ -674,3 +712,419 @@ def test_numbers_outside_what_can_be_built_are_refused_with_the_limit(work, case
     before = snapshot(tmp_path)
     assert_one_line(run(*args, cwd=tmp_path), 2, *words)
     assert snapshot(tmp_path) == before
+
+
+# --- issue 19, class 1: an output is never an input or another output ---------------------
+
+@pytest.fixture(scope="module")
+def store_db(work):
+    """A results store with one model's rows (in the module's work folder)."""
+    assert run("eval", "--checkpoint", "myrun", "--attacks", "step_ll", "--eps", "4",
+               "--limit", "8", "--quiet", "--results", "store.db", cwd=work)[0] == 0
+    return work / "store.db"
+
+
+def _collision_cases(work):
+    ckpt = work / "myrun"
+    ev = ["eval", "--checkpoint", ckpt, "--limit", "8", "--quiet", "--attacks", "step_ll",
+          "--eps", "4"]
+    sweep = ["--config", CONFIG, "--limit", "8", "--attacks", "step_ll", "--eps", "4",
+             "--quiet", *TINY]
+    return {  # argv, the words the one line must hold (both paths)
+        "csv_is_the_store": ([*ev, "--results", "r.db", "--csv", "r.db"],
+                             ["--csv r.db is --results r.db"]),
+        "json_is_the_checkpoint": ([*ev, "--results", "r.db", "--json",
+                                    ckpt / "final/model.safetensors"],
+                                   ["--json", "is --checkpoint"]),
+        "csv_inside_the_run_folder": ([*ev, "--results", "r.db", "--csv", ckpt / "t.csv"],
+                                      ["--csv", "lies inside --checkpoint"]),
+        "csv_is_json": ([*ev, "--results", "r.db", "--csv", "t.csv", "--json", "./t.csv"],
+                        ["--csv t.csv is --json t.csv", "writes"]),
+        "csv_through_a_link_into_the_run": ([*ev, "--results", "r.db", "--csv",
+                                             "runlink/final/model.safetensors"],
+                                            ["runlink", "->", "is --checkpoint"]),
+        "attack_out_is_a_link_to_the_run": (["attack", "--checkpoint", ckpt, "--attack",
+                                             "step_ll", "--eps", "4", "--limit", "8",
+                                             "--overwrite", "--out", "runlink"],
+                                            ["--out runlink", "is --checkpoint"]),
+        "craft_out_holds_the_dataset": (["craft", "--checkpoint", ckpt, "--dataset", "mnist",
+                                         "--data-root", "data", "--limit", "8", "--eps", "2",
+                                         "--overwrite", "--out", "data"],
+                                        ["--out data holds the dataset folder data/mnist"]),
+        "craft_out_holds_dataset_files": (["craft", "--checkpoint", ckpt, "--dataset", "mnist",
+                                           "--data-root", "flat", "--limit", "8", "--eps", "2",
+                                           "--overwrite", "--out", "flat"],
+                                          ["--out flat holds a dataset file flat/t10k-images"]),
+        "craft_out_inside_the_run": (["craft", "--checkpoint", ckpt, "--limit", "8", "--eps",
+                                      "2", "--out", ckpt / "adv"],
+                                     ["--out", "lies inside --checkpoint"]),
+        "transfer_sets_hold_a_model": (["transfer", "--source", f"A={ckpt}", "--target",
+                                        f"B={ckpt}", "--limit", "8", "--results", "r.db",
+                                        "--sets", work],
+                                       ["--sets", "holds --source"]),
+        "figure_inside_the_run": (["analyze", "gradcorr", "--model", ckpt, "--eps", "0,4",
+                                   "--images", "4", "--limit", "8", "--results", "r.db",
+                                   "--figure", ckpt / "g.png"], ["--figure", "lies inside"]),
+        "figure_dir_inside_sets": (["analyze", "transfer-eps", "--source", f"A={ckpt}",
+                                    "--target", f"B={ckpt}", "--limit", "8", "--results", "r.db",
+                                    "--sets", "out", "--figure-dir", "out/figs"],
+                                   ["--figure-dir out/figs", "lies inside --sets out"]),
+        "sweep_figure_is_the_store": (["analyze", "lambda2", *sweep[:-len(TINY)], "--values",
+                                       "0", "--results", "r.db", "--figure", "r.db", *TINY],
+                                      ["--figure r.db is --results r.db"]),
+        "sweep_out_holds_the_store": (["analyze", "seeds", *sweep[:-len(TINY)], "--seeds", "1,2",
+                                       "--results", "runs/r.db", "--out", "runs", *TINY],
+                                      ["--out runs holds --results runs/r.db"]),
+        "train_out_inside_init_from": (["train", "--config", CONFIG, "--out", ckpt / "sub",
+                                        *TINY, f"init_from={ckpt}"],
+                                       ["--out", "lies inside init_from"]),
+        "report_figures_hold_the_store": (["report", "--results", "rep/figures/s.db", "--out",
+                                           "rep", "--overwrite"],
+                                          ["--out rep/figures holds --results"]),
+        "quickstart_out_holds_the_store": (["quickstart", "--out", "qs", "--results",
+                                            "qs/r.db"], ["--out qs holds --results qs/r.db"]),
+        "reproduce_out_holds_the_configs": (["reproduce", "n18-table1", "--dataset", "digits",
+                                             "--out", ".", "--configs", "configs"],
+                                            ["--out . holds --configs configs"]),
+        "import_into_its_own_file": (["store", "import", "pending.jsonl", "--results",
+                                      "pending.jsonl"], ["--results pending.jsonl is FILE"]),
+    }
+
+
+@pytest.mark.parametrize("case", list(_collision_cases(Path("w"))))
+def test_an_output_that_is_an_input_or_another_output_is_refused(work, store_db, tmp_path,
+                                                                   case, monkeypatch):
+    from cascade_adv import evaluation
+
+    (tmp_path / "runlink").symlink_to(work / "myrun")
+    (tmp_path / "data" / "mnist").mkdir(parents=True)
+    (tmp_path / "data" / "mnist" / "train-images-idx3-ubyte").write_bytes(b"mine")
+    (tmp_path / "flat").mkdir()  # the IDX files directly in the data root
+    (tmp_path / "flat" / "t10k-images-idx3-ubyte.gz").write_bytes(b"mine")
+    (tmp_path / "rep" / "figures").mkdir(parents=True)
+    shutil.copyfile(store_db, tmp_path / "rep" / "figures" / "s.db")
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "mine.yaml").write_text("seed: 1\n")
+    (tmp_path / "pending.jsonl").write_text('{"format": "cascade-adv/pending-rows/1"}\n')
+    monkeypatch.setattr(evaluation, "evaluate_whitebox", None)  # any work would fail loudly
+    argv, words = _collision_cases(work)[case]
+    before, work_before = snapshot(tmp_path), snapshot(work)
+    assert_one_line(run(*argv, cwd=tmp_path), 2, *words, "--overwrite does not apply")
+    assert snapshot(tmp_path) == before and snapshot(work) == work_before
+
+
+# --- class 3: a symlinked output is followed -----------------------------------------------
+
+def test_symlinked_out_replaces_the_linked_set_and_keeps_the_link(work, tmp_path):
+    from cascade_adv.results.advsets import load_adversarial_set
+
+    sets = tmp_path / "sets"
+    args = ["attack", "--checkpoint", work / "myrun", "--limit", "8", "--quiet"]
+    assert run(*args, "--attack", "step_ll", "--eps", "4", "--out", sets / "v1",
+               cwd=tmp_path)[0] == 0
+    (tmp_path / "current").symlink_to(sets / "v1")  # a link to an earlier set
+    result = run(*args, "--attack", "step_fgsm", "--eps", "8", "--out", "current",
+                 cwd=tmp_path)
+    assert result[0] == 0, result
+    assert (tmp_path / "current").is_symlink()
+    assert os.readlink(tmp_path / "current") == str(sets / "v1")
+    assert load_adversarial_set(tmp_path / "current").meta["method"] == "step_fgsm"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["current", "sets"]  # no .old.tmp
+    assert [p.name for p in sets.iterdir()] == ["v1"]
+
+
+def test_symlinked_file_output_is_replaced_at_its_target(work, tmp_path):
+    (tmp_path / "tables").mkdir()
+    (tmp_path / "tables" / "t.csv").write_text("old\n")
+    (tmp_path / "t.csv").symlink_to(tmp_path / "tables" / "t.csv")
+    result = run("eval", "--checkpoint", work / "myrun", "--limit", "8", "--quiet",
+                 "--attacks", "step_ll", "--eps", "4", "--results", "r.db", "--csv", "t.csv",
+                 cwd=tmp_path)
+    assert result[0] == 0, result
+    assert (tmp_path / "t.csv").is_symlink()
+    assert (tmp_path / "tables" / "t.csv").read_text().startswith("model,")
+    assert [p.name for p in (tmp_path / "tables").iterdir()] == ["t.csv"]
+
+
+# --- class 8: the store under stress: computed rows are never thrown away -----------------
+
+def _pending_file(err: str) -> Path:
+    """The pending-rows file a one-line store failure names."""
+    import re
+
+    return Path(re.search(r"cascade-adv store import (\S+)'", err).group(1))
+
+
+def test_store_locked_past_its_timeout_keeps_the_rows_and_the_csv(work, tmp_path,
+                                                                   monkeypatch):
+    import sqlite3
+
+    from cascade_adv.evaluation import ResultsStore
+    from cascade_adv.results import store as store_mod
+    from cascade_adv.results.tables import ResultTable
+
+    ResultsStore(tmp_path / "r.db").close()  # an existing store, then held by a writer
+    monkeypatch.setattr(store_mod, "BUSY_TIMEOUT", 0.2)
+    holder = sqlite3.connect(tmp_path / "r.db", isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        result = run("eval", "--checkpoint", work / "myrun", "--limit", "8", "--quiet",
+                     "--attacks", "step_ll", "--eps", "4", "--results", "r.db", "--csv",
+                     "t.csv", "--json", "t.json", cwd=tmp_path)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert_one_line(result, 2, "r.db could not be written", "locked", "cascade-adv store import")
+    table = ResultTable.from_csv(tmp_path / "t.csv")  # the CSV asked for was written first
+    assert len(table) and json.loads((tmp_path / "t.json").read_text())
+    pending = _pending_file(result[2])
+    assert pending.parent == tmp_path and pending.name.startswith("r.db.unsaved-")
+    with ResultsStore(tmp_path / "r.db") as store:
+        assert len(store) == 0
+    imported = run("store", "import", pending, cwd=tmp_path)
+    assert imported[0] == 0, imported
+    with ResultsStore(tmp_path / "r.db") as store:
+        assert sorted(map(str, store.query())) == sorted(map(str, table))
+        assert [m.name for m in store.models()] == ["myrun"]  # its record came along
+
+
+@pytest.mark.parametrize("damage", ["foreign_schema", "damaged_pages", "missing_column"])
+def test_damaged_or_foreign_store_is_refused_before_any_work(work, store_db, tmp_path,
+                                                              monkeypatch, damage):
+    import sqlite3
+
+    from cascade_adv import evaluation
+
+    db = tmp_path / "r.db"
+    if damage == "foreign_schema":  # another program's database with a schema version
+        with sqlite3.connect(db) as con:
+            con.execute("CREATE TABLE results (x)")
+            con.execute("PRAGMA user_version = 2")
+    elif damage == "missing_column":
+        with sqlite3.connect(db) as con:
+            con.execute("CREATE TABLE results (model, value)")
+            con.execute("CREATE TABLE models (name)")
+            con.execute("PRAGMA user_version = 2")
+    else:  # a real store whose data pages were overwritten
+        shutil.copyfile(store_db, db)
+        data = bytearray(db.read_bytes())
+        page = int.from_bytes(data[16:18], "big")
+        data[page + 8:] = b"\xff" * (len(data) - page - 8)
+        db.write_bytes(bytes(data))
+    before = snapshot(tmp_path)
+    monkeypatch.setattr(evaluation, "evaluate_whitebox", None)  # any work would fail loudly
+    result = run("eval", "--checkpoint", work / "myrun", "--limit", "8", "--quiet",
+                 "--results", "r.db", "--csv", "t.csv", cwd=tmp_path)
+    assert_one_line(result, 2, "r.db")
+    assert "cascade-adv results store" in result[2] or "damaged" in result[2] \
+        or "malformed" in result[2], result[2]
+    assert snapshot(tmp_path) == before
+
+
+def test_full_disk_under_the_store_is_one_line_and_keeps_the_rows(work, tmp_path,
+                                                                  monkeypatch):
+    import sqlite3
+
+    from cascade_adv.evaluation import ResultsStore
+    from cascade_adv.results import store as store_mod
+
+    ResultsStore(tmp_path / "r.db").close()  # an existing store, with no room to grow
+    real_connect = sqlite3.connect
+
+    def full(*a, **k):  # SQLite's own "database or disk is full" (SQLITE_FULL), after
+        con = real_connect(*a, **k)  # which SQLite has rolled the transaction back itself
+        con.execute("PRAGMA max_page_count = 1")  # (clamped to the store's current size)
+        return con
+
+    monkeypatch.setattr(store_mod.sqlite3, "connect", full)
+    result = run("eval", "--checkpoint", work / "myrun", "--limit", "8", "--quiet",
+                 "--attacks", "step_ll,step_fgsm", "--eps", "1,2,3,4,5,6,7,8,9,10,11,12",
+                 "--results", "r.db", "--csv", "t.csv", cwd=tmp_path)
+    assert_one_line(result, 2, "disk is full", "cascade-adv store import")
+    assert "cannot rollback" not in result[2]
+    monkeypatch.setattr(store_mod.sqlite3, "connect", real_connect)
+    with ResultsStore(tmp_path / "r.db") as store:
+        assert len(store) == 0
+    assert run("store", "import", _pending_file(result[2]), cwd=tmp_path)[0] == 0
+    with ResultsStore(tmp_path / "r.db") as store:
+        assert len(store) == len((tmp_path / "t.csv").read_text().splitlines()) - 1
+
+
+def test_malformed_pending_file_is_one_line_and_imports_nothing(tmp_path):
+    from cascade_adv.evaluation import ResultsStore
+
+    ResultsStore(tmp_path / "r.db").close()
+    header = json.dumps({"format": "cascade-adv/pending-rows/1", "store": "r.db"})
+    for text in ("not json\n", '{"format": "other"}\n', header + '\n{"row": {"model": 1}}\n',
+                 header + '\n{"pickle": "x"}\n'):
+        (tmp_path / "p.jsonl").write_text(text)
+        before = snapshot(tmp_path)
+        assert_one_line(run("store", "import", "p.jsonl", cwd=tmp_path), 2, "p.jsonl")
+        assert snapshot(tmp_path) == before
+
+
+# --- class 9: a full disk or a read-only folder: one line, what was complete stays ---------
+
+def _enospc(path="x"):
+    import errno
+
+    return OSError(errno.ENOSPC, "No space left on device", str(path))
+
+
+def _disk_with(monkeypatch, folder: Path, free: int):
+    """``shutil.disk_usage`` reports ``free`` bytes for paths under ``folder``."""
+    import collections
+
+    real = shutil.disk_usage
+    usage = collections.namedtuple("usage", "total used free")
+
+    def fake(path):
+        if Path(path).resolve() == folder.resolve() or folder.resolve() in \
+                Path(path).resolve().parents:
+            return usage(1 << 30, (1 << 30) - free, free)
+        return real(path)
+
+    monkeypatch.setattr(shutil, "disk_usage", fake)
+
+
+def test_craft_checks_the_sets_size_against_free_space_before_attacking(work, tmp_path,
+                                                                         monkeypatch):
+    from cascade_adv import attacks, io
+
+    out = tmp_path / "sets" / "adv"
+    args = ["craft", "--checkpoint", work / "myrun", "--eps", "2,4", "--limit", "96",
+            "--quiet", "--out", out]
+    assert run(*args, cwd=tmp_path)[0] == 0
+    before = snapshot(tmp_path)
+    monkeypatch.setattr(io, "MIN_FREE_BYTES", 1024)  # the floor every output folder needs
+    _disk_with(monkeypatch, tmp_path / "sets", free=8192)  # above it, below the set's size
+    monkeypatch.setattr(attacks, "run", None)  # no attack may start
+    result = run(*args, cwd=tmp_path)
+    assert_one_line(result, 2, "the adversarial set adv needs", str(tmp_path / "sets"), "free")
+    assert snapshot(tmp_path) == before  # the earlier set is intact
+
+
+def test_craft_meeting_a_full_disk_while_writing_is_one_line(work, tmp_path, monkeypatch):
+    import numpy as np
+
+    from cascade_adv.evaluation import advset
+
+    out = tmp_path / "adv"
+    args = ["craft", "--checkpoint", work / "myrun", "--eps", "2", "--limit", "8", "--quiet",
+            "--out", out]
+    assert run(*args, cwd=tmp_path)[0] == 0
+    before = snapshot(tmp_path)
+
+    def full(path, *a, **k):
+        raise _enospc(path)
+
+    monkeypatch.setattr(advset.np, "save", full)
+    assert_one_line(run(*args, cwd=tmp_path), 2, "no space left in", str(tmp_path),
+                    "the adversarial set adv", "needs")
+    monkeypatch.setattr(advset.np, "save", np.save)
+    assert snapshot(tmp_path) == before  # the earlier set intact, no temporary folder
+
+
+@pytest.mark.parametrize("fault", ["ENOSPC", "EROFS"])
+def test_train_on_a_full_or_read_only_disk_keeps_its_last_checkpoint(tmp_path, monkeypatch,
+                                                                       fault):
+    import errno
+
+    from cascade_adv.models import load_model
+    from cascade_adv.training import checkpoint
+    from cascade_adv.training.checkpoint import latest_checkpoint
+
+    real = checkpoint.save_model
+
+    def failing(model, path, **kw):  # the second checkpoint meets the fault
+        if "ckpt-0000008" in str(path):
+            raise OSError(getattr(errno, fault), os.strerror(getattr(errno, fault)), str(path))
+        return real(model, path, **kw)
+
+    monkeypatch.setattr(checkpoint, "save_model", failing)
+    result = run("train", "--config", CONFIG, "--out", "run", "--quiet", *TINY, cwd=tmp_path)
+    words = (["no space left in", "needs", "KB"] if fault == "ENOSPC"
+             else ["Read-only file system", "writable"])
+    assert_one_line(result, 2, "in run/checkpoints", "checkpoint ckpt-0000008", *words)
+    assert latest_checkpoint(tmp_path / "run").name == "ckpt-0000004"
+    load_model(latest_checkpoint(tmp_path / "run"))  # complete and readable
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == \
+        ["ckpt-0000004", "latest"]  # no half-written temporary folder
+    monkeypatch.setattr(checkpoint, "save_model", real)
+    assert run("train", "--config", CONFIG, "--out", "run", "--quiet", *TINY,
+               cwd=tmp_path)[0] == 0  # resumes once there is room
+
+
+def test_a_write_the_library_does_not_size_is_one_line_on_a_full_disk(tmp_path, monkeypatch):
+    from cascade_adv.training import loop
+
+    def full(self, record):  # appending a metrics line meets a full disk
+        raise _enospc(self.path)
+
+    monkeypatch.setattr(loop._Metrics, "write", full)
+    result = run("train", "--config", CONFIG, "--out", "run", "--quiet", *TINY, cwd=tmp_path)
+    assert_one_line(result, 2, "cannot write run/metrics.jsonl", "No space left",
+                    "free some space in run", "resumes from its last checkpoint")
+
+
+def test_train_and_eval_refuse_a_full_folder_before_any_work(work, tmp_path, monkeypatch):
+    from cascade_adv import evaluation
+    from cascade_adv.training import loop
+
+    _disk_with(monkeypatch, tmp_path, free=4096)
+    monkeypatch.setattr(evaluation, "evaluate_whitebox", None)  # any work would fail loudly
+    monkeypatch.setattr(loop, "setup_training", None)
+    assert_one_line(run("train", "--config", CONFIG, "--out", "run", *TINY, cwd=tmp_path), 2,
+                    "--out run needs 1.0 MB in .", "4.0 KB free")
+    assert_one_line(run("eval", "--checkpoint", work / "myrun", "--results", "r.db", "--limit",
+                        "8", cwd=tmp_path), 2, "results store r.db needs 1.0 MB")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_eval_whose_csv_meets_a_full_disk_still_stores_its_rows(work, tmp_path, monkeypatch):
+    from cascade_adv.evaluation import ResultsStore
+
+    (tmp_path / "tables").mkdir()
+    real = Path.write_bytes
+
+    def full_in_tables(self, data):
+        if self.parent == tmp_path / "tables":
+            raise _enospc(self)
+        return real(self, data)
+
+    monkeypatch.setattr(Path, "write_bytes", full_in_tables)
+    result = run("eval", "--checkpoint", work / "myrun", "--limit", "8", "--quiet",
+                 "--attacks", "step_ll", "--eps", "4", "--results", "r.db", "--csv",
+                 "tables/t.csv", cwd=tmp_path)
+    assert_one_line(result, 2, "no space left in tables for t.csv (needs", "B",
+                    "the rows are stored in r.db")
+    assert list((tmp_path / "tables").iterdir()) == []  # no temporary file left
+    with ResultsStore(tmp_path / "r.db") as store:
+        assert len(store)
+
+
+# --- class 10: every file and folder written gets the user's umask -------------------------
+
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_everything_written_gets_the_users_umask(tmp_path, umask):
+    previous = os.umask(umask)
+    try:
+        train_tiny(tmp_path / "run", "optim.iterations=8")
+        for argv in (["attack", "--checkpoint", "run", "--attack", "step_ll", "--eps", "4",
+                      "--limit", "8", "--quiet", "--out", "adv"],
+                     ["eval", "--checkpoint", "run", "--attacks", "step_ll", "--eps", "4",
+                      "--limit", "8", "--quiet", "--results", "r.db", "--csv", "t.csv",
+                      "--json", "t.json"],
+                     ["report", "--results", "r.db", "--out", "rep"]):
+            assert run(*argv, cwd=tmp_path)[0] == 0, argv
+    finally:
+        os.umask(previous)
+    modes = {str(p.relative_to(tmp_path)): p.stat().st_mode & 0o777
+             for p in tmp_path.rglob("*")}
+    want = {"file": 0o666 & ~umask, "dir": 0o777 & ~umask}
+    wrong = {p: oct(m) for p, m in modes.items()
+             if m != want["dir" if (tmp_path / p).is_dir() else "file"]}
+    assert wrong == {}, wrong
+    for name in ("run/final/model.safetensors", "run/checkpoints/ckpt-0000008/state.pt",
+                 "adv/images.npy", "r.db", "t.csv", "rep/report.html"):
+        assert name in modes  # each kind of file was written and checked

@@ -73,6 +73,28 @@ class OutputPathError(CascadeAdvError, ValueError):
     would have to overwrite without being asked to (``--overwrite``)."""
 
 
+class PathCollision(OutputPathError):
+    """An output that is, holds or lies inside an input or another output of the same
+    command (:func:`cascade_adv.io.check_disjoint`); ``--overwrite`` does not lift it."""
+
+
+class DiskFull(CascadeAdvError, OSError):
+    """No space left (or a read-only folder) where a command writes: the message names
+    the folder and the space needed; what was complete before is kept.  Also an
+    :class:`OSError`, as the failed write was.  ``folder`` is where it happened and
+    ``errno_value`` the system's reason (``ENOSPC``, ``EROFS``...)."""
+
+    def __init__(self, message: str, *, folder=None, errno_value: int | None = None):
+        super().__init__(message)
+        self.folder = folder
+        self.errno_value = errno_value
+
+
+class StoreWriteError(CascadeAdvError):
+    """The results store could not be written (locked past its timeout, full disk); the
+    rows were kept in a file that ``cascade-adv store import`` reads."""
+
+
 class InvalidArgument(CascadeAdvError, ValueError):
     """A bad argument to a command or a library function (empty list, non-positive limit...)."""
 

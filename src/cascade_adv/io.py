@@ -1,26 +1,45 @@
-"""Atomic file writes and content hashes.
+"""Atomic file writes, content hashes and the checks of output paths.
 
 Checkpoints, result files and saved adversarial sets are written to a temporary
 file in the destination folder and moved into place with :func:`os.replace`, so a
-crash never leaves a half-written file under the final name.
+crash never leaves a half-written file under the final name.  Temporary names are
+``.cascade-adv.NAME.PID.XXXXXXXX.tmp`` (:data:`TEMP_PREFIX`, the writer's pid and
+a random part, all required), so that :func:`remove_stale_temps` never mistakes a
+user's file for one of ours.  Everything written gets the permissions a plain
+``open`` / ``mkdir`` would give under the user's umask.  A symlinked output is
+followed: its target is replaced, the link stays.  A full disk or a read-only
+folder ends in :class:`~cascade_adv.errors.DiskFull` naming the folder and the
+space needed (docs/reliability.md).
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from fnmatch import fnmatchcase
 from pathlib import Path
+
+#: The first part of every temporary file and folder name the project writes.
+TEMP_PREFIX = ".cascade-adv."
+#: Free space every output folder must have before a command starts (bytes): a
+#: folder with less is full for any result file, store or set.
+MIN_FREE_BYTES = 1 << 20
+#: errno values that mean "no room" and "cannot write here".
+NO_SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+NO_WRITE_ERRNOS = frozenset({errno.EROFS, errno.EACCES, errno.EPERM})
 
 
 def temp_prefix(name: str) -> str:
-    """Prefix of this process's temporary files for ``name``: ``.NAME.PID.`` (the pid
-    tells :func:`remove_stale_temps` whether the writer is still running)."""
-    return f".{name}.{os.getpid()}."
+    """Prefix of this process's temporary files for ``name``:
+    ``.cascade-adv.NAME.PID.`` (the pid tells :func:`remove_stale_temps` whether the
+    writer is still running; ``mkstemp`` / ``mkdtemp`` add the random part)."""
+    return f"{TEMP_PREFIX}{name}.{os.getpid()}."
 
 
 def _plain_mode(bits: int) -> int:
@@ -32,18 +51,42 @@ def _plain_mode(bits: int) -> int:
 
 
 def make_temp_dir(parent: str | os.PathLike, name: str, suffix: str = ".tmp") -> Path:
-    """A new folder ``parent/.NAME.PID.XXXX.tmp`` with the permissions a plain mkdir
-    would give (``mkdtemp`` makes it private), to be renamed into place."""
+    """A new folder ``parent/.cascade-adv.NAME.PID.XXXXXXXX.tmp`` with the permissions
+    a plain mkdir would give (``mkdtemp`` makes it private), to be renamed into place."""
     path = Path(tempfile.mkdtemp(prefix=temp_prefix(name), suffix=suffix, dir=parent))
     path.chmod(_plain_mode(0o777))
     return path
 
 
+def make_temp_file(parent: str | os.PathLike, name: str) -> Path:
+    """A new empty file ``parent/.cascade-adv.NAME.PID.XXXXXXXX.tmp`` (to be renamed
+    into place); :func:`set_plain_mode` gives it its final permissions."""
+    fd, tmp = tempfile.mkstemp(prefix=temp_prefix(name), suffix=".tmp", dir=parent)
+    os.close(fd)
+    return Path(tmp)
+
+
+def set_plain_mode(path: str | os.PathLike) -> None:
+    """Give a finished file the mode a plain ``open`` would have given it under the
+    umask (0644 under 022): temporary files are private, and some writers (safetensors)
+    recreate the file they are given, so this runs after the writer, before the rename."""
+    os.chmod(path, _plain_mode(0o666))
+
+
+def real_path(path: str | os.PathLike) -> Path:
+    """``path`` absolute with every symlink followed (also a dangling one's target): where
+    a write really lands.  A symlinked output is replaced at its target; the link stays."""
+    return Path(os.path.realpath(path))
+
+
 def swap_dir(tmp: str | os.PathLike, out: str | os.PathLike) -> None:
     """Move the complete folder ``tmp`` onto ``out``.  An existing ``out`` is first moved
-    aside (``.NAME.PID.XXXX.old.tmp``) and removed only once the new folder is in
-    place, so no moment leaves neither; an empty ``out`` is replaced in one rename."""
+    aside (``.cascade-adv.NAME.PID.XXXXXXXX.old.tmp``) and removed only once the new
+    folder is in place, so no moment leaves neither; an empty ``out`` is replaced in one
+    rename.  A symlinked ``out`` is replaced at its target (give ``tmp`` beside it)."""
     tmp, out = Path(tmp), Path(out)
+    if out.is_symlink():
+        out = real_path(out)
     if not out.exists() or (out.is_dir() and not any(out.iterdir())):
         os.replace(tmp, out)
         return
@@ -58,7 +101,10 @@ def swap_dir(tmp: str | os.PathLike, out: str | os.PathLike) -> None:
     shutil.rmtree(aside, ignore_errors=True)
 
 
-_TEMP = re.compile(r"^\.(?P<name>.+?)(\.(?P<pid>\d+)\.[A-Za-z0-9_]+)?(\.old)?\.tmp$")
+#: ``.cascade-adv.NAME.PID.XXXXXXXX[.old].tmp``: prefix, pid and the 8 random characters
+#: of ``mkstemp`` / ``mkdtemp`` all required.
+_TEMP = re.compile(r"^" + re.escape(TEMP_PREFIX) +
+                   r"(?P<name>.+)\.(?P<pid>\d+)\.[a-z0-9_]{8}(?P<old>\.old)?\.tmp$")
 
 
 def _writer_alive(pid: int) -> bool:
@@ -73,23 +119,100 @@ def _writer_alive(pid: int) -> bool:
     return True
 
 
-@contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; move it onto ``path`` on success."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path.name), suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
-    tmp_path.chmod(_plain_mode(0o666))
+# --- free space, full disks and read-only folders --------------------------------------
+
+
+def format_bytes(n: float) -> str:
+    """``1.5 MB``, ``320 KB``, ``12 B`` (powers of 1024)."""
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1024 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TB"
+
+
+def free_bytes(folder: str | os.PathLike) -> int | None:
+    """Free space (bytes) of the filesystem of ``folder`` (or of its nearest existing
+    ancestor); None where the system cannot tell."""
     try:
-        yield tmp_path
-        with open(tmp_path, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp_path, path)
-    finally:
-        if tmp_path.exists():
-            tmp_path.unlink()
+        return int(shutil.disk_usage(_first_existing(Path(folder))).free)
+    except OSError:
+        return None
+
+
+def check_free_space(folder: str | os.PathLike, need: int, what: str) -> None:
+    """Raise :class:`~cascade_adv.errors.DiskFull` (before any work) unless ``folder``
+    has ``need`` bytes free for ``what``."""
+    from cascade_adv.errors import DiskFull
+
+    free = free_bytes(folder)
+    if free is not None and free < need:
+        raise DiskFull(f"{what} needs {format_bytes(need)} in {folder}, which has "
+                       f"{format_bytes(free)} free; free some space there or pass another path",
+                       folder=folder, errno_value=errno.ENOSPC)
+
+
+@contextlib.contextmanager
+def disk_errors(folder: str | os.PathLike, what: str, need: int | None = None) -> Iterator[None]:
+    """Turn a full disk (``ENOSPC``, quota) or a read-only folder met while writing
+    ``what`` into ``folder`` into :class:`~cascade_adv.errors.DiskFull`: one line naming
+    the folder and ``need`` bytes (when known); the caller keeps what was complete.  A
+    :class:`~cascade_adv.errors.DiskFull` of a temporary folder inside ``folder`` is said
+    of ``folder`` and ``what``."""
+    from cascade_adv.errors import DiskFull
+
+    try:
+        yield
+    except DiskFull as exc:
+        inner = real_path(exc.folder) if exc.folder is not None else None
+        if inner is None or real_path(folder) not in inner.parents:
+            raise
+        raise _disk_full(exc.errno_value, str(exc), folder, what, need) from None
+    except OSError as exc:
+        if exc.errno not in NO_SPACE_ERRNOS | NO_WRITE_ERRNOS:
+            raise
+        raise _disk_full(exc.errno, exc.strerror, folder, what, need) from None
+
+
+def _disk_full(errno_value, strerror, folder, what, need):
+    from cascade_adv.errors import DiskFull
+
+    if errno_value in NO_SPACE_ERRNOS:
+        free = free_bytes(folder)
+        size = f"{format_bytes(need)}" if need else "more space than is free"
+        left = f", {format_bytes(free)} free" if free is not None else ""
+        return DiskFull(f"no space left in {folder} for {what} (needs {size}{left}); free "
+                        "some space there or pass another path, and run it again",
+                        folder=folder, errno_value=errno_value)
+    return DiskFull(f"cannot write {what} in {folder} ({strerror}); make the folder "
+                    "writable or pass another path", folder=folder, errno_value=errno_value)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, size: int | None = None) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; move it onto ``path`` on success, with the
+    permissions of a plain ``open`` under the umask.  A symlinked ``path`` is replaced at
+    its target.  ``size`` (bytes, when the caller knows it) is checked against the free
+    space first; a full disk or a read-only folder raises
+    :class:`~cascade_adv.errors.DiskFull` and leaves the old file as it was."""
+    path = Path(path)
+    if path.is_symlink():
+        path = real_path(path)
+    what = path.name
+    with disk_errors(path.parent, what, size):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if size:
+            check_free_space(path.parent, size, what)
+        tmp_path = make_temp_file(path.parent, path.name)
+        try:
+            yield tmp_path
+            set_plain_mode(tmp_path)
+            with open(tmp_path, "rb") as fh:
+                os.fsync(fh.fileno())
+            os.replace(tmp_path, path)
+        finally:
+            if tmp_path.exists():
+                tmp_path.unlink()
 
 
 #: The lock file of :func:`folder_lock`, inside the folder it locks.
@@ -131,7 +254,7 @@ def folder_lock(folder: str | os.PathLike, *, wait: bool = True, what: str = "fo
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    with atomic_path(path) as tmp:
+    with atomic_path(path, size=len(data)) as tmp:
         tmp.write_bytes(data)
 
 
@@ -214,6 +337,7 @@ def _check_parent(parent: Path, path: Path, what: str) -> None:
     if not _can_create_in(base):
         raise OutputPathError(f"{what} {path} cannot be created: {base} is not writable; "
                               "pass another path")
+    check_free_space(base, MIN_FREE_BYTES, f"{what} {path}")
 
 
 def _can_create_in(folder: Path) -> bool:
@@ -228,26 +352,57 @@ def _can_create_in(folder: Path) -> bool:
 
 def is_within(path: str | os.PathLike, folder: str | os.PathLike) -> bool:
     """True when ``path`` is ``folder`` or lies inside it (symlinks resolved)."""
-    p, f = Path(path).resolve(), Path(folder).resolve()
+    p, f = real_path(path), real_path(folder)
     return p == f or f in p.parents
 
 
+def check_disjoint(outputs: Sequence[tuple[str, str | os.PathLike | None]],
+                   inputs: Sequence[tuple[str, str | os.PathLike | None]] = ()) -> None:
+    """The rule for every command that writes, checked before any work: with every path
+    resolved (symlinks followed), no output may be, contain or lie inside an input of
+    the same command (the model, its run folder, the dataset folder, the results store,
+    saved sets, configs), nor another of its outputs (``--csv X --json X``).  Raises
+    :class:`~cascade_adv.errors.PathCollision` naming both paths; ``--overwrite`` does
+    not lift it.  ``outputs`` / ``inputs`` are ``(label, path)`` pairs; ``None`` paths are
+    skipped."""
+    from cascade_adv.errors import PathCollision
+
+    outs = [(label, Path(p), real_path(p)) for label, p in outputs if p]
+    ins = [(label, Path(p), real_path(p)) for label, p in inputs if p]
+    for i, (label, path, real) in enumerate(outs):
+        others = [(o, op, orl, "writes") for o, op, orl in outs[i + 1:]] + \
+            [(o, op, orl, "reads") for o, op, orl in ins]
+        hits = [(rank, how, other, opath, kind) for other, opath, oreal, kind in others
+                for rank, how, hit in ((0, "is", real == oreal),
+                                       (1, "holds", real in oreal.parents),
+                                       (2, "lies inside", oreal in real.parents)) if hit]
+        if hits:
+            _, how, other, opath, kind = min(hits, key=lambda h: h[0])
+            where = f" (-> {real})" if os.path.abspath(path) != str(real) else ""
+            raise PathCollision(f"{label} {path}{where} {how} {other} {opath}, which this "
+                                f"command {kind}; pass a new path for {label} (--overwrite "
+                                "does not apply)")
+
+
 def remove_stale_temps(folder: str | os.PathLike, name: str = "*") -> list[Path]:
-    """Delete the temporary files and folders that a killed writer left in ``folder``
-    (``.NAME.PID.XXXX.tmp`` of :func:`atomic_path` and the set / checkpoint writers)
-    for ``name`` (a glob); those of a process still running are kept, and a folder
-    that :func:`swap_dir` had moved aside when its writer was killed is put back
+    """Delete the temporary files and folders that a killed writer left in ``folder``:
+    exactly the names :func:`atomic_path`, :func:`make_temp_dir` and :func:`swap_dir`
+    give (``.cascade-adv.NAME.PID.XXXXXXXX[.old].tmp``, prefix, pid and random part all
+    required), for a ``NAME`` matching ``name`` (a glob on the final name).  A user's
+    ``.NAME.notes.tmp`` never matches.  Those of a process still running are kept, and a
+    folder that :func:`swap_dir` had moved aside when its writer was killed is put back
     where it was missing.  Returns the removed paths."""
     folder = Path(folder)
     removed: list[Path] = []
     if not folder.is_dir():
         return removed
-    for p in folder.glob(f".{name}.tmp"):
+    for p in folder.iterdir():
         m = _TEMP.match(p.name)
-        if m is None or (m.group("pid") and _writer_alive(int(m.group("pid")))):
+        if m is None or not fnmatchcase(m.group("name"), name) \
+                or _writer_alive(int(m.group("pid"))):
             continue
         target = folder / m.group("name")
-        if p.name.endswith(".old.tmp") and not target.exists():
+        if m.group("old") and not target.exists() and not target.is_symlink():
             os.replace(p, target)  # killed between the two renames of swap_dir: put it back
             continue
         if p.is_dir() and not p.is_symlink():

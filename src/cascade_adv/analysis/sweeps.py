@@ -164,8 +164,8 @@ def run_variants(
                                  model_name=run.name, model_hash=run.hash, progress=progress)
         # a variant is not the published row its base config names (another lambda2,
         # width, ...): no paper rows, its experiment places it in the report
-        run.register(store, experiment, {**variant.params, "paper": []})
-        store.upsert(rows)
+        # one transaction; a store that cannot be written keeps them in a pending file
+        store.save(rows, [run.record(experiment, {**variant.params, "paper": []})])
         table.extend(rows)
     return table
 

@@ -87,11 +87,19 @@ ATTACKS = AttackNames()
 EPS = EpsList()
 
 
-def check_outputs(files=(), dirs=(), store=None) -> None:
-    """Output paths checked before any work (one line each when not writable)."""
-    from cascade_adv.io import check_writable_dir, check_writable_file
+def check_outputs(files=(), dirs=(), store=None, inputs=(), written=()) -> None:
+    """Every command's output paths, checked before any work (one line each): none of
+    the outputs (``(option, path)`` pairs: ``files``, ``dirs``, and ``written``, which
+    the command checks otherwise) is, holds or lies inside an input of the command
+    (``inputs``, and the results ``store``, which is read and updated in place) or
+    another of its outputs, symlinks followed (:func:`cascade_adv.io.check_disjoint`;
+    ``--overwrite`` does not lift it); the store is an undamaged cascade-adv store;
+    every file and folder can be written."""
+    from cascade_adv.io import check_disjoint, check_writable_dir, check_writable_file
     from cascade_adv.results.store import check_store_path
 
+    check_disjoint([*files, *dirs, *written],
+                   [*([("--results", store)] if store else []), *inputs])
     if store:
         check_store_path(store)
     for opt, path in files:
@@ -148,3 +156,29 @@ def _apply(options):
     return deco
 
 
+def save_results(table, results, models=(), files=()) -> None:
+    """Deliver a command's rows: first the files the user asked for (``files``:
+    ``(path, writer)`` pairs such as ``(csv_path, table.to_csv)``), then the rows and the
+    ``models`` records into the results store.  A store that cannot be written keeps
+    the rows in a pending file (:func:`cascade_adv.results.store.store_rows`); a file
+    that cannot be written (full disk) does not stop the others.  Raises one
+    :class:`~cascade_adv.errors.CascadeAdvError` naming every failure."""
+    from cascade_adv.errors import CascadeAdvError, one_line
+    from cascade_adv.results.store import store_rows
+
+    failed = []
+    for path, write in files:
+        if path:
+            try:
+                write(path)
+            except CascadeAdvError as exc:  # DiskFull: the store may still take the rows
+                failed.append(one_line(exc))
+    stored = ""
+    if results:
+        try:
+            store_rows(results, table, models)
+            stored = f" (the rows are stored in {results})" if failed else ""
+        except CascadeAdvError as exc:
+            failed.append(one_line(exc))
+    if failed:
+        raise CascadeAdvError("; ".join(failed) + stored)

@@ -21,6 +21,7 @@ from cascade_adv.cli.common import (
     check_outputs,
     cli,
     model_data_options,
+    save_results,
 )
 from cascade_adv.errors import CascadeAdvError, one_line
 
@@ -105,9 +106,11 @@ def train(config_path, out, resume, quiet, overrides):
     from cascade_adv.training import load_config
     from cascade_adv.training import train as run_training
     from cascade_adv.training.distributed import env_rank
+    from cascade_adv.training.runs import config_inputs
 
     cfg = load_config(config_path, overrides)
     run_dir = Path(out) if out else Path("runs") / cfg.name
+    check_outputs(dirs=[("--out", run_dir)], inputs=config_inputs(cfg, config_path))
     check_train_out(run_dir)
     result = run_training(cfg, run_dir, resume=resume, progress=not quiet)
     if env_rank() == 0 and result.resumed_from >= result.iterations:
@@ -179,11 +182,15 @@ def train(config_path, out, resume, quiet, overrides):
 def evaluate(names, eps, results, csv_path, json_path, name, seed, batch_size,
              quiet, precision, channels_last, compile_model, fuse, **model_data):
     """White-box accuracy (top-1, top-5) of one model under attacks x epsilons."""
-    from cascade_adv.evaluation import ResultsStore, evaluate_whitebox
+    from cascade_adv.evaluation import evaluate_whitebox
     from cascade_adv.speed import resolve_speed
     from cascade_adv.training import distributed
+    from cascade_adv.training.runs import data_inputs, model_inputs
 
-    check_outputs(files=[("--csv", csv_path), ("--json", json_path)], store=results)
+    ckpt = model_data["checkpoint"]
+    check_outputs(files=[("--csv", csv_path), ("--json", json_path)], store=results,
+                  inputs=[*model_inputs(ckpt, "--checkpoint"),
+                          *data_inputs([ckpt], model_data["dataset"], model_data["data_root"])])
     # under torchrun every rank evaluates its shard of the images; rank 0 reports
     ctx = distributed.setup("auto", model_data["device"])
     model_data["device"] = str(ctx.device)
@@ -214,32 +221,23 @@ def evaluate(names, eps, results, csv_path, json_path, name, seed, batch_size,
     if not ctx.is_main:
         return
     click.echo(table.to_markdown())
-    if results:
-        with ResultsStore(results) as store:
-            run.register(store)  # with the paper rows its config names, for the reports
-            store.upsert(table)
-    if csv_path:
-        table.to_csv(csv_path)
-    if json_path:
-        table.to_json(json_path)
+    # the files asked for first; the model's record carries the paper rows its config
+    # names, for the reports
+    save_results(table, results, [run.record()],
+                 files=[(csv_path, table.to_csv), (json_path, table.to_json)])
 
 
 def _write_set(attack_name, eps, out, seed, batch_size, quiet, overwrite, **model_data):
     """Shared body of ``attack`` and ``craft``: attack a split, save the set."""
     from cascade_adv.evaluation import craft_adversarial_set, prepare_images
     from cascade_adv.results.advsets import check_set_output
-    checkpoint = Path(model_data["checkpoint"])
-    protect = [checkpoint, model_data.get("data_root")]
-    try:
-        from cascade_adv.models import resolve_weights
+    from cascade_adv.training.runs import data_inputs, load_for_eval, model_inputs
 
-        weights = resolve_weights(checkpoint)
-        protect += [weights, weights.parent.parent if weights.parent.name == "final" else
-                    weights.parent]
-    except CascadeAdvError:
-        pass  # reported by the model loader below
-    check_set_output(out, overwrite=overwrite, protect=protect)
-    from cascade_adv.training.runs import load_for_eval
+    ckpt = model_data["checkpoint"]
+    inputs = [*model_inputs(ckpt, "--checkpoint"),
+              *data_inputs([ckpt], model_data["dataset"], model_data["data_root"])]
+    check_outputs(dirs=[("--out", out)], inputs=inputs)
+    check_set_output(out, overwrite=overwrite)
 
     run, data = load_for_eval(**model_data)
     path = craft_adversarial_set(
@@ -255,7 +253,7 @@ def _write_set(attack_name, eps, out, seed, batch_size, quiet, overwrite, **mode
         seed=seed,
         progress=not quiet,
         overwrite=overwrite,
-        protect=protect,
+        protect=[p for _, p in inputs],
     )
     click.echo(
         f"wrote {len(data) * len(eps)} {attack_name} images of {data.name}/{data.split} "
@@ -389,6 +387,19 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(exc.exit_code)
     except CascadeAdvError as exc:
         click.echo(f"error: {one_line(exc)}", err=True)
+        sys.exit(2)
+    except OSError as exc:
+        from cascade_adv.io import NO_SPACE_ERRNOS, NO_WRITE_ERRNOS
+
+        if exc.errno not in NO_SPACE_ERRNOS | NO_WRITE_ERRNOS:
+            raise
+        # a write the library does not size (a metrics line): the file and the reason
+        name = exc.filename or "a file"
+        where = Path(exc.filename).parent if exc.filename else "its folder"
+        fix = (f"free some space in {where}" if exc.errno in NO_SPACE_ERRNOS
+               else f"make {where} writable (or pass another path)")
+        click.echo(f"error: cannot write {name} ({exc.strerror}); {fix}, then run the command "
+                   "again (training resumes from its last checkpoint)", err=True)
         sys.exit(2)
     if isinstance(rv, int) and rv:  # --help / --version return 0
         sys.exit(rv)

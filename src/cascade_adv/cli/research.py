@@ -10,7 +10,16 @@ from pathlib import Path
 
 import click
 
-from cascade_adv.cli.common import ATTACKS, EPS, POSITIVE, SEED, _csv_list, check_outputs, cli
+from cascade_adv.cli.common import (
+    ATTACKS,
+    EPS,
+    POSITIVE,
+    SEED,
+    _csv_list,
+    check_outputs,
+    cli,
+    save_results,
+)
 from cascade_adv.errors import CascadeAdvError
 
 
@@ -72,11 +81,13 @@ def transfer(sources, targets, names, eps, sets_dir, csv_path, dataset, data_roo
     the results store with source = the source model's name; every model is
     registered with its initialisation, so reports mark same-initialisation pairs.
     """
-    from cascade_adv.evaluation import ResultsStore, transfer_matrix
+    from cascade_adv.evaluation import transfer_matrix
     from cascade_adv.results.tables import ResultTable
     from cascade_adv.training import resolve_device
     from cascade_adv.training.runs import load_models, load_split
-    check_outputs(files=[("--csv", csv_path)], dirs=[("--sets", sets_dir)], store=results)
+    check_outputs(files=[("--csv", csv_path)], dirs=[("--sets", sets_dir)], store=results,
+                  inputs=_models_inputs(("--source", sources), ("--target", targets),
+                                        dataset=dataset, data_root=data_root))
     dev = resolve_device(device)
     src = load_models(sources, dev)
     tgt = load_models(targets, dev)
@@ -91,16 +102,24 @@ def transfer(sources, targets, names, eps, sets_dir, csv_path, dataset, data_roo
         names, eps, hashes={n: m.hash for n, m in everyone.items()}, sets_dir=sets_dir,
         batch_size=batch_size, seed=seed, progress=not quiet,
     )
-    with ResultsStore(results) as store:
-        for m in everyone.values():
-            m.register(store)
-        store.upsert(table)
-        same = store.same_init
-        for metric in ("top1", "transfer_top1", "error_top1"):
-            click.echo(f"\n{metric}:")
-            click.echo(_matrix_text(ResultTable(table.filter(metric=metric)), names, same))
-    if csv_path:
-        table.to_csv(csv_path)
+    def same(a, b):  # the same known initialisation, as the store would tell
+        return bool(everyone[a].init) and everyone[a].init == everyone[b].init
+
+    for metric in ("top1", "transfer_top1", "error_top1"):
+        click.echo(f"\n{metric}:")
+        click.echo(_matrix_text(ResultTable(table.filter(metric=metric)), names, same))
+    save_results(table, results, [m.record() for m in everyone.values()],
+                 files=[(csv_path, table.to_csv)])
+
+
+def _models_inputs(*options, dataset=None, data_root=None) -> list:
+    """The inputs of the commands that load models (``(option, specs)`` pairs): each
+    model's path, weights and run folder, and the dataset folder."""
+    from cascade_adv.training.runs import data_inputs, model_inputs
+
+    specs = [(opt, spec) for opt, group in options for spec in group]
+    return [p for opt, spec in specs for p in model_inputs(spec, opt)] + data_inputs(
+        [spec for _, spec in specs], dataset, data_root)
 
 
 def _matrix_text(table, attacks, same_init) -> str:
@@ -144,13 +163,14 @@ def _model_analysis(kind, models, eps, images, figure, dataset, data_root, limit
                     batch_size, device, results, seed, quiet, **kw):
     """Shared body of ``softmax`` and ``gradcorr``: run on every model, store, plot."""
     from cascade_adv import analysis
-    from cascade_adv.evaluation import ResultsStore
     from cascade_adv.reporting import figures
     from cascade_adv.results.tables import ResultTable
     from cascade_adv.training import resolve_device
     from cascade_adv.training.runs import load_models, load_split
 
-    check_outputs(files=[("--figure", figure)], store=results)
+    check_outputs(files=[("--figure", figure)], store=results,
+                  inputs=_models_inputs(("--model", models), dataset=dataset,
+                                        data_root=data_root))
     dev = resolve_device(device)
     loaded = load_models(models, dev)
     data = load_split(list(loaded.values()), dataset, data_root, "test", limit, dev)
@@ -159,13 +179,10 @@ def _model_analysis(kind, models, eps, images, figure, dataset, data_root, limit
     for m in loaded.values():
         table.extend(run(m.model, data, eps=eps, n_images=images, seed=seed,
                          batch_size=batch_size, model_name=m.name, model_hash=m.hash, **kw))
-    with ResultsStore(results) as store:
-        for m in loaded.values():
-            m.register(store)
-        store.upsert(table)
     plot = (figures.plot_softmax_argument if kind == "softmax"
             else figures.plot_gradient_correlation)
-    path = plot(table, figure, models=list(loaded))
+    path = plot(table, figure, models=list(loaded))  # the file asked for first
+    save_results(table, results, [m.record() for m in loaded.values()])
     click.echo(f"{len(table)} rows stored in {results}; figure {path}")
 
 
@@ -217,11 +234,16 @@ def gradcorr(**kw):
 def transfer_eps(source, target, names, eps, sets_dir, figure_dir, dataset,
                  data_root, limit, batch_size, device, results, seed, quiet):
     """K17 figures 2 and 5: transfer rate and error rate vs epsilon, source -> target."""
-    from cascade_adv.evaluation import ResultsStore, transfer_matrix
+    from cascade_adv.evaluation import transfer_matrix
     from cascade_adv.reporting import figures
     from cascade_adv.training import resolve_device
     from cascade_adv.training.runs import load_models, load_split
-    check_outputs(dirs=[("--sets", sets_dir), ("--figure-dir", figure_dir)], store=results)
+    figs = {kind: Path(figure_dir) / f"{fig}.png" for kind, fig in
+            (("transfer", "k17_fig2_transfer_rate"), ("error", "k17_fig5_error_rate"))}
+    check_outputs(files=[("--figure-dir", f) for f in figs.values()],
+                  dirs=[("--sets", sets_dir)], store=results,
+                  inputs=_models_inputs(("--source", (source,)), ("--target", (target,)),
+                                        dataset=dataset, data_root=data_root))
     dev = resolve_device(device)
     (src,) = load_models((source,), dev).values()
     (tgt,) = load_models((target,), dev).values()
@@ -231,15 +253,11 @@ def transfer_eps(source, target, names, eps, sets_dir, figure_dir, dataset,
     table = transfer_matrix({src.name: src.model}, {tgt.name: tgt.model}, data, names, eps,
                             hashes={src.name: src.hash, tgt.name: tgt.hash}, sets_dir=sets_dir,
                             batch_size=batch_size, seed=seed, progress=not quiet)
-    with ResultsStore(results) as store:
-        src.register(store)
-        tgt.register(store)
-        store.upsert(table)
-    for kind, fig in (("transfer", "k17_fig2_transfer_rate"), ("error", "k17_fig5_error_rate")):
-        path = figures.plot_transfer_vs_eps(table, Path(figure_dir) / f"{fig}.png",
-                                            source=src.name, target=tgt.name, attacks=names,
-                                            kind=kind)
+    for kind, fig in figs.items():  # the files asked for first
+        path = figures.plot_transfer_vs_eps(table, fig, source=src.name, target=tgt.name,
+                                            attacks=names, kind=kind)
         click.echo(f"figure {path}")
+    save_results(table, results, [src.record(), tgt.record()])
 
 
 def _sweep_options(fn):
@@ -265,12 +283,17 @@ def _sweep_options(fn):
 
 
 def _run_sweep(experiment, variants, config_path, out, names, eps, limit,
-               batch_size, results, quiet, overrides, figure=None):
+               batch_size, results, quiet, overrides, figure=None, figures=()):
     from cascade_adv.analysis.sweeps import run_variants
     from cascade_adv.evaluation import ResultsStore
+    from cascade_adv.training.loop import preflight
+    from cascade_adv.training.runs import config_inputs
     out = out or f"runs/{experiment.replace(':', '_')}"
-    check_outputs(files=[("--figure", figure)], dirs=[("--out", out)], store=results)
-    _check_sweep_configs(config_path, overrides, variants, experiment)
+    cfgs = _sweep_configs(config_path, overrides, variants, experiment)
+    check_outputs(files=[("--figure", f) for f in (figure, *figures)], dirs=[("--out", out)],
+                  store=results, inputs=[p for cfg in cfgs for p in config_inputs(cfg,
+                                                                                   config_path)])
+    preflight(cfgs)  # what training checks first, for every network, before the store opens
     with ResultsStore(results) as store:
         table = run_variants(config_path, variants, out, store, experiment=experiment,
                              overrides=overrides, attacks=names, eps=eps, limit=limit,
@@ -279,16 +302,14 @@ def _run_sweep(experiment, variants, config_path, out, names, eps, limit,
     return table, names, eps
 
 
-def _check_sweep_configs(config_path, overrides, variants, experiment) -> None:
-    """Every network's config, validated before any run starts (and before the
-    results store is opened): the configs and what training checks first."""
+def _sweep_configs(config_path, overrides, variants, experiment) -> list:
+    """The base config and every network's, read (and validated) before any run starts."""
     from cascade_adv.training import load_config
-    from cascade_adv.training.loop import preflight
 
     base = load_config(config_path, overrides)  # the user's part first: its errors name it
-    preflight([base] + [load_config(config_path, [*overrides, *v.overrides,
-                                                  f"name={experiment}/{v.name}"])
-                        for v in variants])
+    return [base] + [load_config(config_path, [*overrides, *v.overrides,
+                                               f"name={experiment}/{v.name}"])
+                     for v in variants]
 
 
 @analyze.command(epilog=EXAMPLES_ANALYZE)
@@ -323,11 +344,11 @@ def capacity(widths, figure, **kw):
     from cascade_adv.reporting import figures
 
     variants = capacity_variants(_csv_list(widths, float, option="--widths"))
-    table, names, eps = _run_sweep("capacity", variants, figure=figure, **kw)
+    top5 = Path(figure).with_name(Path(figure).stem.replace("fig1", "fig4") + "_top5.png")
+    table, names, eps = _run_sweep("capacity", variants, figure=figure, figures=[top5], **kw)
     layout = {f"capacity/{v.name}": (v.params["width"], v.params["adversarial"])
               for v in variants}
-    for k, fig in ((1, Path(figure)), (5, Path(figure).with_name(
-            Path(figure).stem.replace("fig1", "fig4") + "_top5.png"))):
+    for k, fig in ((1, Path(figure)), (5, top5)):
         if table.filter(metric=f"top{k}").rows:
             path = figures.plot_capacity(table, fig, widths=layout, attacks=names, eps=eps, k=k)
             click.echo(f"figure {path}")
@@ -431,10 +452,41 @@ def report(results, out, title, overwrite):
     if not Path(results).is_file():
         raise CascadeAdvError(f"no results store at {results}; run 'cascade-adv eval' first or "
                               "pass --results")
-    from cascade_adv.reporting.report import check_report_output
+    from cascade_adv.reporting.report import check_report_output, report_outputs
 
+    check_outputs(written=[("--out", p) for p in report_outputs(out)], store=results)
     check_report_output(out, overwrite=overwrite)
-    check_outputs(store=results)
     with ResultsStore(results) as store:
         html_path, md_path = build_report(store, out, title=title, overwrite=overwrite)
     click.echo(f"report: {html_path} and {md_path}")
+
+
+# --- cascade-adv store ------------------------------------------------------------------
+
+EXAMPLES_STORE = """
+\b
+Examples:
+  cascade-adv store import results/results.db.unsaved-20250101T120000Z-4242.jsonl
+  cascade-adv store import rows.jsonl --results results/other.db
+"""
+
+
+@cli.group(epilog=EXAMPLES_STORE)
+def store():
+    """The results store: rows that a command could not write to it (the store was
+    locked past its timeout, the disk was full) are kept in a pending file, and
+    imported from it here."""
+
+
+@store.command(name="import", epilog=EXAMPLES_STORE)
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--results", type=click.Path(dir_okay=False), default=None,
+              help="Store to import into [default: the one the file names].")
+def import_(file, results):
+    """Put the rows and model records of a pending file into the results store (one
+    transaction; rows with the same key are replaced). The file is left as it is."""
+    from cascade_adv.results.store import import_rows
+
+    path, rows, models = import_rows(file, results)
+    click.echo(f"imported {rows} rows and {models} model records from {file} into {path}; "
+               f"{file} can be deleted")

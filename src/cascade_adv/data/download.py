@@ -15,7 +15,6 @@ import http.client
 import os
 import shutil
 import tarfile
-import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path, PurePosixPath
@@ -24,7 +23,7 @@ from tqdm.auto import tqdm
 
 from cascade_adv.data import sources
 from cascade_adv.errors import DatasetError, one_line
-from cascade_adv.io import atomic_path, file_md5
+from cascade_adv.io import atomic_path, file_md5, make_temp_dir
 
 _CHUNK = 1 << 16
 
@@ -135,7 +134,7 @@ def extract_cifar10_bin(archive: Path, dest_dir: Path) -> None:
     only then moved into ``dest_dir``.
     """
     dest_dir.mkdir(parents=True, exist_ok=True)
-    tmp_dir = Path(tempfile.mkdtemp(prefix=".extract-", dir=dest_dir.parent))
+    tmp_dir = make_temp_dir(dest_dir.parent, "extract")
     try:
         try:
             with tarfile.open(archive, "r:gz") as tf:

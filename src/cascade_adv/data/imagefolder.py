@@ -54,6 +54,7 @@ from tqdm.auto import tqdm
 
 from cascade_adv.data.dataset import ImageDataset
 from cascade_adv.errors import DatasetError, one_line
+from cascade_adv.io import check_free_space, temp_prefix
 
 #: Folder under the data root.
 FOLDER = "imagenet"
@@ -225,11 +226,14 @@ def load_imagenet(split: str, root: str | os.PathLike, image_size: int = DEFAULT
         path = base / CACHE_DIR / f"{SPLIT_FOLDERS[split]}-{image_size}-{key}.npy"
         images = _open_cache(path, shape)
         if images is None:
-            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            tmp = path.with_name(f"{temp_prefix(path.name)}{os.urandom(4).hex()}.tmp")
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)
+                check_free_space(path.parent, int(np.prod(shape)) + (64 << 10),
+                                 "the decoded-image cache")  # a memory map on a full disk
                 out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
-            except OSError as exc:
+            except OSError as exc:  # DiskFull too
+                tmp.unlink(missing_ok=True)
                 warnings.warn(f"cannot write the decoded-image cache in {path.parent} "
                               f"({one_line(exc)}); decoding {what} into memory", stacklevel=2)
             else:

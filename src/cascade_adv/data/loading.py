@@ -23,6 +23,32 @@ def resolve_data_root(root: str | os.PathLike | None = None) -> Path:
     return Path(root).expanduser()
 
 
+def dataset_inputs(name: str, root: str | os.PathLike | None = None) -> list[tuple[str, Path]]:
+    """``(label, path)`` of the existing folders (or, where a reader also looks directly
+    in the data root, files) that the reader of dataset ``name`` reads under ``root``
+    (:func:`resolve_data_root`): ``ROOT/mnist`` or ``ROOT/MNIST/raw`` or the IDX files in
+    ``ROOT``; ``ROOT/cifar10`` or the batch folders or files in ``ROOT``;
+    ``ROOT/imagenet``.  Nothing for the bundled digits and unknown names.  What commands
+    must never write into (docs/reliability.md)."""
+    key = _ALIASES.get(str(name).strip().lower(), str(name).strip().lower())
+    data_root = resolve_data_root(root)
+    if key == "mnist":
+        folders = [data_root / "mnist", data_root / "MNIST" / "raw"]
+        files = [f"{n}{gz}" for pair in sources.MNIST_FILES.values() for n in pair
+                 for gz in ("", ".gz")]
+    elif key == "cifar10":
+        folders = [data_root / "cifar10", data_root / sources.CIFAR10_BIN_DIR,
+                   data_root / sources.CIFAR10_PY_DIR]
+        files = [*sources.CIFAR10_BIN_MD5, *sources.CIFAR10_PY_MD5]
+    elif key == "imagenet":
+        folders, files = [data_root / "imagenet"], []
+    else:
+        return []
+    found = [("the dataset folder", f) for f in folders if f.is_dir()]
+    return found or [("a dataset file", data_root / n) for n in files
+                     if (data_root / n).is_file()]
+
+
 def load_dataset(
     name: str,
     split: str = "train",

@@ -22,8 +22,11 @@ from cascade_adv.errors import CascadeAdvError, ModelFault
 from cascade_adv.evaluation.whitebox import true_class_rank
 from cascade_adv.io import (
     atomic_write_text,
+    check_free_space,
+    disk_errors,
     file_sha256,
     make_temp_dir,
+    real_path,
     remove_stale_temps,
     swap_dir,
 )
@@ -53,8 +56,13 @@ def craft_adversarial_set(
     the saved images are those inputs, attacked.  The folder is written under a
     temporary name beside ``out`` and swapped into place when complete; an
     existing ``out`` must be an earlier set, or empty, unless ``overwrite``
-    (see :func:`check_set_output`, which also never lets ``out`` hold a path of
-    ``protect``).  Nothing is deleted before the new set is complete.
+    (see :func:`check_set_output`, which also never lets ``out`` be, hold or lie in
+    a path of ``protect``).  Nothing is deleted before the new set is complete.  A
+    symlinked ``out`` (a link to an earlier set) is followed: the set it points to is
+    replaced, the link stays.  The set's size is checked against the free space
+    before any attack runs, and the images are written with plain writes (no memory
+    map, which a full disk would kill with SIGBUS): a full disk raises
+    :class:`~cascade_adv.errors.DiskFull` naming the folder and the size.
     """
     out = check_set_output(out, overwrite=overwrite, protect=protect)
     attacks.get(attack)
@@ -64,26 +72,55 @@ def craft_adversarial_set(
                               "pass a non-empty split (check --limit)")
     prepare = prepare or to_float
     device = attacks.model_device(model)
-    out = Path(os.path.abspath(out))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temps(out.parent, glob_escape(out.name) + ".*")  # left by a killed run
-    tmp = make_temp_dir(out.parent, out.name)
-    try:
-        _write_set(model, dataset, tmp, attack, eps, prepare, batch_size, source_name,
-                   source_hash, attack_options, seed, progress, device)
-        swap_dir(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+    out = real_path(out)  # a link to an earlier set: that set is replaced, the link stays
+    shape = (len(dataset) * len(eps), *prepare(dataset.images[:1].to(device)).shape[1:])
+    need = set_bytes(shape)
+    with disk_errors(out.parent, f"the adversarial set {out.name}", need):
+        out.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temps(out.parent, glob_escape(out.name))  # left by a killed run
+        check_free_space(out.parent, need, f"the adversarial set {out.name}")
+        tmp = make_temp_dir(out.parent, out.name)
+        try:
+            _write_set(model, dataset, tmp, shape, attack, eps, prepare, batch_size,
+                       source_name, source_hash, attack_options, seed, progress, device)
+            swap_dir(tmp, out)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 
-def _write_set(model, dataset, tmp, attack, eps, prepare, batch_size, source_name,
+def set_bytes(shape: Sequence[int]) -> int:
+    """About the bytes a set of ``shape[0]`` uint8 images of ``shape[1:]`` takes on disk:
+    the images, the per-row arrays (labels, eps, index, the two ranks) and headers."""
+    rows = int(shape[0])
+    return rows * int(np.prod(shape[1:])) + rows * (8 + 4 + 8 + 2 + 2) + (64 << 10)
+
+
+def _write_set(model, dataset, tmp, shape, attack, eps, prepare, batch_size, source_name,
                source_hash, attack_options, seed, progress, device) -> None:
+    with open(tmp / "images.npy", "wb") as images:  # rows in order, appended
+        np.lib.format.write_array_header_1_0(images, {
+            "descr": np.lib.format.dtype_to_descr(np.dtype(np.uint8)),
+            "fortran_order": False, "shape": tuple(shape)})
+        arrays = _attack_rows(model, dataset, images, shape, attack, eps, prepare,
+                              batch_size, source_name, attack_options, seed, progress, device)
+    for name, arr in arrays.items():
+        np.save(tmp / f"{name}.npy", arr, allow_pickle=False)
+    meta = {
+        "format": FORMAT, "method": attack, "eps": eps, "dataset": dataset.name,
+        "split": dataset.split, "image_shape": list(shape[1:]), "count": shape[0],
+        "source": source_name, "source_hash": source_hash, "attack_options": attack_options or {},
+        "sha256": {f"{a}.npy": file_sha256(tmp / f"{a}.npy") for a in ARRAYS + OPTIONAL_ARRAYS},
+    }
+    atomic_write_text(tmp / "meta.json", json.dumps(meta, indent=2) + "\n")
+
+
+def _attack_rows(model, dataset, images, shape, attack, eps, prepare, batch_size,
+                 source_name, attack_options, seed, progress, device) -> dict[str, np.ndarray]:
+    """Attack every image at every epsilon, appending the uint8 images to the open file
+    ``images`` row by row; returns the per-row arrays."""
     n = len(dataset)
-    sample = prepare(dataset.images[:1].to(device))
-    shape = (n * len(eps), *sample.shape[1:])
-    images = np.lib.format.open_memmap(tmp / "images.npy", mode="w+", dtype=np.uint8, shape=shape)
     labels = np.empty(shape[0], np.int64)
     eps_arr = np.empty(shape[0], np.float32)
     index = np.empty(shape[0], np.int64)
@@ -109,7 +146,7 @@ def _write_set(model, dataset, tmp, attack, eps, prepare, batch_size, source_nam
                                        **(attack_options or {})))
             # the source's verdict on the saved (uint8) image, as a target would see it
             rank_adv = true_class_rank(attacks.predict(model, to_float(adv)), yb)
-            images[row:row + m] = adv.cpu().numpy()
+            images.write(np.ascontiguousarray(adv.cpu().numpy()).tobytes())
             clean_rank[row:row + m] = rank_clean
             adv_rank[row:row + m] = rank_adv.cpu().numpy()
             labels[row:row + m] = y_host.numpy()
@@ -118,15 +155,5 @@ def _write_set(model, dataset, tmp, attack, eps, prepare, batch_size, source_nam
             row += m
             bar.update(m)
     bar.close()
-    images.flush()
-    del images
-    for name, arr in (("labels", labels), ("eps", eps_arr), ("index", index),
-                      ("source_clean_rank", clean_rank), ("source_adv_rank", adv_rank)):
-        np.save(tmp / f"{name}.npy", arr, allow_pickle=False)
-    meta = {
-        "format": FORMAT, "method": attack, "eps": eps, "dataset": dataset.name,
-        "split": dataset.split, "image_shape": list(shape[1:]), "count": shape[0],
-        "source": source_name, "source_hash": source_hash, "attack_options": attack_options or {},
-        "sha256": {f"{a}.npy": file_sha256(tmp / f"{a}.npy") for a in ARRAYS + OPTIONAL_ARRAYS},
-    }
-    atomic_write_text(tmp / "meta.json", json.dumps(meta, indent=2) + "\n")
+    return {"labels": labels, "eps": eps_arr, "index": index,
+            "source_clean_rank": clean_rank, "source_adv_rank": adv_rank}

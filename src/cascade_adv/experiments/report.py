@@ -6,13 +6,12 @@ the paper dashed)."""
 from __future__ import annotations
 
 import json
-import os
 import platform
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from cascade_adv.io import atomic_write_text, make_temp_dir
+from cascade_adv.io import atomic_path, atomic_write_text, make_temp_dir
 from cascade_adv.results.published import get_table, split_paper_entry
 from cascade_adv.results.store import ResultsStore
 from cascade_adv.results.tables import ResultTable
@@ -46,19 +45,13 @@ def _rows(deps: dict[str, dict]) -> ResultTable:
 
 def _store(path: Path, rows: ResultTable, deps: dict[str, dict], p: dict,
            paper: dict[str, list[str]]) -> ResultsStore:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.unlink(missing_ok=True)
-    with ResultsStore(tmp) as store:
-        store.upsert(rows)
-        for out in deps.values():
-            if out and "weights" in out:
-                store.register_model(out["name"], model_hash=out["hash"],
-                                     dataset=out["dataset"], init=out["init"],
-                                     experiment=out.get("experiment", ""),
-                                     params={**out.get("params", {}),
-                                             "paper": paper.get(out["name"], []),
-                                             "test_images": p["test_images"]})
-    os.replace(tmp, path)
+    models = [{"name": out["name"], "model_hash": out["hash"], "dataset": out["dataset"],
+                   "init": out["init"], "experiment": out.get("experiment", ""),
+                   "params": {**out.get("params", {}), "paper": paper.get(out["name"], []),
+                           "test_images": p["test_images"]}}
+              for out in deps.values() if out and "weights" in out]
+    with atomic_path(path) as tmp, ResultsStore(tmp) as store:  # built aside, then moved
+        store.save(rows, models)
     return ResultsStore(path)
 
 

@@ -33,9 +33,10 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
+from cascade_adv.data.loading import dataset_inputs
 from cascade_adv.errors import InvalidArgument, one_line
 from cascade_adv.experiments.steps import Runtime, Step, execute, read_done
-from cascade_adv.io import atomic_write_text, check_writable_dir
+from cascade_adv.io import atomic_write_text, check_disjoint, check_writable_dir
 
 #: Bumped when what a step computes changes for the same parameters; part of every key.
 CACHE_VERSION = 1
@@ -421,6 +422,8 @@ def reproduce(name: str, out: str | Path, *, data_dir: str | None = None,
     seeds = seed_indices(seeds)
     used = substitute or base
     configs = Path(configs) if configs else default_configs()
+    check_disjoint([("--out", out)], [("--configs", configs),
+                                      *dataset_inputs(used, data_dir)])
     builder = Builder(configs, base, scale=float(scale), test_images=test_images,
                       substitute=substitute)
     steps = build_steps(recipe, builder, only, seeds)

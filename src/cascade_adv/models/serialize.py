@@ -14,10 +14,10 @@ from pathlib import Path
 import torch
 from pydantic import ValidationError
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 from cascade_adv.errors import CheckpointError, ConfigError
-from cascade_adv.io import atomic_path
+from cascade_adv.io import atomic_write_bytes
 from cascade_adv.models.config import MAX_PARAMETERS, ModelConfig
 from cascade_adv.models.inception import InceptionV3
 from cascade_adv.models.resnet import ResNet
@@ -73,8 +73,9 @@ def save_model(model: ResNet | InceptionV3, path: str | os.PathLike, *, init: st
     meta = {"format": "cascade-adv/model/1", "config": model.config.model_dump_json()}
     if init:
         meta["init"] = init
-    with atomic_path(path) as tmp:
-        save_file(state, str(tmp), metadata=meta)
+    # serialized in memory first: a full disk is then an OSError of a plain write (one
+    # line with the size), not a failure inside the safetensors writer
+    atomic_write_bytes(path, save(state, metadata=meta))
 
 
 def _read_metadata(path: Path) -> dict[str, str]:

@@ -21,6 +21,7 @@ Each ``plot_*`` function builds its figure in a ``_figure_*`` helper that return
 
 from __future__ import annotations
 
+import io
 import math
 import os
 from collections.abc import Iterable, Mapping, Sequence
@@ -30,7 +31,7 @@ from typing import Any
 from matplotlib.figure import Figure
 
 from cascade_adv.errors import CascadeAdvError
-from cascade_adv.io import atomic_path
+from cascade_adv.io import atomic_write_bytes
 from cascade_adv.results.tables import CLEAN, WHITEBOX, ResultTable
 
 __all__ = [
@@ -41,6 +42,7 @@ __all__ = [
     "plot_softmax_argument",
     "plot_sweep",
     "plot_transfer_vs_eps",
+    "save_png",
 ]
 
 #: Size of one panel, inches (width, height).
@@ -93,12 +95,14 @@ def _no_data(ax) -> None:
             fontsize=_FONT, color="0.5")
 
 
-def _save(fig: Figure, path: str | os.PathLike) -> Path:
+def save_png(fig: Figure, path: str | os.PathLike, dpi: int = DPI) -> Path:
+    """Write ``fig`` as a PNG file, atomically (a full disk: one line with its size)."""
     path = Path(path)
     if path.suffix.lower() != ".png":
         raise CascadeAdvError(f"figure path {path} must end in .png")
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=DPI)
+    buf = io.BytesIO()  # drawn first: its size is known to the free-space check
+    fig.savefig(buf, format="png", dpi=dpi)
+    atomic_write_bytes(path, buf.getvalue())
     return path
 
 
@@ -213,7 +217,7 @@ def plot_softmax_argument(table: ResultTable, path: str | os.PathLike, *,
     explicitly requested method of a model) without rows raises
     :class:`CascadeAdvError`.
     """
-    return _save(_figure_softmax_argument(table, models=models, methods=methods), path)
+    return save_png(_figure_softmax_argument(table, models=models, methods=methods), path)
 
 
 # --- N18 figure 5 ------------------------------------------------------------------------
@@ -269,7 +273,7 @@ def plot_gradient_correlation(table: ResultTable, path: str | os.PathLike, *,
     ...), metrics ``mean`` and ``std`` (no shading where ``std`` is missing).  The y axis
     spans -0.2 to 1.05 unless a shaded band leaves that range.
     """
-    return _save(_figure_gradient_correlation(table, models=models, pairs=pairs), path)
+    return save_png(_figure_gradient_correlation(table, models=models, pairs=pairs), path)
 
 
 # --- N18 figure 3 ------------------------------------------------------------------------
@@ -343,7 +347,7 @@ def plot_sweep(table: ResultTable, path: str | os.PathLike, *, values: Mapping[s
     white-box rows, or a series with no point at all, raises :class:`CascadeAdvError`;
     single missing points are left out of their line.
     """
-    return _save(_figure_sweep(table, values=values, xlabel=xlabel, series=series,
+    return save_png(_figure_sweep(table, values=values, xlabel=xlabel, series=series,
                                log_x=log_x, title=title), path)
 
 
@@ -407,7 +411,7 @@ def plot_transfer_vs_eps(table: ResultTable, path: str | os.PathLike, *, source:
     Rows: ``model=target``, ``source=source``, metric ``transfer_top{k}`` or
     ``error_top{k}`` (percent).
     """
-    return _save(_figure_transfer_vs_eps(table, source=source, target=target,
+    return save_png(_figure_transfer_vs_eps(table, source=source, target=target,
                                          attacks=attacks, kind=kind, k=k), path)
 
 
@@ -519,7 +523,7 @@ def plot_capacity(table: ResultTable, path: str | os.PathLike, *, widths: Mappin
     present in ``widths``); one line per eps; a dashed line at ratio 1.  See
     :func:`capacity_ratios`.
     """
-    return _save(_figure_capacity(table, widths=widths, attacks=attacks, eps=eps, k=k), path)
+    return save_png(_figure_capacity(table, widths=widths, attacks=attacks, eps=eps, k=k), path)
 
 
 # --- accuracy vs eps ---------------------------------------------------------------------
@@ -571,5 +575,5 @@ def plot_accuracy_vs_eps(table: ResultTable, path: str | os.PathLike, *,
     model's name (black-box rows).  A model without any row of ``source`` raises
     :class:`CascadeAdvError`.
     """
-    return _save(_figure_accuracy_vs_eps(table, models=models, attacks=attacks, k=k,
+    return save_png(_figure_accuracy_vs_eps(table, models=models, attacks=attacks, k=k,
                                          source=source), path)

@@ -315,6 +315,15 @@ window.addEventListener('load', function () {
 """
 
 
+#: What :func:`build_report` writes into its folder (the rest of the folder is left alone).
+REPORT_FILES = ("report.html", "report.md", "figures")
+
+
+def report_outputs(out: str | os.PathLike) -> list[Path]:
+    """The paths a report into ``out`` writes (:data:`REPORT_FILES`)."""
+    return [Path(out) / name for name in REPORT_FILES]
+
+
 def is_report_folder(out: Path) -> bool:
     """True when ``out`` holds a report written by :func:`build_report`."""
     try:
@@ -356,8 +365,18 @@ def build_report(store: ResultsStore, out: str | os.PathLike, *,
                               "or another evaluation first")
     out = check_report_output(out, overwrite=overwrite)
     out.mkdir(parents=True, exist_ok=True)
-    remove_stale_temps(out, "report*")
+    remove_stale_temps(out, "report")
     stage = make_temp_dir(out, "report")
+    try:
+        return _build_in(stage, store, rows, out, title, sections, extra_figures,
+                         accuracy_figures)
+    finally:  # a failure (a full disk) leaves the earlier report and no stage folder
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+def _build_in(stage: Path, store: ResultsStore, rows, out: Path, title: str, sections,
+              extra_figures, accuracy_figures: bool) -> tuple[Path, Path]:
+    """:func:`build_report`'s pages and figures drawn in ``stage``, then moved into ``out``."""
     figdir = stage / "figures"
     figdir.mkdir(parents=True)
     page = _Page()
@@ -400,8 +419,12 @@ def build_report(store: ResultsStore, out: str | os.PathLike, *,
     aside = stage / "figures.old"
     if final_figs.exists():  # moved aside, removed only once the new figures are in place
         os.replace(final_figs, aside)
-    os.replace(figdir, final_figs)
+    try:
+        os.replace(figdir, final_figs)
+    except OSError:
+        if aside.exists():
+            os.replace(aside, final_figs)  # the earlier report's figures stay
+        raise
     for name in ("report.md", "report.html"):
         os.replace(stage / name, out / name)
-    shutil.rmtree(stage, ignore_errors=True)
     return out / "report.html", out / "report.md"

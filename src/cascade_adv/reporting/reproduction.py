@@ -17,6 +17,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from cascade_adv.reporting.figures import save_png
 from cascade_adv.results.published import CLEAN, WHITEBOX, PaperTable
 from cascade_adv.results.tables import ResultTable
 
@@ -329,7 +330,4 @@ def plot_ours_vs_paper(cells: Sequence[Cell], path: str | os.PathLike, *,
     fig.legend(handles, labels, fontsize=7, loc="outside right upper")
     if title:
         fig.suptitle(f"{title}: ours solid, paper dashed", fontsize=9)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    return path
+    return save_png(fig, path, dpi=110)

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from cascade_adv.errors import CascadeAdvError, OutputPathError
-from cascade_adv.io import check_writable_dir, file_sha256, is_within
+from cascade_adv.io import check_disjoint, check_writable_dir, file_sha256, is_within
 from cascade_adv.textdata import load_json
 
 FORMAT = "cascade-adv/advset/1"
@@ -57,8 +57,9 @@ def check_set_output(out: str | os.PathLike, *, overwrite: bool = False,
     ``out`` may be missing, an empty folder, or an earlier adversarial set (this
     command's own output: replaced atomically); any other folder is refused
     unless ``overwrite``.  Never allowed, even with ``overwrite``: the current
-    folder or one of its ancestors, and a folder that holds one of ``protect``
-    (the model's run folder, the dataset).  Raises :class:`OutputPathError`.
+    folder or one of its ancestors, and a folder that is, holds or lies inside one of
+    ``protect`` (the model's run folder, the dataset;
+    :func:`cascade_adv.io.check_disjoint`).  Raises :class:`OutputPathError`.
     """
     out = Path(out)
     check_writable_dir(out, "--out folder")
@@ -66,10 +67,7 @@ def check_set_output(out: str | os.PathLike, *, overwrite: bool = False,
     if is_within(Path.cwd(), resolved):
         raise OutputPathError(f"--out {out} is the current folder or one of its parents; "
                               "pass a new folder, e.g. --out adv/NAME")
-    for p in protect:
-        if p and Path(p).exists() and is_within(p, resolved):
-            raise OutputPathError(f"--out {out} holds {p}, which this command reads; pass a "
-                                  "new folder, e.g. --out adv/NAME")
+    check_disjoint([("--out", out)], [("input", p) for p in protect])
     if out.is_dir() and any(out.iterdir()) and not is_adversarial_set(out) and not overwrite:
         raise OutputPathError(f"--out {out} already exists and is not an adversarial set; "
                               "pass a new path or --overwrite to replace it")

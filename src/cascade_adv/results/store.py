@@ -19,7 +19,16 @@ group the networks of a sweep or a multi-seed experiment.
 
 The schema version lives in ``PRAGMA user_version``; an older store is upgraded
 in place, a store written by a newer cascade-adv is refused rather than silently
-misread.
+misread.  :func:`check_store_path` reads a store's integrity (``PRAGMA quick_check``)
+and its tables' columns before a command starts, so a damaged or foreign SQLite file
+is refused before any work.
+
+Computed rows are never thrown away: when the store cannot be written (held locked
+past the busy timeout, a full disk, a read-only folder), :meth:`ResultsStore.save`
+and :func:`store_rows` keep the rows and model records in a JSON-lines file beside
+the store (else in the current or the temporary folder) and raise
+:class:`~cascade_adv.errors.StoreWriteError` naming it;
+``cascade-adv store import FILE`` (:func:`import_rows`) puts them in later.
 """
 
 from __future__ import annotations
@@ -28,14 +37,15 @@ import contextlib
 import json
 import os
 import sqlite3
-from collections.abc import Iterable, Iterator, Mapping
+import tempfile
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from cascade_adv.errors import CascadeAdvError
+from cascade_adv.errors import CascadeAdvError, StoreWriteError, one_line
 from cascade_adv.results.tables import KEY_COLUMNS, ROW_KEYS, ResultTable, normalize_row
 
 if TYPE_CHECKING:
@@ -46,6 +56,10 @@ if TYPE_CHECKING:
 SCHEMA_VERSION = 2
 
 _SQLITE_MAGIC = b"SQLite format 3\x00"
+#: Seconds a writer waits for another one's lock before the rows go to a pending file.
+BUSY_TIMEOUT = 30.0
+#: First line of a pending-rows file (:func:`import_rows`).
+PENDING_FORMAT = "cascade-adv/pending-rows/1"
 
 _SCHEMA = f"""
 CREATE TABLE results (
@@ -77,6 +91,12 @@ CREATE TABLE models (
 """
 
 _COLUMNS = ROW_KEYS + ("created",)
+_MODEL_COLUMNS = ("name", "model_hash", "dataset", "init", "experiment", "params", "created")
+_REGISTER = (
+    f"INSERT INTO models ({', '.join(_MODEL_COLUMNS)}) VALUES "
+    f"({', '.join('?' * len(_MODEL_COLUMNS))}) ON CONFLICT (name) DO UPDATE SET "
+    + ", ".join(f"{c} = excluded.{c}" for c in _MODEL_COLUMNS if c != "name")
+)
 _UPSERT = (
     f"INSERT INTO results ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))}) "
     f"ON CONFLICT ({', '.join(KEY_COLUMNS)}) DO UPDATE SET "
@@ -100,9 +120,26 @@ def _utc_now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
+def _model_record(name: str, *, model_hash: str = "", dataset: str = "", init: str = "",
+                  experiment: str = "", params: Mapping[str, Any] | str | None = None) -> dict:
+    """A model's row of ``models`` (less ``created``), its parameters as JSON text."""
+    try:
+        if isinstance(params, str):  # as a pending file keeps them
+            params = json.loads(params)
+        if not isinstance(params, Mapping) and params is not None:
+            raise TypeError(f"{type(params).__name__}, not an object")
+        params = json.dumps(dict(params or {}), sort_keys=True)
+    except (TypeError, ValueError) as exc:
+        raise CascadeAdvError(f"parameters of model {name!r} are not JSON: {exc}") from None
+    return {"name": str(name), "model_hash": str(model_hash), "dataset": str(dataset),
+            "init": str(init), "experiment": str(experiment), "params": params}
+
+
 def check_store_path(path: str | os.PathLike) -> Path:
     """Raise :class:`CascadeAdvError` (before any work) unless ``path`` can hold a
-    results store: a writable file path, and an existing file an SQLite database."""
+    results store: a writable file path, and an existing file an undamaged SQLite
+    database (``PRAGMA quick_check``) that is empty or has this cascade-adv's tables.
+    Read with a read-only connection: nothing is written."""
     from cascade_adv.io import check_writable_file
 
     p = check_writable_file(path, "results store")
@@ -112,27 +149,50 @@ def check_store_path(path: str | os.PathLike) -> Path:
         if head and head != _SQLITE_MAGIC:
             raise CascadeAdvError(f"results store {p} is not an SQLite database; "
                                   "give another --results path (e.g. results.sqlite)")
-        if head:  # the schema checks of opening it, read-only (nothing is written)
+        if head:
             try:
-                con = sqlite3.connect(f"{p.resolve().as_uri()}?mode=ro", uri=True, timeout=30)
+                con = sqlite3.connect(f"{p.resolve().as_uri()}?mode=ro", uri=True,
+                                      timeout=BUSY_TIMEOUT)
                 try:
-                    version = con.execute("PRAGMA user_version").fetchone()[0]
-                    tables = [r[0] for r in con.execute(
-                        "SELECT name FROM sqlite_master WHERE type = 'table'")]
+                    check = [r[0] for r in con.execute("PRAGMA quick_check(3)")]
+                    if check != ["ok"]:
+                        raise CascadeAdvError(
+                            f"results store {p} is damaged ({one_line('; '.join(check))[:200]}"
+                            "); restore it from a backup or give another --results path")
+                    _check_schema(con, p)
                 finally:
                     con.close()
             except sqlite3.DatabaseError as e:
                 raise CascadeAdvError(f"cannot open results store {p}: {e}; give another "
                                       "--results path") from None
-            if version > SCHEMA_VERSION:
-                raise CascadeAdvError(
-                    f"results store {p} was written by a newer cascade-adv (schema {version} > "
-                    f"{SCHEMA_VERSION}); upgrade cascade-adv or use another --results path")
-            if version == 0 and tables:
-                raise CascadeAdvError(
-                    f"{p} is an SQLite database but not a cascade-adv results store (it has "
-                    f"tables {', '.join(tables)}); give another --results path")
     return p
+
+
+def _check_schema(conn: sqlite3.Connection, path: object) -> int:
+    """The store's schema version, after checking that its tables are this cascade-adv's
+    (a newer schema, another program's tables or missing columns raise one line)."""
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    if version > SCHEMA_VERSION:
+        raise CascadeAdvError(
+            f"results store {path} was written by a newer cascade-adv (schema {version} > "
+            f"{SCHEMA_VERSION}); upgrade cascade-adv or use another --results path")
+    tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+    if version == 0:
+        if tables:
+            raise CascadeAdvError(
+                f"{path} is an SQLite database but not a cascade-adv results store (it has "
+                f"tables {', '.join(tables)}); give another --results path")
+        return version
+    expected = {"results": set(_COLUMNS), **({"models": set(_MODEL_COLUMNS)} if version >= 2
+                                            else {})}
+    for table, columns in expected.items():
+        have = {r[1] for r in conn.execute(f"PRAGMA table_info({table})")}
+        if not columns <= have:
+            raise CascadeAdvError(
+                f"{path} is an SQLite database but not a cascade-adv results store (schema "
+                f"{version} without the columns of table {table!r}); give another --results "
+                "path")
+    return version
 
 
 class ResultsStore:
@@ -142,7 +202,7 @@ class ResultsStore:
     throw-away in-memory store.
     """
 
-    def __init__(self, path: str | os.PathLike, *, timeout: float = 30.0) -> None:
+    def __init__(self, path: str | os.PathLike, *, timeout: float | None = None) -> None:
         self.path = str(path)
         self._conn: sqlite3.Connection | None = None
         if self.path != ":memory:":
@@ -163,7 +223,8 @@ class ResultsStore:
                 p.parent.mkdir(parents=True, exist_ok=True)
         try:
             # isolation_level=None: transactions are explicit (_transaction).
-            self._conn = sqlite3.connect(self.path, timeout=timeout, isolation_level=None)
+            self._conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT if timeout is None
+                                         else timeout, isolation_level=None)
             self._open()
         except sqlite3.DatabaseError as e:
             self.close()
@@ -178,24 +239,11 @@ class ResultsStore:
 
     def _open(self) -> None:
         conn = self._connection
-        version = conn.execute("PRAGMA user_version").fetchone()[0]
-        if version > SCHEMA_VERSION:
-            raise CascadeAdvError(
-                f"results store {self.path} was written by a newer cascade-adv (schema "
-                f"{version} > {SCHEMA_VERSION}); upgrade cascade-adv or use another --results path"
-            )
-        if version == SCHEMA_VERSION:
+        if _check_schema(conn, self.path) == SCHEMA_VERSION:
             return
         with self._transaction():
-            version = conn.execute("PRAGMA user_version").fetchone()[0]  # re-read under lock
+            version = _check_schema(conn, self.path)  # re-read under the lock
             if version == 0:
-                tables = [r[0] for r in conn.execute(
-                    "SELECT name FROM sqlite_master WHERE type = 'table'")]
-                if tables:
-                    raise CascadeAdvError(
-                        f"{self.path} is an SQLite database but not a cascade-adv results store "
-                        f"(it has tables {', '.join(tables)}); give another --results path"
-                    )
                 conn.execute(_SCHEMA)
             if version < 2:
                 conn.execute(_MODELS_SCHEMA)
@@ -217,7 +265,11 @@ class ResultsStore:
             yield conn
             conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            # SQLite has already rolled back after some errors (a full disk): a second
+            # ROLLBACK would only add "cannot rollback - no transaction is active"
+            if conn.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
             raise
 
     @property
@@ -226,16 +278,30 @@ class ResultsStore:
 
     # --- writing ----------------------------------------------------------------------------
 
-    def upsert(self, rows: ResultTable | Iterable[Mapping[str, Any]]) -> int:
-        """Insert rows, replacing those with the same key; one transaction.  Returns the count."""
+    def save(self, rows: ResultTable | Iterable[Mapping[str, Any]] = (),
+             models: Iterable[Mapping[str, Any]] = ()) -> int:
+        """Register ``models`` (keyword arguments of :meth:`register_model`) and insert
+        ``rows``, replacing those with the same key, in one transaction; returns the row
+        count.  When the store cannot be written (locked past the busy timeout, a full
+        disk), the rows and models are kept in a pending file and
+        :class:`~cascade_adv.errors.StoreWriteError` names it (:func:`import_rows`)."""
         created = _utc_now()
-        values = [
-            tuple(r[c] for c in ROW_KEYS) + (created,)
-            for r in (normalize_row(row) for row in rows)
-        ]
-        with self._transaction() as conn:
-            conn.executemany(_UPSERT, values)
-        return len(values)
+        rows = [normalize_row(row) for row in rows]
+        models = [_model_record(**m) for m in models]
+        try:
+            with self._transaction() as conn:
+                for m in models:
+                    conn.execute(_REGISTER, (*m.values(), created))
+                conn.executemany(_UPSERT, [tuple(r[c] for c in ROW_KEYS) + (created,)
+                                           for r in rows])
+        except sqlite3.Error as exc:
+            raise keep_rows(self.path, rows, models, exc) from None
+        return len(rows)
+
+    def upsert(self, rows: ResultTable | Iterable[Mapping[str, Any]]) -> int:
+        """Insert rows, replacing those with the same key; one transaction.  Returns the
+        count (see :meth:`save`: rows that cannot be stored are kept in a file)."""
+        return self.save(rows)
 
     def register_model(self, name: str, *, model_hash: str = "", dataset: str = "",
                        init: str = "", experiment: str = "",
@@ -243,19 +309,8 @@ class ResultsStore:
         """Record (or replace) what is known about model ``name``: its weights hash,
         dataset, initialisation (see :func:`cascade_adv.models.read_model_init`), the
         experiment it belongs to and that experiment's parameters (JSON-serialisable)."""
-        try:
-            params_json = json.dumps(dict(params or {}), sort_keys=True)
-        except TypeError as exc:
-            raise CascadeAdvError(f"parameters of model {name!r} are not JSON: {exc}") from None
-        with self._transaction() as conn:
-            conn.execute(
-                "INSERT INTO models (name, model_hash, dataset, init, experiment, params, created)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET"
-                " model_hash = excluded.model_hash, dataset = excluded.dataset,"
-                " init = excluded.init, experiment = excluded.experiment,"
-                " params = excluded.params, created = excluded.created",
-                (str(name), model_hash, dataset, init, experiment, params_json, _utc_now()),
-            )
+        self.save((), [{"name": name, "model_hash": model_hash, "dataset": dataset, "init": init,
+                            "experiment": experiment, "params": params}])
 
     def models(self, experiment: str | None = None) -> list[ModelInfo]:
         """The registered models (of one ``experiment`` if given), in registration order."""
@@ -334,3 +389,98 @@ def _where(filters: Mapping[str, Any]) -> tuple[str, list[Any]]:
             clauses.append(f"{key} IN ({', '.join('?' * len(values))})")
         params.extend(values)
     return (" WHERE " + " AND ".join(clauses) if clauses else ""), params
+
+
+# --- rows that could not be stored --------------------------------------------------------
+
+
+def store_rows(path: str | os.PathLike, rows: ResultTable | Iterable[Mapping[str, Any]],
+               models: Iterable[Mapping[str, Any]] = (), *,
+               timeout: float | None = None) -> int:
+    """Open the store at ``path``, register ``models`` and upsert ``rows`` in one
+    transaction (:meth:`ResultsStore.save`).  If the store cannot be opened or written
+    (locked past ``timeout``, a full disk, a read-only folder), the rows and models are
+    kept in a pending file and :class:`~cascade_adv.errors.StoreWriteError` says how to
+    import them: computed rows are never thrown away."""
+    rows, models = list(rows), list(models)
+    try:
+        store = ResultsStore(path, timeout=timeout)
+    except (CascadeAdvError, OSError) as exc:
+        raise keep_rows(path, rows, models, exc) from None
+    with store:
+        return store.save(rows, models)
+
+
+def keep_rows(store: str | os.PathLike, rows: Sequence[Mapping[str, Any]],
+              models: Sequence[Mapping[str, Any]], reason: BaseException) -> StoreWriteError:
+    """Write ``rows`` and ``models`` that ``store`` could not take to a pending file
+    (JSON lines: a header naming the store, then one ``{"model": ...}`` or ``{"row": ...}``
+    per line) beside the store, else in the current folder, else in the temporary
+    folder; return the :class:`~cascade_adv.errors.StoreWriteError` to raise."""
+    from cascade_adv.io import atomic_write_text
+
+    store = Path(store)
+    why = one_line(reason)
+    if isinstance(reason, sqlite3.OperationalError) and "locked" in why:
+        why = f"{why}: another process held it past the {BUSY_TIMEOUT:g} s timeout"
+    lines = [json.dumps({"format": PENDING_FORMAT, "store": str(store.absolute()),
+                         "reason": why, "created": _utc_now()})]
+    lines += [json.dumps({"model": m}, sort_keys=True) for m in models]
+    lines += [json.dumps({"row": normalize_row(r)}) for r in rows]
+    text = "\n".join(lines) + "\n"
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    name = f"{store.name}.unsaved-{stamp}-{os.getpid()}.jsonl"
+    what = f"{len(rows)} rows" + (f" and {len(models)} model records" if models else "")
+    for folder in dict.fromkeys((store.absolute().parent, Path.cwd(),
+                                 Path(tempfile.gettempdir()))):
+        try:
+            atomic_write_text(folder / name, text)
+        except (OSError, CascadeAdvError):
+            continue
+        return StoreWriteError(
+            f"results store {store} could not be written ({why}); the {what} are kept in "
+            f"{folder / name}: import them with 'cascade-adv store import {folder / name}'")
+    return StoreWriteError(
+        f"results store {store} could not be written ({why}), nor could the {what} be kept "
+        f"in any folder (about {len(text) // 1024 + 1} KB needed); free some space and run "
+        "the command again")
+
+
+def import_rows(file: str | os.PathLike, store: str | os.PathLike | None = None) -> tuple[Path, int, int]:
+    """Put the rows and models of a pending file (:func:`keep_rows`) into ``store`` (by
+    default the store the file names) in one transaction; returns the store path and the
+    counts of rows and models.  A malformed file raises :class:`CascadeAdvError` (one
+    line) and changes nothing."""
+    from cascade_adv.io import check_disjoint
+
+    file = Path(file)
+    if not file.is_file():
+        raise CascadeAdvError(f"no pending-rows file at {file}; pass the file that the failed "
+                              "command named")
+    try:
+        lines = file.read_text(encoding="utf-8").splitlines()
+        header = json.loads(lines[0]) if lines else None
+        entries = [json.loads(ln) for ln in lines[1:] if ln.strip()]
+    except (OSError, ValueError) as exc:
+        raise CascadeAdvError(f"cannot read pending rows {file} ({one_line(exc)}); pass a "
+                              "file that a failed store write named") from None
+    if not isinstance(header, dict) or header.get("format") != PENDING_FORMAT:
+        raise CascadeAdvError(f"{file} is not a cascade-adv pending-rows file (its first line "
+                              f"must have format {PENDING_FORMAT!r})")
+    rows, models = [], []
+    for i, entry in enumerate(entries, 2):
+        kind = next(iter(entry)) if isinstance(entry, dict) and len(entry) == 1 else None
+        try:
+            if kind == "row":
+                rows.append(normalize_row(entry["row"]))
+            elif kind == "model" and isinstance(entry["model"], dict):
+                models.append(_model_record(**entry["model"]))
+            else:
+                raise CascadeAdvError("neither a row nor a model record")
+        except (CascadeAdvError, TypeError) as exc:
+            raise CascadeAdvError(f"line {i} of {file}: {one_line(exc)}; nothing was "
+                                  "imported") from None
+    target = Path(store if store is not None else str(header.get("store", "")))
+    check_disjoint([("--results", target)], [("FILE", file)])
+    check_store_path(target)
+    return target, store_rows(target, rows, models), len(models)

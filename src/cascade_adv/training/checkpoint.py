@@ -19,6 +19,7 @@ previous checkpoint intact.  ``state.pt`` holds only tensors and plain values
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 import warnings
@@ -29,8 +30,10 @@ from torch import nn
 
 from cascade_adv.errors import CheckpointError
 from cascade_adv.io import (
-    atomic_path,
+    atomic_write_bytes,
     atomic_write_text,
+    check_free_space,
+    disk_errors,
     make_temp_dir,
     remove_stale_temps,
     swap_dir,
@@ -43,20 +46,42 @@ CHECKPOINTS = "checkpoints"
 
 def save_checkpoint(run_dir: str | os.PathLike, model: nn.Module, optimizer: torch.optim.Optimizer,
                     iteration: int, keep: int = 2, init: str = "") -> Path:
-    """Write checkpoint ``ckpt-{iteration}`` and point ``latest`` at it."""
+    """Write checkpoint ``ckpt-{iteration}`` and point ``latest`` at it.
+
+    Its size (weights and optimizer state) is checked against the free space first; a
+    full disk or a read-only folder raises :class:`~cascade_adv.errors.DiskFull` naming
+    the folder and that size, and the previous checkpoints stay as they were."""
     root = Path(run_dir) / CHECKPOINTS
-    root.mkdir(parents=True, exist_ok=True)
     name = f"ckpt-{iteration:07d}"
-    tmp = make_temp_dir(root, name)
-    save_model(model, tmp / WEIGHTS_FILE, init=init)
-    with atomic_path(tmp / STATE_FILE) as path:
-        torch.save({"iteration": iteration, "optimizer": optimizer.state_dict()}, path)
-    final = root / name
-    swap_dir(tmp, final)  # an earlier folder of this iteration is replaced, never deleted first
+    need = checkpoint_bytes(model, optimizer)
+    with disk_errors(root, f"checkpoint {name}", need):
+        root.mkdir(parents=True, exist_ok=True)
+        check_free_space(root, need, f"checkpoint {name}")
+        tmp = make_temp_dir(root, name)
+        try:
+            save_model(model, tmp / WEIGHTS_FILE, init=init)
+            state = io.BytesIO()  # in memory first: torch's writer fails obscurely on ENOSPC
+            torch.save({"iteration": iteration, "optimizer": optimizer.state_dict()}, state)
+            atomic_write_bytes(tmp / STATE_FILE, state.getvalue())
+            final = root / name
+            swap_dir(tmp, final)  # an earlier folder of this iteration is replaced, not deleted
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
     atomic_write_text(root / "latest", name + "\n")
     for old in sorted(p for p in root.glob("ckpt-*") if p.is_dir())[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def checkpoint_bytes(model: nn.Module, optimizer: torch.optim.Optimizer | None = None) -> int:
+    """About the bytes one checkpoint takes: every tensor of the model's state and of the
+    optimizer's state (the files add a few KB of headers)."""
+    tensors = list(model.state_dict().values())
+    if optimizer is not None:
+        tensors += [v for state in optimizer.state.values() for v in state.values()]
+    return sum(t.numel() * t.element_size() for t in tensors if isinstance(t, torch.Tensor)) \
+        + (64 << 10)
 
 
 def remove_stale_run_temps(run_dir: str | os.PathLike) -> list[Path]:
@@ -64,9 +89,9 @@ def remove_stale_run_temps(run_dir: str | os.PathLike) -> list[Path]:
     checkpoint, ``latest``, config, metrics or final weights); removed, and returned."""
     run_dir = Path(run_dir)
     removed = []
-    for folder, names in ((run_dir, ("config.yaml.*", "metrics.jsonl.*")),
-                          (run_dir / CHECKPOINTS, ("latest.*", "ckpt-*")),
-                          (run_dir / "final", (f"{WEIGHTS_FILE}.*",))):
+    for folder, names in ((run_dir, ("config.yaml", "metrics.jsonl")),
+                          (run_dir / CHECKPOINTS, ("latest", "ckpt-*")),
+                          (run_dir / "final", (WEIGHTS_FILE,))):
         for name in names:
             removed += remove_stale_temps(folder, name)
     return removed

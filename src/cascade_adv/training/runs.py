@@ -39,9 +39,7 @@ class LoadedModel:
 
     def __init__(self, spec: str, device, *, name: str | None = None):
         if name is None:
-            name, sep, path = spec.partition("=")
-            if not sep:
-                name, path = "", spec
+            name, path = split_spec(spec)
             check_name(name, "model name")
         else:
             path = spec
@@ -63,12 +61,77 @@ class LoadedModel:
         """The published rows its run's config names (``"TABLE: LABEL"``)."""
         return list(self.run_config.paper) if self.run_config else []
 
-    def register(self, store, experiment: str = "", params: dict | None = None) -> None:
-        """Record it in the results store, with the paper rows its config names (which
-        the reports read) unless ``params`` gives its own ``paper``."""
+    def record(self, experiment: str = "", params: dict | None = None) -> dict:
+        """Its record for the results store (keyword arguments of
+        :meth:`~cascade_adv.results.store.ResultsStore.register_model`), with the paper
+        rows its config names (which the reports read) unless ``params`` gives its own
+        ``paper``."""
         params = {**({"paper": self.paper} if self.paper else {}), **(params or {})}
-        store.register_model(self.name, model_hash=self.hash, dataset=self.dataset,
-                             init=self.init, experiment=experiment, params=params)
+        return {"name": self.name, "model_hash": self.hash, "dataset": self.dataset,
+                    "init": self.init, "experiment": experiment, "params": params}
+
+    def register(self, store, experiment: str = "", params: dict | None = None) -> None:
+        """Record it in the results store (:meth:`record`)."""
+        store.register_model(**self.record(experiment, params))
+
+
+def split_spec(spec: str) -> tuple[str, str]:
+    """``NAME=PATH`` -> (NAME, PATH); a plain ``PATH`` -> ("", PATH)."""
+    name, sep, path = str(spec).partition("=")
+    return (name, path) if sep else ("", str(spec))
+
+
+def model_inputs(spec: str | None, label: str) -> list[tuple[str, Path]]:
+    """What loading the model ``spec`` (``NAME=PATH`` or ``PATH``) reads, for the output
+    checks of :func:`cascade_adv.io.check_disjoint`: the path given, and when it can be
+    found (else the loader names the problem later) its weights file and its run
+    folder."""
+    if not spec:
+        return []
+    path = split_spec(spec)[1]
+    out = [(label, Path(path))]
+    try:
+        weights = resolve_weights(path)
+    except CascadeAdvError:
+        return out
+    return out + [(label, weights), (f"the run folder of {label}", run_folder(weights))]
+
+
+def data_inputs(specs, dataset: str | None, data_root: str | None) -> list[tuple[str, Path]]:
+    """The dataset folder a command reads (``dataset``, else the one the models of
+    ``specs`` were trained on, under ``data_root`` or their runs' data root), for the
+    output checks; none for the bundled digits."""
+    from cascade_adv.data.loading import dataset_inputs
+
+    names, roots = {dataset} if dataset else set(), []
+    for spec in specs:
+        try:
+            weights = resolve_weights(split_spec(spec)[1])
+            cfg = run_config(weights)
+            trained_on = read_model_config(weights).dataset or (cfg.data.dataset if cfg else "")
+        except CascadeAdvError:
+            continue  # the loader names the problem
+        if not dataset:
+            names.add(trained_on)
+        if cfg is not None and cfg.data.root:
+            roots.append(cfg.data.root)
+    root = data_root or next(iter(roots), None)
+    return [p for n in sorted(names) for p in dataset_inputs(n, root)]
+
+
+def config_inputs(cfg, config_path: str | None = None) -> list[tuple[str, Path]]:
+    """What training ``cfg`` reads, for the output checks: its config file, the
+    ``init_from`` model, the adversarial sources' saved sets and checkpoints, and the
+    dataset folder."""
+    from cascade_adv.data.loading import dataset_inputs
+
+    out = [("--config", Path(config_path))] if config_path else []
+    out += model_inputs(cfg.init_from, "init_from")
+    for src in cfg.adversarial.sources or ():
+        for p in src.paths:
+            out += ([("a saved adversarial set of the config", Path(p))] if src.kind == "saved"
+                    else model_inputs(p, "an adversarial source of the config"))
+    return out + dataset_inputs(cfg.data.dataset, cfg.data.root)
 
 
 def check_name(name: str, what: str) -> str:
@@ -178,9 +241,15 @@ def run_config(weights: Path):
     return None
 
 
-def model_label(weights: Path) -> str:
-    """A readable model name: the run folder's name."""
+def run_folder(weights: Path) -> Path:
+    """The run folder ``weights`` belong to (above ``final/`` and ``checkpoints/ckpt-N/``),
+    or their own folder."""
     folder = weights.parent
     while folder.name in {"final", "checkpoints"} or folder.name.startswith("ckpt-"):
         folder = folder.parent
-    return folder.name
+    return folder
+
+
+def model_label(weights: Path) -> str:
+    """A readable model name: the run folder's name."""
+    return run_folder(weights).name
