@@ -26,6 +26,7 @@ inside the loop. Differences from the authors' code are listed in docs/design.md
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -95,6 +96,44 @@ def halve_step(increases: torch.Tensor, window: int, rho: float, halved_last: to
     return (increases < rho * window) | (~halved_last & (best_at_last >= best))
 
 
+@dataclass
+class Search:
+    """The per-image state of one APGD run, on the device."""
+
+    x_adv: torch.Tensor        # the current iterate
+    grad: torch.Tensor         # the loss gradient at it
+    step: torch.Tensor         # eta, [N, 1, ..., 1]
+    x_best: torch.Tensor       # the iterate of the highest loss so far
+    grad_best: torch.Tensor
+    best: torch.Tensor         # that loss, [N]
+    increases: torch.Tensor    # steps since the last checkpoint that raised the loss, [N]
+    halved_last: torch.Tensor  # halved at the last checkpoint (true before the first), [N]
+    best_at_last: torch.Tensor  # ``best`` at the last checkpoint, [N]
+
+    def checkpoint(self, window: int, rho: float) -> None:
+        """Halve the step of the images :func:`halve_step` picks and move them back to
+        their best point and its gradient; start the next window."""
+        halve = halve_step(self.increases, window, rho, self.halved_last, self.best_at_last,
+                           self.best)
+        h = core.rows_view(halve, self.x_adv)
+        self.step = torch.where(h, self.step / 2, self.step)
+        self.x_adv = torch.where(h, self.x_best, self.x_adv)
+        self.grad = torch.where(h, self.grad_best, self.grad)
+        self.halved_last, self.best_at_last = halve, self.best.clone()
+        self.increases = torch.zeros_like(self.increases)
+
+    def record(self, x_adv: torch.Tensor, grad: torch.Tensor, loss: torch.Tensor,
+               prev_loss: torch.Tensor) -> None:
+        """A new iterate, its gradient and loss (``prev_loss``: the previous iterate's)."""
+        self.x_adv, self.grad = x_adv, grad
+        self.increases = self.increases + (loss > prev_loss).to(loss.dtype)
+        better = loss > self.best
+        b = core.rows_view(better, x_adv)
+        self.x_best = torch.where(b, x_adv, self.x_best)
+        self.grad_best = torch.where(b, grad, self.grad_best)
+        self.best = torch.where(better, loss, self.best)
+
+
 # --- one run ---------------------------------------------------------------------------------
 
 
@@ -113,43 +152,32 @@ def run_once(net: nn.Module, x: torch.Tensor, y: torch.Tensor, eps01: torch.Tens
              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One APGD run from a random start; returns ``(points, misclassified, best loss)``:
     per image the last misclassified iterate if one was, else the best-loss iterate."""
-    x_adv = random_start(x, eps01, generator)
-    loss, logits, grad = core.loss_and_gradient(net, x_adv, loss_fn)
+    x0 = random_start(x, eps01, generator)
+    loss, logits, grad = core.loss_and_gradient(net, x0, loss_fn)
     broken = logits.argmax(dim=1) != y
-    x_broken = x_adv.clone()
-    x_best, best, grad_best = x_adv.clone(), loss.clone(), grad.clone()
-    step = (2 * eps01).expand(x.shape[0], *eps01.shape[1:]).clone()
-    x_prev, prev_loss = x_adv, loss
-    increases = torch.zeros_like(loss)
-    halved_last = torch.ones_like(broken)
-    best_at_last = best.clone()
+    x_broken = x0.clone()
+    s = Search(x_adv=x0, grad=grad, step=(2 * eps01).expand(x.shape[0], *eps01.shape[1:]),
+               x_best=x0.clone(), grad_best=grad.clone(), best=loss.clone(),
+               increases=torch.zeros_like(loss), halved_last=torch.ones_like(broken),
+               best_at_last=loss.clone())
+    x_prev = x0
     marks, last_mark = set(checkpoints(steps)), 0
     for i in range(steps):
         a = ALPHA if i > 0 else 1.0
-        z = core.project(x_adv + step * grad.sign(), x, eps01)
-        x_new = core.project(x_adv + (z - x_adv) * a + (x_adv - x_prev) * (1 - a), x, eps01)
-        x_prev, x_adv = x_adv, x_new
-        loss, logits, grad = core.loss_and_gradient(net, x_adv, loss_fn)
-        wrong = logits.argmax(dim=1) != y
-        x_broken = torch.where(core.rows_view(wrong, x), x_adv, x_broken)
-        broken = broken | wrong
-        increases = increases + (loss > prev_loss).to(loss.dtype)
+        z = core.project(s.x_adv + s.step * s.grad.sign(), x, eps01)
+        x_new = core.project(s.x_adv + (z - s.x_adv) * a + (s.x_adv - x_prev) * (1 - a), x,
+                             eps01)
+        x_prev = s.x_adv
         prev_loss = loss
-        better = loss > best
-        x_best = torch.where(core.rows_view(better, x), x_adv, x_best)
-        grad_best = torch.where(core.rows_view(better, x), grad, grad_best)
-        best = torch.where(better, loss, best)
+        loss, logits, grad = core.loss_and_gradient(net, x_new, loss_fn)
+        wrong = logits.argmax(dim=1) != y
+        x_broken = torch.where(core.rows_view(wrong, x), x_new, x_broken)
+        broken = broken | wrong
+        s.record(x_new, grad, loss, prev_loss)
         if i + 1 in marks:
-            halve = halve_step(increases, i + 1 - last_mark, rho, halved_last, best_at_last,
-                               best)
+            s.checkpoint(i + 1 - last_mark, rho)
             last_mark = i + 1
-            h = core.rows_view(halve, x)
-            step = torch.where(h, step / 2, step)
-            x_adv = torch.where(h, x_best, x_adv)
-            grad = torch.where(h, grad_best, grad)
-            halved_last, best_at_last = halve, best.clone()
-            increases = torch.zeros_like(increases)
-    return torch.where(core.rows_view(broken, x), x_broken, x_best), broken, best
+    return torch.where(core.rows_view(broken, x), x_broken, s.x_best), broken, s.best
 
 
 # --- the attacks -----------------------------------------------------------------------------
