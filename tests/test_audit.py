@@ -345,3 +345,22 @@ def test_version_labels():
     if HAVE_APGD:
         label, attacks = resolve_version("quick", num_classes=3)
         assert label == "quick" and attacks[1].options["targets"] == 2
+
+
+def test_audit_rows_are_not_black_box_rows_in_checks_and_reports(tmp_path):
+    """The per-attack rows' ``source`` (``audit:VERSION``) names no source model: the
+    sanity checks and the report must not read them as a transfer attack."""
+    from cascade_adv.evaluation import check_results
+    from cascade_adv.reporting.report import build_report
+
+    model, x, y = switch_case()
+    result = audit(model, x, y, [8, 16], version=[breaker("a", {0, 1, 2, 9}, 16.0, [])],
+                   model_name="m")
+    white = {**result.table().rows[0], "attack": "a", "eps": 16.0, "source": "whitebox",
+             "value": 100.0}  # white-box "a" weaker than the audit's cumulative 60 %
+    with ResultsStore(tmp_path / "r.db") as store:
+        store.upsert([*result.table(), white])
+        assert check_results(store.query()) == []
+        build_report(store, tmp_path / "rep")
+    page = (tmp_path / "rep" / "report.md").read_text()
+    assert "Black-box" not in page and "audit:a" in page
