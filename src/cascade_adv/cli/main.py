@@ -16,6 +16,8 @@ from cascade_adv.cli import reproduce, research  # noqa: F401
 from cascade_adv.cli.common import (
     EPS,
     AttackNames,
+    AuditVersion,
+    EpsList,
     _apply,
     check_outputs,
     cli,
@@ -218,6 +220,87 @@ def evaluate(names, eps, results, csv_path, json_path, name, seed, batch_size,
         with ResultsStore(results) as store:
             run.register(store)  # with the paper rows its config names, for the reports
             store.upsert(table)
+    if csv_path:
+        table.to_csv(csv_path)
+    if json_path:
+        table.to_json(json_path)
+
+
+EXAMPLES_AUDIT = """
+\b
+Examples:
+  cascade-adv audit --checkpoint runs/mnist_baseline --eps 16,32,76.5
+  cascade-adv audit --checkpoint runs/n18_mnist_pivot --eps 16,32 --version quick --limit 1000
+  cascade-adv audit --checkpoint runs/digits_baseline --eps 8 \\
+      --version pgd:restarts=5:steps=40,iter_ll --results results.db --csv audit.csv
+"""
+
+
+@cli.command(name="audit", epilog=EXAMPLES_AUDIT)
+@_apply(model_data_options())
+@click.option(
+    "--eps",
+    type=EpsList(positive=True),
+    default="16,32",
+    show_default=True,
+    help="Comma-separated epsilons in pixel units (0, 255].",
+)
+@click.option(
+    "--version",
+    "version",
+    type=AuditVersion(),
+    default="standard",
+    show_default=True,
+    help="standard (APGD-CE, APGD-T with 9 targets, Square with 5000 queries), quick "
+    "(APGD-T with 3 targets, Square with 1000 queries; for a CPU), or attacks in the "
+    "order they run: NAME[:KEY=VALUE...] separated by commas.",
+)
+@click.option(
+    "--results",
+    type=click.Path(dir_okay=False),
+    default="results/results.db",
+    show_default=True,
+    help="SQLite results store (rows are upserted; progress is kept beside it to resume).",
+)
+@click.option("--csv", "csv_path", type=click.Path(dir_okay=False), default=None)
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None)
+@click.option("--name", default=None, help="Model name in tables (default: run folder name).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "--fuse/--no-fuse",
+    default=True,
+    show_default=True,
+    help="Run attacks on the inference network with BatchNorm folded into the convolutions.",
+)
+def audit_command(eps, version, results, csv_path, json_path, name, seed, batch_size, quiet,
+                  fuse, checkpoint, dataset, data_root, split, device, limit):
+    """Robustness audit: attacks in sequence, each on the images still classified
+    correctly, and the per-image worst case (AutoAttack's protocol).
+
+    Prints, per eps, the clean accuracy, each attack's cumulative accuracy and the worst
+    case; stores the rows (docs/results-schema.md). An interrupted audit resumes where
+    it stopped when rerun with the same arguments.
+    """
+    from cascade_adv.evaluation import ResultsStore, audit, prepare_images
+    from cascade_adv.evaluation.audit import resolve_version
+    from cascade_adv.training.runs import LoadedModel, load_split, resolve_device
+
+    check_outputs(files=[("--csv", csv_path), ("--json", json_path)], store=results)
+    dev = resolve_device(device)
+    run = LoadedModel(checkpoint, dev)
+    run.name = name or run.name
+    resolve_version(version, run.model.config.num_classes)  # targets: before the data loads
+    data = load_split([run], dataset, data_root, split, limit, dev)
+    result = audit(run.model, data.images, data.labels, eps, version=version,
+                   batch_size=batch_size, seed=seed,
+                   prepare=lambda xb: prepare_images(run.model, xb), store=results or None,
+                   fuse=fuse, progress=not quiet, model_name=run.name, model_hash=run.hash,
+                   dataset=data.name, split=data.split)
+    click.echo(result.to_markdown())
+    if results:
+        with ResultsStore(results) as store:
+            run.register(store)  # with the paper rows its config names, for the reports
+    table = result.table()
     if csv_path:
         table.to_csv(csv_path)
     if json_path:
