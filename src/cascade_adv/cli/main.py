@@ -52,6 +52,28 @@ Examples:
 """
 
 
+FUSE = click.option(
+    "--fuse/--no-fuse",
+    default=True,
+    show_default=True,
+    help="Run attacks on the inference network with BatchNorm folded into the convolutions.",
+)
+
+
+def table_options(results_help: str, fuse: bool = False) -> list:
+    """The options of a command that measures a table of one model: its results store,
+    CSV / JSON copies, the model's name and the seed (and ``--fuse``)."""
+    return [
+        click.option("--results", type=click.Path(dir_okay=False),
+                     default="results/results.db", show_default=True, help=results_help),
+        click.option("--csv", "csv_path", type=click.Path(dir_okay=False), default=None),
+        click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None),
+        click.option("--name", default=None,
+                     help="Model name in tables (default: run folder name)."),
+        click.option("--seed", type=int, default=0, show_default=True),
+    ] + ([FUSE] if fuse else [])
+
+
 def _is_config_dump(path: Path) -> bool:
     """True for the resolved config that ``train`` writes first into a run folder (every
     top-level key present), as opposed to a config file of the user's."""
@@ -140,17 +162,7 @@ def train(config_path, out, resume, quiet, overrides):
     show_default=True,
     help="Comma-separated epsilons in pixel units [0, 255].",
 )
-@click.option(
-    "--results",
-    type=click.Path(dir_okay=False),
-    default="results/results.db",
-    show_default=True,
-    help="SQLite results store (rows are upserted).",
-)
-@click.option("--csv", "csv_path", type=click.Path(dir_okay=False), default=None)
-@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None)
-@click.option("--name", default=None, help="Model name in tables (default: run folder name).")
-@click.option("--seed", type=int, default=0, show_default=True)
+@_apply(table_options("SQLite results store (rows are upserted)."))
 @click.option(
     "--precision",
     type=click.Choice(["auto", "float32", "bf16"]),
@@ -172,12 +184,7 @@ def train(config_path, out, resume, quiet, overrides):
     show_default=True,
     help="torch.compile the model's forward (checked before any work).",
 )
-@click.option(
-    "--fuse/--no-fuse",
-    default=True,
-    show_default=True,
-    help="Run attacks on the inference network with BatchNorm folded into the convolutions.",
-)
+@_apply([FUSE])
 def evaluate(names, eps, results, csv_path, json_path, name, seed, batch_size,
              quiet, precision, channels_last, compile_model, fuse, **model_data):
     """White-box accuracy (top-1, top-5) of one model under attacks x epsilons."""
@@ -255,23 +262,7 @@ Examples:
     "(APGD-T with 3 targets, Square with 1000 queries; for a CPU), or attacks in the "
     "order they run: NAME[:KEY=VALUE...] separated by commas.",
 )
-@click.option(
-    "--results",
-    type=click.Path(dir_okay=False),
-    default="results/results.db",
-    show_default=True,
-    help="SQLite results store (rows are upserted; progress is kept beside it to resume).",
-)
-@click.option("--csv", "csv_path", type=click.Path(dir_okay=False), default=None)
-@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None)
-@click.option("--name", default=None, help="Model name in tables (default: run folder name).")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option(
-    "--fuse/--no-fuse",
-    default=True,
-    show_default=True,
-    help="Run attacks on the inference network with BatchNorm folded into the convolutions.",
-)
+@_apply(table_options("SQLite results store (rows are upserted; progress is kept beside it to resume).", fuse=True))
 def audit_command(eps, version, results, csv_path, json_path, name, seed, batch_size, quiet,
                   fuse, checkpoint, dataset, data_root, split, device, limit):
     """Robustness audit: attacks in sequence, each on the images still classified
