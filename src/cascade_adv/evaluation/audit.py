@@ -29,6 +29,7 @@ batch draws its random numbers from its own seed.  docs/results-schema.md lists 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -53,7 +54,7 @@ from cascade_adv.errors import (
 )
 from cascade_adv.evaluation.engine import BALL_TOLERANCE, attack_rows, read_back
 from cascade_adv.io import atomic_write_text
-from cascade_adv.results.store import ResultsStore
+from cascade_adv.results.store import ResultsStore, check_store_path
 from cascade_adv.results.tables import AUDIT_PREFIX, CLEAN, WHITEBOX, ResultTable
 
 #: The audit's versions: attack names with their options, in the order they run.
@@ -649,47 +650,49 @@ def audit(
     label, attacks = resolve_version(version, classes)
     owned = store is not None and not isinstance(store, ResultsStore)
     if owned:
-        from cascade_adv.results.store import check_store_path
-
         check_store_path(store)
     settings = {"version": [a.label for a in attacks], "eps": eps_values, "seed": int(seed),
                 "batch_size": batch_size, "max_batch": max_batch, "fuse": bool(fuse)}
     key = _audit_key(model, model_hash, x, y, settings)
-    store_path = None if store is None else (store.path if not owned else str(store))
+    store_path = None if store is None else (str(store) if owned else store.path)
     path = None if store_path in (None, ":memory:") else state_path(store_path, key)
-    n_batches = math.ceil(x.shape[0] / batch_size)
-    state = _Progress(path, key, x.shape[0], len(eps_values), n_batches,
+    state = _Progress(path, key, x.shape[0], len(eps_values), math.ceil(x.shape[0] / batch_size),
                       resume and not keep_images)
-    device = attack_registry.model_device(model)
-    run = _Run(model, attacks, eps_values, int(seed), max_batch, bool(fuse), device,
-               model_name, None)
+    run = _Run(model, attacks, eps_values, int(seed), max_batch, bool(fuse),
+               attack_registry.model_device(model), model_name, None)
     if keep_images:
         like = prepare(x[:1]) if prepare is not None else x[:1]
         run.adversarial = torch.empty((len(eps_values), x.shape[0], *like.shape[1:]),
                                       dtype=like.dtype)
-    bar = tqdm(total=n_batches * len(attacks), initial=sum(state.finished),
-               disable=not progress, desc=f"audit {model_name}", unit="attack", leave=False)
-    try:
-        for k in range(n_batches):
-            start = k * batch_size
-            if state.finished[k] == len(attacks):
-                continue  # done before an interruption
-            xb = x[start:start + batch_size].to(device)
-            xb = prepare(xb) if prepare is not None else xb
-            if run.adversarial is not None:
-                run.adversarial[:, start:start + xb.shape[0]] = xb.to("cpu",
-                                                                     run.adversarial.dtype)
-            _audit_batch(run, state, k, start, xb, y[start:start + batch_size].to(device), bar)
-    finally:
-        bar.close()
+    _run_batches(run, state, x, y, prepare, batch_size, progress)
     result = AuditResult(label, tuple(attacks), tuple(eps_values), state.clean,
                          state.broken_by, run.adversarial, [], model_name, model_hash,
                          dataset, split)
     if store is not None:
-        if owned:
-            with ResultsStore(store) as opened:
-                opened.upsert(result.table())
-        else:
-            store.upsert(result.table())
+        with (ResultsStore(store) if owned else contextlib.nullcontext(store)) as opened:
+            opened.upsert(result.table())
         state.remove()
     return result
+
+
+def _run_batches(run: _Run, state: _Progress, x: torch.Tensor, y: torch.Tensor,
+                 prepare: Callable[[torch.Tensor], torch.Tensor] | None, batch_size: int,
+                 progress: bool) -> None:
+    """Every batch's attacks not done yet (those of an interrupted run are skipped)."""
+    n_batches, n_attacks = len(state.finished), len(run.attacks)
+    bar = tqdm(total=n_batches * n_attacks, initial=sum(state.finished), disable=not progress,
+               desc=f"audit {run.model_name}", unit="attack", leave=False)
+    try:
+        for k in range(n_batches):
+            start = k * batch_size
+            if state.finished[k] == n_attacks:
+                continue  # done before an interruption
+            xb = x[start:start + batch_size].to(run.device)
+            xb = prepare(xb) if prepare is not None else xb
+            if run.adversarial is not None:
+                run.adversarial[:, start:start + xb.shape[0]] = xb.to("cpu",
+                                                                     run.adversarial.dtype)
+            yb = y[start:start + batch_size].to(run.device)
+            _audit_batch(run, state, k, start, xb, yb, bar)
+    finally:
+        bar.close()
