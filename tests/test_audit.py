@@ -292,7 +292,7 @@ def test_nothing_prints_unless_asked(capsys):
 # --- validation before any work ------------------------------------------------------------
 
 
-@pytest.mark.parametrize("eps", [0, [16, 0], 300, -1, float("nan"), []])
+@pytest.mark.parametrize("eps", [0, [16, 0], 300, -1, float("nan"), [], torch.tensor(0.0)])
 def test_eps_outside_0_255_is_refused(eps):
     with pytest.raises(ValueError, match=r"\(0, 255\]|empty"):
         check_audit_eps(eps)

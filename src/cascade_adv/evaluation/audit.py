@@ -228,7 +228,8 @@ def check_audit_eps(eps: Any, name: str = "eps") -> list[float]:
     """The audit's epsilons: numbers in (0, 255] (pixel units), duplicates dropped.
     Raises :class:`AttackError` (one line); eps 0 is refused because the clean accuracy
     is always measured."""
-    items = [eps] if isinstance(eps, (int, float)) else eps
+    one = isinstance(eps, (int, float)) or (isinstance(eps, torch.Tensor) and eps.dim() == 0)
+    items = [eps] if one else eps
     try:
         values = [float(v) for v in items]
     except (TypeError, ValueError):
