@@ -364,3 +364,31 @@ def test_audit_rows_are_not_black_box_rows_in_checks_and_reports(tmp_path):
         build_report(store, tmp_path / "rep")
     page = (tmp_path / "rep" / "report.md").read_text()
     assert "Black-box" not in page and "audit:a" in page
+
+
+@pytest.mark.parametrize("version,options", [
+    ("standard", [{"steps": 100}, {"targets": 3, "steps": 100}, {"queries": 5000}]),
+    ("quick", [{"steps": 100}, {"targets": 3, "steps": 100}, {"queries": 1000}]),
+])
+def test_versions_run_their_attacks_in_order_with_their_options(monkeypatch, version, options):
+    """The versions' attacks (recorders standing in for APGD-CE, APGD-T and Square), in
+    order, each with its options; a 4-class model lowers standard's 9 targets to 3."""
+    from cascade_adv.attacks import registry
+
+    seen: list = []
+
+    def recorder(name):
+        def fn(model, x, y, eps, *, steps=100, restarts=1, targets=9, queries=5000,
+               p_init=0.8, generator=None):
+            given = {"steps": steps, "targets": targets, "queries": queries}
+            seen.append((name, {k: given[k] for k in options[len(seen)]}))
+            return x
+
+        return AttackSpec(name, fn, "iterative", "stand-in")
+
+    for name in ("apgd_ce", "apgd_t", "square"):
+        monkeypatch.setitem(registry._REGISTRY, name, recorder(name))
+    model, x, y = switch_case()
+    result = audit(model, x, y, [8], version=version)
+    assert seen == list(zip(("apgd_ce", "apgd_t", "square"), options))
+    assert result.version == version and result.source == f"audit:{version}"
