@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from _cli import run_cli
 
+from cascade_adv import attacks
 from cascade_adv.results.advsets import load_adversarial_set
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -115,6 +116,65 @@ def test_attack_writes_loadable_set(trained_run):
 def test_bad_input_is_one_line_exit_2(trained_run, args, words):
     args = [str(trained_run / "run") if a == "RUN" else a for a in args]
     assert_user_error(cli(*args, cwd=trained_run), *words)
+
+
+HAVE_APGD = all(n in attacks.names() for n in ("apgd_ce", "apgd_t", "square"))
+AUDIT_VERSION = "quick" if HAVE_APGD else "pgd:restarts=2,iter_ll"
+
+
+def test_audit_prints_stores_and_registers(trained_run):
+    """``audit`` end to end on a tiny digits network: the table (per eps: clean, each
+    attack's cumulative accuracy, worst case), the rows in the store, the model
+    registered, the CSV / JSON copies, and no progress file left behind."""
+    args = ["audit", "--checkpoint", str(trained_run / "run"), "--eps", "4,16", "--version",
+            AUDIT_VERSION, "--limit", "24", "--quiet", "--results", "audit.db", "--csv",
+            "audit.csv", "--json", "audit.json"]
+    result = cli(*args, cwd=trained_run)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("| eps | clean |") and lines[0].endswith("| worst case |")
+    assert [line.split(" | ")[0] for line in lines[2:4]] == ["| 4", "| 16"]
+    cells = [[float(v) for v in line.strip("| ").split(" | ")[1:]] for line in lines[2:4]]
+    assert all(row[0] >= row[1] and row[1:] == sorted(row[1:], reverse=True) and
+               row[-1] == row[-2] for row in cells)  # cumulative: never rises
+    assert cells[1][-1] < cells[0][0]  # eps 16 breaks some image of this undefended net
+    with sqlite3.connect(trained_run / "audit.db") as con:
+        rows = con.execute("SELECT attack, eps, source, metric, value, n FROM results").fetchall()
+        models = [r[0] for r in con.execute("SELECT name FROM models")]
+    source = f"audit:{AUDIT_VERSION}"
+    stored = {r[:4]: r[4:] for r in rows}
+    assert stored[("clean", 0.0, source, "top1")] == (pytest.approx(cells[0][0], abs=0.05), 24)
+    assert stored[(source, 16.0, "whitebox", "top1")] == (pytest.approx(cells[1][-1], abs=0.05),
+                                                          24)
+    assert models == ["run"]
+    assert len(json.loads((trained_run / "audit.json").read_text())) == len(rows)
+    assert (trained_run / "audit.csv").read_text().startswith("model,")
+    assert not list(trained_run.glob("audit.db.audit-*.json"))
+
+
+@pytest.mark.parametrize("args,words", [
+    (["--eps", "0"], ["--eps", "(0, 255]"]),
+    (["--eps", "16,300"], ["--eps", "300", "(0, 255]"]),
+    (["--limit", "0"], ["--limit", "0"]),
+    (["--version", "strong"], ["--version", "strong", "standard, quick"]),
+    (["--version", "pgd,nope"], ["--version", "nope"]),
+    (["--version", "pgd:restarts"], ["--version", "KEY=VALUE"]),
+])
+def test_audit_bad_input_is_one_line_exit_2_before_any_work(trained_run, tmp_path, args, words):
+    result = cli("audit", "--checkpoint", str(trained_run / "run"), *args, "--results",
+                 "r.db", cwd=tmp_path)
+    assert_user_error(result, *words)
+    assert not list(tmp_path.iterdir())  # no store, no progress file
+
+
+def test_audit_refuses_more_targets_than_the_model_has_classes(trained_run, tmp_path):
+    if not HAVE_APGD:
+        pytest.skip("apgd_t is not built")
+    result = cli("audit", "--checkpoint", str(trained_run / "run"), "--version",
+                 "apgd_ce,apgd_t:targets=10", "--results", "r.db", "--dataset", "mnist",
+                 "--data-root", str(tmp_path / "nowhere"), cwd=tmp_path)  # before the data
+    assert_user_error(result, "targets=10", "at most 9")
+    assert not list(tmp_path.iterdir())
 
 
 def test_unknown_config_key(tmp_path):

@@ -208,6 +208,12 @@ COMMANDS = {
               "--csv": st.one_of(FILE_OUT, COLLIDING_FILE),
               "--json": st.one_of(FILE_OUT, COLLIDING_FILE), "@collide": COLLIDE_EVAL,
               "--precision": st.sampled_from(["fp8", "", "bf17"])}),
+    "audit": (["audit", "--checkpoint", "run", "--limit", "8", "--version", "iter_fgsm",
+               "--eps", "4", "--quiet", "--results", "r.db"],
+              {**COMMON_MODEL, "--eps": st.one_of(EPS, st.sampled_from(["0", "4,0", "0.0"])),
+               "--version": st.one_of(ATTACKS, st.sampled_from(
+                   ["strong", "pgd:", "pgd:restarts", "pgd:nope=1", "pgd,pgd", "quick,"])),
+               "--results": RESULTS, "--csv": FILE_OUT, "--json": FILE_OUT}),
     "attack": (["attack", "--checkpoint", "run", "--attack", "step_ll", "--eps", "4",
                 "--limit", "8", "--quiet", "--out", "adv"],
                {**COMMON_MODEL, "--eps": EPS, "--attack": ATTACKS, "--out": SET_OUT}),

@@ -66,21 +66,45 @@ class AttackNames(click.ParamType):
 
 class EpsList(click.ParamType):
     """Comma-separated epsilons in pixel units of [0, 255] (duplicates dropped), checked
-    by :func:`cascade_adv.attacks.validate_eps` when the command line is parsed."""
+    by :func:`cascade_adv.attacks.validate_eps` when the command line is parsed;
+    ``positive``: attack radii in (0, 255] (:func:`cascade_adv.evaluation.audit.check_audit_eps`)."""
 
     name = "eps"
+
+    def __init__(self, *, positive: bool = False):
+        self.positive = positive
 
     def convert(self, value, param, ctx):
         if isinstance(value, list):
             return value
         from cascade_adv import attacks
         from cascade_adv.errors import CascadeAdvError
+        from cascade_adv.evaluation.audit import check_audit_eps
 
         option = param.opts[0] if param is not None else "--eps"
+        check = check_audit_eps if self.positive else attacks.validate_eps
         try:
-            return attacks.validate_eps(_csv_list(value, float, option=option), option)
+            return check(_csv_list(value, float, option=option), option)
         except CascadeAdvError as exc:
             self.fail(str(exc), param, ctx)
+
+
+class AuditVersion(click.ParamType):
+    """``standard``, ``quick`` or comma-separated ``NAME[:KEY=VALUE...]`` attacks, checked
+    by :func:`cascade_adv.evaluation.audit.resolve_version` when the command line is
+    parsed (the targets against the model's classes once it is loaded)."""
+
+    name = "version"
+
+    def convert(self, value, param, ctx):
+        from cascade_adv.errors import CascadeAdvError
+        from cascade_adv.evaluation.audit import resolve_version
+
+        try:
+            resolve_version(str(value))
+        except CascadeAdvError as exc:
+            self.fail(str(exc), param, ctx)
+        return str(value).strip()
 
 
 ATTACKS = AttackNames()

@@ -17,6 +17,8 @@ from cascade_adv.cli.common import (
     EPS,
     SEED,
     AttackNames,
+    AuditVersion,
+    EpsList,
     _apply,
     check_outputs,
     cli,
@@ -50,6 +52,28 @@ Examples:
   cascade-adv attack --checkpoint runs/cifar_pivot --attack iter_fgsm --eps 1,2,3,4 \\
       --split train --out adv/cifar_pivot_train
 """
+
+
+FUSE = click.option(
+    "--fuse/--no-fuse",
+    default=True,
+    show_default=True,
+    help="Run attacks on the inference network with BatchNorm folded into the convolutions.",
+)
+
+
+def table_options(results_help: str, fuse: bool = False) -> list:
+    """The options of a command that measures a table of one model: its results store,
+    CSV / JSON copies, the model's name and the seed (and ``--fuse``)."""
+    return [
+        click.option("--results", type=click.Path(dir_okay=False),
+                     default="results/results.db", show_default=True, help=results_help),
+        click.option("--csv", "csv_path", type=click.Path(dir_okay=False), default=None),
+        click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None),
+        click.option("--name", default=None,
+                     help="Model name in tables (default: run folder name)."),
+        click.option("--seed", type=SEED, default=0, show_default=True),
+    ] + ([FUSE] if fuse else [])
 
 
 def _is_config_dump(path: Path) -> bool:
@@ -141,17 +165,7 @@ def train(config_path, out, resume, quiet, overrides):
     show_default=True,
     help="Comma-separated epsilons in pixel units [0, 255].",
 )
-@click.option(
-    "--results",
-    type=click.Path(dir_okay=False),
-    default="results/results.db",
-    show_default=True,
-    help="SQLite results store (rows are upserted).",
-)
-@click.option("--csv", "csv_path", type=click.Path(dir_okay=False), default=None)
-@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None)
-@click.option("--name", default=None, help="Model name in tables (default: run folder name).")
-@click.option("--seed", type=SEED, default=0, show_default=True)
+@_apply(table_options("SQLite results store (rows are upserted)."))
 @click.option(
     "--precision",
     type=click.Choice(["auto", "float32", "bf16"]),
@@ -173,12 +187,7 @@ def train(config_path, out, resume, quiet, overrides):
     show_default=True,
     help="torch.compile the model's forward (checked before any work).",
 )
-@click.option(
-    "--fuse/--no-fuse",
-    default=True,
-    show_default=True,
-    help="Run attacks on the inference network with BatchNorm folded into the convolutions.",
-)
+@_apply([FUSE])
 def evaluate(names, eps, results, csv_path, json_path, name, seed, batch_size,
              quiet, precision, channels_last, compile_model, fuse, **model_data):
     """White-box accuracy (top-1, top-5) of one model under attacks x epsilons."""
@@ -223,6 +232,77 @@ def evaluate(names, eps, results, csv_path, json_path, name, seed, batch_size,
     click.echo(table.to_markdown())
     # the files asked for first; the model's record carries the paper rows its config
     # names, for the reports
+    save_results(table, results, [run.record()],
+                 files=[(csv_path, table.to_csv), (json_path, table.to_json)])
+
+
+EXAMPLES_AUDIT = """
+\b
+Examples:
+  cascade-adv audit --checkpoint runs/mnist_baseline --eps 16,32,76.5
+  cascade-adv audit --checkpoint runs/n18_mnist_pivot --eps 16,32 --version quick --limit 1000
+  cascade-adv audit --checkpoint runs/digits_baseline --eps 8 \\
+      --version pgd:restarts=5:steps=40,iter_ll --results results.db --csv audit.csv
+"""
+
+
+@cli.command(name="audit", epilog=EXAMPLES_AUDIT)
+@_apply(model_data_options())
+@click.option(
+    "--eps",
+    type=EpsList(positive=True),
+    default="16,32",
+    show_default=True,
+    help="Comma-separated epsilons in pixel units (0, 255].",
+)
+@click.option(
+    "--version",
+    "version",
+    type=AuditVersion(),
+    default="standard",
+    show_default=True,
+    help="standard (APGD-CE, APGD-T with 9 targets, Square with 5000 queries), quick "
+    "(APGD-T with 3 targets, Square with 1000 queries; for a CPU), or attacks in the "
+    "order they run: NAME[:KEY=VALUE...] separated by commas.",
+)
+@_apply(table_options("SQLite results store (rows are upserted; progress is kept beside it to resume).", fuse=True))
+def audit_command(eps, version, results, csv_path, json_path, name, seed, batch_size, quiet,
+                  fuse, checkpoint, dataset, data_root, split, device, limit):
+    """Robustness audit: attacks in sequence, each on the images still classified
+    correctly, and the per-image worst case (AutoAttack's protocol).
+
+    Prints, per eps, the clean accuracy, each attack's cumulative accuracy and the worst
+    case; stores the rows (docs/results-schema.md). An interrupted audit resumes where
+    it stopped when rerun with the same arguments.
+    """
+    from cascade_adv.evaluation import audit, prepare_images
+    from cascade_adv.evaluation.audit import resolve_version
+    from cascade_adv.training.runs import (
+        LoadedModel,
+        data_inputs,
+        load_split,
+        model_inputs,
+        resolve_device,
+    )
+
+    check_outputs(files=[("--csv", csv_path), ("--json", json_path)], store=results,
+                  inputs=[*model_inputs(checkpoint, "--checkpoint"),
+                          *data_inputs([checkpoint], dataset, data_root)])
+    dev = resolve_device(device)
+    run = LoadedModel(checkpoint, dev)
+    run.name = name or run.name
+    resolve_version(version, run.model.config.num_classes)  # targets: before the data loads
+    data = load_split([run], dataset, data_root, split, limit, dev)
+    result = audit(run.model, data.images, data.labels, eps, version=version,
+                   batch_size=batch_size, seed=seed,
+                   prepare=lambda xb: prepare_images(run.model, xb), store=results or None,
+                   save_rows=False,
+                   fuse=fuse, progress=not quiet, model_name=run.name, model_hash=run.hash,
+                   dataset=data.name, split=data.split)
+    click.echo(result.to_markdown())
+    # the files asked for first, then the rows and the model's record (with the paper rows
+    # its config names, for the reports)
+    table = result.table()
     save_results(table, results, [run.record()],
                  files=[(csv_path, table.to_csv), (json_path, table.to_json)])
 

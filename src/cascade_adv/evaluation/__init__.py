@@ -5,10 +5,13 @@ re-exported here).
 >>> from cascade_adv.evaluation import evaluate_whitebox, ResultsStore
 >>> table = evaluate_whitebox(model, test_set, ["step_ll", "iter_fgsm"], [0, 2, 4, 8, 16])
 >>> print(table.to_markdown())
+>>> result = audit(model, x, y, [16, 32], version="quick")   # the robustness audit
 """
 
 from cascade_adv.evaluation.advset import craft_adversarial_set
+from cascade_adv.evaluation.audit import AuditCheck, AuditResult, audit
 from cascade_adv.evaluation.blackbox import check_pair, evaluate_transfer, rates_from_ranks
+from cascade_adv.evaluation.engine import RowOutcome, attack_rows
 from cascade_adv.evaluation.sanity import SanityWarning, check_results, format_warnings
 from cascade_adv.evaluation.stats import aggregate_seeds, format_mean_std, mean_std
 from cascade_adv.evaluation.transfer import transfer_matrix
@@ -30,11 +33,16 @@ from cascade_adv.results import (
 __all__ = [
     "SCHEMA_VERSION",
     "AdversarialSet",
+    "AuditCheck",
+    "AuditResult",
     "ModelInfo",
     "ResultTable",
     "ResultsStore",
+    "RowOutcome",
     "SanityWarning",
     "aggregate_seeds",
+    "attack_rows",
+    "audit",
     "check_pair",
     "check_results",
     "count_correct",

@@ -32,7 +32,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from cascade_adv.errors import CascadeAdvError
-from cascade_adv.results.tables import CLEAN, WHITEBOX, ResultTable
+from cascade_adv.results.tables import AUDIT_PREFIX, CLEAN, WHITEBOX, ResultTable
 
 #: The check ids, in the order their warnings are listed.
 CHECKS: tuple[str, ...] = (
@@ -186,7 +186,8 @@ def check_results(table: ResultTable, *, tolerance: float = 1.0,
         group = (r["model"], r["dataset"], r["split"])
         if r["source"] == WHITEBOX:
             white.setdefault(group, {}).setdefault((r["attack"], r["eps"]), r["value"])
-        elif r["source"] not in NOT_BLACKBOX_SOURCES and r["attack"] != CLEAN:
+        elif (r["source"] not in NOT_BLACKBOX_SOURCES and r["attack"] != CLEAN
+              and not r["source"].startswith(AUDIT_PREFIX)):  # an audit's per-attack rows
             black.setdefault(group, {}).setdefault((r["attack"], r["eps"], r["source"]),
                                                    r["value"])
 

@@ -40,7 +40,7 @@ from cascade_adv.reporting.paper_tables import (
 from cascade_adv.reporting.reproduction import compare, plot_ours_vs_paper
 from cascade_adv.results.published import blackbox_label, get_table, whitebox_rows
 from cascade_adv.results.store import ResultsStore
-from cascade_adv.results.tables import CLEAN, WHITEBOX, ResultTable
+from cascade_adv.results.tables import AUDIT_PREFIX, CLEAN, WHITEBOX, ResultTable
 
 ANALYSIS_SOURCES = ("softmax_argument", "gradient_correlation")
 
@@ -151,7 +151,7 @@ def _blackbox_sections(page: _Page, rows: ResultTable, paper: PaperRows,
                        same_init: Callable[[str, str], bool]) -> None:
     black = ResultTable(r for r in rows
                         if r["source"] not in (WHITEBOX, *ANALYSIS_SOURCES)
-                        and r["attack"] != CLEAN)
+                        and not r["source"].startswith(AUDIT_PREFIX) and r["attack"] != CLEAN)
     if not len(black):
         return
     labels = _blackbox_labels(paper)

@@ -39,6 +39,9 @@ KEY_COLUMNS: tuple[str, ...] = ("model", "dataset", "split", "attack", "eps", "s
 CLEAN = "clean"
 #: ``source`` of white-box rows.
 WHITEBOX = "whitebox"
+#: ``source`` of a robustness audit's per-attack rows and ``attack`` of its worst-case
+#: rows: ``audit:VERSION`` (:mod:`cascade_adv.evaluation.audit`); never black-box rows.
+AUDIT_PREFIX = "audit:"
 
 _STR_KEYS = ("model", "model_hash", "dataset", "split", "attack", "source", "metric")
 

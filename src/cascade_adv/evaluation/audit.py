@@ -1,0 +1,704 @@
+"""Robustness audit: attacks in sequence on the images still classified correctly, and
+the per-image worst case (the protocol of AutoAttack, Croce & Hein 2020).
+
+>>> result = audit(model, x, y, [16, 32], version="quick")
+>>> result.worst_case            # {16.0: 91.2, 32.0: 63.5}: % of images no attack flipped
+>>> print(result.to_markdown())  # per eps: clean, each attack's cumulative accuracy, worst
+
+The attacks of a version run one after another.  Each runs only on the images that are
+still classified correctly at that eps after the attacks before it; an image counts as
+robust at an eps only if no attack flips it, so the result is the per-image worst case
+over the attacks (docs/design.md, "Robustness audit").
+
+Two layers, so that other evaluations can share the first:
+
+* :func:`~cascade_adv.evaluation.engine.attack_rows`, the attack x epsilon engine: given a model, a batch of images
+  with one eps per row, an attack and the rows to run, it returns each row's outcome
+  (adversarial image, logits, still correct?) and how far any image left its eps ball,
+  all on the device;
+* :func:`audit`, the sequencing on top of it: for every batch, all epsilons stacked in
+  one pass per attack (the batch repeated once per eps, epsilon-major, as in
+  :func:`~cascade_adv.evaluation.evaluate_whitebox`), only the still-robust rows, and
+  one device -> host read-back per attack x batch (plus one for the clean pass).
+
+Progress is saved after every attack x batch when the audit writes to a results store
+(a state file next to it, written atomically); a rerun of the same audit skips the work
+already done and gives the same result as an uninterrupted run, because every attack x
+batch draws its random numbers from its own seed.  docs/results-schema.md lists the rows.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from cascade_adv import attacks as attack_registry
+from cascade_adv.attacks.core import check_images
+from cascade_adv.attacks.registry import AttackSpec
+from cascade_adv.errors import (
+    AttackError,
+    InvalidArgument,
+    ModelFault,
+    UnknownAttackError,
+)
+from cascade_adv.evaluation.engine import BALL_TOLERANCE, attack_rows, read_back
+from cascade_adv.io import atomic_write_text
+from cascade_adv.results.store import ResultsStore, check_store_path, store_rows
+from cascade_adv.results.tables import AUDIT_PREFIX, CLEAN, WHITEBOX, ResultTable
+
+#: The audit's versions: attack names with their options, in the order they run.
+#: ``standard`` is AutoAttack's (APGD-CE, APGD-T with 9 targets, Square with 5000
+#: queries); ``quick`` is meant for a CPU.  ``targets`` is lowered to the model's
+#: number of classes - 1 where that is smaller.
+VERSIONS: dict[str, tuple[tuple[str, dict[str, Any]], ...]] = {
+    "standard": (("apgd_ce", {"steps": 100}),
+                 ("apgd_t", {"targets": 9, "steps": 100}),
+                 ("square", {"queries": 5000})),
+    "quick": (("apgd_ce", {"steps": 100}),
+              ("apgd_t", {"targets": 3, "steps": 100}),
+              ("square", {"queries": 1000})),
+}
+#: ``format`` of the progress state files.
+STATE_FORMAT = "cascade-adv audit progress"
+
+__all__ = [
+    "VERSIONS",
+    "AttackAccuracy",
+    "AuditAttack",
+    "AuditCheck",
+    "AuditResult",
+    "audit",
+    "check_audit_eps",
+    "check_targets",
+    "resolve_version",
+    "state_path",
+]
+
+
+# --- what runs ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AuditAttack:
+    """One attack of an audit: its registry entry and its keyword options."""
+
+    spec: AttackSpec
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def label(self) -> str:
+        """``name`` or ``name:key=value:...`` (options sorted): how a list of attacks
+        is written on the command line, and its part of the version label."""
+        return ":".join([self.name] + [f"{k}={v}" for k, v in sorted(self.options.items())])
+
+
+def _parse_value(text: str) -> Any:
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return {"true": True, "false": False}.get(text.lower(), text)
+
+
+def _parse_list(text: str) -> list[tuple[str, dict[str, Any]]]:
+    """``"apgd_ce,apgd_t:targets=3:steps=50"`` -> ``[(name, options), ...]``."""
+    items = []
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        name, *pairs = part.split(":")
+        options: dict[str, Any] = {}
+        for pair in pairs:
+            key, sep, value = pair.partition("=")
+            if not sep or not key.strip() or not value.strip():
+                raise AttackError(f"attack option {pair!r} of {part!r} is not KEY=VALUE; "
+                                  "write e.g. apgd_t:targets=3")
+            options[key.strip()] = _parse_value(value.strip())
+        items.append((name.strip(), options))
+    return items
+
+
+def _unknown(name: str) -> UnknownAttackError:
+    return UnknownAttackError(
+        f"unknown attack or version {name!r}; give a version ({', '.join(VERSIONS)}) or "
+        f"attacks from: {', '.join(attack_registry.names())}")
+
+
+def _audit_attack(item: Any) -> AuditAttack:
+    """A version list item (name, ``AttackSpec`` or ``(either, options)``) -> attack."""
+    target, options = item if isinstance(item, tuple) and len(item) == 2 else (item, {})
+    if isinstance(target, AttackSpec):
+        spec = target
+    elif isinstance(target, str):
+        try:
+            spec = attack_registry.get(target)
+        except UnknownAttackError:
+            raise _unknown(target) from None
+    else:
+        raise AttackError(f"an audit attack is a name, an AttackSpec or (either, options), "
+                          f"got {item!r}")
+    if not isinstance(options, Mapping):
+        raise AttackError(f"options of attack {spec.name!r} must be a mapping, got {options!r}")
+    allowed = [p for p in spec.options if p != "generator"]
+    for key in options:
+        if key not in allowed:
+            raise AttackError(f"attack {spec.name!r} has no option {key!r}; its options are: "
+                              f"{', '.join(allowed) or 'none'} (random ones are seeded by seed=)")
+    return AuditAttack(spec, dict(options))
+
+
+def resolve_version(version: str | Sequence[Any] = "standard",
+                    num_classes: int | None = None) -> tuple[str, list[AuditAttack]]:
+    """``(label, attacks)`` of an audit version: ``"standard"``, ``"quick"``, a
+    comma-separated list (``"apgd_ce,square:queries=1000"``) or a sequence of attack
+    names, ``AttackSpec`` objects or ``(name or spec, options)`` pairs.
+
+    ``label`` is the version's name, or the list as text (each attack's
+    :attr:`AuditAttack.label`).  With ``num_classes``, ``targets`` options are checked
+    (:func:`check_targets`; a version's own are lowered to ``num_classes - 1``).
+    Raises :class:`~cascade_adv.errors.UnknownAttackError` (a ``KeyError`` and a
+    ``ValueError``) for a name that is neither a version nor an attack, and
+    :class:`~cascade_adv.errors.AttackError` for bad options or a repeated attack.
+    """
+    named = isinstance(version, str) and version.strip() in VERSIONS
+    if named:
+        items: Sequence[Any] = VERSIONS[version.strip()]
+    elif isinstance(version, str):
+        items = _parse_list(version)
+    else:
+        items = list(version)
+    attacks = [_audit_attack(item) for item in items]
+    if not attacks:
+        raise AttackError(f"the audit version {version!r} names no attack; give standard, "
+                          "quick or a list of attacks, e.g. apgd_ce,square")
+    seen: set[str] = set()
+    for a in attacks:
+        if a.name in seen:
+            raise AttackError(f"attack {a.name!r} is listed twice in the audit; list each "
+                              "attack once")
+        seen.add(a.name)
+    if num_classes is not None:
+        attacks = check_targets(attacks, num_classes, lower=named)
+    label = version.strip() if named else ",".join(a.label for a in attacks)
+    return label, attacks
+
+
+def check_targets(attacks: Sequence[AuditAttack], num_classes: int, *,
+                  lower: bool = False) -> list[AuditAttack]:
+    """A targeted attack's ``targets`` (number of target classes) must be at most the
+    ``num_classes - 1`` classes other than the true one: :class:`AttackError` otherwise,
+    or, with ``lower``, lowered to it (a version's default)."""
+    out = []
+    for a in attacks:
+        t = a.options.get("targets")
+        if t is None:
+            out.append(a)
+            continue
+        if isinstance(t, bool) or not isinstance(t, int) or t < 1:
+            raise AttackError(f"{a.name} targets={t!r} is not a positive whole number of "
+                              "target classes; give e.g. targets=3")
+        if t > num_classes - 1:
+            if not lower or num_classes < 2:
+                raise AttackError(
+                    f"{a.name} targets={t} asks for more target classes than the model has "
+                    f"({num_classes} classes, so at most {max(num_classes - 1, 0)} targets); "
+                    f"give targets={max(num_classes - 1, 1)} or fewer")
+            a = AuditAttack(a.spec, {**a.options, "targets": num_classes - 1})
+        out.append(a)
+    return out
+
+
+def check_audit_eps(eps: Any, name: str = "eps") -> list[float]:
+    """The audit's epsilons: numbers in (0, 255] (pixel units), duplicates dropped.
+    Raises :class:`AttackError` (one line); eps 0 is refused because the clean accuracy
+    is always measured."""
+    one = isinstance(eps, (int, float)) or (isinstance(eps, torch.Tensor) and eps.dim() == 0)
+    items = [eps] if one else eps
+    try:
+        values = [float(v) for v in items]
+    except (TypeError, ValueError):
+        return attack_registry.validate_eps(eps, name)  # its one line for a non-number
+    bad = next((v for v in values if not 0.0 < v <= 255.0), None)  # NaN too
+    if bad is not None:
+        raise AttackError(f"{name}={bad:g} is outside (0, 255]; give {name} in pixel units of "
+                          "(0, 255], e.g. 16,32 (eps 0 is not needed: the audit measures the "
+                          "clean accuracy anyway)")
+    return attack_registry.validate_eps(values, name, required=True)
+
+
+# --- the result --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AuditCheck:
+    """One diagnostic of an audit (gradient masking and the like): its name, whether it
+    ``holds`` (``False``: flagged), the numbers it rests on and one sentence on what it
+    means.  The audit itself runs no diagnostic, so :attr:`AuditResult.checks` starts
+    empty."""
+
+    name: str
+    holds: bool
+    numbers: Mapping[str, float]
+    meaning: str
+
+
+@dataclass(frozen=True)
+class AttackAccuracy:
+    """One attack at one eps within an audit: it ran on ``attacked`` images (those still
+    correct after the attacks before it) and left ``survived`` of them correct.
+    ``alone``: ``100 * survived / attacked`` (``None`` when it ran on no image);
+    ``cumulative``: % of all ``n`` images still correct after it and the ones before."""
+
+    attack: str
+    eps: float
+    attacked: int
+    survived: int
+    n: int
+
+    @property
+    def alone(self) -> float | None:
+        return 100.0 * self.survived / self.attacked if self.attacked else None
+
+    @property
+    def cumulative(self) -> float:
+        return 100.0 * self.survived / self.n
+
+
+@dataclass
+class AuditResult:
+    """What :func:`audit` found.
+
+    ``clean_correct`` (bool ``[N]``): images classified correctly without attack.
+    ``broken_by`` (int64 ``[len(eps), N]``): for each eps and image, the index in
+    ``attacks`` of the attack that flipped it, ``-1`` where none did (a robust image, or
+    one already wrong clean).  ``adversarial`` (``[len(eps), N, C, H, W]``, only with
+    ``keep_images``): the image that flipped each broken one, the clean image elsewhere.
+    ``checks``: diagnostics, empty unless a caller adds them.  The model / dataset
+    fields label the rows of :meth:`table`.
+    """
+
+    version: str
+    attacks: tuple[AuditAttack, ...]
+    eps: tuple[float, ...]
+    clean_correct: torch.Tensor
+    broken_by: torch.Tensor
+    adversarial: torch.Tensor | None = None
+    checks: list[AuditCheck] = field(default_factory=list)
+    model: str = "model"
+    model_hash: str = ""
+    dataset: str = ""
+    split: str = ""
+
+    @property
+    def n(self) -> int:
+        return int(self.clean_correct.shape[0])
+
+    @property
+    def source(self) -> str:
+        """``source`` of the audit's per-attack rows, and ``attack`` of its worst-case
+        rows: ``audit:VERSION``."""
+        return AUDIT_PREFIX + self.version
+
+    @property
+    def clean_accuracy(self) -> float:
+        return 100.0 * int(self.clean_correct.sum()) / self.n
+
+    def _row(self, eps: float) -> int:
+        try:
+            return self.eps.index(float(eps))
+        except ValueError:
+            raise InvalidArgument(f"the audit did not run at eps {eps:g}; its epsilons are "
+                                  f"{', '.join(f'{e:g}' for e in self.eps)}") from None
+
+    def robust(self, eps: float) -> torch.Tensor:
+        """Bool ``[N]``: correct clean and flipped by no attack at ``eps``."""
+        return self.clean_correct & (self.broken_by[self._row(eps)] < 0)
+
+    def broken_by_names(self, eps: float) -> list[str | None]:
+        """Per image, the name of the attack that flipped it at ``eps`` (``None``: none)."""
+        return [self.attacks[i].name if i >= 0 else None
+                for i in self.broken_by[self._row(eps)].tolist()]
+
+    @property
+    def worst_case(self) -> dict[float, float]:
+        """Per eps, the robust accuracy (%): images no attack flipped."""
+        return {e: 100.0 * int(self.robust(e).sum()) / self.n for e in self.eps}
+
+    def accuracy(self, attack: str, eps: float) -> AttackAccuracy:
+        """How ``attack`` did at ``eps`` (see :class:`AttackAccuracy`)."""
+        index = next((i for i, a in enumerate(self.attacks) if a.name == attack), None)
+        if index is None:
+            raise UnknownAttackError(f"attack {attack!r} is not part of this audit; its "
+                                     f"attacks are: {', '.join(a.name for a in self.attacks)}")
+        by = self.broken_by[self._row(eps)]
+        alive = self.clean_correct & ((by < 0) | (by >= index))
+        return AttackAccuracy(attack, float(eps), int(alive.sum()),
+                              int((alive & (by != index)).sum()), self.n)
+
+    @property
+    def per_attack(self) -> list[AttackAccuracy]:
+        """:meth:`accuracy` of every attack at every eps, attack-major, in run order."""
+        return [self.accuracy(a.name, e) for a in self.attacks for e in self.eps]
+
+    def table(self) -> ResultTable:
+        """The rows the results store keeps (docs/results-schema.md, "Robustness audit"):
+        the clean accuracy, each attack's ``top1`` (cumulative) and ``top1_attacked``
+        (on the images it ran on) under ``source="audit:VERSION"``, and the worst case as
+        a white-box row of attack ``audit:VERSION``."""
+        common = {"model": self.model, "model_hash": self.model_hash,
+                  "dataset": self.dataset, "split": self.split}
+        rows = [{**common, "attack": CLEAN, "eps": 0.0, "source": self.source,
+                 "metric": "top1", "value": self.clean_accuracy, "n": self.n}]
+        for acc in self.per_attack:
+            rows.append({**common, "attack": acc.attack, "eps": acc.eps, "source": self.source,
+                         "metric": "top1", "value": acc.cumulative, "n": self.n})
+            if acc.alone is not None:
+                rows.append({**common, "attack": acc.attack, "eps": acc.eps,
+                             "source": self.source, "metric": "top1_attacked",
+                             "value": acc.alone, "n": acc.attacked})
+        for e, value in self.worst_case.items():
+            rows.append({**common, "attack": self.source, "eps": e, "source": WHITEBOX,
+                         "metric": "top1", "value": value, "n": self.n})
+        return ResultTable(rows)
+
+    def to_markdown(self) -> str:
+        """One line per eps: the clean accuracy, each attack's cumulative accuracy (%)
+        in run order, and the worst case."""
+        names = [a.name for a in self.attacks]
+        lines = ["| eps | clean | " + " | ".join(names) + " | worst case |",
+                 "| ---: | ---: | " + " | ".join("---:" for _ in names) + " | ---: |"]
+        worst = self.worst_case
+        for e in self.eps:
+            cells = [f"{self.accuracy(name, e).cumulative:.1f}" for name in names]
+            lines.append(f"| {e:g} | {self.clean_accuracy:.1f} | " + " | ".join(cells)
+                         + f" | {worst[e]:.1f} |")
+        return "\n".join(lines) + "\n"
+
+
+# --- resuming ----------------------------------------------------------------------------
+
+
+def state_path(store_path: str | os.PathLike, key: str) -> Path:
+    """The progress file of the audit ``key`` next to the results store
+    ``store_path``: ``STORE.audit-KEY16.json``."""
+    p = Path(store_path)
+    return p.with_name(f"{p.name}.audit-{key[:16]}.json")
+
+
+class _Progress:
+    """Per image and eps, which attack flipped it, and per batch how many attacks are
+    done; saved atomically to ``path`` (``None``: kept in memory only)."""
+
+    def __init__(self, path: Path | None, key: str, n: int, n_eps: int, n_batches: int,
+                 resume: bool) -> None:
+        self.path, self.key = path, key
+        self.finished = [0] * n_batches
+        self.clean = torch.zeros(n, dtype=torch.bool)
+        self.broken_by = torch.full((n_eps, n), -1, dtype=torch.int64)
+        if resume and path is not None and path.is_file():
+            self._load(path)
+
+    def _load(self, path: Path) -> None:
+        """Take over a saved state of the same audit; anything else (another key, a
+        damaged file) is ignored and the audit starts over."""
+        try:
+            saved = json.loads(path.read_text(encoding="utf-8"))
+            ok = (isinstance(saved, dict) and saved.get("format") == STATE_FORMAT
+                  and saved.get("key") == self.key)
+            finished = [int(v) for v in saved["finished"]] if ok else []
+            clean = torch.tensor(saved["clean"], dtype=torch.bool) if ok else None
+            broken = torch.tensor(saved["broken_by"], dtype=torch.int64) if ok else None
+        except (OSError, ValueError, KeyError, TypeError):
+            return
+        if (ok and len(finished) == len(self.finished) and clean.shape == self.clean.shape
+                and broken.shape == self.broken_by.shape):
+            self.finished, self.clean, self.broken_by = finished, clean, broken
+
+    def save(self) -> None:
+        if self.path is None:
+            return
+        atomic_write_text(self.path, json.dumps({
+            "format": STATE_FORMAT, "key": self.key, "finished": self.finished,
+            "clean": self.clean.to(torch.int64).tolist(), "broken_by": self.broken_by.tolist(),
+        }, separators=(",", ":")))
+
+    def remove(self) -> None:
+        if self.path is not None:
+            self.path.unlink(missing_ok=True)
+
+
+def _tensor_digest(digest: Any, t: torch.Tensor) -> None:
+    t = t.detach().to("cpu").contiguous()
+    digest.update(f"{t.dtype}{list(t.shape)}".encode())
+    digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+
+
+def _audit_key(model: nn.Module, model_hash: str, x: torch.Tensor, y: torch.Tensor,
+               settings: Mapping[str, Any]) -> str:
+    """What makes two audits the same: the weights (``model_hash``, else the model's
+    tensors), the images and labels, and ``settings`` (version, eps, seed, batching)."""
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
+    if model_hash:
+        digest.update(model_hash.encode())
+    else:
+        for name, t in model.state_dict().items():
+            digest.update(name.encode())
+            _tensor_digest(digest, t)
+    _tensor_digest(digest, x)
+    _tensor_digest(digest, y)
+    return digest.hexdigest()
+
+
+def _seed(seed: int, attack: str, batch: int) -> int:
+    """The seed of one attack x batch: the same whatever ran (or was skipped) before."""
+    blob = hashlib.sha256(f"{int(seed)}:{attack}:{batch}".encode()).digest()
+    return int.from_bytes(blob[:8], "little") & ((1 << 63) - 1)
+
+
+# --- the sequencing ----------------------------------------------------------------------
+
+
+def _refuse_nonfinite(bad: int, model_name: str) -> None:
+    if bad:
+        raise ModelFault(
+            f"model {model_name} gives non-finite outputs (inf / NaN) on {bad} images; its "
+            "robustness would be meaningless, so nothing is reported: audit an earlier "
+            "checkpoint or retrain it")
+
+
+def _run_attack(model, xs, ys, es, flat, attack: AuditAttack, generator, max_batch: int,
+                fuse: bool, model_name: str):
+    """``attack`` on the stacked rows ``flat`` (host indices), ``max_batch`` rows per
+    call; one read-back.  Returns (host bool correct per row, the outcomes)."""
+    rows = flat.to(xs.device)
+    outs = [attack_rows(model, xs, ys, es, attack.spec, rows=rows[i:i + max_batch],
+                        options=attack.options, generator=generator, fuse=fuse)
+            for i in range(0, len(rows), max_batch)]
+    correct, excess, bad = read_back(torch.cat([o.correct for o in outs]),
+                                      torch.stack([o.excess for o in outs]).amax(),
+                                      torch.stack([o.nonfinite for o in outs]).sum())
+    _refuse_nonfinite(bad, model_name)
+    if excess > BALL_TOLERANCE:
+        raise AttackError(
+            f"attack {attack.name} returned images outside their eps ball or [0, 1] (by "
+            f"{excess * 255:.3g} pixel units); its result would not count: fix the attack")
+    return correct, outs
+
+
+@dataclass
+class _Run:
+    """One audit's fixed inputs, shared by its batches."""
+
+    model: nn.Module
+    attacks: list[AuditAttack]
+    eps: list[float]
+    seed: int
+    max_batch: int
+    fuse: bool
+    device: torch.device
+    model_name: str
+    adversarial: torch.Tensor | None
+
+
+def _clean_pass(run: _Run, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
+    with attack_registry.fusion(run.fuse), attack_registry.inference_mode(run.model):
+        net = attack_registry.attack_network(run.model)
+    logits = attack_registry.predict(run.model, xb, net)
+    correct, _, bad = read_back(logits.argmax(dim=1) == yb,
+                                 torch.zeros((), device=xb.device),
+                                 (~torch.isfinite(logits).all(dim=1)).sum())
+    _refuse_nonfinite(bad, run.model_name)
+    return correct
+
+
+def _audit_batch(run: _Run, state: _Progress, k: int, start: int, xb: torch.Tensor,
+                 yb: torch.Tensor, bar) -> None:
+    """The attacks not yet done on batch ``k`` (images ``start..``), each on the rows
+    (eps x image, epsilon-major) still correct; the state saved after each."""
+    b, n_eps = xb.shape[0], len(run.eps)
+    sl = slice(start, start + b)
+    if state.finished[k] == 0:
+        state.clean[sl] = _clean_pass(run, xb, yb)
+    robust = state.clean[sl].expand(n_eps, b) & (state.broken_by[:, sl] < 0)  # host [E, b]
+    xs = xb.repeat(n_eps, *[1] * (xb.dim() - 1)) if n_eps > 1 else xb
+    ys = yb.repeat(n_eps) if n_eps > 1 else yb
+    es = torch.tensor(run.eps, dtype=torch.float64).repeat_interleave(b).to(run.device)
+    for a in range(state.finished[k], len(run.attacks)):
+        attack = run.attacks[a]
+        flat = robust.reshape(-1).nonzero().flatten()
+        if len(flat):
+            g = torch.Generator(device=run.device)
+            g.manual_seed(_seed(run.seed, attack.name, k))
+            correct, outs = _run_attack(run.model, xs, ys, es, flat, attack, g, run.max_batch,
+                                        run.fuse, run.model_name)
+            broken = flat[~correct]
+            e_idx, i_idx = broken // b, broken % b
+            state.broken_by[e_idx, start + i_idx] = a
+            robust[e_idx, i_idx] = False
+            if run.adversarial is not None and len(broken):
+                x_adv = torch.cat([o.x_adv for o in outs])[(~correct).to(xs.device)]
+                run.adversarial[e_idx, start + i_idx] = x_adv.to("cpu", run.adversarial.dtype)
+        state.finished[k] = a + 1
+        state.save()
+        bar.update(1)
+
+
+def _check_inputs(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                  prepare: Callable[[torch.Tensor], torch.Tensor] | None) -> int:
+    """The images, labels and model output, before any work; returns the model's number
+    of classes (from one forward pass of the first image)."""
+    if not isinstance(model, nn.Module):
+        raise InvalidArgument(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor) or x.dim() < 2:
+        raise InvalidArgument("x must be an image tensor [N, C, H, W] and y a label tensor "
+                              "[N]; convert your data with torch.as_tensor")
+    if x.shape[0] == 0:
+        raise InvalidArgument("x holds no image; audit at least one")
+    if prepare is None:
+        first = x[:1]
+        check_images(x, y)
+    else:
+        first = prepare(x[:1])
+        check_images(first, y[:1])
+        if y.dim() != 1 or y.shape[0] != x.shape[0]:
+            raise InvalidArgument(f"labels must have shape [{x.shape[0]}], got {list(y.shape)}")
+    logits = attack_registry.predict(model, first.to(attack_registry.model_device(model)))
+    if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
+        raise InvalidArgument("the model must return logits [N, classes] for images "
+                              f"[N, C, H, W], got {getattr(logits, 'shape', type(logits))}")
+    classes = int(logits.shape[1])
+    low, high = int(y.min()), int(y.max())
+    if low < 0 or high >= classes:
+        raise InvalidArgument(f"labels span {low}..{high} but the model predicts {classes} "
+                              "classes; give labels in 0..classes-1")
+    return classes
+
+
+def _positive(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise InvalidArgument(f"{name} must be a positive integer, got {value!r}")
+    return value
+
+
+def audit(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    eps: float | Sequence[float],
+    *,
+    version: str | Sequence[Any] = "standard",
+    batch_size: int = 500,
+    max_batch: int | None = None,
+    seed: int = 0,
+    prepare: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    store: ResultsStore | str | os.PathLike | None = None,
+    save_rows: bool = True,
+    resume: bool = True,
+    keep_images: bool = False,
+    fuse: bool = True,
+    progress: bool = False,
+    model_name: str = "model",
+    model_hash: str = "",
+    dataset: str = "",
+    split: str = "",
+) -> AuditResult:
+    """Audit ``model``'s robustness on images ``x`` (``[N, C, H, W]`` in [0, 1]) with
+    labels ``y``: the attacks of ``version`` in sequence, each on the images still
+    correct, and the per-image worst case at every ``eps`` (pixel units, in (0, 255]).
+
+    ``model`` is any ``nn.Module`` mapping images to logits; it is attacked in
+    inference mode on its device (``x`` moves there batch by batch).  ``version``:
+    ``"standard"`` (APGD-CE, APGD-T with 9 targets, Square with 5000 queries),
+    ``"quick"`` (APGD-T with 3 targets, Square with 1000 queries), or a list (see
+    :func:`resolve_version`).  ``prepare`` maps each batch of ``x`` to the model's
+    inputs first (e.g. uint8 images to floats with a center crop).  Every attack x batch
+    draws from its own generator seeded by ``seed``.  ``max_batch`` caps the stacked
+    rows (images x epsilons) of one attack call (default ``batch_size * len(eps)``).
+
+    ``store`` (a :class:`ResultsStore` or its path): the rows of :meth:`AuditResult.table`
+    are upserted there at the end, and progress is saved after every attack x batch in
+    :func:`state_path` next to it, so that a rerun after an interruption skips the work
+    done (``resume=False`` starts over) and gives the same result; the file is removed
+    once the rows are stored (a store given by its path that cannot take them keeps
+    them in a pending file, :func:`~cascade_adv.results.store.store_rows`).
+    ``save_rows=False`` leaves storing the rows to the caller (who writes other files
+    first): the store then only keeps the progress.  ``keep_images`` keeps the adversarial images in the
+    result (in memory only: such an audit starts over).  ``fuse``: attacks run on the
+    network with BatchNorm folded into its convolutions.  ``progress``: a tqdm bar.
+
+    Raises :class:`~cascade_adv.errors.CascadeAdvError` subclasses that are also
+    ``ValueError`` (unknown names also ``KeyError``) for bad input, before any work, and
+    :class:`~cascade_adv.errors.ModelFault` for a model with non-finite outputs.
+    """
+    eps_values = check_audit_eps(eps)
+    resolve_version(version)  # names and options, before the model runs
+    batch_size = _positive(batch_size, "batch_size")
+    max_batch = _positive(batch_size * len(eps_values) if max_batch is None else max_batch,
+                          "max_batch")
+    classes = _check_inputs(model, x, y, prepare)
+    label, attacks = resolve_version(version, classes)
+    owned = store is not None and not isinstance(store, ResultsStore)
+    if owned:
+        check_store_path(store)
+    settings = {"version": [a.label for a in attacks], "eps": eps_values, "seed": int(seed),
+                "batch_size": batch_size, "max_batch": max_batch, "fuse": bool(fuse)}
+    key = _audit_key(model, model_hash, x, y, settings)
+    store_path = None if store is None else (str(store) if owned else store.path)
+    path = None if store_path in (None, ":memory:") else state_path(store_path, key)
+    state = _Progress(path, key, x.shape[0], len(eps_values), math.ceil(x.shape[0] / batch_size),
+                      resume and not keep_images)
+    run = _Run(model, attacks, eps_values, int(seed), max_batch, bool(fuse),
+               attack_registry.model_device(model), model_name, None)
+    if keep_images:
+        like = prepare(x[:1]) if prepare is not None else x[:1]
+        run.adversarial = torch.empty((len(eps_values), x.shape[0], *like.shape[1:]),
+                                      dtype=like.dtype)
+    _run_batches(run, state, x, y, prepare, batch_size, progress)
+    result = AuditResult(label, tuple(attacks), tuple(eps_values), state.clean,
+                         state.broken_by, run.adversarial, [], model_name, model_hash,
+                         dataset, split)
+    if store is not None and save_rows:
+        if owned:
+            store_rows(store, result.table())
+        else:
+            store.upsert(result.table())
+    state.remove()
+    return result
+
+
+def _run_batches(run: _Run, state: _Progress, x: torch.Tensor, y: torch.Tensor,
+                 prepare: Callable[[torch.Tensor], torch.Tensor] | None, batch_size: int,
+                 progress: bool) -> None:
+    """Every batch's attacks not done yet (those of an interrupted run are skipped)."""
+    n_batches, n_attacks = len(state.finished), len(run.attacks)
+    bar = tqdm(total=n_batches * n_attacks, initial=sum(state.finished), disable=not progress,
+               desc=f"audit {run.model_name}", unit="attack", leave=False)
+    try:
+        for k in range(n_batches):
+            start = k * batch_size
+            if state.finished[k] == n_attacks:
+                continue  # done before an interruption
+            xb = x[start:start + batch_size].to(run.device)
+            xb = prepare(xb) if prepare is not None else xb
+            if run.adversarial is not None:
+                run.adversarial[:, start:start + xb.shape[0]] = xb.to("cpu",
+                                                                     run.adversarial.dtype)
+            yb = y[start:start + batch_size].to(run.device)
+            _audit_batch(run, state, k, start, xb, yb, bar)
+    finally:
+        bar.close()
