@@ -367,8 +367,10 @@ def test_audit_rows_are_not_black_box_rows_in_checks_and_reports(tmp_path):
 
 
 @pytest.mark.parametrize("version,options", [
-    ("standard", [{"steps": 100}, {"targets": 3, "steps": 100}, {"queries": 5000}]),
-    ("quick", [{"steps": 100}, {"targets": 3, "steps": 100}, {"queries": 1000}]),
+    ("standard", [{"steps": 100}, {"targets": 3, "steps": 100},
+                  {"queries": 5000, "rescale": False}]),
+    ("quick", [{"steps": 100}, {"targets": 3, "steps": 100},
+               {"queries": 1000, "rescale": False}]),
 ])
 def test_versions_run_their_attacks_in_order_with_their_options(monkeypatch, version, options):
     """The versions' attacks (recorders standing in for APGD-CE, APGD-T and Square), in
@@ -379,8 +381,9 @@ def test_versions_run_their_attacks_in_order_with_their_options(monkeypatch, ver
 
     def recorder(name):
         def fn(model, x, y, eps, *, steps=100, restarts=1, targets=9, queries=5000,
-               p_init=0.8, generator=None):
-            given = {"steps": steps, "targets": targets, "queries": queries}
+               p_init=0.8, rescale=True, generator=None):
+            given = {"steps": steps, "targets": targets, "queries": queries,
+                     "rescale": rescale}
             seen.append((name, {k: given[k] for k in options[len(seen)]}))
             return x
 

@@ -191,6 +191,10 @@ def test_square_p_schedule_and_window_side():
     assert square.p_selection(5, 5000, 0.8) == 0.8
     assert square.p_selection(6, 5000, 0.8) == 0.4
     assert square.p_selection(4999, 5000, 0.8) == pytest.approx(0.8 / 512)
+    # AutoAttack's protocol: the schedule at the query number itself, whatever the budget
+    assert square.p_selection(6, 5000, 0.8, rescale=False) == 0.8
+    assert square.p_selection(11, 5000, 0.8, rescale=False) == 0.4
+    assert square.p_selection(4999, 5000, 0.8, rescale=False) == pytest.approx(0.8 / 128)
     # s = round(sqrt(p h w)): MNIST 28x28 at p = 0.8 -> 25; never beyond the image
     assert square.window_side(0.8, 28, 28) == 25
     assert square.window_side(0.8 / 512, 28, 28) == 1

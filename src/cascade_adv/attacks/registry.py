@@ -227,6 +227,6 @@ def apgd_t(model, x, y, eps, *, targets=None, steps=100, restarts=1, rho=0.75,
 @register("square", "query",
           "Square attack: random search on the margin z_y - max_{j!=y} z_j with square "
           "windows, stripe start, p schedule from p_init (scores only)", stochastic=True)
-def square(model, x, y, eps, *, queries=5000, p_init=0.8, generator=None):
-    return _square.square(model, x, y, eps, queries=queries, p_init=p_init,
+def square(model, x, y, eps, *, queries=5000, p_init=0.8, rescale=True, generator=None):
+    return _square.square(model, x, y, eps, queries=queries, p_init=p_init, rescale=rescale,
                           generator=generator)

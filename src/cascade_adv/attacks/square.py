@@ -9,7 +9,8 @@ Each query sets one random square window of side ``s`` of one image to ``x +- ep
 margin or is misclassified, and a misclassified image keeps its point. ``s`` is
 ``round(sqrt(p h w))`` for the fraction ``p`` of the paper's schedule: ``p_init`` halved
 at iterations 10, 50, 200, 500, 1000, 2000, 4000, 6000 and 8000 of 10,000, rescaled
-to the query budget as in the authors' code.
+to the query budget as in the authors' code (``rescale=True``, also torchattacks') or,
+as AutoAttack runs it (``rescale=False``), at those query numbers whatever the budget.
 
 Each image draws its own window and signs (the paper's Algorithm 1; AutoAttack's
 version shares one window per batch). Every image's state stays on the device: the
@@ -32,10 +33,10 @@ P_SCHEDULE = ((10, 1), (50, 2), (200, 4), (500, 8), (1000, 16), (2000, 32), (400
               (6000, 128), (8000, 256))
 
 
-def p_selection(i: int, queries: int, p_init: float) -> float:
+def p_selection(i: int, queries: int, p_init: float, rescale: bool = True) -> float:
     """The fraction of pixels changed at query ``i`` (0-based) of ``queries``: the paper's
-    schedule at iteration ``int(i / queries * 10000)``."""
-    it = int(i / queries * 10000)
+    schedule at iteration ``int(i / queries * 10000)`` (``rescale``), else at ``i``."""
+    it = int(i / queries * 10000) if rescale else i
     for last, div in P_SCHEDULE:
         if it <= last:
             return p_init / div
@@ -72,8 +73,8 @@ def window_mask(n: int, s: int, h: int, w: int, x: torch.Tensor,
 
 
 def search(net: nn.Module, x: torch.Tensor, y: torch.Tensor, eps01: torch.Tensor,
-           queries: int, p_init: float, generator: torch.Generator | None
-           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+           queries: int, p_init: float, generator: torch.Generator | None,
+           rescale: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One run; returns ``(points, misclassified, -margin)`` per image."""
     n, c, h, w = x.shape
     x_best = core.project(x + eps01 * random_signs((n, c, 1, w), x, generator), x, eps01)
@@ -81,7 +82,7 @@ def search(net: nn.Module, x: torch.Tensor, y: torch.Tensor, eps01: torch.Tensor
     best = margin(logits, y)
     broken = logits.argmax(dim=1) != y
     for i in range(queries):
-        s = window_side(p_selection(i, queries, p_init), h, w)
+        s = window_side(p_selection(i, queries, p_init, rescale), h, w)
         mask = window_mask(n, s, h, w, x, generator)
         signs = random_signs((n, c, 1, 1), x, generator)
         cand = core.project(torch.where(mask, x + eps01 * signs, x_best), x, eps01)
@@ -96,7 +97,8 @@ def search(net: nn.Module, x: torch.Tensor, y: torch.Tensor, eps01: torch.Tensor
 
 
 def square(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps, *, queries: int = 5000,
-           p_init: float = 0.8, generator: torch.Generator | None = None) -> torch.Tensor:
+           p_init: float = 0.8, rescale: bool = True,
+           generator: torch.Generator | None = None) -> torch.Tensor:
     """Square attack on the images the model classifies correctly (the others are
     returned unchanged): per image a misclassified point if the search found one,
     otherwise the point of the lowest margin."""
@@ -116,6 +118,6 @@ def square(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps, *, queries: 
         idx = worst.rows()
         if idx is not None:
             found = search(lambda z: core.float_logits(net, z), x[idx], y[idx], eps01[idx],
-                           int(queries), p_init, generator)
+                           int(queries), p_init, generator, bool(rescale))
             worst.update(idx, *found)
     return worst.x_adv

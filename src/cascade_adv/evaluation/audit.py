@@ -58,15 +58,16 @@ from cascade_adv.results.tables import AUDIT_PREFIX, CLEAN, WHITEBOX, ResultTabl
 
 #: The audit's versions: attack names with their options, in the order they run.
 #: ``standard`` is AutoAttack's (APGD-CE, APGD-T with 9 targets, Square with 5000
-#: queries); ``quick`` is meant for a CPU.  ``targets`` is lowered to the model's
+#: queries, its p schedule not rescaled to the budget, as AutoAttack runs it);
+#: ``quick`` is meant for a CPU.  ``targets`` is lowered to the model's
 #: number of classes - 1 where that is smaller.
 VERSIONS: dict[str, tuple[tuple[str, dict[str, Any]], ...]] = {
     "standard": (("apgd_ce", {"steps": 100}),
                  ("apgd_t", {"targets": 9, "steps": 100}),
-                 ("square", {"queries": 5000})),
+                 ("square", {"queries": 5000, "rescale": False})),
     "quick": (("apgd_ce", {"steps": 100}),
               ("apgd_t", {"targets": 3, "steps": 100}),
-              ("square", {"queries": 1000})),
+              ("square", {"queries": 1000, "rescale": False})),
 }
 #: ``format`` of the progress state files.
 STATE_FORMAT = "cascade-adv audit progress"
