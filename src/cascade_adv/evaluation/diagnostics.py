@@ -186,10 +186,10 @@ def _generator(device: torch.device, seed: int, salt: int) -> torch.Generator:
     return torch.Generator(device=device).manual_seed((seed * 1_000_003 + salt) % (1 << 63))
 
 
-def _logits(s: _Setup, x: torch.Tensor, model: nn.Module | None = None) -> torch.Tensor:
-    """Logits of ``x`` on ``model`` (default: the audited one) as the attacks see it (the
-    fused inference network unless ``fuse`` is off), chunked."""
-    model = s.model if model is None else model
+def _logits(s: _Setup, x: torch.Tensor) -> torch.Tensor:
+    """Logits of ``x`` on the audited model as the attacks see it (the fused inference
+    network unless ``fuse`` is off), chunked."""
+    model = s.model
     with attack_registry.fusion(s.fuse), attack_registry.inference_mode(model):
         net = attack_registry.attack_network(model)
     out = torch.cat([attack_registry.predict(model, x[a:b], net) for a, b in s.chunks(len(x))])
@@ -280,9 +280,9 @@ def _not_run(name: str, why: str, origin: str) -> Diagnostic:
     return Diagnostic(name, NOT_RUN, {}, why, origin)
 
 
-def _gradient_free_check(result: AuditResult | None) -> Diagnostic:
-    """``gradient_free_no_stronger``: how many points each gradient-free attack of the
-    audit took after at least one gradient attack had run (AutoAttack's rule)."""
+def _gradient_free_check(s: _Setup, result: AuditResult | None) -> Diagnostic:
+    """``gradient_free_no_stronger``: the points of accuracy each gradient-free attack of
+    the audit took after at least one gradient attack had run (AutoAttack's rule)."""
     name = "gradient_free_no_stronger"
     if result is None:
         return _not_run(name, "no audit result to read", _AUTOATTACK)
@@ -295,16 +295,16 @@ def _gradient_free_check(result: AuditResult | None) -> Diagnostic:
     numbers: dict[str, float] = {}
     for i in late:
         a = result.attacks[i]
-        for e in result.eps:
+        for e in s.eps:
             acc = result.accuracy(a.name, e)
             numbers[f"{a.name} points at eps {e:g}"] = 100.0 * (acc.attacked - acc.survived) / acc.n
     bad = max(numbers.values()) > GRADIENT_FREE_POINTS
     return Diagnostic(
         name, FLAGGED if bad else HOLDS, numbers,
-        f"an attack without gradients flips more than {GRADIENT_FREE_POINTS:g} % of the images "
-        "the gradient attacks left: their gradients are misleading (gradient masking)" if bad
-        else "the gradient-free attack adds (almost) nothing to the gradient attacks, so "
-        "their gradients are informative", _AUTOATTACK,
+        f"an attack without gradients takes more than {GRADIENT_FREE_POINTS:g} points of "
+        "accuracy after the gradient attacks: their gradients are misleading (gradient "
+        "masking)" if bad else "the gradient-free attack adds (almost) nothing to the "
+        "gradient attacks, so their gradients are informative", _AUTOATTACK,
         f"{result.n} images (the whole audit)")
 
 
@@ -628,7 +628,7 @@ def diagnose(
     _check_audit_result(audit_result, int(x.shape[0]), s.eps)
     checks = _forward_checks(s, runs)
     checks.append(_gradient_check(s))
-    checks.append(_gradient_free_check(audit_result))
+    checks.append(_gradient_free_check(s, audit_result))
     checks.append(_more_iterations_check(s, audit_result, robust_sample))
     measured = _measure(s, twin, audit_result)
     checks.append(_chance_check(s, measured))
