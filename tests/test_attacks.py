@@ -117,11 +117,19 @@ def images(n=6, seed=0, shape=(1, 8, 8)):
     return x, y
 
 
+#: Small budgets for the search attacks (APGD, Square), so that the tests over every
+#: attack stay fast; tests/test_strong_attacks.py runs their defaults.
+BUDGETS = {"apgd_ce": {"steps": 10}, "apgd_dlr": {"steps": 10},
+           "apgd_t": {"steps": 10, "targets": 3}, "square": {"queries": 50}}
+
+
 def options(name, seed=0):
-    """A seeded generator for every attack that takes one (a no-op for the deterministic ones)."""
+    """A seeded generator for every attack that takes one (a no-op for the deterministic
+    ones), and a small budget for the search attacks."""
+    opts = dict(BUDGETS.get(name, {}))
     if "generator" in attacks.get(name).options:
-        return {"generator": torch.Generator().manual_seed(seed)}
-    return {}
+        opts["generator"] = torch.Generator().manual_seed(seed)
+    return opts
 
 
 def hand_grad_ce(model: LinearNet, x: torch.Tensor, labels: torch.Tensor) -> np.ndarray:
@@ -745,8 +753,11 @@ def test_bad_values_are_value_errors_and_unknown_names_key_errors():
 def test_registry_declares_which_attacks_draw_random_numbers(name):
     """An attack's ``stochastic`` flag says whether it draws from its generator."""
     model = LinearNet()
-    x, y = images(n=2)
+    x, _ = images(n=2)
+    with torch.no_grad():  # labels the model gets right: the search attacks skip the others
+        y = model(x).argmax(dim=1)
     g = torch.Generator().manual_seed(0)
     before = g.get_state()
-    attacks.run(name, model, x, y, eps=8, generator=g)
+    attacks.run(name, model, x, y, eps=8, generator=g, **{k: v for k, v in options(name).items()
+                                                         if k != "generator"})
     assert attacks.get(name).stochastic == (not torch.equal(before, g.get_state())), name

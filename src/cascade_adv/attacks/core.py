@@ -185,6 +185,12 @@ def _float32(out):
     return out
 
 
+def float_logits(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``net(x)``, in float32 under bf16 autocast (the precision objectives and label
+    rules read logits in)."""
+    return _float32(net(x))
+
+
 def input_gradient(
     model: nn.Module,
     x: torch.Tensor,
@@ -208,6 +214,59 @@ def input_gradient(
         loss = objective(logits, labels)
         (grad,) = torch.autograd.grad(loss, x)
     return grad, labels
+
+
+def loss_and_gradient(
+    net: nn.Module, x: torch.Tensor, loss_fn: Callable[[torch.Tensor], torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One forward and one input-backward pass of ``net`` for a per-example loss.
+
+    ``loss_fn`` maps the logits (float32 under bf16 autocast) to a loss per example;
+    returns ``(losses [N], logits, gradient of their sum with respect to x)``, the first
+    two detached.  The search attacks (APGD) need all three from the same pass.
+    """
+    x = x.detach().requires_grad_(True)
+    with torch.enable_grad():
+        logits = _float32(net(x))
+        loss = loss_fn(logits)
+        (grad,) = torch.autograd.grad(loss.sum(), x)
+    return loss.detach(), logits.detach(), grad
+
+
+def rows_view(mask: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """A per-example ``[N]`` tensor shaped ``[N, 1, ..., 1]`` to broadcast over ``x``."""
+    return mask.view(-1, *([1] * (x.dim() - 1)))
+
+
+class WorstCase:
+    """Per image, the worst point that several runs of an attack found (AutoAttack's
+    ``x_best_adv`` semantics): a misclassified point as soon as one run found one,
+    otherwise the point of the highest loss over the runs.
+
+    Images that the model already misclassifies clean count as broken from the start
+    and keep their clean image.  :meth:`rows` lists the images still to attack (one
+    host read-back per run, between runs, never inside a run's loop).
+    """
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, clean_logits: torch.Tensor):
+        self.x_adv = x.detach().clone()
+        self.broken = clean_logits.argmax(dim=1) != y
+        self.loss = torch.full((x.shape[0],), -torch.inf, device=x.device,
+                               dtype=clean_logits.dtype)
+
+    def rows(self) -> torch.Tensor | None:
+        """Indices of the images no run has broken yet; ``None`` when there are none."""
+        idx = torch.nonzero(~self.broken).flatten()
+        return idx if idx.numel() else None
+
+    def update(self, idx: torch.Tensor, x_run: torch.Tensor, broken: torch.Tensor,
+               loss: torch.Tensor) -> None:
+        """Merge one run over the images ``idx``: its points, which of them are
+        misclassified, and their losses (higher is worse for the model)."""
+        take = broken | (loss > self.loss[idx])
+        self.x_adv[idx] = torch.where(rows_view(take, x_run), x_run, self.x_adv[idx])
+        self.loss[idx] = torch.where(take, loss.to(self.loss.dtype), self.loss[idx])
+        self.broken[idx] = self.broken[idx] | broken
 
 
 # --- objectives (maximised by every attack) ----------------------------------------

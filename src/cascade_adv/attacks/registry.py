@@ -1,4 +1,5 @@
-"""Every attack of K17 section 2.2 and appendix A (plus PGD), by name.
+"""Every attack of K17 section 2.2 and appendix A, plus PGD, APGD (CE, DLR, targeted
+DLR) and the Square attack, by name.
 
 All attacks share one signature::
 
@@ -17,7 +18,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from cascade_adv.attacks import apgd as _apgd
 from cascade_adv.attacks import core
+from cascade_adv.attacks import square as _square
 from cascade_adv.errors import AttackError, UnknownAttackError
 
 
@@ -25,7 +28,7 @@ from cascade_adv.errors import AttackError, UnknownAttackError
 class AttackSpec:
     name: str
     fn: Callable[..., torch.Tensor]
-    kind: str  # "one_step" | "iterative" | "random"
+    kind: str  # "one_step" | "iterative" | "random" | "query" (scores only, no gradient)
     description: str
     #: draws from its ``generator`` (random labels, noise, a random start): under DDP
     #: such an attack runs on its whole block of rows on every rank (training)
@@ -189,3 +192,41 @@ def pgd(model, x, y, eps, *, alpha=None, steps=None, restarts=1, generator=None)
             best = torch.where(better.view(n, *([1] * (x.dim() - 1))), cand, best)
             best_loss = torch.maximum(loss, best_loss)
     return best
+
+
+# --- strong attacks: APGD (Croce & Hein 2020) --------------------------------------------
+
+
+@register("apgd_ce", "iterative",
+          "APGD, cross-entropy: eta = 2 eps halved at the checkpoints, momentum 0.75, "
+          "random start, restarts keep the worst case", stochastic=True)
+def apgd_ce(model, x, y, eps, *, steps=100, restarts=1, rho=0.75, generator=None):
+    return _apgd.apgd(model, x, y, eps, "ce", steps=steps, restarts=restarts, rho=rho,
+                      generator=generator)
+
+
+@register("apgd_dlr", "iterative",
+          "APGD on the DLR loss -(z_y - max_{i!=y} z_i) / (z_pi1 - z_pi3)", stochastic=True)
+def apgd_dlr(model, x, y, eps, *, steps=100, restarts=1, rho=0.75, generator=None):
+    return _apgd.apgd(model, x, y, eps, "dlr", steps=steps, restarts=restarts, rho=rho,
+                      generator=generator)
+
+
+@register("apgd_t", "iterative",
+          "targeted APGD, DLR -(z_y - z_t) / (z_pi1 - (z_pi3 + z_pi4) / 2) towards each of the "
+          "top-T classes (T = min(9, classes - 1) by default)", stochastic=True)
+def apgd_t(model, x, y, eps, *, targets=None, steps=100, restarts=1, rho=0.75,
+           generator=None):
+    return _apgd.apgd(model, x, y, eps, "dlr_targeted", steps=steps, restarts=restarts,
+                      rho=rho, targets=targets, generator=generator)
+
+
+# --- strong attacks: Square (Andriushchenko et al. 2020) ----------------------------------
+
+
+@register("square", "query",
+          "Square attack: random search on the margin z_y - max_{j!=y} z_j with square "
+          "windows, stripe start, p schedule from p_init (scores only)", stochastic=True)
+def square(model, x, y, eps, *, queries=5000, p_init=0.8, generator=None):
+    return _square.square(model, x, y, eps, queries=queries, p_init=p_init,
+                          generator=generator)
