@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Speed benchmarks of cascade_adv, measured side by side in one run.
 
-    python benchmarks/run.py --device cpu|cuda [--quick] [--json FILE]
+    python benchmarks/run.py --device cpu|cuda [--quick] [--only apgd] [--json FILE]
 
 Figures (docs/performance.md explains each one):
 
@@ -18,6 +18,9 @@ Figures (docs/performance.md explains each one):
    of the full N18 MNIST / CIFAR-10 recipes, extrapolated from measured per-image /
    per-iteration times (labelled as such), plus FLOP and kernel counts that project
    them to an H100 (labelled as projections).
+4. ``apgd_ce`` (APGD, cross-entropy, 100 iterations, 1 restart, eps 16) against
+   torchattacks 3.5.1's ``APGD(loss="ce")`` at the same settings, and the floor of its
+   101 forward + input-gradient passes (``--only apgd`` runs this figure alone).
 
 Contenders of one figure run interleaved (A B A B ...) after warm-up calls, and every
 figure reports the median.  Random uint8 data stands in for MNIST / CIFAR-10: timing
@@ -99,8 +102,12 @@ RESNET20_CIFAR = {"depth": 20, "in_channels": 3, "input_size": 24, "num_classes"
 ATTACK_EPS = 16  # pixels
 ATTACK_STEPS = int(attacks.iterative_steps(ATTACK_EPS))  # floor(min(eps + 4, 1.25 eps)) = 20
 
+#: Figure 4: APGD at AutoAttack's standard iterations.
+APGD_STEPS = 100
+
 TARGETS = {
     "adv_clean_ratio": ("<=", 1.35),
+    "apgd_speedup_vs_torchattacks": (">=", 1.5),
     "speedup_vs_torchattacks": (">=", 1.5),
     "speedup_vs_foolbox": (">=", 2.0),
     "overhead_over_floor_pct": ("<=", 10.0),
@@ -129,12 +136,14 @@ class Settings:
     iter_batch: int
     table_images: int
     train_images: int
+    apgd_rounds: int
+    apgd_batch: int
 
 
 QUICK = Settings(train_rounds=9, attack_rounds=5, warmup=1, attack_batch=128, iter_batch=128,
-                 table_images=64, train_images=1024)
+                 table_images=64, train_images=1024, apgd_rounds=3, apgd_batch=64)
 FULL = Settings(train_rounds=25, attack_rounds=11, warmup=2, attack_batch=128, iter_batch=128,
-                table_images=TABLE_IMAGES, train_images=4096)
+                table_images=TABLE_IMAGES, train_images=4096, apgd_rounds=5, apgd_batch=128)
 
 
 # --- timing ---------------------------------------------------------------------------------
@@ -483,6 +492,76 @@ def bench_attacks(s: Settings, device: torch.device, seed: int, peers, speed_opt
     return out
 
 
+def bench_apgd(s: Settings, device: torch.device, seed: int, peers, speed_opts: dict,
+               log) -> dict:
+    """Figure 4: ``apgd_ce`` at 100 iterations against torchattacks' ``APGD(loss="ce")`` at
+    the same settings (eps 16, 1 restart, Linf), ResNet-20 on 24x24x3.  The labels are the
+    model's own predictions, so that both attack every image (each skips the images
+    misclassified clean)."""
+    torch.manual_seed(seed)
+    model = build_model(RESNET20_CIFAR).to(device).eval()
+    mine = copy.deepcopy(model)
+    speed = resolve_speed(device, **speed_opts, model=mine)
+    prepare_model(mine, speed)
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(s.apgd_batch, 3, 24, 24, generator=g).to(device)
+    with torch.no_grad():
+        y = model(x).argmax(dim=1)
+    xm = prepare_input(x, speed)
+    fn = functools.partial(attacks.get("apgd_ce").fn, steps=APGD_STEPS)
+    contenders: dict[str, Callable] = {
+        "ours": functools.partial(ours_attack, fn, mine, xm, y, speed),
+        "ours_unfused": functools.partial(ours_attack, fn, mine, xm, y, speed, False)}
+    ta = peers.get("torchattacks")
+    if ta is not None:
+        peer = ta.APGD(model, norm="Linf", eps=ATTACK_EPS / 255, steps=APGD_STEPS,
+                       n_restarts=1, seed=seed, loss="ce")
+        contenders["torchattacks"] = functools.partial(peer, x, y)
+    # the start's gradient pass and one per iteration
+    contenders["floor_fused"] = functools.partial(floor_passes, fused_network(mine), xm, y,
+                                                  APGD_STEPS + 1, speed)
+    log(f"  apgd_ce: batch {s.apgd_batch}, {APGD_STEPS} iterations, {s.apgd_rounds} rounds of "
+        f"{', '.join(contenders)} ...")
+    times = interleaved(contenders, s.apgd_rounds, s.warmup, device)
+    med = {k: median(v) for k, v in times.items()}
+
+    def robust(adv: torch.Tensor) -> float:
+        with torch.no_grad():
+            return float((model(adv).argmax(dim=1) == y).float().mean())
+
+    res = {"batch": s.apgd_batch, "steps": APGD_STEPS, "eps": ATTACK_EPS, "times_s": times,
+           "median_s": med,
+           "images_per_s": {k: s.apgd_batch / v for k, v in med.items()},
+           "fused_speedup_vs_unfused": med["ours_unfused"] / med["ours"],
+           "overhead_over_floor_pct": 100 * (med["ours"] / med["floor_fused"] - 1),
+           "speedup_vs_torchattacks": None, "speedup_per_round": None,
+           "robust_accuracy": {"ours": robust(ours_attack(fn, mine, xm, y, speed))}}
+    if ta is not None:
+        res["speedup_vs_torchattacks"] = med["torchattacks"] / med["ours"]
+        res["speedup_per_round"] = paired_ratios(times["torchattacks"], times["ours"])
+        res["robust_accuracy"]["torchattacks"] = robust(peer(x, y))
+    return res
+
+
+def apgd_rows(a: dict) -> list[tuple[str, str, str]]:
+    """Figure 4's report lines: (figure, value, target)."""
+    ips = a["images_per_s"]
+    sp, q = a["speedup_vs_torchattacks"], a["speedup_per_round"]
+    rob = a["robust_accuracy"]
+    return [
+        ((f"apgd_ce ({a['steps']} it.) images/s (batch {a['batch']}): ours | unfused | "
+          "torchattacks | fused floor"),
+         (f"{ips['ours']:.1f} | {ips['ours_unfused']:.1f} | "
+          f"{fmt(ips.get('torchattacks'), '.1f')} | {ips['floor_fused']:.1f}"), ""),
+        ("apgd_ce speedup vs torchattacks APGD",
+         fmt(sp) if sp is None else f"{sp:.2f} (per round {q['min']:.2f}-{q['max']:.2f})",
+         check("apgd_speedup_vs_torchattacks", sp)),
+        ("apgd_ce overhead over the fused floor", f"{a['overhead_over_floor_pct']:+.1f} %", ""),
+        ("apgd_ce robust accuracy (labels = predictions): ours | torchattacks",
+         f"{rob['ours']:.3f} | {fmt(rob.get('torchattacks'), '.3f')}", ""),
+    ]
+
+
 def table_passes() -> dict[str, float]:
     """Gradient passes (forward + input-backward) and forward-only passes per image of the
     white-box table, as ``evaluate_whitebox`` runs it and as the minimum."""
@@ -697,6 +776,12 @@ def print_report(r: dict) -> None:
                       f"{q['kernels']:.3g} kernels)"), check(target, q["eager_s"])))
         rows.append((f"H100 PROJECTION {key}, CUDA graphs", f"{q['graphed_s']:.1f} s",
                      check(target, q["graphed_s"])))
+    rows += apgd_rows(r["apgd"])
+    print_rows(r, rows)
+
+
+def print_rows(r: dict, rows: list[tuple[str, str, str]]) -> None:
+    """The report's header line and its (figure, value, target) rows as a table."""
     w1 = max(len(a) for a, _, _ in rows)
     w2 = max(len(b) for _, b, _ in rows)
     print()
@@ -728,6 +813,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="torch.compile the model (the library's speed option); compile time "
                          "falls in the warm-up calls, recompiles for new shapes do not")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--only", choices=["all", "apgd"], default="all",
+                    help="apgd: figure 4 alone (APGD-CE against torchattacks' APGD)")
     args = ap.parse_args(argv)
 
     device = torch.device(args.device)
@@ -753,12 +840,20 @@ def main(argv: list[str] | None = None) -> int:
     peers = load_peers()
     log(f"cascade_adv benchmarks on {device_name(device)}, "
         f"{'quick' if args.quick else 'full'} mode")
+    context = run_context(args, device, peers, s, speed_opts, load_before)
+    if args.only == "apgd":
+        log("4. APGD-CE vs torchattacks APGD, interleaved")
+        report = {**context, "apgd": bench_apgd(s, device, args.seed, peers, speed_opts, log)}
+        return finish(report, started, args.json, device,
+                      lambda: print_rows(report, apgd_rows(report["apgd"])))
     log("1. training iterations (adversarial vs clean), interleaved")
     training = bench_training(s, device, args.seed, speed_overrides, log)
     log("2. attack throughput vs peers and the floor, interleaved")
     attack_res = bench_attacks(s, device, args.seed, peers, speed_opts, log)
     log("3. white-box table wall time")
     table = bench_table(s, device, args.seed, speed_opts, log)
+    log("4. APGD-CE vs torchattacks APGD, interleaved")
+    apgd_res = bench_apgd(s, device, args.seed, peers, speed_opts, log)
 
     recipes = {}
     for recipe, res in training.items():
@@ -779,28 +874,15 @@ def main(argv: list[str] | None = None) -> int:
         "adv_clean_ratio": training["n18_cifar10"]["ratio"],
         "attack_speedup_vs_torchattacks": speedup("torchattacks"),
         "attack_speedup_vs_foolbox": speedup("foolbox"),
+        "apgd_speedup_vs_torchattacks": apgd_res["speedup_vs_torchattacks"],
         "overhead_over_floor_pct": {k: v["overhead_over_floor_pct"]
                                     for k, v in attack_res.items()},
-        "device": device_name(device),
-        "device_type": device.type,
-        "date": datetime.date.today().isoformat(),
-        "torch": torch.__version__,
-        "git_commit": git_commit(),
-        "command": " ".join(shlex.quote(a) for a in [sys.executable.split("/")[-1],
-                                                      *sys.argv]),
-        "quick": args.quick,
-        "num_threads": torch.get_num_threads(),
-        "speed": resolve_speed(device, **speed_opts).describe(),
-        "python": platform.python_version(),
-        "peers": {k: (getattr(v, "__version__", "?") if v is not None else None)
-                  for k, v in peers.items()},
-        "settings": s.__dict__,
-        "load_average_before": load_before,
-        "targets": {k: f"{op} {b:g}" for k, (op, b) in TARGETS.items()},
+        **context,
         "training": training,
         "attacks": attack_res,
         "whitebox_table": table,
         "recipes": recipes,
+        "apgd": apgd_res,
     }
     # the table's floor: its gradient passes at the measured per-image floor pass time
     per_image_pass = attack_res["step_fgsm"]["floor_fused_s"] / attack_res["step_fgsm"]["batch"]
@@ -809,21 +891,51 @@ def main(argv: list[str] | None = None) -> int:
         "as_run": TABLE_IMAGES * passes["grad_passes_as_run"] * per_image_pass,
         "minimum": TABLE_IMAGES * passes["grad_passes_minimum"] * per_image_pass}
     report["h100_projection"] = project_h100(training, table)
+    return finish(report, started, args.json, device, lambda: print_report(report))
+
+
+def run_context(args, device: torch.device, peers, s: Settings, speed_opts: dict,
+                load_before) -> dict:
+    """What a run records about where and how it ran."""
+    return {
+        "device": device_name(device),
+        "device_type": device.type,
+        "date": datetime.date.today().isoformat(),
+        "torch": torch.__version__,
+        "git_commit": git_commit(),
+        "command": " ".join(shlex.quote(a) for a in [sys.executable.split("/")[-1],
+                                                      *sys.argv]),
+        "quick": args.quick,
+        "only": args.only,
+        "num_threads": torch.get_num_threads(),
+        "speed": resolve_speed(device, **speed_opts).describe(),
+        "python": platform.python_version(),
+        "peers": {k: (getattr(v, "__version__", "?") if v is not None else None)
+                  for k, v in peers.items()},
+        "settings": s.__dict__,
+        "load_average_before": load_before,
+        "targets": {k: f"{op} {b:g}" for k, (op, b) in TARGETS.items()},
+    }
+
+
+def finish(report: dict, started: float, json_path: str | None, device: torch.device,
+           print_table: Callable[[], None]) -> int:
+    """Close the run: load, CPU use and wall time, the table, the JSON file."""
     report["load_average_after"] = load_average()
     report["cpu_seconds_per_wall_second"] = cpu_usage()
     report["wall_s"] = time.perf_counter() - started
-    print_report(report)
-    print(f"\ntotal {report['wall_s']:.0f} s; load average before {load_before}, after "
-          f"{report['load_average_after']}")
+    print_table()
+    print(f"\ntotal {report['wall_s']:.0f} s; load average before "
+          f"{report['load_average_before']}, after {report['load_average_after']}")
     usage = report["cpu_seconds_per_wall_second"]
     if device.type == "cpu" and usage is not None:
         print(f"timed calls used {usage:.2f} CPU seconds per second with "
               f"{torch.get_num_threads()} threads"
               + (" - LOW: another process competed for the cores; timings are inflated"
                  if usage < 0.8 * torch.get_num_threads() else ""))
-    if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
-        print(f"wrote {args.json}")
+    if json_path:
+        Path(json_path).write_text(json.dumps(report, indent=2) + "\n")
+        print(f"wrote {json_path}")
     return 0
 
 

@@ -49,6 +49,8 @@ def markdown(r: dict) -> str:
         "| figure | measured | target | |",
         "| --- | --- | --- | --- |",
     ]
+    if r.get("only") == "apgd":
+        return "\n".join(lines + apgd_lines(r))
     tr = r["training"]["n18_cifar10"]["median_s"]
     raw = r["training"]["n18_cifar10"]["times_s"]
     ratio = r["adv_clean_ratio"]
@@ -119,6 +121,8 @@ def markdown(r: dict) -> str:
                      f"{rc['seconds'] / 3600:.2f} h (extrapolated from {med['clean'] * 1e3:.0f} "
                      f"/ {med['adversarial'] * 1e3:.0f} ms per clean / adversarial iteration, "
                      f"ratio {r['training'][recipe]['ratio']:.3f}) | | |")
+    if "apgd" in r:
+        lines += apgd_lines(r)
     lines += ["", "H100 projections (not measurements; assumptions below):", "",
               ("| figure | eager (projected) | CUDA graphs (projected) | FLOPs alone | kernels "
               "| target |"), "| --- | --- | --- | --- | --- | --- |"]
@@ -131,6 +135,29 @@ def markdown(r: dict) -> str:
                      f"{q['graphed_s']:.1f} s ({_ok(q['graphed_s'], '<=', bound)}) | "
                      f"{q['flop_term_s']:.1f} s | {q['kernels']:.3g} | <= {bound} s |")
     return "\n".join(lines)
+
+
+def apgd_lines(r: dict) -> list[str]:
+    """Figure 4: APGD-CE against torchattacks' APGD."""
+    a = r["apgd"]
+    ips, t = a["images_per_s"], a["times_s"]
+    sp = a["speedup_vs_torchattacks"]
+    op, bound = _target(r, "apgd_speedup_vs_torchattacks", (">=", 1.5))
+    rob = a["robust_accuracy"]
+    return [
+        (f"| apgd_ce, {a['steps']} iterations, eps {a['eps']:g}, images/s (batch {a['batch']}): "
+         f"ours / ours unfused / torchattacks / fused floor | {ips['ours']:.1f} / "
+         f"{ips['ours_unfused']:.1f} / {_num(ips.get('torchattacks'), '.1f')} / "
+         f"{ips['floor_fused']:.1f} | | |"),
+        ("| apgd_ce speedup vs torchattacks `APGD(loss='ce')` | "
+         + ("not installed" if sp is None else
+            f"{sp:.2f}x ({_spread(t['torchattacks'], t['ours'])})")
+         + f" | {op} {bound:g}x | {_ok(sp, op, bound)} |"),
+        (f"| apgd_ce overhead over the fused floor ({a['steps'] + 1} x forward + input "
+         f"gradient) | {a['overhead_over_floor_pct']:+.1f} % | | |"),
+        (f"| apgd_ce robust accuracy, labels = predictions: ours / torchattacks | "
+         f"{rob['ours']:.3f} / {_num(rob.get('torchattacks'), '.3f')} | | |"),
+    ]
 
 
 if __name__ == "__main__":
