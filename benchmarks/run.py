@@ -434,15 +434,22 @@ def bench_training(s: Settings, device: torch.device, seed: int, speed: list[str
     return out
 
 
-def bench_attacks(s: Settings, device: torch.device, seed: int, peers, speed_opts: dict,
-                  log) -> dict:
-    """Figure 2.  The peers get the plain float32 model; ours and the floor run on a copy
-    with the library's speed options for this device (float32, as-is, by default on CPU)."""
+def attack_models(device: torch.device, seed: int, speed_opts: dict):
+    """ResNet-20 (24x24x3) in eval mode as the peers get it (plain float32), and a copy
+    with the library's speed options for this device, as ours and the floor run it."""
     torch.manual_seed(seed)
     model = build_model(RESNET20_CIFAR).to(device).eval()
     mine = copy.deepcopy(model)
     speed = resolve_speed(device, **speed_opts, model=mine)
     prepare_model(mine, speed)
+    return model, mine, speed
+
+
+def bench_attacks(s: Settings, device: torch.device, seed: int, peers, speed_opts: dict,
+                  log) -> dict:
+    """Figure 2.  The peers get the plain float32 model; ours and the floor run on a copy
+    with the library's speed options for this device (float32, as-is, by default on CPU)."""
+    model, mine, speed = attack_models(device, seed, speed_opts)
     g = torch.Generator().manual_seed(seed)
     out: dict = {}
     for name, batch, steps in (("step_fgsm", s.attack_batch, 1),
@@ -498,11 +505,7 @@ def bench_apgd(s: Settings, device: torch.device, seed: int, peers, speed_opts: 
     the same settings (eps 16, 1 restart, Linf), ResNet-20 on 24x24x3.  The labels are the
     model's own predictions, so that both attack every image (each skips the images
     misclassified clean)."""
-    torch.manual_seed(seed)
-    model = build_model(RESNET20_CIFAR).to(device).eval()
-    mine = copy.deepcopy(model)
-    speed = resolve_speed(device, **speed_opts, model=mine)
-    prepare_model(mine, speed)
+    model, mine, speed = attack_models(device, seed, speed_opts)
     g = torch.Generator().manual_seed(seed)
     x = torch.rand(s.apgd_batch, 3, 24, 24, generator=g).to(device)
     with torch.no_grad():

@@ -96,6 +96,13 @@ def halve_step(increases: torch.Tensor, window: int, rho: float, halved_last: to
     return (increases < rho * window) | (~halved_last & (best_at_last >= best))
 
 
+def first_reference(start_loss: torch.Tensor) -> torch.Tensor:
+    """What the first step's loss is compared with when counting the steps that raised
+    the loss: the start's, ``f(x^(0))`` as in the paper.  (The authors' code compares it
+    with 0, an index that wraps around to an unfilled entry; docs/design.md.)"""
+    return start_loss
+
+
 @dataclass
 class Search:
     """The per-image state of one APGD run, on the device."""
@@ -160,7 +167,7 @@ def run_once(net: nn.Module, x: torch.Tensor, y: torch.Tensor, eps01: torch.Tens
                x_best=x0.clone(), grad_best=grad.clone(), best=loss.clone(),
                increases=torch.zeros_like(loss), halved_last=torch.ones_like(broken),
                best_at_last=loss.clone())
-    x_prev = x0
+    x_prev, loss = x0, first_reference(loss)
     marks, last_mark = set(checkpoints(steps)), 0
     for i in range(steps):
         a = ALPHA if i > 0 else 1.0
