@@ -152,6 +152,50 @@ def test_audit_prints_stores_and_registers(trained_run):
     assert not list(trained_run.glob("audit.db.audit-*.json"))
 
 
+def test_audit_prints_every_diagnostic_after_its_table(trained_run, tmp_path):
+    """The diagnostics' verdicts follow the table, one line each; ``--twin`` runs the
+    transfer check (the run itself as its twin), ``--no-checks`` leaves them out."""
+    from cascade_adv.evaluation.diagnostics import CHECKS
+
+    args = ["audit", "--checkpoint", str(trained_run / "run"), "--eps", "16", "--version",
+            "pgd:steps=5,random_sign", "--limit", "40", "--quiet", "--results", "r.db"]
+    result = cli(*args, "--twin", str(trained_run / "run"), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    start = lines.index(next(line for line in lines if line.startswith("Gradient-masking")))
+    assert start > 2 and lines[start - 1] == ""  # after the table
+    listed = [line.split("**")[1:3] for line in lines[start + 1:]]
+    assert [name for name, _ in listed] == list(CHECKS)
+    assert all(rest.split(" (")[0].split(".")[0] in (": holds", ": flagged", ": not run")
+               for _, rest in listed)
+    assert "40 of 40 images" in result.stdout
+    quiet = cli(*args, "--no-checks", cwd=tmp_path)
+    assert quiet.returncode == 0 and "Gradient-masking" not in quiet.stdout
+
+
+def test_audit_of_a_randomised_model_reports_it_and_exits_0(trained_run, tmp_path,
+                                                            monkeypatch):
+    """A model whose forward pass draws noise: the audit finishes, its determinism check
+    is flagged, exit status 0, nothing on stderr."""
+    import torch
+
+    from cascade_adv.training import runs
+
+    load = runs.load_model
+
+    def noisy(*args, **kwargs):
+        model = load(*args, **kwargs)
+        last = [m for m in model.modules() if not list(m.children())][-1]
+        last.register_forward_hook(lambda module, inputs, out: out + torch.randn_like(out))
+        return model
+
+    monkeypatch.setattr(runs, "load_model", noisy)
+    result = cli("audit", "--checkpoint", str(trained_run / "run"), "--eps", "16", "--version",
+                 "pgd:steps=2", "--limit", "20", "--quiet", "--results", "r.db", cwd=tmp_path)
+    assert result.returncode == 0 and result.stderr == "", result.stderr
+    assert "- **deterministic**: flagged" in result.stdout
+
+
 @pytest.mark.parametrize("args,words", [
     (["--eps", "0"], ["--eps", "(0, 255]"]),
     (["--eps", "16,300"], ["--eps", "300", "(0, 255]"]),
@@ -159,6 +203,8 @@ def test_audit_prints_stores_and_registers(trained_run):
     (["--version", "strong"], ["--version", "strong", "standard, quick"]),
     (["--version", "pgd,nope"], ["--version", "nope"]),
     (["--version", "pgd:restarts"], ["--version", "KEY=VALUE"]),
+    (["--version", "pgd", "--no-checks", "--twin", "missing_run"], ["--twin", "--no-checks"]),
+    (["--version", "pgd", "--twin", "missing_run"], ["missing_run"]),
 ])
 def test_audit_bad_input_is_one_line_exit_2_before_any_work(trained_run, tmp_path, args, words):
     result = cli("audit", "--checkpoint", str(trained_run / "run"), *args, "--results",

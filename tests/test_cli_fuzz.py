@@ -213,7 +213,8 @@ COMMANDS = {
               {**COMMON_MODEL, "--eps": st.one_of(EPS, st.sampled_from(["0", "4,0", "0.0"])),
                "--version": st.one_of(ATTACKS, st.sampled_from(
                    ["strong", "pgd:", "pgd:restarts", "pgd:nope=1", "pgd,pgd", "quick,"])),
-               "--results": RESULTS, "--csv": FILE_OUT, "--json": FILE_OUT}),
+               "--results": RESULTS, "--csv": FILE_OUT, "--json": FILE_OUT,
+               "--twin": CHECKPOINTS}),
     "attack": (["attack", "--checkpoint", "run", "--attack", "step_ll", "--eps", "4",
                 "--limit", "8", "--quiet", "--out", "adv"],
                {**COMMON_MODEL, "--eps": EPS, "--attack": ATTACKS, "--out": SET_OUT}),

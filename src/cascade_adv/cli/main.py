@@ -243,6 +243,9 @@ Examples:
   cascade-adv audit --checkpoint runs/n18_mnist_pivot --eps 16,32 --version quick --limit 1000
   cascade-adv audit --checkpoint runs/digits_baseline --eps 8 \\
       --version pgd:restarts=5:steps=40,iter_ll --results results.db --csv audit.csv
+  cascade-adv audit --checkpoint runs/n18_mnist_pivot --eps 16,32 --version quick \\
+      --twin runs/mnist_baseline          # the transfer check from an undefended twin
+  cascade-adv audit --checkpoint runs/mnist_baseline --eps 16 --no-checks
 """
 
 
@@ -265,17 +268,33 @@ Examples:
     "(APGD-T with 3 targets, Square with 1000 queries; for a CPU), or attacks in the "
     "order they run: NAME[:KEY=VALUE...] separated by commas.",
 )
+@click.option(
+    "--checks/--no-checks",
+    default=True,
+    show_default=True,
+    help="After the attacks, run the gradient-masking diagnostics (on a subsample of 256 "
+    "images) and print each one's verdict.",
+)
+@click.option(
+    "--twin",
+    type=click.Path(),
+    default=None,
+    help="An undefended model of the same task (run folder or checkpoint): its attacks "
+    "are transferred for the transfer check.",
+)
 @_apply(table_options("SQLite results store (rows are upserted; progress is kept beside it to resume).", fuse=True))
-def audit_command(eps, version, results, csv_path, json_path, name, seed, batch_size, quiet,
-                  fuse, checkpoint, dataset, data_root, split, device, limit):
+def audit_command(eps, version, checks, twin, results, csv_path, json_path, name, seed,
+                  batch_size, quiet, fuse, checkpoint, dataset, data_root, split, device, limit):
     """Robustness audit: attacks in sequence, each on the images still classified
     correctly, and the per-image worst case (AutoAttack's protocol).
 
     Prints, per eps, the clean accuracy, each attack's cumulative accuracy and the worst
-    case; stores the rows (docs/results-schema.md). An interrupted audit resumes where
-    it stopped when rerun with the same arguments.
+    case, then each gradient-masking diagnostic as holds, flagged or not run (a flagged
+    one does not change the exit status, 0); stores the rows (docs/results-schema.md).
+    An interrupted audit resumes where it stopped when rerun with the same arguments.
     """
-    from cascade_adv.evaluation import audit, prepare_images
+    from cascade_adv.errors import InvalidArgument
+    from cascade_adv.evaluation import audit, format_diagnostics, prepare_images
     from cascade_adv.evaluation.audit import resolve_version
     from cascade_adv.training.runs import (
         LoadedModel,
@@ -285,21 +304,30 @@ def audit_command(eps, version, results, csv_path, json_path, name, seed, batch_
         resolve_device,
     )
 
+    if twin and not checks:
+        raise InvalidArgument("--twin is used by the diagnostics only; drop --no-checks or "
+                              "--twin")
     check_outputs(files=[("--csv", csv_path), ("--json", json_path)], store=results,
                   inputs=[*model_inputs(checkpoint, "--checkpoint"),
-                          *data_inputs([checkpoint], dataset, data_root)])
+                          *data_inputs([checkpoint], dataset, data_root),
+                          *model_inputs(twin, "--twin")])
     dev = resolve_device(device)
     run = LoadedModel(checkpoint, dev)
     run.name = name or run.name
     resolve_version(version, run.model.config.num_classes)  # targets: before the data loads
+    undefended = LoadedModel(twin, dev) if twin else None
     data = load_split([run], dataset, data_root, split, limit, dev)
+    diagnostics = checks and ({"twin": undefended.model, "twin_name": undefended.name}
+                              if undefended else True)
     result = audit(run.model, data.images, data.labels, eps, version=version,
                    batch_size=batch_size, seed=seed,
                    prepare=lambda xb: prepare_images(run.model, xb), store=results or None,
                    save_rows=False,
                    fuse=fuse, progress=not quiet, model_name=run.name, model_hash=run.hash,
-                   dataset=data.name, split=data.split)
+                   dataset=data.name, split=data.split, diagnostics=diagnostics)
     click.echo(result.to_markdown())
+    if checks:
+        click.echo(format_diagnostics(result.checks))
     # the files asked for first, then the rows and the model's record (with the paper rows
     # its config names, for the reports)
     table = result.table()

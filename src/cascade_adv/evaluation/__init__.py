@@ -6,11 +6,13 @@ re-exported here).
 >>> table = evaluate_whitebox(model, test_set, ["step_ll", "iter_fgsm"], [0, 2, 4, 8, 16])
 >>> print(table.to_markdown())
 >>> result = audit(model, x, y, [16, 32], version="quick")   # the robustness audit
+>>> checks = diagnose(model, x, y, [16, 32], audit_result=result)   # gradient masking
 """
 
 from cascade_adv.evaluation.advset import craft_adversarial_set
-from cascade_adv.evaluation.audit import AuditCheck, AuditResult, audit
+from cascade_adv.evaluation.audit import AuditResult, audit
 from cascade_adv.evaluation.blackbox import check_pair, evaluate_transfer, rates_from_ranks
+from cascade_adv.evaluation.diagnostics import Diagnostic, diagnose, format_diagnostics
 from cascade_adv.evaluation.engine import RowOutcome, attack_rows
 from cascade_adv.evaluation.sanity import SanityWarning, check_results, format_warnings
 from cascade_adv.evaluation.stats import aggregate_seeds, format_mean_std, mean_std
@@ -33,8 +35,8 @@ from cascade_adv.results import (
 __all__ = [
     "SCHEMA_VERSION",
     "AdversarialSet",
-    "AuditCheck",
     "AuditResult",
+    "Diagnostic",
     "ModelInfo",
     "ResultTable",
     "ResultsStore",
@@ -47,8 +49,10 @@ __all__ = [
     "check_results",
     "count_correct",
     "craft_adversarial_set",
+    "diagnose",
     "evaluate_transfer",
     "evaluate_whitebox",
+    "format_diagnostics",
     "format_mean_std",
     "format_warnings",
     "load_adversarial_set",

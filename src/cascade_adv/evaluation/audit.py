@@ -43,7 +43,6 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from cascade_adv import attacks as attack_registry
-from cascade_adv.attacks.core import check_images
 from cascade_adv.attacks.registry import AttackSpec
 from cascade_adv.errors import (
     AttackError,
@@ -51,7 +50,14 @@ from cascade_adv.errors import (
     ModelFault,
     UnknownAttackError,
 )
-from cascade_adv.evaluation.engine import BALL_TOLERANCE, attack_rows, read_back
+from cascade_adv.evaluation.diagnostics import Diagnostic, check_options, check_twin, diagnose
+from cascade_adv.evaluation.engine import (
+    BALL_TOLERANCE,
+    attack_rows,
+    check_audit_eps,
+    check_inputs,
+    read_back,
+)
 from cascade_adv.io import atomic_write_text
 from cascade_adv.results.store import ResultsStore, check_store_path, store_rows
 from cascade_adv.results.tables import AUDIT_PREFIX, CLEAN, WHITEBOX, ResultTable
@@ -76,10 +82,10 @@ __all__ = [
     "VERSIONS",
     "AttackAccuracy",
     "AuditAttack",
-    "AuditCheck",
     "AuditResult",
     "audit",
     "check_audit_eps",
+    "check_inputs",
     "check_targets",
     "resolve_version",
     "state_path",
@@ -224,38 +230,7 @@ def check_targets(attacks: Sequence[AuditAttack], num_classes: int, *,
     return out
 
 
-def check_audit_eps(eps: Any, name: str = "eps") -> list[float]:
-    """The audit's epsilons: numbers in (0, 255] (pixel units), duplicates dropped.
-    Raises :class:`AttackError` (one line); eps 0 is refused because the clean accuracy
-    is always measured."""
-    one = isinstance(eps, (int, float)) or (isinstance(eps, torch.Tensor) and eps.dim() == 0)
-    items = [eps] if one else eps
-    try:
-        values = [float(v) for v in items]
-    except (TypeError, ValueError):
-        return attack_registry.validate_eps(eps, name)  # its one line for a non-number
-    bad = next((v for v in values if not 0.0 < v <= 255.0), None)  # NaN too
-    if bad is not None:
-        raise AttackError(f"{name}={bad:g} is outside (0, 255]; give {name} in pixel units of "
-                          "(0, 255], e.g. 16,32 (eps 0 is not needed: the audit measures the "
-                          "clean accuracy anyway)")
-    return attack_registry.validate_eps(values, name, required=True)
-
-
 # --- the result --------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class AuditCheck:
-    """One diagnostic of an audit (gradient masking and the like): its name, whether it
-    ``holds`` (``False``: flagged), the numbers it rests on and one sentence on what it
-    means.  The audit itself runs no diagnostic, so :attr:`AuditResult.checks` starts
-    empty."""
-
-    name: str
-    holds: bool
-    numbers: Mapping[str, float]
-    meaning: str
 
 
 @dataclass(frozen=True)
@@ -289,7 +264,8 @@ class AuditResult:
     ``attacks`` of the attack that flipped it, ``-1`` where none did (a robust image, or
     one already wrong clean).  ``adversarial`` (``[len(eps), N, C, H, W]``, only with
     ``keep_images``): the image that flipped each broken one, the clean image elsewhere.
-    ``checks``: diagnostics, empty unless a caller adds them.  The model / dataset
+    ``checks``: the gradient-masking diagnostics
+    (:func:`~cascade_adv.evaluation.diagnostics.diagnose`) when the audit ran them.  The model / dataset
     fields label the rows of :meth:`table`.
     """
 
@@ -299,7 +275,7 @@ class AuditResult:
     clean_correct: torch.Tensor
     broken_by: torch.Tensor
     adversarial: torch.Tensor | None = None
-    checks: list[AuditCheck] = field(default_factory=list)
+    checks: list[Diagnostic] = field(default_factory=list)
     model: str = "model"
     model_hash: str = ""
     dataset: str = ""
@@ -559,37 +535,6 @@ def _audit_batch(run: _Run, state: _Progress, k: int, start: int, xb: torch.Tens
         bar.update(1)
 
 
-def _check_inputs(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
-                  prepare: Callable[[torch.Tensor], torch.Tensor] | None) -> int:
-    """The images, labels and model output, before any work; returns the model's number
-    of classes (from one forward pass of the first image)."""
-    if not isinstance(model, nn.Module):
-        raise InvalidArgument(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor) or x.dim() < 2:
-        raise InvalidArgument("x must be an image tensor [N, C, H, W] and y a label tensor "
-                              "[N]; convert your data with torch.as_tensor")
-    if x.shape[0] == 0:
-        raise InvalidArgument("x holds no image; audit at least one")
-    if prepare is None:
-        first = x[:1]
-        check_images(x, y)
-    else:
-        first = prepare(x[:1])
-        check_images(first, y[:1])
-        if y.dim() != 1 or y.shape[0] != x.shape[0]:
-            raise InvalidArgument(f"labels must have shape [{x.shape[0]}], got {list(y.shape)}")
-    logits = attack_registry.predict(model, first.to(attack_registry.model_device(model)))
-    if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
-        raise InvalidArgument("the model must return logits [N, classes] for images "
-                              f"[N, C, H, W], got {getattr(logits, 'shape', type(logits))}")
-    classes = int(logits.shape[1])
-    low, high = int(y.min()), int(y.max())
-    if low < 0 or high >= classes:
-        raise InvalidArgument(f"labels span {low}..{high} but the model predicts {classes} "
-                              "classes; give labels in 0..classes-1")
-    return classes
-
-
 def _positive(value: Any, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise InvalidArgument(f"{name} must be a positive integer, got {value!r}")
@@ -617,6 +562,7 @@ def audit(
     model_hash: str = "",
     dataset: str = "",
     split: str = "",
+    diagnostics: bool | Mapping[str, Any] = False,
 ) -> AuditResult:
     """Audit ``model``'s robustness on images ``x`` (``[N, C, H, W]`` in [0, 1]) with
     labels ``y``: the attacks of ``version`` in sequence, each on the images still
@@ -642,16 +588,26 @@ def audit(
     result (in memory only: such an audit starts over).  ``fuse``: attacks run on the
     network with BatchNorm folded into its convolutions.  ``progress``: a tqdm bar.
 
+    ``diagnostics``: ``True`` (or a mapping of
+    :func:`~cascade_adv.evaluation.diagnostics.diagnose`'s options, e.g. ``{"twin":
+    undefended_model, "sample": 128}``) runs the gradient-masking diagnostics on the
+    audited images after the attacks, with this audit's ``seed``, ``prepare`` and
+    ``fuse``, into :attr:`AuditResult.checks` (before the rows are stored, so an
+    interruption there resumes after the attacks).
+
     Raises :class:`~cascade_adv.errors.CascadeAdvError` subclasses that are also
     ``ValueError`` (unknown names also ``KeyError``) for bad input, before any work, and
     :class:`~cascade_adv.errors.ModelFault` for a model with non-finite outputs.
     """
     eps_values = check_audit_eps(eps)
+    checks = _diagnostic_options(diagnostics)
     resolve_version(version)  # names and options, before the model runs
     batch_size = _positive(batch_size, "batch_size")
     max_batch = _positive(batch_size * len(eps_values) if max_batch is None else max_batch,
                           "max_batch")
-    classes = _check_inputs(model, x, y, prepare)
+    classes = check_inputs(model, x, y, prepare)
+    if checks is not None:
+        check_twin(checks.get("twin"), x, prepare, classes)
     label, attacks = resolve_version(version, classes)
     owned = store is not None and not isinstance(store, ResultsStore)
     if owned:
@@ -673,6 +629,9 @@ def audit(
     result = AuditResult(label, tuple(attacks), tuple(eps_values), state.clean,
                          state.broken_by, run.adversarial, [], model_name, model_hash,
                          dataset, split)
+    if checks is not None:
+        result.checks = diagnose(model, x, y, eps_values, audit_result=result, seed=seed,
+                                 prepare=prepare, fuse=fuse, **checks)
     if store is not None and save_rows:
         if owned:
             store_rows(store, result.table())
@@ -680,6 +639,20 @@ def audit(
             store.upsert(result.table())
     state.remove()
     return result
+
+
+def _diagnostic_options(diagnostics: bool | Mapping[str, Any]) -> dict[str, Any] | None:
+    """``audit(diagnostics=...)`` -> diagnose's options (``None``: no diagnostics),
+    checked before any work."""
+    if diagnostics is False or diagnostics is None:
+        return None
+    if diagnostics is True:
+        return {}
+    if not isinstance(diagnostics, Mapping):
+        raise InvalidArgument("diagnostics must be True, False or a mapping of diagnose's "
+                              f"options, got {type(diagnostics).__name__}")
+    check_options(diagnostics)
+    return dict(diagnostics)
 
 
 def _run_batches(run: _Run, state: _Progress, x: torch.Tensor, y: torch.Tensor,

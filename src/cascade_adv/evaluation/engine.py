@@ -12,7 +12,7 @@ attack x batch.  docs/design.md, "Robustness audit".
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,9 +20,12 @@ import torch
 from torch import nn
 
 from cascade_adv import attacks as attack_registry
+from cascade_adv.attacks.core import check_images
 from cascade_adv.attacks.registry import AttackSpec
+from cascade_adv.errors import AttackError, InvalidArgument
 
-__all__ = ["BALL_TOLERANCE", "RowOutcome", "attack_rows", "read_back"]
+__all__ = ["BALL_TOLERANCE", "RowOutcome", "attack_rows", "check_audit_eps", "check_inputs",
+           "read_back"]
 
 #: An adversarial image may leave its eps ball (or [0, 1]) by float rounding only
 #: (units of [0, 1]).
@@ -99,3 +102,55 @@ def read_back(correct: torch.Tensor, excess: torch.Tensor,
     host = torch.cat([correct.to(torch.float64), excess.to(torch.float64).view(1),
                       nonfinite.to(torch.float64).view(1)]).cpu()
     return host[:-2].bool(), float(host[-2]), int(host[-1])
+
+
+# --- the checks before any work (the audit's and the diagnostics') ----------------------
+
+
+def check_audit_eps(eps: Any, name: str = "eps") -> list[float]:
+    """The audit's epsilons: numbers in (0, 255] (pixel units), duplicates dropped.
+    Raises :class:`AttackError` (one line); eps 0 is refused because the clean accuracy
+    is always measured."""
+    one = isinstance(eps, (int, float)) or (isinstance(eps, torch.Tensor) and eps.dim() == 0)
+    items = [eps] if one else eps
+    try:
+        values = [float(v) for v in items]
+    except (TypeError, ValueError):
+        return attack_registry.validate_eps(eps, name)  # its one line for a non-number
+    bad = next((v for v in values if not 0.0 < v <= 255.0), None)  # NaN too
+    if bad is not None:
+        raise AttackError(f"{name}={bad:g} is outside (0, 255]; give {name} in pixel units of "
+                          "(0, 255], e.g. 16,32 (eps 0 is not needed: the audit measures the "
+                          "clean accuracy anyway)")
+    return attack_registry.validate_eps(values, name, required=True)
+
+
+def check_inputs(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                  prepare: Callable[[torch.Tensor], torch.Tensor] | None) -> int:
+    """The images, labels and model output, before any work; returns the model's number
+    of classes (from one forward pass of the first image)."""
+    if not isinstance(model, nn.Module):
+        raise InvalidArgument(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor) or x.dim() < 2:
+        raise InvalidArgument("x must be an image tensor [N, C, H, W] and y a label tensor "
+                              "[N]; convert your data with torch.as_tensor")
+    if x.shape[0] == 0:
+        raise InvalidArgument("x holds no image; audit at least one")
+    if prepare is None:
+        first = x[:1]
+        check_images(x, y)
+    else:
+        first = prepare(x[:1])
+        check_images(first, y[:1])
+        if y.dim() != 1 or y.shape[0] != x.shape[0]:
+            raise InvalidArgument(f"labels must have shape [{x.shape[0]}], got {list(y.shape)}")
+    logits = attack_registry.predict(model, first.to(attack_registry.model_device(model)))
+    if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
+        raise InvalidArgument("the model must return logits [N, classes] for images "
+                              f"[N, C, H, W], got {getattr(logits, 'shape', type(logits))}")
+    classes = int(logits.shape[1])
+    low, high = int(y.min()), int(y.max())
+    if low < 0 or high >= classes:
+        raise InvalidArgument(f"labels span {low}..{high} but the model predicts {classes} "
+                              "classes; give labels in 0..classes-1")
+    return classes
