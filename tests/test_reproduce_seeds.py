@@ -167,3 +167,18 @@ def test_configs_that_compute_the_same_share_one_training_step(twin_configs, bod
 ])
 def test_configs_that_differ_in_training_do_not_share(twin_configs, body):
     assert not _twin_shares(twin_configs, body)
+
+
+def test_one_job_ends_a_chain_with_its_evaluation_before_the_next_chain(monkeypatch, tmp_path):
+    from cascade_adv.experiments import reproduce as rp
+    from cascade_adv.experiments.steps import Runtime, Step
+
+    order = []
+    monkeypatch.setattr(rp, "execute", lambda step, key, folder, deps, rt:
+                        order.append(step.name) or {})
+    steps = [Step("train/a", "train", {}), Step("whitebox/a", "whitebox", {}, ("train/a",)),
+             Step("train/a-seed1", "train", {}),
+             Step("whitebox/a-seed1", "whitebox", {}, ("train/a-seed1",))]
+    records = [rp.StepRecord(s, str(i), tmp_path / str(i)) for i, s in enumerate(steps)]
+    rp.run_steps(records, Runtime(str(CONFIGS)))
+    assert order == ["train/a", "whitebox/a", "train/a-seed1", "whitebox/a-seed1"]

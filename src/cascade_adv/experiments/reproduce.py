@@ -181,7 +181,9 @@ class RayExecutor:
 def run_steps(records: list[StepRecord], rt: Runtime, *, jobs: int = 1,
               report: Callable[[StepRecord, dict[str, dict]], dict] | None = None,
               on_event: Event | None = None, executor: Any = None) -> None:
-    """Run every unfinished step once its dependencies are done; ``jobs`` at a time.
+    """Run every unfinished step once its dependencies are done; ``jobs`` at a time,
+    each time the first ready one in the records' order (so with one job a seed's chain,
+    its evaluation included, ends before the next seed's starts).
 
     A step that fails (e.g. a diverging training run) is recorded as ``failed`` with
     its one-line error; the steps that need it are ``blocked``, the others go on, and
@@ -238,8 +240,11 @@ def run_steps(records: list[StepRecord], rt: Runtime, *, jobs: int = 1,
                         _failed(rec, exc, note)
                         if rec.step.kind == "report" or _interrupt(exc):
                             raise
-                        continue
+                        break
                     _finished(rec, note)
+                    # one step at a time here: the next is the first ready one in the
+                    # records' order, so a chain's evaluation comes before the next chain
+                    break
                 else:
                     running[pool.submit(execute, rec.step, rec.key, str(rec.folder), deps,
                                         rt)] = rec
