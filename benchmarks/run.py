@@ -801,8 +801,9 @@ def main(argv: list[str] | None = None) -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
     ap.add_argument("--quick", action="store_true",
-                    help="fewer rounds and the white-box table on 64 images, extrapolated "
-                         "(under 3 minutes on 2 CPU cores)")
+                    help="fewer rounds, the white-box table on 64 images (extrapolated) "
+                         "and APGD on 64 (under 3 minutes on 2 CPU cores, plus about 4 "
+                         "for APGD)")
     ap.add_argument("--json", metavar="FILE", help="also write every figure and timing here")
     ap.add_argument("--table-images", type=int, default=None,
                     help=f"images for the white-box table (default {TABLE_IMAGES}, quick "

@@ -67,6 +67,31 @@ def targeted_dlr_loss(logits: torch.Tensor, y: torch.Tensor, target: torch.Tenso
     return -(z_y - z_t) / (top[:, 0] - 0.5 * (top[:, 2] + top[:, 3]) + 1e-12)
 
 
+def per_example_loss(loss: str, y: torch.Tensor, target: torch.Tensor | None = None
+                     ) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The loss ``"ce"``, ``"dlr"`` or ``"dlr_targeted"`` (towards ``target``) of labels
+    ``y``, as a function of the logits."""
+    if loss == "ce":
+        return lambda z: ce_loss(z, y)
+    if loss == "dlr":
+        return lambda z: dlr_loss(z, y)
+    return lambda z: targeted_dlr_loss(z, y, target)
+
+
+#: Classes each loss needs (DLR reads the 3rd largest logit, targeted DLR the 4th).
+MIN_CLASSES = {"ce": 2, "dlr": 3, "dlr_targeted": 4}
+LOSS_NAMES = {"ce": "cross-entropy", "dlr": "DLR", "dlr_targeted": "targeted DLR"}
+
+
+def check_classes(loss: str, num_classes: int) -> None:
+    """A model with too few classes for the loss: :class:`AttackError`, one line."""
+    need = MIN_CLASSES[loss]
+    if num_classes < need:
+        raise AttackError(f"APGD's {LOSS_NAMES[loss]} loss needs a model with at least {need} "
+                          f"classes, this one gives {num_classes}"
+                          + ("; use apgd_ce" if loss != "ce" else ""))
+
+
 # --- the step-size schedule -----------------------------------------------------------------
 
 
@@ -214,31 +239,6 @@ def target_count(targets: int | None, num_classes: int) -> int:
     return int(targets)
 
 
-def per_example_loss(loss: str, y: torch.Tensor, target: torch.Tensor | None = None
-                     ) -> Callable[[torch.Tensor], torch.Tensor]:
-    """The loss ``"ce"``, ``"dlr"`` or ``"dlr_targeted"`` (towards ``target``) of labels
-    ``y``, as a function of the logits."""
-    if loss == "ce":
-        return lambda z: ce_loss(z, y)
-    if loss == "dlr":
-        return lambda z: dlr_loss(z, y)
-    return lambda z: targeted_dlr_loss(z, y, target)
-
-
-#: Classes each loss needs (DLR reads the 3rd largest logit, targeted DLR the 4th).
-MIN_CLASSES = {"ce": 2, "dlr": 3, "dlr_targeted": 4}
-LOSS_NAMES = {"ce": "cross-entropy", "dlr": "DLR", "dlr_targeted": "targeted DLR"}
-
-
-def check_classes(loss: str, num_classes: int) -> None:
-    """A model with too few classes for the loss: :class:`AttackError`, one line."""
-    need = MIN_CLASSES[loss]
-    if num_classes < need:
-        raise AttackError(f"APGD's {LOSS_NAMES[loss]} loss needs a model with at least {need} "
-                          f"classes, this one gives {num_classes}"
-                          + ("; use apgd_ce" if loss != "ce" else ""))
-
-
 def apgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps, loss: str, *,
          steps: int = 100, restarts: int = 1, rho: float = 0.75, targets: int | None = None,
          generator: torch.Generator | None = None) -> torch.Tensor:
@@ -254,7 +254,8 @@ def apgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps, loss: str, *,
     eps01 = core.pixel_eps(eps, n, x)
     with core.inference_mode(model):
         net = core.attack_network(model)
-        clean = core.predict(model, x, net)
+        with torch.no_grad():
+            clean = core.float_logits(net, x)
         check_classes(loss, clean.shape[1])
         worst = core.WorstCase(x, y, clean)
         ranks = [None]
