@@ -62,7 +62,7 @@ def test_more_seeds_add_exactly_one_chain_per_configuration_and_keep_the_others(
 @pytest.mark.slow
 def test_seeds_2_then_3_trains_exactly_one_more_chain(tmp_path):
     seen = []
-    note = lambda what, rec: seen.append((what, rec.step.kind, rec.step.name))  # noqa: E731
+    note = lambda what, rec: seen.append((what, rec.step.kind, rec.step.name))
     out = tmp_path / "cache"
     reproduce("n18-table1", out, only=["baseline"], seeds=2, on_event=note, **TINY)
     first = [n for what, k, n in seen if what == "done" and k == "train"]
@@ -101,7 +101,7 @@ def test_seeds_are_averaged_and_their_spread_widens_the_tolerance():
 
 def test_seeds_bad_input_is_one_line_exit_2(tmp_path):
     for value, words in [("0", "at least 1"), ("1,2,1", "twice"), ("a", "integers")]:
-        code, out, err = run_cli(["reproduce", "n18-table1", "--seeds", value, "--out",
+        code, _, err = run_cli(["reproduce", "n18-table1", "--seeds", value, "--out",
                                   str(tmp_path / "c"), "--dataset", "digits"], tmp_path)
         assert code == 2 and len(err.strip().splitlines()) == 1, err
         assert "--seeds" in err and words in err, err

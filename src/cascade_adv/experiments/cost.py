@@ -23,6 +23,7 @@ is the fallback for models the cache has not run yet.
 
 from __future__ import annotations
 
+import itertools
 import json
 import statistics
 import time
@@ -138,15 +139,17 @@ def seconds_per_iteration(run: str | Path) -> float | None:
             points.append((int(m["iteration"]), float(m["seconds"])))
         except (ValueError, KeyError, TypeError):
             continue
-    rates = [(t1 - t0) / (i1 - i0) for (i0, t0), (i1, t1) in zip(points, points[1:])
+    rates = [(t1 - t0) / (i1 - i0) for (i0, t0), (i1, t1) in itertools.pairwise(points)
              if i1 > i0 and t1 > t0]
     return statistics.median(rates) if rates else None
 
 
-def measured(out: str | Path | None, records=(), configs: str = "") -> dict[tuple, float]:
+def measured(out: str | Path | None, records=(), cfgs: dict[str, Any] | None = None
+             ) -> dict[tuple, float]:
     """Seconds measured in the cache ``out``: per training iteration by
     ``("train", model key, iteration kind)``, per pass by ``("train", model key)`` and
-    ``("eval", model key)`` (the finished evaluation steps among ``records``)."""
+    ``("eval", model key)`` (the finished evaluation steps among ``records``, whose
+    training configs ``cfgs`` holds by step name, :func:`_configs`)."""
     from cascade_adv.errors import CascadeAdvError
     from cascade_adv.training import load_config
 
@@ -162,8 +165,7 @@ def measured(out: str | Path | None, records=(), configs: str = "") -> dict[tupl
         key = _model_key(cfg)
         found.setdefault(("train", key, _iteration_kind(cfg)), []).append(rate)
         found.setdefault(("train", key), []).append(rate / _per_iteration(cfg))
-    cfgs = _configs(records, configs)
-    for rec in records:
+    for rec in records if cfgs is not None else ():
         if rec.status == "cached" and rec.step.kind not in ("train", "report") and rec.seconds:
             key, passes = _passes(rec, cfgs)
             if key is not None and passes > 0:
@@ -187,8 +189,9 @@ def estimate(records, rt, timing: dict[tuple, float] | None = None, quick: bool 
     if rt.threads:
         torch.set_num_threads(rt.threads)     # time each step as it will run
     try:
-        return _estimate(records, rt, device, {} if timing is None else timing, quick,
-                         measured(out, records, rt.configs))
+        cfgs = _configs(records, rt.configs)
+        return _estimate(records, cfgs, device, {} if timing is None else timing, quick,
+                         measured(out, records, cfgs))
     finally:
         torch.set_num_threads(before)
 
@@ -202,9 +205,8 @@ def _configs(records, configs: str) -> dict[str, Any]:
             for rec in records if rec.step.kind == "train"}
 
 
-def _estimate(records, rt, device, timing, quick, seen: dict[tuple, float]
+def _estimate(records, cfgs: dict[str, Any], device, timing, quick, seen: dict[tuple, float]
               ) -> dict[tuple, float]:
-    cfgs = _configs(records, rt.configs)
     for rec in records:
         key, passes = _passes(rec, cfgs)
         rec.measured = False
