@@ -17,8 +17,10 @@ is its count of such passes times that time:
 Measured times come first: given the cache folder, every training run in it (finished
 or not) gives its seconds per iteration from ``metrics.jsonl`` and every finished
 evaluation step its seconds per pass, so a step is estimated from a step of the same
-model (and, for training, the same kind of iteration) that ran here; the timed pass
-is the fallback for models the cache has not run yet.
+model (and, for training, the same kind of iteration) that ran here, an evaluation
+from a pass of the model's training where no evaluation of it has finished (a
+training pass costs about what an attack pass does); the timed pass is the fallback
+for models the cache has not run yet, and other load on the machine inflates it.
 """
 
 from __future__ import annotations
@@ -217,8 +219,8 @@ def _estimate(records, cfgs: dict[str, Any], device, timing, quick, seen: dict[t
             cfg = cfgs[rec.step.name]
             exact = seen.get(("train", key, _iteration_kind(cfg)))
             rate = exact / _per_iteration(cfg) if exact else seen.get(("train", key))
-        else:
-            rate = seen.get(("eval", key))
+        else:  # a pass of this model's evaluation, else of its training
+            rate = seen.get(("eval", key), seen.get(("train", key)))
         rec.measured = rate is not None
         if rate is None:
             if key not in timing:
