@@ -3,7 +3,8 @@
 ``evaluate_whitebox`` (one-step, random and iterative attacks, PGD with restarts, eps 0
 among the epsilons, top-1 and top-5, a ``max_batch`` that splits the epsilons of a
 batch into groups, fusion on and off), ``softmax_argument`` and
-``gradient_correlation`` run on two small models of digits:
+``gradient_correlation``, and a short ``audit`` (its attacks on the rows still correct,
+a ``max_batch`` that splits them) run on two small models of digits:
 
 * ``linear``: a nearest-class-mean classifier of the 8x8 digits (no BatchNorm);
 * ``resnet``: a ResNet-8 (width 0.25, BatchNorm) on the digits resized to MNIST's
@@ -33,7 +34,7 @@ from torch import nn
 from cascade_adv.analysis import gradient_correlation, softmax_argument
 from cascade_adv.analysis.gradients import VALID_PAIRS
 from cascade_adv.data import ImageDataset, load_dataset
-from cascade_adv.evaluation import evaluate_whitebox
+from cascade_adv.evaluation import audit, evaluate_whitebox
 from cascade_adv.models import build_model
 
 DATA = Path(__file__).resolve().parent / "data"
@@ -49,6 +50,8 @@ ABS = 1e-9
 
 RESNET = {"depth": 8, "width": 0.25, "in_channels": 1, "input_size": 28, "num_classes": 10,
           "normalize": "none"}
+#: The audit's epsilons: where its attacks flip some images but not all.
+AUDIT_EPS = {"linear": [4, 12], "resnet": [0.5, 2]}
 ATTACKS = ("step_fgsm", "step_ll", "step_rnd", "random_sign", "random_normal", "fast_grad_l2",
            "iter_fgsm", "iter_ll", "pgd")
 
@@ -139,6 +142,11 @@ def cases() -> dict[str, Callable[[dict], list[dict[str, Any]]]]:
             lambda m, name=name: _rows(gradient_correlation(
                 m[name][0], m[name][1], eps=(0, 1, 4, 8), n_images=24, seed=5, batch_size=10,
                 pairs=VALID_PAIRS, model_name=name)))
+        out[f"audit/{name}"] = (
+            lambda m, name=name: _rows(audit(
+                m[name][0], m[name][1].images.float() / 255.0, m[name][1].labels, AUDIT_EPS[name],
+                version="apgd_ce:steps=10,apgd_t:targets=2:steps=5,square:queries=40",
+                batch_size=16, max_batch=24, seed=2, model_name=name).table()))
     return out
 
 
@@ -165,7 +173,7 @@ def stored() -> dict[str, list[dict[str, Any]]]:
 
 
 def differences(expected: dict[str, list[dict]], got: dict[str, list[dict]]) -> list[str]:
-    """What differs, one line each: whitebox rows (counts) exactly, the analyses' values
+    """What differs, one line each: white-box and audit rows (counts) exactly, the analyses' values
     within :data:`REL` relative (:data:`ABS` absolute), every other field exactly."""
     out = []
     for case in sorted(set(expected) | set(got)):
@@ -173,7 +181,7 @@ def differences(expected: dict[str, list[dict]], got: dict[str, list[dict]]) -> 
         if want is None or have is None or len(want) != len(have):
             out.append(f"{case}: {len(want or [])} rows stored, {len(have or [])} computed")
             continue
-        exact = case.startswith("whitebox/")
+        exact = case.startswith(("whitebox/", "audit/"))
         for a, b in zip(want, have):
             same_keys = {k: v for k, v in a.items() if k != "value"} == \
                         {k: v for k, v in b.items() if k != "value"}
