@@ -294,7 +294,7 @@ def test_random_sign_is_one_direction_scaled_with_eps():
     x = torch.full((3, 1, 4, 4), 0.5)
     y = torch.zeros(3, dtype=torch.int64)
     g = torch.Generator().manual_seed(0)
-    out = along_direction(torch.nn.Identity(), "random_sign", x, y, [4.0, 8.0], g)
+    out = along_direction(torch.nn.Identity(), "random_sign", x, y, [4.0, 8.0], g).x_adv
     d4, d8 = out[:3] - x, out[3:] - x
     assert torch.allclose(d8, 2 * d4, atol=1e-6)
     assert torch.allclose(d4.abs(), torch.full_like(d4, 4 / 255), atol=1e-6)

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import numbers
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
 from cascade_adv import attacks
-from cascade_adv.attacks import core
+from cascade_adv.attacks import AttackSpec, core
 from cascade_adv.data import ImageDataset
 from cascade_adv.errors import CascadeAdvError
+from cascade_adv.evaluation.engine import Stacked, attack_eps, prepare_images
 
 #: The test-time directions of N18 figures 4-6 ("step_ll", "step_FGSM", "random sign").
 METHODS: tuple[str, ...] = ("step_ll", "step_fgsm", "random_sign")
@@ -96,12 +98,6 @@ def check_names(names: Any, valid: Sequence[str], what: str) -> list[str]:
     return out
 
 
-def seeded_generator(seed: int, device: torch.device) -> torch.Generator:
-    g = torch.Generator(device=device)
-    g.manual_seed(int(seed))
-    return g
-
-
 def check_logits(out: Any, n: int, classes: tuple[int, bool], analysis: str) -> None:
     """The model output must be the logits ``[n, classes]`` (the layer before softmax,
     N18's embedding); anything else raises one line naming the fix.  ``classes`` is
@@ -149,25 +145,57 @@ def base_row(dataset: ImageDataset, model_name: str, model_hash: str, source: st
     }
 
 
-def batches(n: int, batch_size: int):
-    for start in range(0, n, batch_size):
-        yield start, min(start + batch_size, n)
+@dataclass
+class Setup:
+    """The checked inputs of a model-level analysis: its images (:func:`choose_images`),
+    the logits' classes (:func:`expected_classes`), the model's device, the epsilons
+    (all, and the non-zero ones) and the batch size."""
+
+    subset: ImageDataset
+    classes: tuple[int, bool]
+    device: torch.device
+    eps: list[float]
+    adv_eps: list[float]
+    batch_size: int
+
+
+def set_up(model: nn.Module, dataset: Any, eps: Sequence[float], n_images: int, seed: int,
+           batch_size: int) -> Setup:
+    """Check an analysis' arguments (one-line errors, before any work) -> :class:`Setup`."""
+    eps_values = attacks.validate_eps(eps, required=True)
+    batch_size = check_int(batch_size, "batch_size", 1)
+    subset = choose_images(dataset, n_images, seed)
+    classes = expected_classes(dataset)
+    prepare_images(model, subset.images[:1])  # shape / channel check before any work
+    return Setup(subset, classes, attacks.model_device(model), eps_values,
+                 [e for e in eps_values if e != 0.0], batch_size)
+
+
+def _one_sign(x: torch.Tensor, generator: torch.Generator | None) -> AttackSpec:
+    """"random sign" along one direction: a random sign vector per image of ``x``, drawn
+    now, scaled by each row's eps (the rows are ``x`` stacked epsilon-major)."""
+    sign = core.random_sign_direction(x, generator)
+
+    def fn(model, xs, ys, eps, *, generator=None):
+        eps01 = core.pixel_eps(eps, xs.shape[0], xs)
+        reps = xs.shape[0] // sign.shape[0]
+        return core.project(xs + eps01 * sign.repeat(reps, *[1] * (xs.dim() - 1)), xs, eps01)
+
+    return AttackSpec("random_sign", fn, "random", "X + eps s, s = sign(N(0, I)) fixed per image")
 
 
 def along_direction(model: nn.Module, method: str, x: torch.Tensor, y: torch.Tensor,
-                    adv_eps: Sequence[float], generator: torch.Generator) -> torch.Tensor:
-    """``x`` moved by each epsilon of ``adv_eps`` along ``method``: ``[len(adv_eps) * b, ...]``,
-    epsilon-major, one attack call for all epsilons.
+                    adv_eps: Sequence[float], generator: torch.Generator | None, *,
+                    fuse: bool = True) -> Stacked:
+    """``x`` moved by each epsilon of ``adv_eps`` (non-empty) along ``method``, on the
+    attack x epsilon engine: ``.x_adv`` is ``[len(adv_eps) * b, ...]``, epsilon-major,
+    from one attack call for all epsilons (``.y``: the labels, stacked alike).
 
     N18 figures 4-6 follow one direction per image as epsilon grows: the gradient
-    sign for step_ll / step_FGSM, and for "random sign" one random sign vector per
-    image drawn once and scaled, so the curve is not a fresh draw at every epsilon.
+    sign for step_ll / step_FGSM (on the fused inference network when ``fuse``), and
+    for "random sign" one random sign vector per image drawn once and scaled, so the
+    curve is not a fresh draw at every epsilon.
     """
-    b, g = x.shape[0], len(adv_eps)
-    eps_t = torch.tensor(list(adv_eps), dtype=torch.float64).repeat_interleave(b)
-    xs = x.repeat(g, 1, 1, 1)
-    if method == "random_sign":
-        sign = core.random_sign_direction(x, generator)
-        eps01 = core.pixel_eps(eps_t, xs.shape[0], xs)
-        return core.project(xs + eps01 * sign.repeat(g, 1, 1, 1), xs, eps01)
-    return attacks.get(method).fn(model, xs, y.repeat(g), eps_t, generator=generator)
+    attack = _one_sign(x, generator) if method == "random_sign" else method
+    (part,) = attack_eps(model, x, y, adv_eps, attack, generator=generator, fuse=fuse)
+    return part

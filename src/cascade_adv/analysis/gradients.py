@@ -21,22 +21,18 @@ from typing import Any
 import torch
 from torch import nn
 
-from cascade_adv import attacks
 from cascade_adv.analysis._common import (
     METHODS,
+    Setup,
     along_direction,
     base_row,
-    batches,
-    check_int,
     check_logits,
     check_names,
-    choose_images,
-    expected_classes,
-    seeded_generator,
+    set_up,
 )
 from cascade_adv.attacks import core
 from cascade_adv.errors import CascadeAdvError
-from cascade_adv.evaluation.whitebox import prepare_images
+from cascade_adv.evaluation.engine import image_batches, input_gradient, seeded_generator
 from cascade_adv.results.tables import CLEAN, ResultTable
 
 #: ``source`` of the rows of :func:`gradient_correlation`.
@@ -92,16 +88,40 @@ def pearson(a, b) -> torch.Tensor:
 def _loss_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                    classes: tuple[int, bool]) -> torch.Tensor:
     """Per-example input gradient of the cross-entropy loss with the true label (the
-    gradient step_FGSM uses), in inference mode: the gradient of the summed
-    per-example losses w.r.t. the batch."""
+    gradient step_FGSM uses) on the model as it is, in inference mode: the gradient of
+    the summed per-example losses w.r.t. the batch, flattened ``[N, D]``."""
 
     def objective(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         check_logits(logits, x.shape[0], classes, "gradient-correlation")
         return core.loss_true(logits, labels)
 
-    with attacks.inference_mode(model):
-        grad, _ = core.input_gradient(model, x, y, objective)
-    return grad.flatten(1)
+    return input_gradient(model, x, y, objective, fuse=False).flatten(1)
+
+
+def _correlations(model: nn.Module, names: list[str], setup: Setup, seed: int,
+                  fuse: bool) -> tuple[dict[tuple[str, float], list[torch.Tensor]], torch.Tensor]:
+    """Per (pair, eps), one tensor per batch of per-image correlations (NaN where
+    undefined), and the number of non-finite gradient entries; all on the device."""
+    split = [tuple(p.split("~")) for p in names]
+    methods = [m for m in METHODS if any(m in ab for ab in split)]
+    generators = {m: seeded_generator(seed, setup.device) for m in methods}
+    parts: dict[tuple[str, float], list[torch.Tensor]] = {}
+    bad = torch.zeros((), dtype=torch.int64, device=setup.device)
+    for x, y in image_batches(model, setup.subset, setup.batch_size, setup.device):
+        grads = {CLEAN: _loss_gradient(model, x, y, setup.classes)}  # [b, D]
+        per_eps: dict[str, torch.Tensor] = {}  # method -> [len(adv_eps), b, D]
+        for m in methods if setup.adv_eps else ():
+            part = along_direction(model, m, x, y, setup.adv_eps, generators[m], fuse=fuse)
+            per_eps[m] = part.per_eps(_loss_gradient(model, part.x_adv, part.y, setup.classes))
+        for t in (grads[CLEAN], *per_eps.values()):
+            bad += (~torch.isfinite(t)).sum()
+        for pair, ab in zip(names, split):
+            for e in setup.eps:  # at eps 0 both images are the clean one
+                i = setup.adv_eps.index(e) if e != 0.0 else None
+                ga, gb = (grads[CLEAN] if i is None or side == CLEAN else per_eps[side][i]
+                          for side in ab)
+                parts.setdefault((pair, e), []).append(pearson(ga, gb))
+    return parts, bad
 
 
 def gradient_correlation(
@@ -115,6 +135,7 @@ def gradient_correlation(
     batch_size: int = 256,
     model_name: str = "model",
     model_hash: str = "",
+    fuse: bool = True,
 ) -> ResultTable:
     """Pearson correlation between the input gradients w.r.t. two images of each pair,
     as the adversarial images move away from the clean one (N18 figure 5).
@@ -130,12 +151,14 @@ def gradient_correlation(
     adversarial images of a pair use the same ``eps`` (pixel units of [0, 255]; at eps
     0 every image is the clean one and every correlation is exactly 1).  The gradient
     of an image is the input gradient of the cross-entropy loss with the **true** label
-    (the gradient step_FGSM uses), in inference mode, per example; the two gradients
-    are flattened and correlated with :func:`pearson`.  The images are
+    (the gradient step_FGSM uses), on the model as it is in inference mode, per example;
+    the two gradients are flattened and correlated with :func:`pearson`.  The images are
     :func:`choose_images` ``(dataset, n_images, seed)``; the adversarial ones are
-    crafted against ``model`` itself (white-box), all epsilons of one method in one
-    attack call; ``random_sign`` draws from a ``torch.Generator`` seeded with ``seed``
-    on the model's device (each epsilon gets its own random sign).
+    crafted against ``model`` itself (white-box) on the attack x epsilon engine
+    (:mod:`cascade_adv.evaluation.engine`), all epsilons of one method in one attack
+    call, on the inference network with BatchNorm folded when ``fuse``; ``random_sign``
+    draws from a ``torch.Generator`` seeded with ``seed`` on the model's device (one
+    random sign per image, scaled with eps).
 
     Returns rows with ``source="gradient_correlation"``, ``attack=pair``, ``eps``,
     ``metric`` ``mean`` and ``std`` (the **sample** standard deviation, ddof=1) over
@@ -145,57 +168,26 @@ def gradient_correlation(
     left has no rows, and one with a single image has no ``std`` row.
     """
     names = check_names(pairs, VALID_PAIRS, "pair")
-    eps_values = attacks.validate_eps(eps, required=True)
-    batch_size = check_int(batch_size, "batch_size", 1)
-    subset = choose_images(dataset, n_images, seed)
-    classes = expected_classes(dataset)
-    device = attacks.model_device(model)
-    prepare_images(model, subset.images[:1])  # shape / channel check before any work
-    split = [tuple(p.split("~")) for p in names]
-    methods = [m for m in METHODS if any(m in ab for ab in split)]
-    adv_eps = [e for e in eps_values if e != 0.0]
-    generators = {m: seeded_generator(seed, device) for m in methods}
-
-    # per (pair, eps): per-image correlations (NaN where undefined), one tensor per batch
-    parts: dict[tuple[str, float], list[torch.Tensor]] = {}
-    for start, end in batches(len(subset), batch_size):
-        x = prepare_images(model, subset.images[start:end].to(device))
-        y = subset.labels[start:end].to(device)
-        b = x.shape[0]
-        clean = _loss_gradient(model, x, y, classes)  # [b, D]
-        grads: dict[str, torch.Tensor] = {}  # method -> [len(adv_eps) * b, D], eps-major
-        if adv_eps:
-            ys = y.repeat(len(adv_eps))
-            for m in methods:
-                x_adv = along_direction(model, m, x, y, adv_eps, generators[m])
-                grads[m] = _loss_gradient(model, x_adv, ys, classes)
-        if not all(bool(torch.isfinite(t).all()) for t in (clean, *grads.values())):
-            raise CascadeAdvError(
-                "the model produced a non-finite input gradient (NaN or inf); check its "
-                "weights (a diverged training run?)"
-            )
-        for pair, (a, bname) in zip(names, split):
-            for e in eps_values:
-                if e == 0.0:  # both images are the clean one
-                    ga = gb = clean
-                else:
-                    i = adv_eps.index(e)
-                    ga = clean if a == CLEAN else grads[a][i * b:(i + 1) * b]
-                    gb = clean if bname == CLEAN else grads[bname][i * b:(i + 1) * b]
-                parts.setdefault((pair, e), []).append(pearson(ga, gb))
-
-    # --- statistics over the images with a defined correlation -------------------------
+    setup = set_up(model, dataset, eps, n_images, seed, batch_size)
+    parts, bad = _correlations(model, names, setup, seed, fuse)
+    # --- one read-back, then statistics over the images with a defined correlation -----
+    cells = [(pair, e) for pair in names for e in setup.eps]
+    r_all = torch.stack([torch.cat(parts[cell]) for cell in cells])
+    host = torch.cat([r_all.flatten(), bad.to(r_all.dtype).view(1)]).cpu()
+    if host[-1] != 0:
+        raise CascadeAdvError(
+            "the model produced a non-finite input gradient (NaN or inf); check its "
+            "weights (a diverged training run?)"
+        )
     rows = []
-    common = base_row(subset, model_name, model_hash, SOURCE)
-    for pair in names:
-        for e in eps_values:
-            r = torch.cat(parts[(pair, e)])
-            r = r[torch.isfinite(r)].cpu()
-            n = int(r.numel())
-            if n == 0:
-                continue
-            cell = {**common, "attack": pair, "eps": e, "n": n}
-            rows.append({**cell, "metric": "mean", "value": float(r.mean())})
-            if n >= 2:
-                rows.append({**cell, "metric": "std", "value": float(r.std(correction=1))})
+    common = base_row(setup.subset, model_name, model_hash, SOURCE)
+    for (pair, e), r in zip(cells, host[:-1].view(len(cells), -1)):
+        r = r[torch.isfinite(r)]
+        n = int(r.numel())
+        if n == 0:
+            continue
+        cell = {**common, "attack": pair, "eps": e, "n": n}
+        rows.append({**cell, "metric": "mean", "value": float(r.mean())})
+        if n >= 2:
+            rows.append({**cell, "metric": "std", "value": float(r.std(correction=1))})
     return ResultTable(rows)

@@ -20,21 +20,18 @@ from typing import Any
 import torch
 from torch import nn
 
-from cascade_adv import attacks
 from cascade_adv.analysis._common import (
     METHODS,
+    Setup,
     along_direction,
     base_row,
-    batches,
-    check_int,
     check_logits,
     check_names,
     choose_images,
-    expected_classes,
-    seeded_generator,
+    set_up,
 )
 from cascade_adv.errors import CascadeAdvError
-from cascade_adv.evaluation.whitebox import prepare_images
+from cascade_adv.evaluation.engine import image_batches, predict, seeded_generator
 from cascade_adv.results.tables import ResultTable
 
 #: ``source`` of the rows of :func:`softmax_argument`.
@@ -54,6 +51,29 @@ def true_and_false(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Te
     return true, others / (z.shape[1] - 1)
 
 
+def _per_image(model: nn.Module, names: list[str], setup: Setup, seed: int,
+               fuse: bool) -> dict[tuple[str, float], list[torch.Tensor]]:
+    """Per (method, eps), one ``[b, 2]`` tensor per batch: each image's true-class logit
+    and mean false-class logit (on the device)."""
+    generators = {name: seeded_generator(seed, setup.device) for name in names}
+    parts: dict[tuple[str, float], list[torch.Tensor]] = {}
+    for x, y in image_batches(model, setup.subset, setup.batch_size, setup.device):
+        out = predict(model, x, fuse=False)  # the model's own logits (also under fuse)
+        check_logits(out, x.shape[0], setup.classes, "softmax-argument")
+        clean = torch.stack(true_and_false(out, y), dim=1)
+        for name in names:
+            if 0.0 in setup.eps:
+                parts.setdefault((name, 0.0), []).append(clean)  # eps 0: no attack needed
+            if not setup.adv_eps:
+                continue
+            part = along_direction(model, name, x, y, setup.adv_eps, generators[name],
+                                   fuse=fuse)
+            tf = torch.stack(true_and_false(predict(model, part.x_adv, fuse=False), part.y), 1)
+            for e, rows in zip(part.eps, part.per_eps(tf)):
+                parts.setdefault((name, e), []).append(rows)
+    return parts
+
+
 def softmax_argument(
     model: nn.Module,
     dataset: Any,
@@ -65,6 +85,7 @@ def softmax_argument(
     batch_size: int = 256,
     model_name: str = "model",
     model_hash: str = "",
+    fuse: bool = True,
 ) -> ResultTable:
     """The argument to the softmax (the logits) for the true class and the false classes
     as the image moves along each test-time method's direction (N18 figures 4 and 6).
@@ -83,60 +104,26 @@ def softmax_argument(
     **sample** standard deviation (ddof=1) over the images; ``n`` = number of images.
     Rows are ordered by method, then eps as given (duplicates dropped), then metric.
 
-    The attacks run against ``model`` itself in inference mode (white-box), with all
-    epsilons of one method stacked eps-major into one call with a per-example epsilon
-    tensor (``batch_size`` images per call, times the number of non-zero epsilons).
-    ``random_sign`` draws from a ``torch.Generator`` seeded with ``seed`` on the model's
-    device (one per method; each epsilon gets its own random sign).  The model must
-    return logits ``[N, classes]``; images are prepared with
+    The attacks run against ``model`` itself in inference mode (white-box) on the
+    attack x epsilon engine (:mod:`cascade_adv.evaluation.engine`), with all epsilons
+    of one method stacked eps-major into one call with a per-example epsilon tensor
+    (``batch_size`` images per call, times the number of non-zero epsilons); ``fuse``:
+    their gradient passes run on the inference network with BatchNorm folded into the
+    convolutions (equal up to float rounding), while the logits measured are always the
+    model's own.  ``random_sign`` draws from a ``torch.Generator`` seeded with ``seed``
+    on the model's device (one per method; one random sign per image, scaled with eps).
+    The model must return logits ``[N, classes]``; images are prepared with
     :func:`~cascade_adv.evaluation.whitebox.prepare_images` (center crop to the
     model's input size).
     """
-    analysis = "softmax-argument"
     names = check_names(methods, METHODS, "method")
-    eps_values = attacks.validate_eps(eps, required=True)
-    batch_size = check_int(batch_size, "batch_size", 1)
-    subset = choose_images(dataset, n_images, seed)
-    classes = expected_classes(dataset)
-    device = attacks.model_device(model)
-    prepare_images(model, subset.images[:1])  # shape / channel check before any work
-    adv_eps = [e for e in eps_values if e != 0.0]
-    generators = {name: seeded_generator(seed, device) for name in names}
-
-    # per (method, eps): list of per-image (true, false-mean) tensors, one per batch
-    true_parts: dict[tuple[str, float], list[torch.Tensor]] = {}
-    false_parts: dict[tuple[str, float], list[torch.Tensor]] = {}
-
-    def keep(name: str, e: float, t: torch.Tensor, f: torch.Tensor) -> None:
-        true_parts.setdefault((name, e), []).append(t)
-        false_parts.setdefault((name, e), []).append(f)
-
-    n = len(subset)
-    for start, end in batches(n, batch_size):
-        x = prepare_images(model, subset.images[start:end].to(device))
-        y = subset.labels[start:end].to(device)
-        b = x.shape[0]
-        out = attacks.predict(model, x)
-        check_logits(out, b, classes, analysis)
-        t0, f0 = true_and_false(out, y)
-        for name in names:
-            if 0.0 in eps_values:
-                keep(name, 0.0, t0, f0)  # eps 0: the clean image, no attack needed
-            if not adv_eps:
-                continue
-            ys = y.repeat(len(adv_eps))
-            x_adv = along_direction(model, name, x, y, adv_eps, generators[name])
-            out = attacks.predict(model, x_adv)
-            t, f = true_and_false(out, ys)
-            for i, e in enumerate(adv_eps):
-                keep(name, e, t[i * b:(i + 1) * b], f[i * b:(i + 1) * b])
-
+    setup = set_up(model, dataset, eps, n_images, seed, batch_size)
+    parts = _per_image(model, names, setup, seed, fuse)
     # --- statistics: one read-back -------------------------------------------------------
-    cells = [(name, e) for name in names for e in eps_values]
+    cells = [(name, e) for name in names for e in setup.eps]
     stats = []
     for cell in cells:
-        t = torch.cat(true_parts[cell])
-        f = torch.cat(false_parts[cell])
+        t, f = torch.cat(parts[cell]).t().contiguous()
         stats.append(torch.stack([t.mean(), t.std(correction=1), f.mean(), f.std(correction=1)]))
     host = torch.stack(stats).cpu()
     if not bool(torch.isfinite(host).all()):
@@ -144,9 +131,7 @@ def softmax_argument(
             "the model produced non-finite logits (NaN or inf) on the analysed images; "
             "check its weights (a diverged training run?)"
         )
-    common = {**base_row(subset, model_name, model_hash, SOURCE), "n": n}
-    rows = []
-    for (name, e), values in zip(cells, host.tolist()):
-        for metric, value in zip(METRICS, values):
-            rows.append({**common, "attack": name, "eps": e, "metric": metric, "value": value})
-    return ResultTable(rows)
+    common = {**base_row(setup.subset, model_name, model_hash, SOURCE), "n": len(setup.subset)}
+    return ResultTable([{**common, "attack": name, "eps": e, "metric": metric, "value": value}
+                        for (name, e), values in zip(cells, host.tolist())
+                        for metric, value in zip(METRICS, values)])

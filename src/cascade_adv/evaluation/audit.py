@@ -56,7 +56,11 @@ from cascade_adv.evaluation.engine import (
     attack_rows,
     check_audit_eps,
     check_inputs,
+    nonfinite_rows,
+    predict,
     read_back,
+    seeded_generator,
+    stack,
 )
 from cascade_adv.io import atomic_write_text
 from cascade_adv.results.store import ResultsStore, check_store_path, store_rows
@@ -493,12 +497,9 @@ class _Run:
 
 
 def _clean_pass(run: _Run, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
-    with attack_registry.fusion(run.fuse), attack_registry.inference_mode(run.model):
-        net = attack_registry.attack_network(run.model)
-    logits = attack_registry.predict(run.model, xb, net)
-    correct, _, bad = read_back(logits.argmax(dim=1) == yb,
-                                 torch.zeros((), device=xb.device),
-                                 (~torch.isfinite(logits).all(dim=1)).sum())
+    logits = predict(run.model, xb, fuse=run.fuse)
+    correct, _, bad = read_back(logits.argmax(dim=1) == yb, torch.zeros((), device=xb.device),
+                                 nonfinite_rows(logits))
     _refuse_nonfinite(bad, run.model_name)
     return correct
 
@@ -512,15 +513,13 @@ def _audit_batch(run: _Run, state: _Progress, k: int, start: int, xb: torch.Tens
     if state.finished[k] == 0:
         state.clean[sl] = _clean_pass(run, xb, yb)
     robust = state.clean[sl].expand(n_eps, b) & (state.broken_by[:, sl] < 0)  # host [E, b]
-    xs = xb.repeat(n_eps, *[1] * (xb.dim() - 1)) if n_eps > 1 else xb
-    ys = yb.repeat(n_eps) if n_eps > 1 else yb
-    es = torch.tensor(run.eps, dtype=torch.float64).repeat_interleave(b).to(run.device)
+    xs, ys, es = stack(xb, yb, run.eps)  # epsilon-major, one eps per row
+    es = es.to(run.device)
     for a in range(state.finished[k], len(run.attacks)):
         attack = run.attacks[a]
         flat = robust.reshape(-1).nonzero().flatten()
         if len(flat):
-            g = torch.Generator(device=run.device)
-            g.manual_seed(_seed(run.seed, attack.name, k))
+            g = seeded_generator(_seed(run.seed, attack.name, k), run.device)
             correct, outs = _run_attack(run.model, xs, ys, es, flat, attack, g, run.max_batch,
                                         run.fuse, run.model_name)
             broken = flat[~correct]

@@ -46,7 +46,14 @@ from torch import nn
 from cascade_adv import attacks as attack_registry
 from cascade_adv.attacks import core
 from cascade_adv.errors import InvalidArgument, ModelFault
-from cascade_adv.evaluation.engine import attack_rows, check_audit_eps, check_inputs
+from cascade_adv.evaluation.engine import (
+    attack_rows,
+    check_audit_eps,
+    check_inputs,
+    input_gradient,
+    predict,
+    seeded_generator,
+)
 from cascade_adv.evaluation.sanity import check_results
 from cascade_adv.results.tables import CLEAN, WHITEBOX, ResultTable
 
@@ -183,16 +190,13 @@ class _Setup:
 
 def _generator(device: torch.device, seed: int, salt: int) -> torch.Generator:
     """A generator of its own for each attack of the diagnostics, from ``seed``."""
-    return torch.Generator(device=device).manual_seed((seed * 1_000_003 + salt) % (1 << 63))
+    return seeded_generator((seed * 1_000_003 + salt) % (1 << 63), device)
 
 
 def _logits(s: _Setup, x: torch.Tensor) -> torch.Tensor:
     """Logits of ``x`` on the audited model as the attacks see it (the fused inference
     network unless ``fuse`` is off), chunked."""
-    model = s.model
-    with attack_registry.fusion(s.fuse), attack_registry.inference_mode(model):
-        net = attack_registry.attack_network(model)
-    out = torch.cat([attack_registry.predict(model, x[a:b], net) for a, b in s.chunks(len(x))])
+    out = torch.cat([predict(s.model, x[a:b], fuse=s.fuse) for a, b in s.chunks(len(x))])
     if not bool(torch.isfinite(out).all()):
         raise ModelFault("the model gives non-finite outputs (inf / NaN) on the diagnostics' "
                          "images; its robustness would be meaningless: check its weights")
@@ -258,11 +262,9 @@ def _forward_checks(s: _Setup, runs: int) -> list[Diagnostic]:
 def _gradient_check(s: _Setup) -> Diagnostic:
     """``nonzero_gradients``: the cross-entropy's input gradient per image."""
     zero = []
-    with attack_registry.fusion(s.fuse), attack_registry.inference_mode(s.model):
-        net = attack_registry.attack_network(s.model)
-        for a, b in s.chunks(len(s.xs)):
-            grad, _ = core.input_gradient(net, s.xs[a:b], s.ys[a:b], core.loss_true)
-            zero.append((grad.flatten(1) == 0).all(dim=1))
+    for a, b in s.chunks(len(s.xs)):
+        grad = input_gradient(s.model, s.xs[a:b], s.ys[a:b], core.loss_true, fuse=s.fuse)
+        zero.append((grad.flatten(1) == 0).all(dim=1))
     share = _accuracy(torch.cat(zero))
     bad = share > 0
     return Diagnostic(
@@ -339,7 +341,7 @@ def _more_iterations_check(s: _Setup, result: AuditResult | None, sample: int) -
     rows = robust.reshape(-1).nonzero().flatten()
     if len(rows) == 0:
         return _not_run(name, "the audit left no image robust", _CARLINI)
-    g = torch.Generator().manual_seed(int(s.seed))
+    g = seeded_generator(s.seed, "cpu")
     rows = rows[torch.randperm(len(rows), generator=g)[:sample]].sort().values
     n = result.n
     broken = 0
@@ -566,7 +568,7 @@ def _setup(model, x, y, eps, prepare, seed, fuse, options) -> _Setup:
     """Everything checked, the subsample drawn and prepared."""
     eps_values = check_audit_eps(eps)
     classes = check_inputs(model, x, y, prepare)
-    g = torch.Generator().manual_seed(int(seed))
+    g = seeded_generator(seed, "cpu")
     idx = torch.randperm(int(x.shape[0]), generator=g)[:options["sample"]].sort().values
     device = attack_registry.model_device(model)
     xs = x[idx.to(x.device)].to(device)

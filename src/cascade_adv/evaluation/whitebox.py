@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -35,45 +36,20 @@ from tqdm.auto import tqdm
 
 from cascade_adv import attacks as attack_registry
 from cascade_adv import parallel
-from cascade_adv.data.transforms import center_crop, iterate_batches, to_float
 from cascade_adv.errors import CascadeAdvError, DatasetError, ModelFault
+from cascade_adv.evaluation.engine import (
+    attack_eps,
+    image_batches,
+    nonfinite_rows,
+    predict,
+    prepare_images,
+    seeded_generator,
+)
 from cascade_adv.results.tables import CLEAN, WHITEBOX, ResultTable
-from cascade_adv.speed import prepare_input, prepared, resolve_speed
+from cascade_adv.speed import Speed, prepared, resolve_speed
 
-
-def prepare_images(model: nn.Module, images_uint8: torch.Tensor) -> torch.Tensor:
-    """``uint8 [N, C, H, W]`` dataset images -> float ``[0, 1]`` model inputs.
-
-    Images larger than ``model.config.input_size`` are center-cropped to it (the
-    CIFAR-10 test protocol of N18 section 3.3: 32x32 images, 24x24 center crop for
-    a model trained on random 24x24 crops); images of the model's size are only
-    converted.  Smaller images, or a channel mismatch, raise :class:`CascadeAdvError`.
-    Models without a ``config`` attribute (a user's own ``nn.Module``) get the
-    converted images unchanged.
-    """
-    if not isinstance(images_uint8, torch.Tensor) or images_uint8.dtype != torch.uint8 \
-            or images_uint8.dim() != 4:
-        got = (f"{images_uint8.dtype} {list(images_uint8.shape)}"
-               if isinstance(images_uint8, torch.Tensor) else type(images_uint8).__name__)
-        raise CascadeAdvError(
-            f"prepare_images expects uint8 images [N, C, H, W] (an ImageDataset's images), "
-            f"got {got}"
-        )
-    cfg = getattr(model, "config", None)
-    size = getattr(cfg, "input_size", None)
-    channels = getattr(cfg, "in_channels", None)
-    if size is None or channels is None:
-        return to_float(images_uint8)
-    _, c, h, w = (int(s) for s in images_uint8.shape)
-    if c != channels or h < size or w < size:
-        raise CascadeAdvError(
-            f"dataset images are {c}x{h}x{w} (CxHxW) but the model expects "
-            f"{channels}x{size}x{size}; evaluate on a dataset with {channels}-channel images "
-            f"of at least {size}x{size}, or use a model built for {c}x{h}x{w} inputs"
-        )
-    if h != size or w != size:
-        images_uint8 = center_crop(images_uint8, size)
-    return to_float(images_uint8)
+__all__ = ["check_dataset_for_model", "count_correct", "evaluate_whitebox", "prepare_images",
+           "true_class_rank"]
 
 
 def check_dataset_for_model(model: nn.Module, dataset: Any) -> None:
@@ -156,6 +132,134 @@ def count_correct(logits: torch.Tensor, labels: torch.Tensor, ks: Sequence[int])
     return per_example.sum(dim=0)
 
 
+@dataclass
+class _Plan:
+    """What :func:`evaluate_whitebox` checked and set up before any work: the attacks
+    (names and options), the non-zero epsilons, the top-k, this rank's shard of the
+    images, the batching and the device with its speed options."""
+
+    names: list[str]
+    options: dict[str, dict[str, Any]]
+    adv_eps: list[float]
+    ks: list[int]
+    n_total: int
+    shard: Any
+    batch_size: int
+    max_rows: int
+    world: int
+    rank: int
+    device: torch.device
+    speed: Speed
+
+
+def _check_dataset(model: nn.Module, dataset: Any, batch_size: int) -> int:
+    """The dataset's images and labels against the model, before any work; returns
+    the number of images."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise CascadeAdvError(f"batch_size must be a positive integer, got {batch_size!r}")
+    images = getattr(dataset, "images", None)
+    labels = getattr(dataset, "labels", None)
+    if not isinstance(images, torch.Tensor) or not isinstance(labels, torch.Tensor):
+        raise CascadeAdvError(
+            "dataset must be an ImageDataset (uint8 images, int64 labels); "
+            "load one with cascade_adv.data.load_dataset"
+        )
+    n_total = int(images.shape[0])
+    if n_total == 0:
+        raise CascadeAdvError("the dataset is empty; evaluate on a dataset with images")
+    prepare_images(model, images[:1])  # shape / channel check
+    check_dataset_for_model(model, dataset)
+    return n_total
+
+
+def _plan(model: nn.Module, dataset: Any, attacks: Sequence[str], eps: Sequence[float], *,
+          batch_size: int, device: torch.device | str | None, topk: Sequence[int],
+          attack_options: Mapping[str, Mapping[str, Any]] | None, max_batch: int | None,
+          distributed: bool | None, precision: str, channels_last: bool | str,
+          compile: bool) -> _Plan:
+    """Validate every argument (one-line errors, before any work), shard the images
+    over the ranks, move the model to ``device`` and resolve the speed options."""
+    eps_values = attack_registry.validate_eps(eps)
+    names, opts = _check_attacks(attacks, attack_options)
+    ks = _check_topk(topk)
+    n_total = _check_dataset(model, dataset, batch_size)
+    limit = batch_size * max(len(eps_values), 1) if max_batch is None else int(max_batch)
+    if limit < 1:
+        raise CascadeAdvError(f"max_batch must be a positive integer, got {max_batch!r}")
+    rank, world = (0, 1) if distributed is False else parallel.rank_and_world()
+    if n_total < world:
+        raise CascadeAdvError(f"the dataset has {n_total} images, fewer than the {world} "
+                              "processes that share it; evaluate more images or fewer processes")
+    shard = dataset
+    if world > 1:  # rank r: the r-th contiguous 1/W of the images
+        shard = dataset.subset(slice(n_total * rank // world, n_total * (rank + 1) // world))
+    if device is None:
+        device = attack_registry.model_device(model)
+    else:
+        device = torch.device(device)
+        model.to(device)
+    speed = resolve_speed(device, precision, channels_last, compile, model=model)
+    num_classes = getattr(getattr(model, "config", None), "num_classes", None)
+    if num_classes is not None:
+        ks = [k for k in ks if k == 1 or k < num_classes]
+    return _Plan(names, opts, [e for e in eps_values if e != 0.0], ks, n_total, shard,
+                 batch_size, limit, world, rank, device, speed)
+
+
+def _count(model: nn.Module, plan: _Plan, *, seed: int, fuse: bool, progress: bool,
+           model_name: str) -> torch.Tensor:
+    """Top-k hits on the device, ``int64 [2 + attacks * adv_eps, len(ks)]``: the clean
+    row, then per attack one row per eps, then the rows with non-finite logits (in
+    every column).  ``plan.ks`` loses the k the model's classes cannot have (first batch)."""
+    generators = {name: seeded_generator(seed, plan.device) for name in plan.names}
+    n_eps = len(plan.adv_eps)
+    counts: torch.Tensor | None = None
+    bar = tqdm(image_batches(model, plan.shard, plan.batch_size, plan.device, plan.speed),
+               total=math.ceil(len(plan.shard.images) / plan.batch_size),
+               disable=not progress or plan.rank != 0,
+               desc=f"white-box {model_name}", unit="batch", leave=False)
+    with prepared(model, plan.speed):  # channels_last / compile on the model
+        for x, y in bar:
+            logits = predict(model, x, fuse=fuse, speed=plan.speed)
+            if counts is None:  # the first batch fixes the metrics
+                plan.ks = [k for k in plan.ks if k == 1 or k < logits.shape[1]]
+                counts = torch.zeros(2 + len(plan.names) * n_eps, len(plan.ks),
+                                     dtype=torch.int64, device=plan.device)
+            counts[0] += count_correct(logits, y, plan.ks)
+            counts[-1] += nonfinite_rows(logits)
+            for i, name in enumerate(plan.names):
+                for part in attack_eps(model, x, y, plan.adv_eps, name,
+                                       options=plan.options.get(name),
+                                       generator=generators[name], fuse=fuse, speed=plan.speed,
+                                       max_rows=plan.max_rows):
+                    logits = predict(model, part.x_adv, fuse=fuse, speed=plan.speed)
+                    row = 1 + i * n_eps + part.first
+                    counts[row:row + len(part.eps)] += count_correct(logits, part.per_eps(part.y),
+                                                                     plan.ks)
+                    counts[-1] += nonfinite_rows(logits)
+    bar.close()
+    assert counts is not None
+    return counts
+
+
+def _rows(plan: _Plan, host: list[list[int]], dataset: Any, model_name: str,
+          model_hash: str) -> ResultTable:
+    """The counts read back -> the table (or :class:`ModelFault` for non-finite logits)."""
+    bad = host[-1][0]
+    if bad:
+        raise ModelFault(
+            f"model {model_name} gives non-finite outputs (inf / NaN) on {bad} of the "
+            f"evaluated images; its accuracy would be meaningless, so nothing is reported: "
+            "evaluate an earlier checkpoint or retrain it")
+    common = {"model": model_name, "model_hash": model_hash,
+              "dataset": str(getattr(dataset, "name", "")),
+              "split": str(getattr(dataset, "split", "")), "source": WHITEBOX, "n": plan.n_total}
+    cells = [(CLEAN, 0.0)] + [(name, e) for name in plan.names for e in plan.adv_eps]
+    return ResultTable([{**common, "attack": attack, "eps": e, "metric": f"top{k}",
+                         "value": 100.0 * c / plan.n_total}
+                        for (attack, e), counts in zip(cells, host) for k, c in zip(plan.ks, counts)])
+
+
 def evaluate_whitebox(
     model: nn.Module,
     dataset: Any,
@@ -179,14 +283,12 @@ def evaluate_whitebox(
 ) -> ResultTable:
     """Top-1 / top-5 accuracy (percent) of ``model`` on ``dataset`` under white-box attacks.
 
-    A model whose logits are inf or NaN on any image (damaged weights, overflow)
-    raises :class:`~cascade_adv.errors.ModelFault` instead of returning numbers.
-
     Returns one row per metric for the clean images (``attack="clean"``, ``eps=0``)
     and for every ``attack`` x non-zero ``eps`` (``source="whitebox"``).  ``eps`` is
     in pixel units of [0, 255]; ``eps=0`` needs no attack (it is the clean column of
     the papers' tables).  Top-k is reported for each ``k`` in ``topk`` that is 1 or
-    smaller than the number of classes (no top-5 for 5 classes or fewer).
+    smaller than the number of classes (no top-5 for 5 classes or fewer).  A model whose
+    logits are inf or NaN on any image raises :class:`~cascade_adv.errors.ModelFault`.
 
     ``dataset`` is an :class:`~cascade_adv.data.ImageDataset` (uint8 images; see
     :func:`prepare_images` for the center crop).  ``device`` defaults to the
@@ -205,138 +307,17 @@ def evaluate_whitebox(
     ``precision`` (``auto``: bf16 autocast on CUDA, float32 elsewhere; ``float32``;
     ``bf16``), ``channels_last`` (``auto``: on for CUDA) and ``compile``
     (``torch.compile`` of the model's forward) are :mod:`cascade_adv.speed`'s options,
-    applied around every forward pass and attack and undone afterwards; the images
-    and their attack gradients stay float32.  An unsupported choice raises
-    :class:`~cascade_adv.errors.ConfigError` before any work.  ``fuse`` runs the
-    attacks and the accuracy passes on the model's inference network with BatchNorm
-    folded into the convolutions (:func:`cascade_adv.attacks.fusion`; equal up to
-    float rounding).
+    applied around every forward pass and attack and undone afterwards; an unsupported
+    choice raises :class:`~cascade_adv.errors.ConfigError` before any work.  ``fuse``
+    runs the attacks and the accuracy passes on the model's inference network with
+    BatchNorm folded into the convolutions (equal up to float rounding).  Every batch
+    runs on the attack x epsilon engine (:mod:`cascade_adv.evaluation.engine`).
     """
-    # --- validate everything before any work -----------------------------------------
-    eps_values = attack_registry.validate_eps(eps)
-    names, opts = _check_attacks(attacks, attack_options)
-    ks = _check_topk(topk)
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise CascadeAdvError(f"batch_size must be a positive integer, got {batch_size!r}")
-    images = getattr(dataset, "images", None)
-    labels = getattr(dataset, "labels", None)
-    if not isinstance(images, torch.Tensor) or not isinstance(labels, torch.Tensor):
-        raise CascadeAdvError(
-            "dataset must be an ImageDataset (uint8 images, int64 labels); "
-            "load one with cascade_adv.data.load_dataset"
-        )
-    n_total = int(images.shape[0])
-    if n_total == 0:
-        raise CascadeAdvError("the dataset is empty; evaluate on a dataset with images")
-    prepare_images(model, images[:1])  # shape / channel check
-    check_dataset_for_model(model, dataset)
-    adv_eps = [e for e in eps_values if e != 0.0]
-    limit = batch_size * max(len(eps_values), 1) if max_batch is None else int(max_batch)
-    if limit < 1:
-        raise CascadeAdvError(f"max_batch must be a positive integer, got {max_batch!r}")
-    rank, world = (0, 1) if distributed is False else parallel.rank_and_world()
-    if n_total < world:
-        raise CascadeAdvError(f"the dataset has {n_total} images, fewer than the {world} "
-                              "processes that share it; evaluate more images or fewer processes")
-    shard = dataset
-    if world > 1:  # rank r: the r-th contiguous 1/W of the images
-        shard = dataset.subset(slice(n_total * rank // world, n_total * (rank + 1) // world))
-
-    if device is None:
-        device = attack_registry.model_device(model)
-    else:
-        device = torch.device(device)
-        model.to(device)
-    speed = resolve_speed(device, precision, channels_last, compile, model=model)
-    num_classes = getattr(getattr(model, "config", None), "num_classes", None)
-    if num_classes is not None:
-        ks = [k for k in ks if k == 1 or k < num_classes]
-
-    generators: dict[str, torch.Generator] = {}
-    for name in names:
-        g = torch.Generator(device=device)
-        g.manual_seed(int(seed))
-        generators[name] = g
-
-    clean_counts: torch.Tensor | None = None
-    nonfinite = torch.zeros((), dtype=torch.int64, device=device)  # rows with inf / NaN logits
-    adv_counts: dict[str, torch.Tensor] = {}
-    n_batches = math.ceil(int(shard.images.shape[0]) / batch_size)
-    bar = tqdm(iterate_batches(shard, batch_size), total=n_batches,
-               disable=not progress or rank != 0,
-               desc=f"white-box {model_name}", unit="batch", leave=False)
-    # channels_last / compile on the model, bf16 autocast around forwards and attacks
-    with prepared(model, speed), speed.autocast(), attack_registry.fusion(fuse), \
-            attack_registry.trusted():
-        for xb_uint8, yb in bar:
-            xb_uint8 = xb_uint8.to(device, non_blocking=True)
-            yb = yb.to(device, non_blocking=True)
-            x = prepare_input(prepare_images(model, xb_uint8), speed)
-            b = x.shape[0]
-            with attack_registry.inference_mode(model), torch.no_grad():
-                net = attack_registry.attack_network(model)
-                logits = net(x)
-            if clean_counts is None:  # the first batch fixes the metrics
-                if num_classes is None:
-                    ks = [k for k in ks if k == 1 or k < logits.shape[1]]
-                clean_counts = torch.zeros(len(ks), dtype=torch.int64, device=device)
-                for name in names:
-                    adv_counts[name] = torch.zeros(len(adv_eps), len(ks), dtype=torch.int64,
-                                                   device=device)
-            clean_counts += count_correct(logits, yb, ks)
-            nonfinite += (~torch.isfinite(logits).all(dim=1)).sum()
-
-            per_call = max(1, limit // b)  # epsilons stacked into one attack call
-            for name in names:
-                for first in range(0, len(adv_eps), per_call):
-                    group = adv_eps[first:first + per_call]
-                    g = len(group)
-                    xs = x.repeat(g, 1, 1, 1) if g > 1 else x  # [g * b, ...], epsilon-major
-                    ys = yb.repeat(g) if g > 1 else yb
-                    eps_t = torch.tensor(group, dtype=torch.float64).repeat_interleave(b)
-                    # names, epsilons, options and images were validated up front, so the
-                    # attack runs without attacks.run's per-call checks (device syncs)
-                    x_adv = attack_registry.get(name).fn(model, xs, ys, eps_t,
-                                                         generator=generators[name],
-                                                         **opts.get(name, {}))
-                    logits = attack_registry.predict(model, x_adv, net)
-                    adv_counts[name][first:first + g] += count_correct(logits, ys.view(g, b), ks)
-                    nonfinite += (~torch.isfinite(logits).all(dim=1)).sum()
-    bar.close()
-
-    # --- one read-back, then the rows ----------------------------------------------------
-    assert clean_counts is not None
-    stacked = torch.cat([clean_counts.view(1, -1)] + [adv_counts[name] for name in names]
-                        + [nonfinite.expand(1, len(ks))])
-    if world > 1:  # the counts of every rank's shard
-        stacked = parallel.all_reduce_sum(stacked)
-    host = stacked.tolist()  # the only device -> host sync of the counting
-    bad = host.pop()[0]
-    if bad:
-        raise ModelFault(
-            f"model {model_name} gives non-finite outputs (inf / NaN) on {bad} of the "
-            f"evaluated images; its accuracy would be meaningless, so nothing is reported: "
-            "evaluate an earlier checkpoint or retrain it")
-    clean_host, adv_host = host[0], {}
-    for i, name in enumerate(names):
-        adv_host[name] = host[1 + i * len(adv_eps): 1 + (i + 1) * len(adv_eps)]
-    common = {
-        "model": model_name,
-        "model_hash": model_hash,
-        "dataset": str(getattr(dataset, "name", "")),
-        "split": str(getattr(dataset, "split", "")),
-        "source": WHITEBOX,
-        "n": n_total,
-    }
-    rows: list[dict[str, Any]] = []
-
-    def add(attack: str, e: float, counts: list[int]) -> None:
-        for k, c in zip(ks, counts):
-            rows.append({**common, "attack": attack, "eps": e, "metric": f"top{k}",
-                         "value": 100.0 * c / n_total})
-
-    add(CLEAN, 0.0, clean_host)
-    for name in names:
-        for i, e in enumerate(adv_eps):
-            add(name, e, adv_host[name][i])
-    return ResultTable(rows)
+    plan = _plan(model, dataset, attacks, eps, batch_size=batch_size, device=device, topk=topk,
+                 attack_options=attack_options, max_batch=max_batch, distributed=distributed,
+                 precision=precision, channels_last=channels_last, compile=compile)
+    counts = _count(model, plan, seed=seed, fuse=fuse, progress=progress, model_name=model_name)
+    if plan.world > 1:  # the counts of every rank's shard
+        counts = parallel.all_reduce_sum(counts)
+    host = counts.tolist()  # the only device -> host sync of the counting
+    return _rows(plan, host, dataset, model_name, model_hash)
