@@ -4,10 +4,10 @@ independence of ambient state (fusion, trusted epsilons, autocast)."""
 
 from __future__ import annotations
 
+import engine_golden
 import pytest
 import torch
 
-import engine_golden
 from cascade_adv import attacks
 from cascade_adv.analysis import gradient_correlation, softmax_argument
 from cascade_adv.attacks import core

@@ -10,7 +10,8 @@
   all through :func:`run_variants`.
 
 Every analysis returns a :class:`~cascade_adv.reporting.ResultTable` in the row format
-of ``docs/results-schema.md``.
+of ``docs/results-schema.md``.  The first two attack along their directions on the
+attack x epsilon engine (:mod:`cascade_adv.evaluation.engine`), with fusion an argument.
 """
 
 from cascade_adv.analysis._common import choose_images

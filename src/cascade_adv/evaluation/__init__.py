@@ -5,6 +5,8 @@ re-exported here).
 >>> from cascade_adv.evaluation import evaluate_whitebox, ResultsStore
 >>> table = evaluate_whitebox(model, test_set, ["step_ll", "iter_fgsm"], [0, 2, 4, 8, 16])
 >>> print(table.to_markdown())
+>>> for part in attack_eps(model, x, y, [2, 4], "iter_fgsm"):   # the attack x eps engine
+...     part.x_adv                                           # [2 * len(x), ...], eps-major
 >>> result = audit(model, x, y, [16, 32], version="quick")   # the robustness audit
 >>> checks = diagnose(model, x, y, [16, 32], audit_result=result)   # gradient masking
 """
@@ -13,7 +15,7 @@ from cascade_adv.evaluation.advset import craft_adversarial_set
 from cascade_adv.evaluation.audit import AuditResult, audit
 from cascade_adv.evaluation.blackbox import check_pair, evaluate_transfer, rates_from_ranks
 from cascade_adv.evaluation.diagnostics import Diagnostic, diagnose, format_diagnostics
-from cascade_adv.evaluation.engine import RowOutcome, attack_rows
+from cascade_adv.evaluation.engine import RowOutcome, Stacked, attack_eps, attack_rows
 from cascade_adv.evaluation.sanity import SanityWarning, check_results, format_warnings
 from cascade_adv.evaluation.stats import aggregate_seeds, format_mean_std, mean_std
 from cascade_adv.evaluation.transfer import transfer_matrix
@@ -42,7 +44,9 @@ __all__ = [
     "ResultsStore",
     "RowOutcome",
     "SanityWarning",
+    "Stacked",
     "aggregate_seeds",
+    "attack_eps",
     "attack_rows",
     "audit",
     "check_pair",

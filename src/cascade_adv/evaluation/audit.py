@@ -12,12 +12,13 @@ over the attacks (docs/design.md, "Robustness audit").
 
 Two layers, so that other evaluations can share the first:
 
-* :func:`~cascade_adv.evaluation.engine.attack_rows`, the attack x epsilon engine: given a model, a batch of images
-  with one eps per row, an attack and the rows to run, it returns each row's outcome
+* the attack x epsilon engine (:mod:`cascade_adv.evaluation.engine`):
+  :func:`~cascade_adv.evaluation.engine.attack_rows`, given a model, a batch of images
+  with one eps per row, an attack and the rows to run, returns each row's outcome
   (adversarial image, logits, still correct?) and how far any image left its eps ball,
-  all on the device;
+  all on the device, with fusion an argument;
 * :func:`audit`, the sequencing on top of it: for every batch, all epsilons stacked in
-  one pass per attack (the batch repeated once per eps, epsilon-major, as in
+  one pass per attack (the engine's :func:`~cascade_adv.evaluation.engine.stack`, as in
   :func:`~cascade_adv.evaluation.evaluate_whitebox`), only the still-robust rows, and
   one device -> host read-back per attack x batch (plus one for the clean pass).
 

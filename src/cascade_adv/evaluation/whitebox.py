@@ -6,13 +6,17 @@ epsilon (pixel units of [0, 255]; N18 tests MNIST at 0, 16, 32 and CIFAR-10 at
 0, 2, 4, 8, 16).  Adversarial examples are crafted against the model itself, in
 inference mode (BatchNorm running statistics, dropout off).
 
-Speed (docs/design.md, "Speed"): for each image batch and attack the batch
-is repeated once per non-zero epsilon and the attack is called once on the
-stacked batch with a per-example epsilon tensor; iterative attacks then run each
-example's own step count ``floor(min(eps + 4, 1.25 eps))``, each leaving the batch
-when its count is done, so the result and the work equal separate per-epsilon calls.  Correct predictions are summed into
-counters on the device and read back once at the end (no host sync per batch
-from the counting itself).
+It runs on the attack x epsilon engine (:mod:`cascade_adv.evaluation.engine`,
+docs/design.md, "The attack x epsilon engine" and "Speed"): for each image batch and
+attack the batch is stacked once per non-zero epsilon (at most ``max_batch`` rows per
+call) and the attack is called once on the stacked batch with a per-example epsilon
+tensor; iterative attacks then run each example's own step count
+``floor(min(eps + 4, 1.25 eps))``, each leaving the batch when its count is done, so
+the result and the work equal separate per-epsilon calls.  Correct predictions are
+summed into counters on the device and read back once at the end (no host sync per
+batch from the counting itself).  The steps are functions of their own: ``_plan``
+(every check before any work, the shard, the device and speed), ``_count`` (the
+batches on the engine) and ``_rows`` (the table).
 
 Several processes (``torchrun``; docs/design.md, "Speed"): when a
 ``torch.distributed`` process group is initialised, rank r evaluates the r-th
