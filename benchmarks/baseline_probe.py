@@ -76,11 +76,17 @@ def accuracies(model: nn.Module, test) -> dict[str, float]:
     return {f"{r['attack']} {r['eps']:g}": round(r["value"], 2) for r in rows}
 
 
+def _tensors(path: Path) -> dict[str, bytes]:
+    from safetensors.torch import load_file
+
+    return {k: v.numpy().tobytes() for k, v in load_file(str(path)).items()}
+
+
 def weights_of(run: Path) -> list[Path]:
     """Every checkpoint ``run`` kept, and its final weights unless they equal the last."""
     found = sorted((run / "checkpoints").glob("ckpt-*/model.safetensors"))
     final = run / "final" / "model.safetensors"
-    same = found and final.is_file() and found[-1].read_bytes() == final.read_bytes()
+    same = found and final.is_file() and _tensors(found[-1]) == _tensors(final)
     return found + ([] if same or not final.is_file() else [final])
 
 
