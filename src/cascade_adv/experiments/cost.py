@@ -9,7 +9,15 @@ is its count of such passes times that time:
   pass) and, in ``append`` mode, the k extra images (``k/m`` more);
 * white-box evaluation: per attack and epsilon, one pass per attack iteration over the
   test images (iter_* use min(eps + 4, 1.25 eps) iterations, K17 section 2.1), plus
-  the clean forward;
+  the clean forward (:func:`attack_passes`);
+* the robustness audit (``--audit``): per epsilon, its attacks on every audited image
+  (APGD-CE steps x restarts passes, targeted APGD targets x steps x restarts, Square
+  its queries as forward passes, a third of a pass each), plus the clean forward and
+  the gradient-masking diagnostics (:func:`diagnostic_passes`). The cascade, in which
+  an attack runs only on the images the attacks before it left robust, is ignored: an
+  upper bound, close for a robust model and several times too high for one the first
+  attack breaks; an audit the cache has finished is measured on its own, so a later
+  estimate of the same model is not;
 * crafting: the same for the attacked training images; transfer: crafting on each
   source plus a forward of every target; analyses: a few passes per epsilon on 128
   images.
@@ -29,6 +37,7 @@ import itertools
 import json
 import statistics
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,13 +46,77 @@ _SHAPES = {"mnist": (1, 28, 10), "digits": (1, 8, 10), "cifar10": (3, 32, 10),
            "imagenet": (3, 299, 1000)}
 
 
-def _iterations(attack: str, eps: float) -> int:
-    """Gradient passes of ``attack`` at ``eps``: K17's count for iterative attacks."""
-    from cascade_adv import attacks
+#: A forward pass costs about a third of a forward + backward pass.
+FORWARD = 1 / 3
 
-    if attacks.get(attack).kind != "iterative":
+
+def attack_passes(attack: str, eps: float, options: Mapping[str, Any] | None = None,
+                  classes: int = 10) -> float:
+    """Forward + backward passes ``attack`` (with keyword ``options``, else its
+    defaults) costs per image at ``eps``: one for one-step and random attacks; for
+    iterative ones ``steps`` (K17's ``min(eps + 4, 1.25 eps)`` where it has none) times
+    ``restarts``, and for a targeted one (``targets``, APGD-T) times its target classes
+    (default ``min(9, classes - 1)``); for query attacks (Square) ``queries`` forward
+    passes, :data:`FORWARD` of a pass each."""
+    import inspect
+
+    from cascade_adv import attacks
+    from cascade_adv.attacks.apgd import target_count
+
+    spec = attacks.get(attack)
+    params = inspect.signature(spec.fn).parameters
+    opt = {k: v.default for k, v in params.items() if v.kind == v.KEYWORD_ONLY}
+    opt.update(options or {})
+    if spec.kind == "query":
+        return opt.get("queries", 1) * FORWARD
+    if spec.kind != "iterative":
         return 1
-    return max(1, int(attacks.iterative_steps(eps)))
+    steps = opt.get("steps") or max(1, int(attacks.iterative_steps(eps)))
+    runs = opt.get("restarts", 1)
+    if "targets" in params:
+        runs *= target_count(opt["targets"], classes)
+    return steps * runs
+
+
+def diagnostic_passes(images: int, eps: Sequence[float], version: str,
+                      classes: int = 10) -> float:
+    """Passes of 128 images the audit's gradient-masking diagnostics cost (``diagnose``
+    with its defaults, :mod:`cascade_adv.evaluation.diagnostics`), approximately: on
+    ``sample`` of the ``images``, the forward checks, one input gradient, and per eps
+    step_fgsm, iter_fgsm and the two noises, each followed by two forwards (iter_fgsm
+    also at ``LARGE_EPS``); on up to ``robust_sample`` (image, eps) rows (all taken
+    as robust: an upper bound) the version's first iterative attack again with twice
+    its steps and one more restart (``stronger_options``)."""
+    import inspect
+
+    from cascade_adv.evaluation import diagnose
+    from cascade_adv.evaluation.audit import resolve_version
+    from cascade_adv.evaluation.diagnostics import LARGE_EPS, base_attack, stronger_options
+
+    d = {k: v.default for k, v in inspect.signature(diagnose).parameters.items()}
+    then = 2 * FORWARD                                     # the attack's and the check's
+    checks = d["runs"] * FORWARD + 1 + FORWARD             # forwards, a gradient, clean
+    per_eps = (1 + then) + (d["steps"] + then) + 2 * then  # step_fgsm, iter_fgsm, noises
+    large = len(LARGE_EPS) * (d["steps"] + then)
+    passes = min(d["sample"], images) / BATCH * (checks + len(eps) * per_eps + large)
+    _, attacks = resolve_version(version, classes)
+    base = base_attack(attacks)
+    if base is not None:
+        again = attack_passes(base.name, max(eps), stronger_options(base, max(eps)), classes)
+        passes += min(d["robust_sample"], images * len(eps)) / BATCH * again
+    return passes
+
+
+def audit_passes(images: int, eps: Sequence[float], version: str, classes: int = 10
+                 ) -> float:
+    """Passes of 128 images an audit of ``version`` on ``images`` images at every
+    ``eps`` costs, the cascade ignored, with its diagnostics (see the module)."""
+    from cascade_adv.evaluation.audit import resolve_version
+
+    _, attacks = resolve_version(version, classes)
+    per_image = FORWARD + sum(attack_passes(a.name, e, a.options, classes)
+                              for a in attacks for e in eps)
+    return images / BATCH * per_image + diagnostic_passes(images, eps, version, classes)
 
 
 def _model_key(cfg) -> tuple:
@@ -114,16 +187,24 @@ def _passes(rec, cfgs: dict[str, Any]) -> tuple[tuple | None, float]:
     key = _model_key(cfgs[model])
     n = p.get("test_images") or (10000 if cfgs[model].data.dataset != "digits" else 360)
     if s.kind == "whitebox":
-        its = sum(_iterations(a, e) for a in p["attacks"] for e in p["eps"])
-        return key, n / BATCH * (its + 1 / 3)
+        its = sum(attack_passes(a, e) for a in p["attacks"] for e in p["eps"])
+        return key, n / BATCH * (its + FORWARD)
+    if s.kind == "audit":
+        return key, audit_passes(n, p["eps"], p["version"], key[-1])
     if s.kind == "craft":
         n = p.get("images") or 50000
-        return key, n / BATCH * sum(_iterations(p["attack"], e) for e in p["eps"])
+        return key, n / BATCH * sum(attack_passes(p["attack"], e) for e in p["eps"])
     if s.kind == "transfer":
-        its = sum(_iterations(a, e) for a in p["attacks"] for e in p["eps"])
-        fwd = len(p["targets"]) * len(p["attacks"]) * len(p["eps"]) / 3
+        its = sum(attack_passes(a, e) for a in p["attacks"] for e in p["eps"])
+        fwd = len(p["targets"]) * len(p["attacks"]) * len(p["eps"]) * FORWARD
         return key, n / BATCH * (len(p["sources"]) * its + fwd)
     return key, 128 / BATCH * len(p["eps"]) * 4
+
+
+def _bucket(rec) -> str:
+    """Which measured rate an evaluation step gives and takes: an audit's passes are an
+    upper bound (the cascade ignored), so its seconds per pass are kept apart."""
+    return "audit" if rec.step.kind == "audit" else "eval"
 
 
 def seconds_per_iteration(run: str | Path) -> float | None:
@@ -149,8 +230,9 @@ def seconds_per_iteration(run: str | Path) -> float | None:
 def measured(out: str | Path | None, records=(), cfgs: dict[str, Any] | None = None
              ) -> dict[tuple, float]:
     """Seconds measured in the cache ``out``: per training iteration by
-    ``("train", model key, iteration kind)``, per pass by ``("train", model key)`` and
-    ``("eval", model key)`` (the finished evaluation steps among ``records``, whose
+    ``("train", model key, iteration kind)``, per pass by ``("train", model key)``,
+    ``("eval", model key)`` and ``("audit", model key)`` (the finished evaluation and
+    audit steps among ``records``, whose
     training configs ``cfgs`` holds by step name, :func:`_configs`)."""
     from cascade_adv.errors import CascadeAdvError
     from cascade_adv.training import load_config
@@ -171,7 +253,7 @@ def measured(out: str | Path | None, records=(), cfgs: dict[str, Any] | None = N
         if rec.status == "cached" and rec.step.kind not in ("train", "report") and rec.seconds:
             key, passes = _passes(rec, cfgs)
             if key is not None and passes > 0:
-                found.setdefault(("eval", key), []).append(rec.seconds / passes)
+                found.setdefault((_bucket(rec), key), []).append(rec.seconds / passes)
     return {k: statistics.median(v) for k, v in found.items()}
 
 
@@ -219,8 +301,9 @@ def _estimate(records, cfgs: dict[str, Any], device, timing, quick, seen: dict[t
             cfg = cfgs[rec.step.name]
             exact = seen.get(("train", key, _iteration_kind(cfg)))
             rate = exact / _per_iteration(cfg) if exact else seen.get(("train", key))
-        else:  # a pass of this model's evaluation, else of its training
-            rate = seen.get(("eval", key), seen.get(("train", key)))
+        else:  # a pass of this model's audit / evaluation, else of its training
+            rate = next((seen[k] for k in ((_bucket(rec), key), ("eval", key),
+                                           ("train", key)) if k in seen), None)
         rec.measured = rate is not None
         if rate is None:
             if key not in timing:
