@@ -282,6 +282,10 @@ def test_the_audit_rows_and_verdicts_reach_the_report(audited_run):
         assert white[ln["ours_attack"], e] == ln["ours"]
         assert ln["gap"] == pytest.approx(ln["ours"] - ln["audit"])
     assert lines[16.0]["paper"] == 86.6 and lines[76.5]["paper"] is None
+    # the clean accuracy the @audit step measures again is one measurement, not two seeds
+    clean = [c for c in result.comparison["n18-table1"]["cells"]
+             if c["row"] == "Baseline" and c["attack"] == "clean"]
+    assert clean[0]["seeds"] == 1 and clean[0]["std"] is None
     # the verdicts: in comparison.json, report.md and the printed summary
     model = "n18_mnist_baseline-x0.01-digits"
     assert section["checks"] == {model: checks}
@@ -320,6 +324,7 @@ def test_dry_run_prices_the_audit(audited_run, tmp_path):
     assert code == 0
     line = next(ln for ln in stdout.splitlines() if "audit/n18_mnist_baseline" in ln)
     assert line.startswith("todo ") and "~" in line       # another version: not cached
+    assert "~0 s" not in line
 
 
 # --- the command line ----------------------------------------------------------------------
@@ -342,4 +347,4 @@ def test_cli_bad_audit_options_one_line_exit_2(tmp_path, args, message):
 def test_cli_help_shows_the_audit():
     code, stdout, _ = run_cli(["reproduce", "--help"], Path.cwd())
     assert code == 0 and "--audit" in stdout and "--audit-version" in stdout
-    assert "reproduce n18-table1 --audit" in stdout
+    assert "reproduce n18-table1 --audit --audit-version quick --dry-run" in stdout
