@@ -145,6 +145,33 @@ def test_an_audit_step_is_priced_by_hand():
     assert passes == pytest.approx(attacks + sample + 128 / 128 * 400)
 
 
+def test_the_cascade_is_approximated_from_the_cached_whitebox_rows(tmp_path):
+    from cascade_adv.experiments.reproduce import StepRecord
+    from cascade_adv.experiments.steps import Step
+
+    rows = [{"attack": a, "eps": e, "source": "whitebox", "metric": m, "value": v}
+            for a, e, m, v in [("clean", 0.0, "top1", 50.0), ("step_ll", 16.0, "top1", 40.0),
+                               ("iter_fgsm", 16.0, "top1", 20.0), ("iter_fgsm", 16.0, "top5",
+                                                                   5.0)]]
+    (tmp_path / "rows.json").write_text(json.dumps(rows))
+    white = StepRecord(Step("whitebox/m", "whitebox", {"model": "train/m"}), "", tmp_path,
+                       status="cached", outputs={"rows": str(tmp_path / "rows.json")})
+    survived = cost.survival([white, StepRecord(Step("whitebox/n", "whitebox",
+                                                     {"model": "train/n"}), "", tmp_path)])
+    assert survived == {"train/m": (0.5, {16.0: 0.2})}      # cached steps only, top-1
+    # quick at eps 16 on 1280 images: APGD-CE on the half correct clean, APGD-T (3
+    # targets) and Square (1000 forwards) on the fifth the paper's attacks left
+    attacks = 1280 / 128 * (1 / 3 + 0.5 * 100 + 0.2 * (300 + 1000 / 3))
+    # the diagnostics on 256 images, then APGD-CE (200 steps, 2 restarts) on the 128 of
+    # the 256 robust rows; with 64 robust rows, on 64
+    sample = 256 / 128 * ((1 + 1 + 1 / 3) + (1 + 2 / 3) + (20 + 2 / 3) + 4 / 3
+                          + 2 * (20 + 2 / 3))
+    assert cost.audit_passes(1280, [16], "quick", 10, survived["train/m"]) == pytest.approx(
+        attacks + sample + 400)
+    assert cost.diagnostic_passes(1280, [16], "quick", 10, robust=64) == pytest.approx(
+        sample + 200)
+
+
 # --- the report, from cells built by hand ----------------------------------------------------
 
 def _rows(model, values, attack_eps=None):
@@ -330,13 +357,13 @@ def test_dry_run_prices_the_audit(audited_run, tmp_path):
 # --- the command line ----------------------------------------------------------------------
 
 @pytest.mark.parametrize("args, message", [
-    (["n18-table4", "--audit"], "--audit audits the models of a white-box table and "
+    (["n18-table4", "--audit"], ("--audit audits the models of a white-box table and "
      "n18-table4 has none (n18-table4 is a black-box table); drop --audit, or use it with "
-     "n18-table1"),
+     "n18-table1")),
     (["n18-figure4", "--audit"], "n18-figure4 has none (it is a figure)"),
     (["n18-table1", "--audit", "--audit-version", "fast"], "'fast' is not one of"),
-    (["n18-table1", "--audit-version", "quick"], "--audit-version quick is used by the "
-     "audit only; add --audit"),
+    (["n18-table1", "--audit-version", "quick"], ("--audit-version quick is used by the "
+     "audit only; add --audit")),
 ])
 def test_cli_bad_audit_options_one_line_exit_2(tmp_path, args, message):
     code, _, stderr = run_cli(["reproduce", *args, "--out", tmp_path / "c"], tmp_path)

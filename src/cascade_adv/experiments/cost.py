@@ -10,14 +10,18 @@ is its count of such passes times that time:
 * white-box evaluation: per attack and epsilon, one pass per attack iteration over the
   test images (iter_* use min(eps + 4, 1.25 eps) iterations, K17 section 2.1), plus
   the clean forward (:func:`attack_passes`);
-* the robustness audit (``--audit``): per epsilon, its attacks on every audited image
+* the robustness audit (``--audit``, :func:`audit_passes`): per epsilon, its attacks
   (APGD-CE steps x restarts passes, targeted APGD targets x steps x restarts, Square
   its queries as forward passes, a third of a pass each), plus the clean forward and
   the gradient-masking diagnostics (:func:`diagnostic_passes`). The cascade, in which
-  an attack runs only on the images the attacks before it left robust, is ignored: an
-  upper bound, close for a robust model and several times too high for one the first
-  attack breaks; an audit the cache has finished is measured on its own, so a later
-  estimate of the same model is not;
+  each attack runs only on the images the attacks before it left correct, is
+  approximated once the model's white-box rows are in the cache: the first attack
+  runs on the images correct clean, the later ones on the share the strongest of the
+  paper's attacks left correct at that eps (the audit's first attack is at least as
+  strong, so this is still an upper bound). Without those rows every attack counts
+  on every image: an upper bound, close for a robust model and several times too high
+  for one the first attack breaks. The seconds per pass of the audits the cache has
+  finished are kept apart from the other evaluations';
 * crafting: the same for the attacked training images; transfer: crafting on each
   source plus a forward of every target; analyses: a few passes per epsilon on 128
   images.
@@ -78,15 +82,20 @@ def attack_passes(attack: str, eps: float, options: Mapping[str, Any] | None = N
     return steps * runs
 
 
-def diagnostic_passes(images: int, eps: Sequence[float], version: str,
-                      classes: int = 10) -> float:
+#: What the cache's white-box rows say of a model (:func:`survival`): the share of
+#: images correct clean, and per eps the lowest share an attack left correct.
+Survival = tuple[float, Mapping[float, float]]
+
+
+def diagnostic_passes(images: int, eps: Sequence[float], version: str, classes: int = 10,
+                      robust: float | None = None) -> float:
     """Passes of 128 images the audit's gradient-masking diagnostics cost (``diagnose``
     with its defaults, :mod:`cascade_adv.evaluation.diagnostics`), approximately: on
     ``sample`` of the ``images``, the forward checks, one input gradient, and per eps
     step_fgsm, iter_fgsm and the two noises, each followed by two forwards (iter_fgsm
-    also at ``LARGE_EPS``); on up to ``robust_sample`` (image, eps) rows (all taken
-    as robust: an upper bound) the version's first iterative attack again with twice
-    its steps and one more restart (``stronger_options``)."""
+    also at ``LARGE_EPS``); on up to ``robust_sample`` of the ``robust`` (image, eps)
+    rows the audit leaves (default: all, an upper bound) the version's first iterative
+    attack again with twice its steps and one more restart (``stronger_options``)."""
     import inspect
 
     from cascade_adv.evaluation import diagnose
@@ -102,21 +111,59 @@ def diagnostic_passes(images: int, eps: Sequence[float], version: str,
     _, attacks = resolve_version(version, classes)
     base = base_attack(attacks)
     if base is not None:
+        rows = images * len(eps) if robust is None else robust
         again = attack_passes(base.name, max(eps), stronger_options(base, max(eps)), classes)
-        passes += min(d["robust_sample"], images * len(eps)) / BATCH * again
+        passes += min(d["robust_sample"], rows) / BATCH * again
     return passes
 
 
-def audit_passes(images: int, eps: Sequence[float], version: str, classes: int = 10
-                 ) -> float:
+def audit_passes(images: int, eps: Sequence[float], version: str, classes: int = 10,
+                 survival: Survival | None = None) -> float:
     """Passes of 128 images an audit of ``version`` on ``images`` images at every
-    ``eps`` costs, the cascade ignored, with its diagnostics (see the module)."""
+    ``eps`` costs with its diagnostics: with ``survival`` (:func:`survival`) the first
+    attack on the share correct clean, the others on the share left correct at that eps
+    (an eps it lacks: the clean share); without, every attack on every image."""
     from cascade_adv.evaluation.audit import resolve_version
 
+    clean, lowest = survival if survival is not None else (1.0, {})
     _, attacks = resolve_version(version, classes)
-    per_image = FORWARD + sum(attack_passes(a.name, e, a.options, classes)
-                              for a in attacks for e in eps)
-    return images / BATCH * per_image + diagnostic_passes(images, eps, version, classes)
+    per_image, robust = FORWARD, 0.0
+    for e in eps:
+        left = lowest.get(float(e), clean)
+        cost = [attack_passes(a.name, e, a.options, classes) for a in attacks]
+        per_image += clean * cost[0] + left * sum(cost[1:])
+        robust += left * images
+    return (images / BATCH * per_image
+            + diagnostic_passes(images, eps, version, classes,
+                                None if survival is None else robust))
+
+
+def survival(records) -> dict[str, Survival]:
+    """Per model (its training step's name), what the finished white-box steps among
+    ``records`` measured (top-1, the paper's attacks): the share of images correct
+    clean and, per eps, the lowest share an attack left correct."""
+    from cascade_adv.results.tables import CLEAN, WHITEBOX
+
+    out: dict[str, tuple[float, dict[float, float]]] = {}
+    for rec in records:
+        if rec.step.kind != "whitebox" or rec.status != "cached" or not rec.outputs:
+            continue
+        try:
+            rows = json.loads(Path(rec.outputs["rows"]).read_text())
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        clean, lowest = out.setdefault(rec.step.params["model"], (1.0, {}))
+        for r in rows:
+            if r.get("metric") != "top1" or r.get("source") != WHITEBOX:
+                continue
+            share = float(r["value"]) / 100
+            if r["attack"] == CLEAN:
+                clean = share
+            else:
+                e = float(r["eps"])
+                lowest[e] = min(lowest.get(e, 1.0), share)
+        out[rec.step.params["model"]] = (clean, lowest)
+    return out
 
 
 def _model_key(cfg) -> tuple:
@@ -172,7 +219,8 @@ def _iteration_kind(cfg) -> tuple:
     return (cfg.optim.batch_size,) + (() if adv.mode == "none" else (adv.mode, adv.k))
 
 
-def _passes(rec, cfgs: dict[str, Any]) -> tuple[tuple | None, float]:
+def _passes(rec, cfgs: dict[str, Any], survived: Mapping[str, Survival] | None = None
+            ) -> tuple[tuple | None, float]:
     s = rec.step
     p = s.params
     if s.kind == "train":
@@ -190,7 +238,8 @@ def _passes(rec, cfgs: dict[str, Any]) -> tuple[tuple | None, float]:
         its = sum(attack_passes(a, e) for a in p["attacks"] for e in p["eps"])
         return key, n / BATCH * (its + FORWARD)
     if s.kind == "audit":
-        return key, audit_passes(n, p["eps"], p["version"], key[-1])
+        return key, audit_passes(n, p["eps"], p["version"], key[-1],
+                                 (survived or {}).get(p["model"]))
     if s.kind == "craft":
         n = p.get("images") or 50000
         return key, n / BATCH * sum(attack_passes(p["attack"], e) for e in p["eps"])
@@ -227,13 +276,13 @@ def seconds_per_iteration(run: str | Path) -> float | None:
     return statistics.median(rates) if rates else None
 
 
-def measured(out: str | Path | None, records=(), cfgs: dict[str, Any] | None = None
-             ) -> dict[tuple, float]:
+def measured(out: str | Path | None, records=(), cfgs: dict[str, Any] | None = None,
+             survived: Mapping[str, Survival] | None = None) -> dict[tuple, float]:
     """Seconds measured in the cache ``out``: per training iteration by
     ``("train", model key, iteration kind)``, per pass by ``("train", model key)``,
     ``("eval", model key)`` and ``("audit", model key)`` (the finished evaluation and
-    audit steps among ``records``, whose
-    training configs ``cfgs`` holds by step name, :func:`_configs`)."""
+    audit steps among ``records``, whose training configs ``cfgs`` holds by step name,
+    :func:`_configs`; an audit's passes from ``survived``, :func:`survival`)."""
     from cascade_adv.errors import CascadeAdvError
     from cascade_adv.training import load_config
 
@@ -251,7 +300,7 @@ def measured(out: str | Path | None, records=(), cfgs: dict[str, Any] | None = N
         found.setdefault(("train", key), []).append(rate / _per_iteration(cfg))
     for rec in records if cfgs is not None else ():
         if rec.status == "cached" and rec.step.kind not in ("train", "report") and rec.seconds:
-            key, passes = _passes(rec, cfgs)
+            key, passes = _passes(rec, cfgs, survived)
             if key is not None and passes > 0:
                 found.setdefault((_bucket(rec), key), []).append(rec.seconds / passes)
     return {k: statistics.median(v) for k, v in found.items()}
@@ -273,9 +322,9 @@ def estimate(records, rt, timing: dict[tuple, float] | None = None, quick: bool 
     if rt.threads:
         torch.set_num_threads(rt.threads)     # time each step as it will run
     try:
-        cfgs = _configs(records, rt.configs)
+        cfgs, survived = _configs(records, rt.configs), survival(records)
         return _estimate(records, cfgs, device, {} if timing is None else timing, quick,
-                         measured(out, records, cfgs))
+                         measured(out, records, cfgs, survived), survived)
     finally:
         torch.set_num_threads(before)
 
@@ -289,10 +338,10 @@ def _configs(records, configs: str) -> dict[str, Any]:
             for rec in records if rec.step.kind == "train"}
 
 
-def _estimate(records, cfgs: dict[str, Any], device, timing, quick, seen: dict[tuple, float]
-              ) -> dict[tuple, float]:
+def _estimate(records, cfgs: dict[str, Any], device, timing, quick, seen: dict[tuple, float],
+              survived: Mapping[str, Survival]) -> dict[tuple, float]:
     for rec in records:
-        key, passes = _passes(rec, cfgs)
+        key, passes = _passes(rec, cfgs, survived)
         rec.measured = False
         if key is None:
             rec.estimate = 0.0
