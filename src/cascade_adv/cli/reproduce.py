@@ -86,8 +86,9 @@ def _list(data_dir, device, out, threads, audit) -> None:
                "brackets), else from one timed forward + backward pass of each model (other "
                "load inflates them); --scale F divides training time by about 1/F."
                + (f" With --audit: the {audit} audit of every model of a white-box table "
-                  "included, priced as if every attack ran on every image (an upper bound)."
-                  if audit else ""))
+                  "included, its later attacks priced on the share of images the paper's "
+                  "attacks left correct where the cache has them, else as if every attack "
+                  "ran on every image (an upper bound)." if audit else ""))
 
 
 @cli.command(epilog=EXAMPLES)
