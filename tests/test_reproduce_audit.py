@@ -92,6 +92,8 @@ def test_audit_needs_a_whitebox_table():
                         audit="standard")
     with pytest.raises(KeyError, match="unknown attack or version 'fast'"):
         build_steps(RECIPES["n18-table1"], Builder(CONFIGS, "mnist"), audit="fast")
+    with pytest.raises(ValueError, match="standard or quick"):
+        build_steps(RECIPES["n18-table1"], Builder(CONFIGS, "mnist"), audit=True)
 
 
 def test_an_interrupted_audit_keeps_its_progress(tmp_path, monkeypatch):

@@ -610,6 +610,9 @@ def check_audit(recipe: Recipe, audit: str | None) -> None:
         return
     from cascade_adv.evaluation.audit import resolve_version
 
+    if not isinstance(audit, str):
+        raise InvalidArgument(f"audit is an audit version, standard or quick (or attacks as "
+                              f"cascade-adv audit --version takes them), got {audit!r}")
     resolve_version(audit)
     if not recipe.whitebox_tables:
         kinds = {"blackbox": "black-box", "transfer": "transfer-rate"}
