@@ -116,6 +116,8 @@ def test_released_pivot_and_bidirection_share_one_model():
     shared = steps["train/n18_mnist_pivot-released"]
     assert shared.params["also"] == ["n18_mnist_bidirection"]
     assert shared.params["paper"] == ["n18-table1: Pivot", "n18-table1: Bidirection"]
+    # the pre-training every row starts from is one step, not a model standing for itself
+    assert steps["train/n18_mnist_pretrain"].params["also"] == []
     # the paper's detached pivot computes something else
     assert "train/n18_mnist_pivot" in steps
     # the report maps the one model to both rows

@@ -71,10 +71,12 @@ __all__ = [
     "NOT_RUN",
     "OPTIONS",
     "Diagnostic",
+    "base_attack",
     "check_options",
     "check_twin",
     "diagnose",
     "format_diagnostics",
+    "stronger_options",
 ]
 
 HOLDS, FLAGGED, NOT_RUN = "holds", "flagged", "not run"
@@ -310,13 +312,15 @@ def _gradient_free_check(s: _Setup, result: AuditResult | None) -> Diagnostic:
         f"{result.n} images (the whole audit)")
 
 
-def _base_attack(result: AuditResult):
-    """The audit's first iterative attack with a ``steps`` option (``None``: none)."""
-    return next((a for a in result.attacks
+def base_attack(attacks: Sequence[Any]):
+    """The first iterative attack with a ``steps`` option among an audit's ``attacks``
+    (:class:`~cascade_adv.evaluation.audit.AuditAttack`; ``None``: none): the one
+    ``more_iterations_no_gain`` runs again, stronger."""
+    return next((a for a in attacks
                  if a.spec.kind == "iterative" and "steps" in a.spec.options), None)
 
 
-def _stronger_options(attack, eps: float) -> dict[str, Any]:
+def stronger_options(attack, eps: float) -> dict[str, Any]:
     """The attack's options with twice its steps and, where it has restarts, one more."""
     params = inspect.signature(attack.spec.fn).parameters
     steps = attack.options.get("steps", params["steps"].default)
@@ -333,7 +337,7 @@ def _more_iterations_check(s: _Setup, result: AuditResult | None, sample: int) -
     steps and one more restart, on up to ``sample`` (image, eps) rows the audit left
     robust; flagged when it flips more than ``tolerance`` % of them."""
     name = "more_iterations_no_gain"
-    base = None if result is None else _base_attack(result)
+    base = None if result is None else base_attack(result.attacks)
     if base is None:
         return _not_run(name, "no audit result with an iterative attack that has steps",
                         _CARLINI)
@@ -347,7 +351,7 @@ def _more_iterations_check(s: _Setup, result: AuditResult | None, sample: int) -
     broken = 0
     for k, e in enumerate(s.eps):
         index = rows[rows // n == k] % n
-        options = _stronger_options(base, e)
+        options = stronger_options(base, e)
         g = _generator(s.device, s.seed, 7 + k)
         for a, b in s.chunks(len(index)):
             xb, yb = s.images(index[a:b])
@@ -357,7 +361,7 @@ def _more_iterations_check(s: _Setup, result: AuditResult | None, sample: int) -
             broken += int((~out.correct).sum())
     share = 100.0 * broken / len(rows)
     bad = share > s.tolerance
-    stronger = _stronger_options(base, s.eps[0])
+    stronger = stronger_options(base, s.eps[0])
     return Diagnostic(
         name, FLAGGED if bad else HOLDS,
         {"steps": stronger["steps"], "restarts": stronger.get("restarts", 1),

@@ -9,7 +9,19 @@ is its count of such passes times that time:
   pass) and, in ``append`` mode, the k extra images (``k/m`` more);
 * white-box evaluation: per attack and epsilon, one pass per attack iteration over the
   test images (iter_* use min(eps + 4, 1.25 eps) iterations, K17 section 2.1), plus
-  the clean forward;
+  the clean forward (:func:`attack_passes`);
+* the robustness audit (``--audit``, :func:`audit_passes`): per epsilon, its attacks
+  (APGD-CE steps x restarts passes, targeted APGD targets x steps x restarts, Square
+  its queries as forward passes, a third of a pass each), plus the clean forward and
+  the gradient-masking diagnostics (:func:`diagnostic_passes`). The cascade, in which
+  each attack runs only on the images the attacks before it left correct, is
+  approximated once the model's white-box rows are in the cache: the first attack
+  runs on the images correct clean, the later ones on the share the strongest of the
+  paper's attacks left correct at that eps (the audit's first attack is at least as
+  strong, so this is still an upper bound). Without those rows every attack counts
+  on every image: an upper bound, close for a robust model and several times too high
+  for one the first attack breaks. The seconds per pass of the audits the cache has
+  finished are kept apart from the other evaluations';
 * crafting: the same for the attacked training images; transfer: crafting on each
   source plus a forward of every target; analyses: a few passes per epsilon on 128
   images.
@@ -29,6 +41,7 @@ import itertools
 import json
 import statistics
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,13 +50,120 @@ _SHAPES = {"mnist": (1, 28, 10), "digits": (1, 8, 10), "cifar10": (3, 32, 10),
            "imagenet": (3, 299, 1000)}
 
 
-def _iterations(attack: str, eps: float) -> int:
-    """Gradient passes of ``attack`` at ``eps``: K17's count for iterative attacks."""
-    from cascade_adv import attacks
+#: A forward pass costs about a third of a forward + backward pass.
+FORWARD = 1 / 3
 
-    if attacks.get(attack).kind != "iterative":
+
+def attack_passes(attack: str, eps: float, options: Mapping[str, Any] | None = None,
+                  classes: int = 10) -> float:
+    """Forward + backward passes ``attack`` (with keyword ``options``, else its
+    defaults) costs per image at ``eps``: one for one-step and random attacks; for
+    iterative ones ``steps`` (K17's ``min(eps + 4, 1.25 eps)`` where it has none) times
+    ``restarts``, and for a targeted one (``targets``, APGD-T) times its target classes
+    (default ``min(9, classes - 1)``); for query attacks (Square) ``queries`` forward
+    passes, :data:`FORWARD` of a pass each."""
+    import inspect
+
+    from cascade_adv import attacks
+    from cascade_adv.attacks.apgd import target_count
+
+    spec = attacks.get(attack)
+    params = inspect.signature(spec.fn).parameters
+    opt = {k: v.default for k, v in params.items() if v.kind == v.KEYWORD_ONLY}
+    opt.update(options or {})
+    if spec.kind == "query":
+        return opt.get("queries", 1) * FORWARD
+    if spec.kind != "iterative":
         return 1
-    return max(1, int(attacks.iterative_steps(eps)))
+    steps = opt.get("steps") or max(1, int(attacks.iterative_steps(eps)))
+    runs = opt.get("restarts", 1)
+    if "targets" in params:
+        runs *= target_count(opt["targets"], classes)
+    return steps * runs
+
+
+#: What the cache's white-box rows say of a model (:func:`survival`): the share of
+#: images correct clean, and per eps the lowest share an attack left correct.
+Survival = tuple[float, Mapping[float, float]]
+
+
+def diagnostic_passes(images: int, eps: Sequence[float], version: str, classes: int = 10,
+                      robust: float | None = None) -> float:
+    """Passes of 128 images the audit's gradient-masking diagnostics cost (``diagnose``
+    with its defaults, :mod:`cascade_adv.evaluation.diagnostics`), approximately: on
+    ``sample`` of the ``images``, the forward checks, one input gradient, and per eps
+    step_fgsm, iter_fgsm and the two noises, each followed by two forwards (iter_fgsm
+    also at ``LARGE_EPS``); on up to ``robust_sample`` of the ``robust`` (image, eps)
+    rows the audit leaves (default: all, an upper bound) the version's first iterative
+    attack again with twice its steps and one more restart (``stronger_options``)."""
+    import inspect
+
+    from cascade_adv.evaluation import diagnose
+    from cascade_adv.evaluation.audit import resolve_version
+    from cascade_adv.evaluation.diagnostics import LARGE_EPS, base_attack, stronger_options
+
+    d = {k: v.default for k, v in inspect.signature(diagnose).parameters.items()}
+    then = 2 * FORWARD                                     # the attack's and the check's
+    checks = d["runs"] * FORWARD + 1 + FORWARD             # forwards, a gradient, clean
+    per_eps = (1 + then) + (d["steps"] + then) + 2 * then  # step_fgsm, iter_fgsm, noises
+    large = len(LARGE_EPS) * (d["steps"] + then)
+    passes = min(d["sample"], images) / BATCH * (checks + len(eps) * per_eps + large)
+    _, attacks = resolve_version(version, classes)
+    base = base_attack(attacks)
+    if base is not None:
+        rows = images * len(eps) if robust is None else robust
+        again = attack_passes(base.name, max(eps), stronger_options(base, max(eps)), classes)
+        passes += min(d["robust_sample"], rows) / BATCH * again
+    return passes
+
+
+def audit_passes(images: int, eps: Sequence[float], version: str, classes: int = 10,
+                 survival: Survival | None = None) -> float:
+    """Passes of 128 images an audit of ``version`` on ``images`` images at every
+    ``eps`` costs with its diagnostics: with ``survival`` (:func:`survival`) the first
+    attack on the share correct clean, the others on the share left correct at that eps
+    (an eps it lacks: the clean share); without, every attack on every image."""
+    from cascade_adv.evaluation.audit import resolve_version
+
+    clean, lowest = survival if survival is not None else (1.0, {})
+    _, attacks = resolve_version(version, classes)
+    per_image, robust = FORWARD, 0.0
+    for e in eps:
+        left = lowest.get(float(e), clean)
+        cost = [attack_passes(a.name, e, a.options, classes) for a in attacks]
+        per_image += clean * cost[0] + left * sum(cost[1:])
+        robust += left * images
+    return (images / BATCH * per_image
+            + diagnostic_passes(images, eps, version, classes,
+                                None if survival is None else robust))
+
+
+def survival(records) -> dict[str, Survival]:
+    """Per model (its training step's name), what the finished white-box steps among
+    ``records`` measured (top-1, the paper's attacks): the share of images correct
+    clean and, per eps, the lowest share an attack left correct."""
+    from cascade_adv.results.tables import CLEAN, WHITEBOX
+
+    out: dict[str, tuple[float, dict[float, float]]] = {}
+    for rec in records:
+        if rec.step.kind != "whitebox" or rec.status != "cached" or not rec.outputs:
+            continue
+        try:
+            rows = json.loads(Path(rec.outputs["rows"]).read_text())
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        clean, lowest = out.setdefault(rec.step.params["model"], (1.0, {}))
+        for r in rows:
+            if r.get("metric") != "top1" or r.get("source") != WHITEBOX:
+                continue
+            share = float(r["value"]) / 100
+            if r["attack"] == CLEAN:
+                clean = share
+            else:
+                e = float(r["eps"])
+                lowest[e] = min(lowest.get(e, 1.0), share)
+        out[rec.step.params["model"]] = (clean, lowest)
+    return out
 
 
 def _model_key(cfg) -> tuple:
@@ -99,7 +219,8 @@ def _iteration_kind(cfg) -> tuple:
     return (cfg.optim.batch_size,) + (() if adv.mode == "none" else (adv.mode, adv.k))
 
 
-def _passes(rec, cfgs: dict[str, Any]) -> tuple[tuple | None, float]:
+def _passes(rec, cfgs: dict[str, Any], survived: Mapping[str, Survival] | None = None
+            ) -> tuple[tuple | None, float]:
     s = rec.step
     p = s.params
     if s.kind == "train":
@@ -114,16 +235,25 @@ def _passes(rec, cfgs: dict[str, Any]) -> tuple[tuple | None, float]:
     key = _model_key(cfgs[model])
     n = p.get("test_images") or (10000 if cfgs[model].data.dataset != "digits" else 360)
     if s.kind == "whitebox":
-        its = sum(_iterations(a, e) for a in p["attacks"] for e in p["eps"])
-        return key, n / BATCH * (its + 1 / 3)
+        its = sum(attack_passes(a, e) for a in p["attacks"] for e in p["eps"])
+        return key, n / BATCH * (its + FORWARD)
+    if s.kind == "audit":
+        return key, audit_passes(n, p["eps"], p["version"], key[-1],
+                                 (survived or {}).get(p["model"]))
     if s.kind == "craft":
         n = p.get("images") or 50000
-        return key, n / BATCH * sum(_iterations(p["attack"], e) for e in p["eps"])
+        return key, n / BATCH * sum(attack_passes(p["attack"], e) for e in p["eps"])
     if s.kind == "transfer":
-        its = sum(_iterations(a, e) for a in p["attacks"] for e in p["eps"])
-        fwd = len(p["targets"]) * len(p["attacks"]) * len(p["eps"]) / 3
+        its = sum(attack_passes(a, e) for a in p["attacks"] for e in p["eps"])
+        fwd = len(p["targets"]) * len(p["attacks"]) * len(p["eps"]) * FORWARD
         return key, n / BATCH * (len(p["sources"]) * its + fwd)
     return key, 128 / BATCH * len(p["eps"]) * 4
+
+
+def _bucket(rec) -> str:
+    """Which measured rate an evaluation step gives and takes: an audit's passes are an
+    upper bound (the cascade ignored), so its seconds per pass are kept apart."""
+    return "audit" if rec.step.kind == "audit" else "eval"
 
 
 def seconds_per_iteration(run: str | Path) -> float | None:
@@ -146,12 +276,13 @@ def seconds_per_iteration(run: str | Path) -> float | None:
     return statistics.median(rates) if rates else None
 
 
-def measured(out: str | Path | None, records=(), cfgs: dict[str, Any] | None = None
-             ) -> dict[tuple, float]:
+def measured(out: str | Path | None, records=(), cfgs: dict[str, Any] | None = None,
+             survived: Mapping[str, Survival] | None = None) -> dict[tuple, float]:
     """Seconds measured in the cache ``out``: per training iteration by
-    ``("train", model key, iteration kind)``, per pass by ``("train", model key)`` and
-    ``("eval", model key)`` (the finished evaluation steps among ``records``, whose
-    training configs ``cfgs`` holds by step name, :func:`_configs`)."""
+    ``("train", model key, iteration kind)``, per pass by ``("train", model key)``,
+    ``("eval", model key)`` and ``("audit", model key)`` (the finished evaluation and
+    audit steps among ``records``, whose training configs ``cfgs`` holds by step name,
+    :func:`_configs`; an audit's passes from ``survived``, :func:`survival`)."""
     from cascade_adv.errors import CascadeAdvError
     from cascade_adv.training import load_config
 
@@ -169,9 +300,9 @@ def measured(out: str | Path | None, records=(), cfgs: dict[str, Any] | None = N
         found.setdefault(("train", key), []).append(rate / _per_iteration(cfg))
     for rec in records if cfgs is not None else ():
         if rec.status == "cached" and rec.step.kind not in ("train", "report") and rec.seconds:
-            key, passes = _passes(rec, cfgs)
+            key, passes = _passes(rec, cfgs, survived)
             if key is not None and passes > 0:
-                found.setdefault(("eval", key), []).append(rec.seconds / passes)
+                found.setdefault((_bucket(rec), key), []).append(rec.seconds / passes)
     return {k: statistics.median(v) for k, v in found.items()}
 
 
@@ -191,9 +322,9 @@ def estimate(records, rt, timing: dict[tuple, float] | None = None, quick: bool 
     if rt.threads:
         torch.set_num_threads(rt.threads)     # time each step as it will run
     try:
-        cfgs = _configs(records, rt.configs)
+        cfgs, survived = _configs(records, rt.configs), survival(records)
         return _estimate(records, cfgs, device, {} if timing is None else timing, quick,
-                         measured(out, records, cfgs))
+                         measured(out, records, cfgs, survived), survived)
     finally:
         torch.set_num_threads(before)
 
@@ -207,10 +338,10 @@ def _configs(records, configs: str) -> dict[str, Any]:
             for rec in records if rec.step.kind == "train"}
 
 
-def _estimate(records, cfgs: dict[str, Any], device, timing, quick, seen: dict[tuple, float]
-              ) -> dict[tuple, float]:
+def _estimate(records, cfgs: dict[str, Any], device, timing, quick, seen: dict[tuple, float],
+              survived: Mapping[str, Survival]) -> dict[tuple, float]:
     for rec in records:
-        key, passes = _passes(rec, cfgs)
+        key, passes = _passes(rec, cfgs, survived)
         rec.measured = False
         if key is None:
             rec.estimate = 0.0
@@ -219,8 +350,9 @@ def _estimate(records, cfgs: dict[str, Any], device, timing, quick, seen: dict[t
             cfg = cfgs[rec.step.name]
             exact = seen.get(("train", key, _iteration_kind(cfg)))
             rate = exact / _per_iteration(cfg) if exact else seen.get(("train", key))
-        else:  # a pass of this model's evaluation, else of its training
-            rate = seen.get(("eval", key), seen.get(("train", key)))
+        else:  # a pass of this model's audit / evaluation, else of its training
+            rate = next((seen[k] for k in ((_bucket(rec), key), ("eval", key),
+                                           ("train", key)) if k in seen), None)
         rec.measured = rate is not None
         if rate is None:
             if key not in timing:

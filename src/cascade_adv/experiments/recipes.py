@@ -3,7 +3,8 @@
 A recipe's ``build`` adds steps to a :class:`Builder`: ``b.train(CONFIG)`` adds the
 training of ``configs/CONFIG`` together with what it starts from (its ``init_from``
 pre-training, the crafting of the saved images its cascade sources name), all scaled
-by ``--scale``; ``b.whitebox`` / ``b.transfer`` / ``b.analysis`` evaluate. Which
+by ``--scale``; ``b.whitebox`` / ``b.transfer`` / ``b.analysis`` evaluate, and with
+``--audit`` ``b.audit`` adds the robustness audit of every model of a white-box table. Which
 paper rows the models reproduce comes from their config's ``paper`` key (a sweep's
 networks: the recipe's ``rows``), the attacks and epsilons of an evaluation from the
 published table's columns, so a recipe lists little more than its configs.
@@ -23,6 +24,8 @@ from cascade_adv.experiments.steps import Step
 from cascade_adv.reporting.reproduction import Claim, seed_tag
 from cascade_adv.results.published import CLEAN, get_table
 
+#: Kinds of published tables whose cells are white-box accuracies.
+WHITEBOX_KINDS = ("whitebox", "mean_std")
 SAVED_SET = re.compile(r"(?:^|/)(?P<model>[^/]+)_iter_fgsm_train/?$")
 FIGURE_EPS = tuple(float(e) for e in range(17))      # N18 figures 4-6: eps 0..16
 
@@ -40,10 +43,19 @@ class Recipe:
     #: scale suffix) -> paper row label; other models name their rows in their
     #: config's ``paper`` key
     rows: dict[str, str] = field(default_factory=dict)
+    #: epsilons ``--audit`` adds to those of the white-box table (e.g. MNIST's customary
+    #: 0.3 x 255); the table's attacks run there too, for ours beside the audit
+    audit_eps: tuple[float, ...] = ()
 
     @property
     def paper(self) -> str:
         return self.name.split("-")[0].upper()
+
+    @property
+    def whitebox_tables(self) -> tuple[str, ...]:
+        """The recipe's published tables of white-box accuracy (the ones ``--audit``
+        audits the models of)."""
+        return tuple(t for t in self.tables if get_table(t).kind in WHITEBOX_KINDS)
 
 
 # --- the builder ----------------------------------------------------------------------------
@@ -91,6 +103,8 @@ class Builder:
         #: what a training step computes -> its name: configs that train the same
         #: thing (e.g. the released pivot and the bidirectional loss) share one step
         self._trained: dict[str, str] = {}
+        #: white-box step name -> the published table whose columns it evaluates
+        self._tables: dict[str, str] = {}
 
     # -- naming
     @property
@@ -184,7 +198,7 @@ class Builder:
         it takes the paper rows ``model``'s config names, and the report says so."""
         params = self.steps[name].params
         params["paper"] = list(dict.fromkeys([*params["paper"], *paper]))
-        if model not in params["also"]:
+        if name != f"train/{model}" and model not in params["also"]:
             params["also"].append(model)
         return name
 
@@ -214,6 +228,8 @@ class Builder:
             attacks = [a for a in dict.fromkeys(a for a, _ in cols) if a != CLEAN]
             eps = sorted({e for a, e in cols if a != CLEAN})
         name = f"whitebox/{model.split('/', 1)[1]}"
+        if table is not None:
+            self._tables[name] = table
         prev = self.steps.get(name)
         if prev is not None:  # one evaluation per model: the union of the columns asked for
             attacks = list(dict.fromkeys([*prev.params["attacks"], *attacks]))
@@ -222,6 +238,32 @@ class Builder:
         return self._add(Step(name, "whitebox", {"model": model, "attacks": list(attacks),
                                                  "eps": [float(e) for e in eps],
                                                  "test_images": self.test_images}, (model,)))
+
+    def audit(self, version: str, tables: Sequence[str], extra_eps: Sequence[float] = ()
+              ) -> list[str]:
+        """An ``audit`` step (:func:`cascade_adv.experiments.steps.audit_step`) for the
+        model of every white-box step built so far from one of the published ``tables``,
+        at the step's epsilons and ``extra_eps``, on the same test images; where
+        ``extra_eps`` adds epsilons, a ``whitebox`` step of the table's attacks there
+        (``whitebox/MODEL@audit``), for ours beside the audit. Each depends on the
+        model's training step only, so its key is the model's training identity, the
+        audit's settings and the test images."""
+        out = []
+        for name, table in self._tables.items():
+            white = self.steps.get(name)
+            if white is None or table not in tables:
+                continue
+            model, short = white.params["model"], name.split("/", 1)[1]
+            extra = sorted({float(e) for e in extra_eps} - set(white.params["eps"]))
+            if extra:
+                self._add(Step(f"whitebox/{short}@audit", "whitebox", {
+                    "model": model, "attacks": list(white.params["attacks"]), "eps": extra,
+                    "test_images": self.test_images}, (model,)))
+            out.append(self._add(Step(f"audit/{short}", "audit", {
+                "model": model, "version": version,
+                "eps": sorted({*white.params["eps"], *extra}),
+                "test_images": self.test_images}, (model,))))
+        return out
 
     def transfer(self, label: str, sources: Sequence[str], targets: Sequence[str],
                  table: str | None = None, *, attacks: Sequence[str] = (),
@@ -425,7 +467,7 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in [
                   {"row": "Pivot", "attack": ITER}, {"row": "Kurakin's", "attack": ITER}),
                _c("Bidirection above Kurakin's under iterative attacks",
                   {"row": "Bidirection", "attack": ITER}, {"row": "Kurakin's", "attack": ITER}),
-           )),
+           ), audit_eps=(76.5,)),   # 0.3 x 255: MNIST's customary eps (Madry et al., AutoAttack)
     Recipe("n18-table2", "N18 table 2: CIFAR-10, white-box, 8 training settings", ("cifar10",),
            _whitebox_rows(N18_T2, "n18-table2"), ("n18-table2",), (
                _c("step_ll, Kurakin's above Baseline under one-step attacks",
@@ -560,14 +602,42 @@ def get_recipe(name: str) -> Recipe:
     return RECIPES[key]
 
 
+def check_audit(recipe: Recipe, audit: str | None) -> None:
+    """``--audit`` needs a white-box table to audit the models of: an
+    :class:`InvalidArgument` naming the recipes that have one otherwise; an unknown
+    version raises :class:`~cascade_adv.errors.UnknownAttackError`."""
+    if audit is None:
+        return
+    from cascade_adv.evaluation.audit import resolve_version
+
+    if not isinstance(audit, str):
+        raise InvalidArgument(f"audit is an audit version, standard or quick (or attacks as "
+                              f"cascade-adv audit --version takes them), got {audit!r}")
+    resolve_version(audit)
+    if not recipe.whitebox_tables:
+        kinds = {"blackbox": "black-box", "transfer": "transfer-rate"}
+        what = (", ".join(f"{t} is a {kinds.get(get_table(t).kind, get_table(t).kind)} "
+                          "table" for t in recipe.tables)
+                if recipe.tables else "it is a figure")
+        with_table = [n for n, r in RECIPES.items() if r.whitebox_tables]
+        raise InvalidArgument(
+            f"--audit audits the models of a white-box table and {recipe.name} has none "
+            f"({what}); drop --audit, or use it with {', '.join(with_table)}")
+
+
 def build_steps(recipe: Recipe, builder: Builder, only: Sequence[str] = (),
-                seeds: Sequence[int] = (0,)) -> list[Step]:
+                seeds: Sequence[int] = (0,), audit: str | None = None) -> list[Step]:
     """The recipe's steps for every seed in ``seeds`` (each trains the whole chain of
     every configuration again, pre-training included, :func:`chain_seed`), and with
     ``only`` just the models whose config name contains one of the given strings (and
-    what they need)."""
+    what they need). ``audit`` (an audit version, e.g. ``"standard"``) adds the audit
+    of every model of the recipe's white-box tables (:meth:`Builder.audit`), after
+    each seed's evaluations; a recipe without one is refused (:func:`check_audit`)."""
+    check_audit(recipe, audit)
     for _ in builder.seeds(seeds):
         recipe.build(builder)
+        if audit is not None:
+            builder.audit(audit, recipe.whitebox_tables, recipe.audit_eps)
     steps = builder.steps
     if only:
         keep_models = {n for n, s in steps.items() if s.kind == "train" and any(

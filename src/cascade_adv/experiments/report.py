@@ -11,10 +11,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from cascade_adv.experiments.recipes import WHITEBOX_KINDS
 from cascade_adv.io import atomic_path, atomic_write_text, make_temp_dir
 from cascade_adv.results.published import get_table, split_paper_entry
 from cascade_adv.results.store import ResultsStore
-from cascade_adv.results.tables import ResultTable
+from cascade_adv.results.tables import KEY_COLUMNS, ResultTable
 
 
 def row_mapper(recipe, table, suffix: str, paper: dict[str, list[str]]):
@@ -36,11 +37,16 @@ def row_mapper(recipe, table, suffix: str, paper: dict[str, list[str]]):
 
 
 def _rows(deps: dict[str, dict]) -> ResultTable:
-    table = ResultTable()
+    """The rows of every step among ``deps``; a row measured by two steps (the clean
+    accuracy of a model's white-box step and of its ``@audit`` one) is kept once, the
+    later one, as the results store keeps it (its key, :data:`KEY_COLUMNS`)."""
+    rows: dict[tuple, dict] = {}
     for out in deps.values():
         if out and "rows" in out:
-            table.extend(json.loads(Path(out["rows"]).read_text()))
-    return table
+            for r in json.loads(Path(out["rows"]).read_text()):
+                rows.pop(key := tuple(r[k] for k in KEY_COLUMNS), None)
+                rows[key] = r
+    return ResultTable(rows.values())
 
 
 def _store(path: Path, rows: ResultTable, deps: dict[str, dict], p: dict,
@@ -68,6 +74,49 @@ def _scale_words(p: dict) -> str:
     return f"{schedule}, {images}: a run reduced in " + (
         "schedule and test images" if p["scale"] != 1 and p["test_images"]
         else "schedule" if p["scale"] != 1 else "test images only") + trend
+
+
+def _audit_section(recipe, pub, rows: ResultTable, claims: list, deps: dict[str, dict],
+                   records: dict[str, Any], rec, paper: dict[str, list[str]]
+                   ) -> tuple[dict[str, Any], str, str]:
+    """The section "Under the audit" of one white-box table (``reproduce --audit``): per
+    row and audit eps the paper's lowest cell, ours under the paper's attacks, the
+    audit's worst case; each audited model's diagnostics (its step's ``checks.json``);
+    the recipe's claims under the audit. Returns (its ``comparison.json`` part, HTML,
+    Markdown)."""
+    from cascade_adv.evaluation.audit import resolve_version
+    from cascade_adv.reporting.reproduction import (
+        audit_lines,
+        audit_table,
+        check_claims_under_audit,
+        compare,
+        render_audit,
+    )
+    from cascade_adv.results.tables import AUDIT_PREFIX
+
+    p = rec.step.params
+    version, attacks = resolve_version(p["audit"])
+    attack = AUDIT_PREFIX + version
+    audits = [n for n in rec.step.deps if records[n].step.kind == "audit" and deps[n]]
+    eps = sorted({e for n in audits for e in records[n].step.params["eps"]})
+    wide = audit_table(pub, attack, eps)
+    cells = compare(rows, wide, row_mapper(recipe, pub, p["suffix"], paper))
+    lines = audit_lines(cells, pub, attack, eps)
+    audited = check_claims_under_audit(cells, recipe.claims, pub.metrics[0], pub, attack)
+    checks = {deps[n]["model"]: json.loads(Path(deps[n]["checks"]).read_text())
+              for n in audits}
+    h, md = render_audit(lines, checks, claims, audited)
+    intro = (f"The audit ({version}: {', '.join(a.label for a in attacks)}"
+             f"; AutoAttack's protocol, each attack on the images still correct) on the same "
+             f"test images as the table, at eps {', '.join(f'{e:g}' for e in eps)}. Paper: its "
+             "lowest cell over the table's attacks at that eps; ours: the same over our cells "
+             "(both naming the attack); ours - audit: how much the paper's attacks overstate "
+             "robustness. The claims are judged again with each attacked cell of a model "
+             "replaced by its audit worst case at that eps (clean cells unchanged).")
+    section = {"version": version, "attack": attack, "eps": eps,
+               "lines": [dict(ln.__dict__, gap=ln.gap) for ln in lines],
+               "checks": checks, "claims": audited}
+    return section, f"<p>{intro}</p>{h}", f"{intro}\n\n{md}"
 
 
 def write_report(recipe, rec, deps: dict[str, dict], records: dict[str, Any]) -> dict:
@@ -137,6 +186,11 @@ def write_report(recipe, rec, deps: dict[str, dict], records: dict[str, Any]) ->
                          f"{line}\n\n{md}\n\n### Claims\n\n{cmd}\n\n{fig_md}"))
         comparison[table_id] = {"summary": s, "claims": claims,
                                 "cells": [dict(c.__dict__, diff=c.diff) for c in cells]}
+        if p.get("audit") and pub.kind in WHITEBOX_KINDS:
+            section, h, md = _audit_section(recipe, pub, rows, claims, deps, records, rec,
+                                            paper)
+            comparison[table_id]["audit"] = section
+            sections.append((f"Under the audit: {pub.paper} table {pub.number}", h, md))
     atomic_write_text(folder / "comparison.json", json.dumps(comparison, indent=1))
     store = _store(folder / "results.db", rows, deps, p, paper)
     try:

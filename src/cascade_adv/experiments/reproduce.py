@@ -2,16 +2,16 @@
 
 A recipe (:mod:`cascade_adv.experiments.recipes`) is a list of :class:`Step`\\ s -
 shared pre-training, each configuration, crafting, white-box and black-box
-evaluation, analyses - and a report. Every step has a cache key: the hash of its
-kind, its parameters (for training, the whole resolved config), the keys of the
-steps it depends on and :data:`CACHE_VERSION`. Its outputs live in
-``OUT/steps/NAME-KEY/`` and it is finished when ``done.json`` there holds that key,
-so
+evaluation, analyses, with ``--audit`` the robustness audits - and a report. Every
+step has a cache key: the hash of its kind, its parameters (for training, the whole
+resolved config), the keys of the steps it depends on and :data:`CACHE_VERSION`.
+Its outputs live in ``OUT/steps/NAME-KEY/`` and it is finished when ``done.json``
+there holds that key, so
 
 * a repeated run skips finished steps, and a changed config re-runs the steps that
   depend on it and nothing else (their keys change);
-* an interrupted run resumes: training continues from its last checkpoint (the step
-  folder is the same), other steps start over;
+* an interrupted run resumes: training continues from its last checkpoint and an
+  audit from its progress file (the step folder is the same), other steps start over;
 * ``jobs > 1`` runs independent steps in worker processes; each step seeds itself,
   so the results do not depend on the order.
 
@@ -400,7 +400,7 @@ def reproduce(name: str, out: str | Path, *, data_dir: str | None = None,
               jobs: int = 1, threads: int | None = None, only: Sequence[str] = (),
               dry_run: bool = False, device: str = "auto", configs: str | Path | None = None,
               tolerance: float = 1.5, download: bool = False, progress: bool = False,
-              seeds: int | Sequence[int] = 1,
+              seeds: int | Sequence[int] = 1, audit: str | None = None,
               executor: str = "local", ray_address: str | None = None,
               gpus_per_step: float = 0.0, on_event: Event | None = None) -> ReproduceResult:
     """Run recipe ``name`` (:mod:`cascade_adv.experiments.recipes`) with its cache in
@@ -411,7 +411,12 @@ def reproduce(name: str, out: str | Path, *, data_dir: str | None = None,
     (``-x0.1``), the rows' ``n`` and the report. ``seeds`` (a count N, or the seeds)
     trains every configuration's chain with each seed (names ``-seedJ`` for J >= 1;
     cached per seed, so raising N trains only the new ones); the report gives mean ±
-    std over them. ``dataset="digits"`` runs an MNIST
+    std over them. ``audit`` (an audit version: ``"standard"``, AutoAttack's, or
+    ``"quick"`` for a CPU; any version that
+    :func:`~cascade_adv.evaluation.audit.resolve_version` takes) audits every model of the recipe's white-box tables with
+    its diagnostics at the table's epsilons (and the recipe's ``audit_eps``) on the
+    same test images, and the report adds "Under the audit" (a recipe without a
+    white-box table is refused). ``dataset="digits"`` runs an MNIST
     recipe on the bundled digits. Bad options, a foreign ``out`` and absent data
     raise one-line errors before anything is written. ``executor="ray"`` runs the
     steps as Ray tasks (:class:`RayExecutor`), ``jobs`` at a time.
@@ -431,13 +436,14 @@ def reproduce(name: str, out: str | Path, *, data_dir: str | None = None,
                                       *dataset_inputs(used, data_dir)])
     builder = Builder(configs, base, scale=float(scale), test_images=test_images,
                       substitute=substitute)
-    steps = build_steps(recipe, builder, only, seeds)
+    steps = build_steps(recipe, builder, only, seeds, audit)
     label = (f"{recipe.name}{builder.suffix}" + (f"-n{test_images}" if test_images else "")
              + (f"-only-{'+'.join(only)}" if only else ""))
     steps.append(Step(f"report/{label}", "report",
                       {"recipe": recipe.name, "suffix": builder.suffix, "scale": scale,
                        "test_images": test_images, "dataset": used, "tolerance": tolerance,
-                       "only": list(only), "seeds": seeds}, tuple(s.name for s in steps)))
+                       "only": list(only), "seeds": seeds, "audit": audit},
+                      tuple(s.name for s in steps)))
     cache = Cache(out, used)
     cache.check()
     _check_data(used, data_dir, download)

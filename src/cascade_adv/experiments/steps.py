@@ -1,4 +1,4 @@
-"""What one step of a reproduction recipe does: train, craft, evaluate, analyse.
+"""What one step of a reproduction recipe does: train, craft, evaluate, audit, analyse.
 
 Each function takes the step's parameters (JSON values, part of its cache key), the
 step's folder, the outputs of the steps it depends on and the run's
@@ -149,8 +149,43 @@ def analysis_step(p: dict, folder: Path, deps: dict[str, dict], rt: Runtime) -> 
     return _write_rows(folder, rows)
 
 
+#: The file of an audit step's diagnostics (:func:`audit_step`).
+CHECKS_FILE = "checks.json"
+
+
+def audit_step(p: dict, folder: Path, deps: dict[str, dict], rt: Runtime) -> dict:
+    """The robustness audit of one model (``reproduce --audit``): ``audit()``
+    (:mod:`cascade_adv.evaluation.audit`) of version ``p["version"]`` with its
+    gradient-masking diagnostics at ``p["eps"]`` on the first ``p["test_images"]`` test
+    images (those of the model's white-box step). Writes its rows (``rows.json``, docs/results-schema.md, "Robustness
+    audit") and the diagnostics (``checks.json``: one object per check with its name,
+    verdict, numbers, meaning, origin and what it was measured on). The audit's
+    progress is kept in the step folder after every attack x batch, so an interrupted
+    step resumes where it stopped (:func:`execute` keeps the folder)."""
+    from dataclasses import asdict
+
+    from cascade_adv.evaluation import audit, prepare_images
+
+    device = _device(rt)
+    m = _model(deps[p["model"]], device)
+    data = _split([m], rt, p.get("test_images"), device)
+    result = audit(m.model, data.images, data.labels, p["eps"], version=p["version"],
+                   prepare=lambda xb: prepare_images(m.model, xb),
+                   store=folder / "audit.db", save_rows=False, progress=rt.progress,
+                   model_name=m.name, model_hash=m.hash, dataset=data.name, split=data.split,
+                   diagnostics=True)
+    atomic_write_text(folder / CHECKS_FILE,
+                      json.dumps([asdict(c) for c in result.checks], indent=1))
+    return {**_write_rows(folder, result.table()), "checks": str(folder / CHECKS_FILE),
+            "model": m.name}
+
+
 RUNNERS = {"train": train_step, "craft": craft_step, "whitebox": whitebox_step,
-           "transfer": transfer_step, "analysis": analysis_step}
+           "transfer": transfer_step, "analysis": analysis_step, "audit": audit_step}
+#: The step kinds that resume an interrupted run from what their folder holds
+#: (training from its checkpoints, the audit from its progress file); the others
+#: start over from an empty folder.
+RESUMES = ("train", "audit")
 
 
 def read_done(folder: Path, key: str) -> dict | None:
@@ -167,8 +202,8 @@ def execute(step: Step, key: str, folder: str, deps: dict[str, dict], rt: Runtim
     mark it finished (``done.json``); returns its outputs.
 
     Under the folder's lock: a step another invocation finished meanwhile is not run
-    again; an unfinished non-training step starts over from an empty folder (training
-    resumes from its checkpoints).
+    again; an unfinished step starts over from an empty folder, except those of
+    :data:`RESUMES` (training resumes from its checkpoints, an audit from its progress).
     """
     import torch
 
@@ -178,7 +213,7 @@ def execute(step: Step, key: str, folder: str, deps: dict[str, dict], rt: Runtim
         done = read_done(path, key)
         if done is not None:
             return done["outputs"]
-        if step.kind != "train":
+        if step.kind not in RESUMES:
             for child in path.iterdir():
                 if child.name != LOCK_FILE:
                     shutil.rmtree(child) if child.is_dir() else child.unlink()

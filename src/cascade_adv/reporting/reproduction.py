@@ -13,7 +13,7 @@ import math
 import os
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -266,26 +266,34 @@ def summary(cells: Sequence[Cell], tolerance: float = TOLERANCE) -> dict[str, An
             "max_abs_diff": max((abs(c.diff) for c in both), default=None)}
 
 
+def _word(v: bool | None, no: str = "does not hold") -> str:
+    return "n/a" if v is None else ("holds" if v else no)
+
+
+def claim_verdict(r: Mapping[str, Any], no: str = "does not hold") -> str:
+    """A :func:`check_claims` result on ours as words: ``holds (a vs b)`` (``no`` when
+    it does not; ``; within 2 standard errors`` where the difference is), then the
+    verdict with each other model of a row; :data:`NOT_TESTABLE` for a claim the audit
+    cannot judge (:func:`check_claims_under_audit`)."""
+    if not r.get("testable", True):
+        return NOT_TESTABLE
+    a, b = r["ours_means"]
+    text = _word(r["ours"], no)
+    if a is not None and b is not None:
+        text += f" ({a:.1f} vs {b:.1f}" + (
+            "; within 2 standard errors)" if r.get("ours_clear") is False else ")")
+    return text + "".join(f"; with {alt['model']}: {claim_verdict(alt, no)}"
+                          for alt in r.get("alternatives", ()))
+
+
 def render_claims(results: Sequence[Mapping[str, Any]]) -> tuple[str, str]:
-    def word(v: bool | None) -> str:
-        return "n/a" if v is None else ("holds" if v else "does not hold")
-
-    def verdict(r: Mapping[str, Any]) -> str:
-        a, b = r["ours_means"]
-        text = word(r["ours"])
-        if a is not None and b is not None:
-            text += f" ({a:.1f} vs {b:.1f}" + (
-                "; within 2 standard errors)" if r.get("ours_clear") is False else ")")
-        return text
-
     md = ["| claim | paper | ours |", "|---|---|---|"]
     h = ["<table class=\"claims\"><tr><th>claim</th><th>paper</th><th>ours</th></tr>"]
     for r in results:
-        ours = verdict(r) + "".join(f"; with {alt['model']}: {verdict(alt)}"
-                                    for alt in r.get("alternatives", ()))
-        md.append(f"| {r['claim']} | {word(r['paper'])} | {ours} |")
+        ours = claim_verdict(r)
+        md.append(f"| {r['claim']} | {_word(r['paper'])} | {ours} |")
         cls = "ok" if r["ours"] else ("off" if r["ours"] is False else "")
-        h.append(f"<tr><td>{html.escape(r['claim'])}</td><td>{word(r['paper'])}</td>"
+        h.append(f"<tr><td>{html.escape(r['claim'])}</td><td>{_word(r['paper'])}</td>"
                  f"<td class=\"{cls}\">{html.escape(ours)}</td></tr>")
     h.append("</table>")
     return "\n".join(h), "\n".join(md)
@@ -331,3 +339,211 @@ def plot_ours_vs_paper(cells: Sequence[Cell], path: str | os.PathLike, *,
     if title:
         fig.suptitle(f"{title}: ours solid, paper dashed", fontsize=9)
     return save_png(fig, path, dpi=110)
+
+
+# --- under the audit (reproduce --audit) ---------------------------------------------------
+
+#: Why a claim is not judged under the audit.
+NOT_TESTABLE = "not testable under the audit (it contrasts attacks the audit merges)"
+
+
+@dataclass(frozen=True)
+class AuditLine:
+    """One of our models of a paper row at one audit eps: the paper's lowest accuracy
+    over the table's attacks at that eps (``paper``, by ``paper_attack``; ``None``
+    where the paper has no column at that eps), ours under the same attacks (``ours``,
+    by ``ours_attack``) and the audit's worst case (``audit``); seed means, with the
+    sample std over ``seeds`` seeds."""
+
+    row: str
+    model: str
+    eps: float
+    paper: float | None
+    paper_attack: str
+    ours: float | None
+    ours_attack: str
+    audit: float | None
+    audit_std: float | None = None
+    seeds: int = 1
+    n: int = 0
+
+    @property
+    def gap(self) -> float | None:
+        """``ours - audit``: how much the paper's attacks overstate robustness."""
+        return None if self.ours is None or self.audit is None else self.ours - self.audit
+
+
+def _attacks(published: PaperTable) -> list[str]:
+    return [a for a in dict.fromkeys(a for a, _ in published.columns) if a != CLEAN]
+
+
+def audit_table(published: PaperTable, audit_attack: str, eps: Sequence[float]) -> PaperTable:
+    """``published`` (its first metric) widened for :func:`compare` to give the cells the
+    audit section needs: the audit's worst case (attack ``audit_attack``, e.g.
+    ``audit:standard``) at every ``eps``, and the table's attacks at the ``eps`` it has
+    no column for (the paper's value there is ``None``)."""
+    cols = list(published.columns)
+    cols += [(a, float(e)) for e in eps for a in _attacks(published)
+             if (a, float(e)) not in cols]
+    cols += [(audit_attack, float(e)) for e in eps]
+    return replace(published, columns=tuple(cols), metrics=published.metrics[:1])
+
+
+def _lowest(cells: Iterable[Cell | None], who: str) -> tuple[float | None, str]:
+    """The lowest value of ``who`` (paper / ours) and its attack; a tie goes to the
+    attack that comes first in the table."""
+    found = [(getattr(c, who), c.attack) for c in cells
+             if c is not None and getattr(c, who) is not None]
+    return min(found, key=lambda va: va[0], default=(None, ""))
+
+
+def audit_lines(cells: Sequence[Cell], published: PaperTable, audit_attack: str,
+                eps: Sequence[float]) -> list[AuditLine]:
+    """Per paper row and model we ran (in the paper's row order) and per audit ``eps``,
+    the :class:`AuditLine` from ``cells``, :func:`compare` on :func:`audit_table`."""
+    metric = published.metrics[0]
+    by = {(c.row, c.model, c.attack, c.eps): c for c in cells if c.metric == metric}
+    out = []
+    for row, model in dict.fromkeys((c.row, c.model) for c in cells if c.metric == metric):
+        for e in map(float, eps):
+            attacked = [by.get((row, model, a, e)) for a in _attacks(published)]
+            audit = by.get((row, model, audit_attack, e))
+            if audit is None or (audit.ours is None and all(
+                    c is None or c.ours is None for c in attacked)):
+                continue   # a row we did not run
+            (paper, paper_by), (ours, ours_by) = (_lowest(attacked, "paper"),
+                                                  _lowest(attacked, "ours"))
+            out.append(AuditLine(row, model, e, paper, paper_by, ours, ours_by, audit.ours,
+                                 audit.std, audit.seeds, audit.n))
+    return sorted(out, key=lambda ln: published.row_order.index(ln.row))
+
+
+def _named(value: float | None, attack: str, absent: str) -> str:
+    return absent if value is None else f"{_fmt(value)} ({attack})"
+
+
+def _line_labels(lines: Sequence[AuditLine]) -> list[str]:
+    """Each line's row label, with its model where several of ours stand for the row."""
+    models: dict[str, set[str]] = {}
+    for ln in lines:
+        models.setdefault(ln.row, set()).add(ln.model)
+    return [ln.row + (f" [{ln.model}]" if len(models[ln.row]) > 1 else "") for ln in lines]
+
+
+def _identity(cells: Sequence[Cell]) -> list[tuple]:
+    """What a claim's side compares once the audit stands for every attack of a model."""
+    return sorted((c.row, c.model, c.source, c.eps, c.metric, c.attack == CLEAN)
+                  for c in cells)
+
+
+def check_claims_under_audit(cells: Sequence[Cell], claims: Sequence[Claim], metric: str,
+                             published: PaperTable, audit_attack: str
+                             ) -> list[dict[str, Any]]:
+    """:func:`check_claims` with every attacked cell of ``published``'s grid (ours)
+    replaced by the same model's audit worst case (attack ``audit_attack``) at its eps,
+    clean cells unchanged; ``cells`` from :func:`compare` on :func:`audit_table`. A claim
+    whose two sides become the same cells (it contrasts attacks on one model) has
+    ``testable`` False and no verdict (``ours`` None)."""
+    worst = {(c.row, c.model, c.source, c.eps, c.metric): c for c in cells
+             if c.attack == audit_attack}
+    grid = {(a, float(e)) for a, e in published.columns}
+    kept = [c for c in cells if (c.attack, c.eps) in grid]
+
+    def audited(c: Cell) -> Cell:
+        if c.attack == CLEAN:
+            return c
+        w = worst.get((c.row, c.model, c.source, c.eps, c.metric))
+        return replace(c, ours=None if w is None else w.ours, std=None if w is None else w.std,
+                       n=0 if w is None else w.n, seeds=1 if w is None else w.seeds)
+
+    out = check_claims([audited(c) for c in kept], claims, metric)
+    for claim, res in zip(claims, out):
+        same = _identity(_pick(kept, claim.higher, metric)) == _identity(
+            _pick(kept, claim.lower, metric))
+        res["testable"] = not same
+        if same:
+            res.update(ours=None, ours_clear=None, alternatives=[])
+    return out
+
+
+def summarise_checks(checks: Sequence[Mapping[str, Any]]) -> str:
+    """One model's diagnostics (``Diagnostic`` fields as mappings) in one line: the
+    counts, each flagged one with its sentence and each one not run with its reason
+    (``"10 hold, 1 flagged, 1 not run; flagged: logits (the model returns ...); not
+    run: transfer_no_stronger (no undefended twin model given)"``)."""
+    from cascade_adv.evaluation.diagnostics import FLAGGED, HOLDS, NOT_RUN
+
+    def named(verdict: str) -> list[str]:
+        return [f"{c['name']} ({c['meaning']})" for c in checks if c["verdict"] == verdict]
+
+    holds, flagged, not_run = (sum(c["verdict"] == v for c in checks)
+                               for v in (HOLDS, FLAGGED, NOT_RUN))
+    text = f"{holds} hold{'s' if holds == 1 else ''}, {flagged} flagged" + (
+        f", {not_run} not run" if not_run else "")
+    return text + "".join(f"; {verdict}: {'; '.join(named(verdict))}"
+                          for verdict in (FLAGGED, NOT_RUN) if named(verdict))
+
+
+def audit_summary(section: Mapping[str, Any]) -> list[str]:
+    """The audit part of a table's comparison (``comparison.json``'s ``audit``) as
+    plain lines for the command's printed summary."""
+    out = [(f"under the audit ({section['version']}): paper / ours under the paper's "
+           "attacks (lowest) / audit worst case, ours - audit")]
+    names = {f.name for f in fields(AuditLine)}
+    lines = [AuditLine(**{k: v for k, v in ln.items() if k in names})
+             for ln in section["lines"]]
+    for ln, name in zip(lines, _line_labels(lines)):
+        out.append(f"  {name}, eps {_eps(ln.eps)}: {_named(ln.paper, ln.paper_attack, '-')}"
+                   f" / {_named(ln.ours, ln.ours_attack, 'n/a')} / {_fmt(ln.audit) or 'n/a'}"
+                   + (f", {ln.gap:+.1f}" if ln.gap is not None else ""))
+    for model, checks in section["checks"].items():
+        out.append(f"  diagnostics of {model}: {summarise_checks(checks)}")
+    for r in section["claims"]:
+        out.append(f"  under the audit, {r['claim']}: {claim_verdict(r, 'fails')}")
+    return out
+
+
+def render_audit(lines: Sequence[AuditLine], checks: Mapping[str, Sequence[Mapping]],
+                 claims: Sequence[Mapping[str, Any]], audited: Sequence[Mapping[str, Any]]
+                 ) -> tuple[str, str]:
+    """(HTML, Markdown) of the section "Under the audit": the table of ``lines``, each
+    model's diagnostics (``checks``: model name -> its ``Diagnostic`` fields) with the
+    flagged and not-run ones' sentences, and the claims on ours under the paper's
+    attacks (``claims``, :func:`check_claims`) beside the same claims under the audit
+    (``audited``, :func:`check_claims_under_audit`)."""
+    head = ["row", "eps", "paper (lowest, attack)", "ours under the paper's attacks",
+            "audit worst case", "ours - audit"]
+    md = ["| " + " | ".join(head) + " |", "|---|---:|---:|---:|---:|---:|"]
+    h = ['<table class="audit"><tr>' + "".join(f"<th>{html.escape(x)}</th>" for x in head)
+         + "</tr>"]
+    for ln, label in zip(lines, _line_labels(lines)):
+        audit = _fmt(ln.audit) or "n/a"
+        if ln.audit_std is not None:
+            audit += f" ± {ln.audit_std:.1f}"
+        cells = [label, _eps(ln.eps),
+                 _named(ln.paper, ln.paper_attack, "-"), _named(ln.ours, ln.ours_attack, "n/a"),
+                 audit, f"{ln.gap:+.1f}" if ln.gap is not None else "-"]
+        md.append("| " + " | ".join(cells) + " |")
+        h.append("<tr>" + "".join(f"<td>{html.escape(x)}</td>" for x in cells) + "</tr>")
+    h.append("</table>")
+    diag_md, diag_h = [], []
+    for model, found in checks.items():
+        diag_md.append(f"- **{model}**: {summarise_checks(found)}")
+        diag_h.append(f"<li><b>{html.escape(model)}</b>: "
+                      f"{html.escape(summarise_checks(found))}</li>")
+    by_claim = {r["claim"]: r for r in claims}
+    c_md = ["| claim | ours under the paper's attacks | under the audit |", "|---|---|---|"]
+    c_h = [('<table class="claims"><tr><th>claim</th><th>ours under the paper\'s attacks</th>'
+           "<th>under the audit</th></tr>")]
+    for r in audited:
+        before = by_claim.get(r["claim"])
+        left = claim_verdict(before, "fails") if before is not None else "-"
+        c_md.append(f"| {r['claim']} | {left} | {claim_verdict(r, 'fails')} |")
+        c_h.append(f"<tr><td>{html.escape(r['claim'])}</td><td>{html.escape(left)}</td>"
+                   f"<td>{html.escape(claim_verdict(r, 'fails'))}</td></tr>")
+    c_h.append("</table>")
+    md_text = "\n".join([*md, "", "#### Diagnostics", "", *diag_md, "",
+                         "#### Claims under the audit", "", *c_md])
+    h_text = "".join([*h, "<h4>Diagnostics</h4><ul>", *diag_h, "</ul>",
+                      "<h4>Claims under the audit</h4>", *c_h])
+    return h_text, md_text
