@@ -172,6 +172,14 @@ def test_the_cascade_is_approximated_from_the_cached_whitebox_rows(tmp_path):
         attacks + sample + 400)
     assert cost.diagnostic_passes(1280, [16], "quick", 10, robust=64) == pytest.approx(
         sample + 200)
+    # an eps the rows lack: above 16, at most the fifth left at 16; below, the clean half
+    per_eps = {e: cost.audit_passes(1280, [e], "quick", 10, survived["train/m"])
+               - cost.diagnostic_passes(1280, [e], "quick", 10, 1280 * left)
+               for e, left in ((76.5, 0.2), (8.0, 0.5))}
+    assert per_eps[76.5] == pytest.approx(1280 / 128 * (1 / 3 + 0.5 * 100
+                                                        + 0.2 * (300 + 1000 / 3)))
+    assert per_eps[8.0] == pytest.approx(1280 / 128 * (1 / 3 + 0.5 * 100
+                                                       + 0.5 * (300 + 1000 / 3)))
 
 
 # --- the report, from cells built by hand ----------------------------------------------------
