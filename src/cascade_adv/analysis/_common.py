@@ -14,7 +14,7 @@ from cascade_adv import attacks
 from cascade_adv.attacks import AttackSpec, core
 from cascade_adv.data import ImageDataset
 from cascade_adv.errors import CascadeAdvError
-from cascade_adv.evaluation.engine import Stacked, attack_eps, prepare_images
+from cascade_adv.evaluation.engine import Stacked, attack_eps, prepare_images, seeded_generator
 
 #: The test-time directions of N18 figures 4-6 ("step_ll", "step_FGSM", "random sign").
 METHODS: tuple[str, ...] = ("step_ll", "step_fgsm", "random_sign")
@@ -70,9 +70,7 @@ def choose_images(dataset: Any, n_images: int = 128, seed: int = 1234) -> ImageD
     images, labels = dataset.images, dataset.labels
     n = int(images.shape[0])
     if n > n_images:
-        g = torch.Generator(device="cpu")
-        g.manual_seed(int(seed))
-        idx = torch.randperm(n, generator=g)[:n_images].sort().values.to(images.device)
+        idx = torch.randperm(n, generator=seeded_generator(seed, "cpu"))[:n_images].sort().values.to(images.device)
         images, labels = images[idx], labels[idx]
     return ImageDataset(
         images=images,

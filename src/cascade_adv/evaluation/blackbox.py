@@ -28,6 +28,7 @@ from torch import nn
 from cascade_adv.attacks import inference_mode, model_device
 from cascade_adv.data import to_float
 from cascade_adv.errors import CascadeAdvError, ModelFault
+from cascade_adv.evaluation.engine import nonfinite_rows
 from cascade_adv.evaluation.whitebox import true_class_rank
 from cascade_adv.results.advsets import AdversarialSet
 from cascade_adv.results.tables import ResultTable
@@ -113,7 +114,7 @@ def evaluate_transfer(
             images, labels, _ = adv.select(rows)
             logits = model(to_float(images.to(device)))
             n_classes = logits.shape[1]
-            nonfinite += (~torch.isfinite(logits).all(dim=1)).sum()
+            nonfinite += nonfinite_rows(logits)
             ranks[rows] = true_class_rank(logits, labels.to(device)).cpu().numpy()
     if int(nonfinite):
         raise ModelFault(f"target {model_name} gives non-finite outputs (inf / NaN) on "
