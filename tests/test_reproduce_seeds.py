@@ -79,6 +79,40 @@ def test_seeds_2_then_3_trains_exactly_one_more_chain(tmp_path):
     assert "± " in (result.report / "report.md").read_text()
 
 
+def test_seeds_for_trains_the_extra_seeds_of_the_named_models_only():
+    plain = _trained("n18-table1", "mnist")
+    steps = build_steps(RECIPES["n18-table1"], Builder(CONFIGS, "mnist"), seeds=[0, 1, 2],
+                        seeds_for=["baseline"], audit="quick")
+    keys = step_keys(steps)
+    names = {s.name for s in steps}
+    trained = {n: keys[n] for n in names if n.startswith("train/")}
+    assert plain.items() <= trained.items()                  # every row's first seed, as is
+    assert set(trained) - set(plain) == {f"train/n18_mnist_{m}-seed{j}" for j in (1, 2)
+                                         for m in ("pretrain", "baseline")}
+    for j in (1, 2):                   # the Baseline's extra seeds are evaluated and audited
+        assert {f"whitebox/n18_mnist_baseline-seed{j}",
+                f"audit/n18_mnist_baseline-seed{j}"} <= names
+    assert not [n for n in names if "seed" in n and "baseline" not in n and "pretrain" not in n]
+    # the same steps as --seeds 3 restricted to them: nothing is keyed differently
+    every = step_keys(build_steps(RECIPES["n18-table1"], Builder(CONFIGS, "mnist"),
+                                  seeds=[0, 1, 2], audit="quick"))
+    assert all(every[n] == k for n, k in keys.items())
+
+
+def test_seeds_for_names_the_seeds_in_the_report(tmp_path):
+    from cascade_adv.experiments.report import _seed_words
+
+    result = reproduce("n18-table1", tmp_path / "c", dry_run=True, seeds=3,
+                       seeds_for=["baseline"], **TINY)
+    assert result.records[-1].step.name == "report/n18-table1-x0.01-digits-n32-seeds3-for-baseline"
+    assert result.records[-1].step.params["seeds_for"] == ["baseline"]
+    assert _seed_words([0, 1, 2], ["baseline"]) == (
+        "3 seeds of the configurations whose name contains baseline, one of every other")
+    assert _seed_words([0, 1], []) == "2 seeds of every configuration"
+    one = reproduce("n18-table1", tmp_path / "c", dry_run=True, **TINY)
+    assert one.records[-1].step.name == "report/n18-table1-x0.01-digits-n32"
+
+
 def test_seeds_are_averaged_and_their_spread_widens_the_tolerance():
     table = get_table("n18-table1")
 
@@ -105,6 +139,13 @@ def test_seeds_bad_input_is_one_line_exit_2(tmp_path):
                                   str(tmp_path / "c"), "--dataset", "digits"], tmp_path)
         assert code == 2 and len(err.strip().splitlines()) == 1, err
         assert "--seeds" in err and words in err, err
+        assert not (tmp_path / "c").exists()
+    for args, words in [(["--seeds-for", "baseline"], "two or more --seeds"),
+                        (["--seeds", "2", "--seeds-for", "nothing"], "matches no model")]:
+        code, _, err = run_cli(["reproduce", "n18-table1", *args, "--out",
+                                str(tmp_path / "c"), "--dataset", "digits"], tmp_path)
+        assert code == 2 and len(err.strip().splitlines()) == 1, err
+        assert "--seeds-for" in err and words in err, err
         assert not (tmp_path / "c").exists()
 
 

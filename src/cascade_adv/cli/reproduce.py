@@ -15,6 +15,7 @@ Examples:
   cascade-adv reproduce n18-table1 --data-dir ../shared/data --out runs/repro-mnist
   cascade-adv reproduce n18-table1 --scale 0.1 --test-images 1000 --jobs 2 --dry-run
   cascade-adv reproduce n18-table1 --seeds 3 --test-images 2000 --out ~/repro-mnist
+  cascade-adv reproduce n18-table1 --seeds 3 --seeds-for baseline --test-images 2000
   cascade-adv reproduce n18-figure4 --dataset mnist --out runs/repro-mnist   # reuses table 1
   cascade-adv reproduce n18-table2 --only baseline,step_ll --scale 0.02 --out runs/repro-cifar
   cascade-adv reproduce n18-table1 --dataset digits --scale 0.02 --out runs/repro-digits
@@ -115,6 +116,9 @@ def _list(data_dir, device, out, threads, audit) -> None:
               help="Train every configuration with N seeds (its whole chain, pre-training "
               "included), or with the seeds listed (0,3: seed 0 is the configs' own); the "
               "report gives mean +- std. Cached per seed: raising N trains the new ones.")
+@click.option("--seeds-for", default=None,
+              help="Train the seeds after the first only for the models whose config name "
+              "contains one of these (comma list, as --only); the others train one seed.")
 @click.option("--audit", is_flag=True, help="Also audit every model of the recipe's "
               "white-box table (APGD-CE, APGD-T, Square in sequence, with the gradient-"
               "masking diagnostics) at the table's eps on the same test images; the report "
@@ -141,7 +145,7 @@ def _list(data_dir, device, out, threads, audit) -> None:
               help="The configs folder [default: the repository's configs/].")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def reproduce(name, list_, out, data_dir, dataset, scale, test_images, jobs, threads, only,
-              seeds, audit, audit_version, dry_run, tolerance, executor, ray_address,
+              seeds, seeds_for, audit, audit_version, dry_run, tolerance, executor, ray_address,
               gpus_per_step, download, device, configs, quiet):
     """Reproduce one table or figure of N18 / K17: train, craft, evaluate, report.
 
@@ -185,7 +189,8 @@ def reproduce(name, list_, out, data_dir, dataset, scale, test_images, jobs, thr
                  only=_csv_list(only, option="--only") if only else (), dry_run=dry_run,
                  device=device, configs=configs, tolerance=tolerance, download=download,
                  executor=executor, ray_address=ray_address, gpus_per_step=gpus_per_step,
-                 progress=not quiet and jobs == 1, on_event=event, seeds=seeds, audit=audit)
+                 progress=not quiet and jobs == 1, on_event=event, seeds=seeds, audit=audit,
+                 seeds_for=_csv_list(seeds_for, option="--seeds-for") if seeds_for else ())
     if dry_run:
         todo = [r for r in result.records if r.status != "cached"]
         for r in result.records:

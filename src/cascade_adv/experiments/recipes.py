@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -626,35 +626,55 @@ def check_audit(recipe: Recipe, audit: str | None) -> None:
 
 
 def build_steps(recipe: Recipe, builder: Builder, only: Sequence[str] = (),
-                seeds: Sequence[int] = (0,), audit: str | None = None) -> list[Step]:
+                seeds: Sequence[int] = (0,), audit: str | None = None,
+                seeds_for: Sequence[str] = ()) -> list[Step]:
     """The recipe's steps for every seed in ``seeds`` (each trains the whole chain of
     every configuration again, pre-training included, :func:`chain_seed`), and with
     ``only`` just the models whose config name contains one of the given strings (and
-    what they need). ``audit`` (an audit version, e.g. ``"standard"``) adds the audit
-    of every model of the recipe's white-box tables (:meth:`Builder.audit`), after
-    each seed's evaluations; a recipe without one is refused (:func:`check_audit`)."""
+    what they need). With ``seeds_for`` (such strings too), only those models train the
+    seeds after the first; every other model trains the first seed alone. ``audit`` (an
+    audit version, e.g. ``"standard"``) adds the audit of every model of the recipe's
+    white-box tables (:meth:`Builder.audit`), after each seed's evaluations; a recipe
+    without one is refused (:func:`check_audit`)."""
     check_audit(recipe, audit)
+    if seeds_for and len(seeds) < 2:
+        raise InvalidArgument(f"--seeds-for {','.join(seeds_for)} picks the models that "
+                              "train the extra seeds; give two or more --seeds (e.g. 3)")
+    first: set[str] = set()
     for _ in builder.seeds(seeds):
         recipe.build(builder)
         if audit is not None:
             builder.audit(audit, recipe.whitebox_tables, recipe.audit_eps)
+        if not first:
+            first = set(builder.steps)
     steps = builder.steps
+    if seeds_for:
+        more = _needed(steps, seeds_for, recipe.name, "--seeds-for")
+        steps = {n: s for n, s in steps.items() if n in first or n in more}
     if only:
-        keep_models = {n for n, s in steps.items() if s.kind == "train" and any(
-            o in m for o in only for m in (n, *s.params.get("also", ())))}
-        wanted = [n for n, s in steps.items() if s.kind != "train" and
-                  all(d in keep_models or steps[d].kind != "train" for d in s.deps)]
-        if not wanted:
-            raise InvalidArgument(f"--only {','.join(only)} matches no model of {recipe.name}")
-        keep: set[str] = set()
-
-        def visit(n: str) -> None:
-            if n not in keep:
-                keep.add(n)
-                for d in steps[n].deps:
-                    visit(d)
-
-        for n in wanted:
-            visit(n)
+        keep = _needed(steps, only, recipe.name, "--only")
         steps = {n: s for n, s in steps.items() if n in keep}
     return list(steps.values())
+
+
+def _needed(steps: Mapping[str, Step], names: Sequence[str], recipe: str, option: str
+            ) -> set[str]:
+    """The steps that concern only the models whose name (or a name it stands for)
+    contains one of ``names``, with every step they depend on."""
+    models = {n for n, s in steps.items() if s.kind == "train" and any(
+        o in m for o in names for m in (n, *s.params.get("also", ())))}
+    wanted = [n for n, s in steps.items() if s.kind != "train" and
+              all(d in models or steps[d].kind != "train" for d in s.deps)]
+    if not wanted:
+        raise InvalidArgument(f"{option} {','.join(names)} matches no model of {recipe}")
+    keep: set[str] = set()
+
+    def visit(n: str) -> None:
+        if n not in keep:
+            keep.add(n)
+            for d in steps[n].deps:
+                visit(d)
+
+    for n in wanted:
+        visit(n)
+    return keep

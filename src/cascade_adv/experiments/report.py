@@ -76,6 +76,15 @@ def _scale_words(p: dict) -> str:
         else "schedule" if p["scale"] != 1 else "test images only") + trend
 
 
+def _seed_words(seeds: list[int], seeds_for: list[str]) -> str:
+    """How many seeds each configuration trained (``reproduce --seeds``, ``--seeds-for``)."""
+    many = f"{len(seeds)} seed{'s' if len(seeds) > 1 else ''}"
+    if not seeds_for:
+        return f"{many} of every configuration"
+    return (f"{many} of the configurations whose name contains "
+            f"{' or '.join(seeds_for)}, one of every other")
+
+
 def _audit_section(recipe, pub, rows: ResultTable, claims: list, deps: dict[str, dict],
                    records: dict[str, Any], rec, paper: dict[str, list[str]]
                    ) -> tuple[dict[str, Any], str, str]:
@@ -149,7 +158,7 @@ def write_report(recipe, rec, deps: dict[str, dict], records: dict[str, Any]) ->
     spent = sum(r.seconds or 0 for r in steps)
     seeds = p.get("seeds", [0])
     info = (f"{recipe.title}. Dataset {p['dataset']}, {_scale_words(p)}; "
-            f"{len(seeds)} seed{'s' if len(seeds) > 1 else ''} of every configuration"
+            + _seed_words(seeds, p.get("seeds_for", []))
             + (" (cells: mean ± sample std; a cell is off when |ours - paper| > "
                "max(tolerance, 2 std); claims are judged on the means)" if len(seeds) > 1
                else "")

@@ -322,6 +322,17 @@ def seed_indices(seeds: int | Sequence[int]) -> list[int]:
     return out
 
 
+def _seeds_label(seeds: Sequence[int], seeds_for: Sequence[str]) -> str:
+    """The report folder's suffix for seeds other than the configs' own (``-seeds3``,
+    ``-seeds0+4``, ``-seeds3-for-baseline``), so that runs with other seeds keep their
+    own report."""
+    if list(seeds) == [0]:
+        return ""
+    count = list(seeds) == list(range(len(seeds)))
+    return ("-seeds" + (str(len(seeds)) if count else "+".join(map(str, seeds)))
+            + (f"-for-{'+'.join(seeds_for)}" if seeds_for else ""))
+
+
 def _check_options(recipe, dataset: str | None, scale: float, test_images: int | None,
                    jobs: int, tolerance: float, executor: str, gpus_per_step: float
                    ) -> tuple[str, str | None]:
@@ -400,8 +411,8 @@ def reproduce(name: str, out: str | Path, *, data_dir: str | None = None,
               jobs: int = 1, threads: int | None = None, only: Sequence[str] = (),
               dry_run: bool = False, device: str = "auto", configs: str | Path | None = None,
               tolerance: float = 1.5, download: bool = False, progress: bool = False,
-              seeds: int | Sequence[int] = 1, audit: str | None = None,
-              executor: str = "local", ray_address: str | None = None,
+              seeds: int | Sequence[int] = 1, seeds_for: Sequence[str] = (),
+              audit: str | None = None, executor: str = "local", ray_address: str | None = None,
               gpus_per_step: float = 0.0, on_event: Event | None = None) -> ReproduceResult:
     """Run recipe ``name`` (:mod:`cascade_adv.experiments.recipes`) with its cache in
     ``out``; returns every step's record and, unless ``dry_run``, the report folder.
@@ -411,7 +422,8 @@ def reproduce(name: str, out: str | Path, *, data_dir: str | None = None,
     (``-x0.1``), the rows' ``n`` and the report. ``seeds`` (a count N, or the seeds)
     trains every configuration's chain with each seed (names ``-seedJ`` for J >= 1;
     cached per seed, so raising N trains only the new ones); the report gives mean ±
-    std over them. ``audit`` (an audit version: ``"standard"``, AutoAttack's, or
+    std over them; with ``seeds_for`` (strings as in ``only``) only the models whose
+    name contains one of them train the seeds after the first. ``audit`` (an audit version: ``"standard"``, AutoAttack's, or
     ``"quick"`` for a CPU; any version that
     :func:`~cascade_adv.evaluation.audit.resolve_version` takes) audits every model of the recipe's white-box tables with
     its diagnostics at the table's epsilons (and the recipe's ``audit_eps``) on the
@@ -436,13 +448,14 @@ def reproduce(name: str, out: str | Path, *, data_dir: str | None = None,
                                       *dataset_inputs(used, data_dir)])
     builder = Builder(configs, base, scale=float(scale), test_images=test_images,
                       substitute=substitute)
-    steps = build_steps(recipe, builder, only, seeds, audit)
+    steps = build_steps(recipe, builder, only, seeds, audit, seeds_for)
     label = (f"{recipe.name}{builder.suffix}" + (f"-n{test_images}" if test_images else "")
-             + (f"-only-{'+'.join(only)}" if only else ""))
+             + (f"-only-{'+'.join(only)}" if only else "") + _seeds_label(seeds, seeds_for))
     steps.append(Step(f"report/{label}", "report",
                       {"recipe": recipe.name, "suffix": builder.suffix, "scale": scale,
                        "test_images": test_images, "dataset": used, "tolerance": tolerance,
-                       "only": list(only), "seeds": seeds, "audit": audit},
+                       "only": list(only), "seeds": seeds, "seeds_for": list(seeds_for),
+                       "audit": audit},
                       tuple(s.name for s in steps)))
     cache = Cache(out, used)
     cache.check()
