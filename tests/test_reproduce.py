@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -262,6 +263,35 @@ def test_a_killed_run_resumes_and_ends_with_the_same_results(first_run, tmp_path
     assert rerun and all(not f.startswith(n.replace("/", "_")) for f in finished
                          for n in rerun)
     assert resumed.comparison == result.comparison
+
+
+@pytest.mark.slow
+def test_a_diverged_training_is_named_in_the_report(first_run, tmp_path, monkeypatch):
+    from cascade_adv.errors import TrainingDiverged
+    from cascade_adv.experiments import reproduce as rp
+
+    out = tmp_path / "cache"
+    shutil.copytree(first_run[0], out)
+    for kind in ("train", "whitebox"):      # the detached pivot, not the released one
+        (done,) = out.glob(f"steps/{kind}_n18_mnist_pivot-x0.01-digits-*/done.json")
+        done.unlink()
+    real, why = rp.execute, "training diverged: loss is nan at iteration 3 (lr 0.1)"
+
+    def execute(step, *args):
+        if step.name == "train/n18_mnist_pivot-x0.01-digits":
+            raise TrainingDiverged(why)
+        return real(step, *args)
+
+    monkeypatch.setattr(rp, "execute", execute)
+    result = reproduce("n18-table1", out, **TINY)
+    status = {r.step.name: r.status for r in result.records}
+    assert status["whitebox/n18_mnist_pivot-x0.01-digits"] == "blocked"
+    md = (result.report / "report.md").read_text()
+    assert "Steps that did not finish" in md
+    assert f"- train/n18_mnist_pivot-x0.01-digits failed: {why}" in md
+    assert ("- whitebox/n18_mnist_pivot-x0.01-digits blocked: it needs "
+            "train/n18_mnist_pivot-x0.01-digits") in md
+    assert "Steps that did not finish" not in (first_run[1].report / "report.md").read_text()
 
 
 @pytest.mark.slow

@@ -5,6 +5,7 @@ the paper dashed)."""
 
 from __future__ import annotations
 
+import html
 import json
 import platform
 from datetime import datetime, timezone
@@ -74,6 +75,21 @@ def _scale_words(p: dict) -> str:
     return f"{schedule}, {images}: a run reduced in " + (
         "schedule and test images" if p["scale"] != 1 and p["test_images"]
         else "schedule" if p["scale"] != 1 else "test images only") + trend
+
+
+def _unfinished(steps: list) -> list[str]:
+    """One line per step of the run that failed (with its error, e.g. a diverged
+    training's diagnosis) or was blocked by one: their cells are missing from the
+    tables."""
+    failed = {r.step.name for r in steps if r.status in ("failed", "blocked")}
+    out = []
+    for r in steps:
+        if r.status == "failed":
+            out.append(f"{r.step.name} failed: {r.error}")
+        elif r.status == "blocked":
+            need = [d for d in r.step.deps if d in failed] or list(r.step.deps)
+            out.append(f"{r.step.name} blocked: it needs {', '.join(need)}")
+    return out
 
 
 def _seed_words(seeds: list[int], seeds_for: list[str]) -> str:
@@ -173,6 +189,11 @@ def write_report(recipe, rec, deps: dict[str, dict], records: dict[str, Any]) ->
         info += " " + " ".join(f"{name} also stands for {', '.join(also)}: the same "
                                "training computation, trained once." for name, also in shared)
     sections.append(("Reproduction", f"<p>{info}</p>", info))
+    unfinished = _unfinished(steps)
+    if unfinished:
+        sections.append(("Steps that did not finish",
+                         "<ul>" + "".join(f"<li>{html.escape(u)}</li>" for u in unfinished)
+                         + "</ul>", "\n".join(f"- {u}" for u in unfinished)))
     for table_id in recipe.tables:
         pub = get_table(table_id)
         cells = compare(rows, pub, row_mapper(recipe, pub, p["suffix"], paper))
