@@ -85,6 +85,34 @@ def test_audit_keys_and_seeds():
     assert sum(s.kind == "audit" for s in seeds.values()) == 8
 
 
+def test_the_defended_models_are_audited_with_the_undefended_twin_of_their_seed():
+    steps = {s.name: s for s in build_steps(RECIPES["n18-table1"], Builder(CONFIGS, "mnist"),
+                                            seeds=[0, 1], audit="quick")}
+    for tag in ("", "-seed1"):
+        twin = f"train/n18_mnist_baseline{tag}"
+        for m in ("kurakin", "pivot-released", "pivot"):
+            a = steps[f"audit/n18_mnist_{m}{tag}"]
+            assert a.params["twin"] == twin and a.deps == (f"train/n18_mnist_{m}{tag}", twin)
+        base = steps[f"audit/n18_mnist_baseline{tag}"]           # not its own twin
+        assert "twin" not in base.params and base.deps == (twin,)
+    # --only keeps a defended model's audit (its twin trains as a dependency)
+    only = {s.name for s in build_steps(RECIPES["n18-table1"], Builder(CONFIGS, "mnist"),
+                                        only=["kurakin"], audit="quick")}
+    assert {"audit/n18_mnist_kurakin", "train/n18_mnist_baseline"} <= only
+    assert "audit/n18_mnist_baseline" not in only
+
+
+@pytest.mark.slow
+def test_a_defended_models_audit_runs_the_transfer_from_its_twin(tmp_path):
+    result = reproduce("n18-table1", tmp_path / "c", audit=CHEAP,
+                       **dict(TINY, only=["kurakin"]))
+    (folder,) = (tmp_path / "c" / "steps").glob("audit_n18_mnist_kurakin-*")
+    checks = {c["name"]: c for c in json.loads((folder / "checks.json").read_text())}
+    transfer = checks["transfer_no_stronger"]
+    assert transfer["verdict"] in ("holds", "flagged"), transfer      # not "not run"
+    assert result.report is not None
+
+
 def test_audit_needs_a_whitebox_table():
     for name in ("n18-table4", "n18-figure4", "k17-table4", "k17-figure3"):
         with pytest.raises(InvalidArgument, match=f"{name} has none.*n18-table1"):

@@ -46,6 +46,10 @@ class Recipe:
     #: epsilons ``--audit`` adds to those of the white-box table (e.g. MNIST's customary
     #: 0.3 x 255); the table's attacks run there too, for ours beside the audit
     audit_eps: tuple[float, ...] = ()
+    #: the config of the recipe's undefended network: ``--audit`` gives every other
+    #: audited model that network (of the same seed) as its undefended twin, for the
+    #: diagnostic ``transfer_no_stronger``
+    audit_twin: str = ""
 
     @property
     def paper(self) -> str:
@@ -239,15 +243,18 @@ class Builder:
                                                  "eps": [float(e) for e in eps],
                                                  "test_images": self.test_images}, (model,)))
 
-    def audit(self, version: str, tables: Sequence[str], extra_eps: Sequence[float] = ()
-              ) -> list[str]:
+    def audit(self, version: str, tables: Sequence[str], extra_eps: Sequence[float] = (),
+              twin: str = "") -> list[str]:
         """An ``audit`` step (:func:`cascade_adv.experiments.steps.audit_step`) for the
         model of every white-box step built so far from one of the published ``tables``,
         at the step's epsilons and ``extra_eps``, on the same test images; where
         ``extra_eps`` adds epsilons, a ``whitebox`` step of the table's attacks there
         (``whitebox/MODEL@audit``), for ours beside the audit. Each depends on the
-        model's training step only, so its key is the model's training identity, the
-        audit's settings and the test images."""
+        model's training step, and on that of config ``twin`` (this seed's; the
+        undefended twin of the diagnostics) for every model but the twin itself, so its
+        key is the model's training identity (and the twin's), the audit's settings and
+        the test images."""
+        twin_step = self.train(twin) if twin else None
         out = []
         for name, table in self._tables.items():
             white = self.steps.get(name)
@@ -259,10 +266,12 @@ class Builder:
                 self._add(Step(f"whitebox/{short}@audit", "whitebox", {
                     "model": model, "attacks": list(white.params["attacks"]), "eps": extra,
                     "test_images": self.test_images}, (model,)))
+            paired = twin_step is not None and twin_step != model
             out.append(self._add(Step(f"audit/{short}", "audit", {
                 "model": model, "version": version,
                 "eps": sorted({*white.params["eps"], *extra}),
-                "test_images": self.test_images}, (model,))))
+                "test_images": self.test_images, **({"twin": twin_step} if paired else {})},
+                (model, twin_step) if paired else (model,))))
         return out
 
     def transfer(self, label: str, sources: Sequence[str], targets: Sequence[str],
@@ -467,7 +476,8 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in [
                   {"row": "Pivot", "attack": ITER}, {"row": "Kurakin's", "attack": ITER}),
                _c("Bidirection above Kurakin's under iterative attacks",
                   {"row": "Bidirection", "attack": ITER}, {"row": "Kurakin's", "attack": ITER}),
-           ), audit_eps=(76.5,)),   # 0.3 x 255: MNIST's customary eps (Madry et al., AutoAttack)
+           ), audit_eps=(76.5,),    # 0.3 x 255: MNIST's customary eps (Madry et al., AutoAttack)
+           audit_twin="n18_mnist_baseline"),
     Recipe("n18-table2", "N18 table 2: CIFAR-10, white-box, 8 training settings", ("cifar10",),
            _whitebox_rows(N18_T2, "n18-table2"), ("n18-table2",), (
                _c("step_ll, Kurakin's above Baseline under one-step attacks",
@@ -479,7 +489,8 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in [
                _c("step_ll, Bidirection above step_ll, Kurakin's under iterative attacks",
                   {"row": "step_ll, Bidirection", "attack": ITER},
                   {"row": "step_ll, Kurakin's", "attack": ITER}),
-           ), note="--only step_ll,baseline limits it to the step_ll rows and Baseline"),
+           ), note="--only step_ll,baseline limits it to the step_ll rows and Baseline",
+           audit_twin="n18_cifar10_baseline"),
     Recipe("n18-table3", "N18 table 3: 20 networks each of Kurakin's and Pivot, mean +- std",
            ("cifar10",), _seeds, ("n18-table3",), (
                _c("Pivot's mean above Kurakin's under step_ll and iter_ll at eps 4 and 16",
@@ -644,7 +655,7 @@ def build_steps(recipe: Recipe, builder: Builder, only: Sequence[str] = (),
     for _ in builder.seeds(seeds):
         recipe.build(builder)
         if audit is not None:
-            builder.audit(audit, recipe.whitebox_tables, recipe.audit_eps)
+            builder.audit(audit, recipe.whitebox_tables, recipe.audit_eps, recipe.audit_twin)
         if not first:
             first = set(builder.steps)
     steps = builder.steps
@@ -664,7 +675,8 @@ def _needed(steps: Mapping[str, Step], names: Sequence[str], recipe: str, option
     models = {n for n, s in steps.items() if s.kind == "train" and any(
         o in m for o in names for m in (n, *s.params.get("also", ())))}
     wanted = [n for n, s in steps.items() if s.kind != "train" and
-              all(d in models or steps[d].kind != "train" for d in s.deps)]
+              all(d in models or steps[d].kind != "train" or d == s.params.get("twin")
+                  for d in s.deps)]
     if not wanted:
         raise InvalidArgument(f"{option} {','.join(names)} matches no model of {recipe}")
     keep: set[str] = set()

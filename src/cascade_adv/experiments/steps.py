@@ -157,7 +157,8 @@ def audit_step(p: dict, folder: Path, deps: dict[str, dict], rt: Runtime) -> dic
     """The robustness audit of one model (``reproduce --audit``): ``audit()``
     (:mod:`cascade_adv.evaluation.audit`) of version ``p["version"]`` with its
     gradient-masking diagnostics at ``p["eps"]`` on the first ``p["test_images"]`` test
-    images (those of the model's white-box step). Writes its rows (``rows.json``, docs/results-schema.md, "Robustness
+    images (those of the model's white-box step), with the model of ``p["twin"]`` (a
+    train step) as the undefended twin of the transfer diagnostic. Writes its rows (``rows.json``, docs/results-schema.md, "Robustness
     audit") and the diagnostics (``checks.json``: one object per check with its name,
     verdict, numbers, meaning, origin and what it was measured on). The audit's
     progress is kept in the step folder after every attack x batch, so an interrupted
@@ -168,12 +169,13 @@ def audit_step(p: dict, folder: Path, deps: dict[str, dict], rt: Runtime) -> dic
 
     device = _device(rt)
     m = _model(deps[p["model"]], device)
+    twin = _model(deps[p["twin"]], device) if p.get("twin") else None
     data = _split([m], rt, p.get("test_images"), device)
     result = audit(m.model, data.images, data.labels, p["eps"], version=p["version"],
                    prepare=lambda xb: prepare_images(m.model, xb),
                    store=folder / "audit.db", save_rows=False, progress=rt.progress,
                    model_name=m.name, model_hash=m.hash, dataset=data.name, split=data.split,
-                   diagnostics=True)
+                   diagnostics={"twin": twin.model, "twin_name": twin.name} if twin else True)
     atomic_write_text(folder / CHECKS_FILE,
                       json.dumps([asdict(c) for c in result.checks], indent=1))
     return {**_write_rows(folder, result.table()), "checks": str(folder / CHECKS_FILE),
