@@ -97,6 +97,10 @@ def test_seeds_for_trains_the_extra_seeds_of_the_named_models_only():
     every = step_keys(build_steps(RECIPES["n18-table1"], Builder(CONFIGS, "mnist"),
                                   seeds=[0, 1, 2], audit="quick"))
     assert all(every[n] == k for n, k in keys.items())
+    # one name may be given as a string, as a list of one
+    again = build_steps(RECIPES["n18-table1"], Builder(CONFIGS, "mnist"), seeds=[0, 1, 2],
+                        seeds_for="baseline", audit="quick", only="baseline")
+    assert {s.name for s in again} == {n for n in names if "baseline" in n or "pretrain" in n}
 
 
 def test_seeds_for_names_the_seeds_in_the_report(tmp_path):

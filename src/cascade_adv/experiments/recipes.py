@@ -636,9 +636,9 @@ def check_audit(recipe: Recipe, audit: str | None) -> None:
             f"({what}); drop --audit, or use it with {', '.join(with_table)}")
 
 
-def build_steps(recipe: Recipe, builder: Builder, only: Sequence[str] = (),
+def build_steps(recipe: Recipe, builder: Builder, only: str | Sequence[str] = (),
                 seeds: Sequence[int] = (0,), audit: str | None = None,
-                seeds_for: Sequence[str] = ()) -> list[Step]:
+                seeds_for: str | Sequence[str] = ()) -> list[Step]:
     """The recipe's steps for every seed in ``seeds`` (each trains the whole chain of
     every configuration again, pre-training included, :func:`chain_seed`), and with
     ``only`` just the models whose config name contains one of the given strings (and
@@ -648,6 +648,7 @@ def build_steps(recipe: Recipe, builder: Builder, only: Sequence[str] = (),
     white-box tables (:meth:`Builder.audit`), after each seed's evaluations; a recipe
     without one is refused (:func:`check_audit`)."""
     check_audit(recipe, audit)
+    only, seeds_for = name_list(only), name_list(seeds_for)
     if seeds_for and len(seeds) < 2:
         raise InvalidArgument(f"--seeds-for {','.join(seeds_for)} picks the models that "
                               "train the extra seeds; give two or more --seeds (e.g. 3)")
@@ -666,6 +667,11 @@ def build_steps(recipe: Recipe, builder: Builder, only: Sequence[str] = (),
         keep = _needed(steps, only, recipe.name, "--only")
         steps = {n: s for n, s in steps.items() if n in keep}
     return list(steps.values())
+
+
+def name_list(value: str | Sequence[str]) -> list[str]:
+    """``only`` / ``seeds_for``: one name or a sequence of them."""
+    return [value] if isinstance(value, str) else list(value)
 
 
 def _needed(steps: Mapping[str, Step], names: Sequence[str], recipe: str, option: str

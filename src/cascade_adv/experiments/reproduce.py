@@ -408,10 +408,10 @@ def _check_data(dataset: str, data_dir: str | None, download: bool) -> None:
 
 def reproduce(name: str, out: str | Path, *, data_dir: str | None = None,
               dataset: str | None = None, scale: float = 1.0, test_images: int | None = None,
-              jobs: int = 1, threads: int | None = None, only: Sequence[str] = (),
+              jobs: int = 1, threads: int | None = None, only: str | Sequence[str] = (),
               dry_run: bool = False, device: str = "auto", configs: str | Path | None = None,
               tolerance: float = 1.5, download: bool = False, progress: bool = False,
-              seeds: int | Sequence[int] = 1, seeds_for: Sequence[str] = (),
+              seeds: int | Sequence[int] = 1, seeds_for: str | Sequence[str] = (),
               audit: str | None = None, executor: str = "local", ray_address: str | None = None,
               gpus_per_step: float = 0.0, on_event: Event | None = None) -> ReproduceResult:
     """Run recipe ``name`` (:mod:`cascade_adv.experiments.recipes`) with its cache in
@@ -434,7 +434,7 @@ def reproduce(name: str, out: str | Path, *, data_dir: str | None = None,
     steps as Ray tasks (:class:`RayExecutor`), ``jobs`` at a time.
     """
     from cascade_adv.experiments.cost import estimate
-    from cascade_adv.experiments.recipes import Builder, build_steps, get_recipe
+    from cascade_adv.experiments.recipes import Builder, build_steps, get_recipe, name_list
     from cascade_adv.training import resolve_device
 
     start = time.perf_counter()
@@ -448,6 +448,7 @@ def reproduce(name: str, out: str | Path, *, data_dir: str | None = None,
                                       *dataset_inputs(used, data_dir)])
     builder = Builder(configs, base, scale=float(scale), test_images=test_images,
                       substitute=substitute)
+    only, seeds_for = name_list(only), name_list(seeds_for)
     steps = build_steps(recipe, builder, only, seeds, audit, seeds_for)
     label = (f"{recipe.name}{builder.suffix}" + (f"-n{test_images}" if test_images else "")
              + (f"-only-{'+'.join(only)}" if only else "") + _seeds_label(seeds, seeds_for))
