@@ -70,7 +70,8 @@ def choose_images(dataset: Any, n_images: int = 128, seed: int = 1234) -> ImageD
     images, labels = dataset.images, dataset.labels
     n = int(images.shape[0])
     if n > n_images:
-        idx = torch.randperm(n, generator=seeded_generator(seed, "cpu"))[:n_images].sort().values.to(images.device)
+        idx = torch.randperm(n, generator=seeded_generator(seed, "cpu"))[:n_images]
+        idx = idx.sort().values.to(images.device)
         images, labels = images[idx], labels[idx]
     return ImageDataset(
         images=images,

@@ -81,13 +81,13 @@ def _unfinished(steps: list) -> list[str]:
     """One line per step of the run that failed (with its error, e.g. a diverged
     training's diagnosis) or was blocked by one: their cells are missing from the
     tables."""
-    failed = {r.step.name for r in steps if r.status in ("failed", "blocked")}
+    missing = {r.step.name for r in steps if r.status in ("failed", "blocked")}
     out = []
     for r in steps:
         if r.status == "failed":
             out.append(f"{r.step.name} failed: {r.error}")
-        elif r.status == "blocked":
-            need = [d for d in r.step.deps if d in failed] or list(r.step.deps)
+        elif r.status == "blocked":    # a step is blocked by a failed or blocked dependency
+            need = [d for d in r.step.deps if d in missing]
             out.append(f"{r.step.name} blocked: it needs {', '.join(need)}")
     return out
 

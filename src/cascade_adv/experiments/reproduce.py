@@ -423,13 +423,13 @@ def reproduce(name: str, out: str | Path, *, data_dir: str | None = None,
     trains every configuration's chain with each seed (names ``-seedJ`` for J >= 1;
     cached per seed, so raising N trains only the new ones); the report gives mean ±
     std over them; with ``seeds_for`` (strings as in ``only``) only the models whose
-    name contains one of them train the seeds after the first. ``audit`` (an audit version: ``"standard"``, AutoAttack's, or
-    ``"quick"`` for a CPU; any version that
-    :func:`~cascade_adv.evaluation.audit.resolve_version` takes) audits every model of the recipe's white-box tables with
-    its diagnostics at the table's epsilons (and the recipe's ``audit_eps``) on the
-    same test images, and the report adds "Under the audit" (a recipe without a
-    white-box table is refused). ``dataset="digits"`` runs an MNIST
-    recipe on the bundled digits. Bad options, a foreign ``out`` and absent data
+    name contains one of them train the seeds after the first. ``audit`` (an audit
+    version: ``"standard"``, AutoAttack's, or ``"quick"`` for a CPU; any version that
+    :func:`~cascade_adv.evaluation.audit.resolve_version` takes) audits every model of
+    the recipe's white-box tables with its diagnostics at the table's epsilons (and
+    the recipe's ``audit_eps``) on the same test images, and the report adds "Under
+    the audit" (a recipe without a white-box table is refused). ``dataset="digits"``
+    runs an MNIST recipe on the bundled digits. Bad options, a foreign ``out`` and absent data
     raise one-line errors before anything is written. ``executor="ray"`` runs the
     steps as Ray tasks (:class:`RayExecutor`), ``jobs`` at a time.
     """

@@ -158,8 +158,8 @@ def audit_step(p: dict, folder: Path, deps: dict[str, dict], rt: Runtime) -> dic
     (:mod:`cascade_adv.evaluation.audit`) of version ``p["version"]`` with its
     gradient-masking diagnostics at ``p["eps"]`` on the first ``p["test_images"]`` test
     images (those of the model's white-box step), with the model of ``p["twin"]`` (a
-    train step) as the undefended twin of the transfer diagnostic. Writes its rows (``rows.json``, docs/results-schema.md, "Robustness
-    audit") and the diagnostics (``checks.json``: one object per check with its name,
+    train step) as the undefended twin of the transfer diagnostic. Writes its rows
+    (``rows.json``, docs/results-schema.md, "Robustness audit") and the diagnostics (``checks.json``: one object per check with its name,
     verdict, numbers, meaning, origin and what it was measured on). The audit's
     progress is kept in the step folder after every attack x batch, so an interrupted
     step resumes where it stopped (:func:`execute` keeps the folder)."""
