@@ -8,7 +8,8 @@ For every model and epsilon, the top-1 accuracy of the test images (all of them,
 first ``--limit``) under
 
 * ``apgd_ce``  vs torchattacks ``APGD(loss="ce")``,
-* ``apgd_t``   vs torchattacks ``APGDT`` (targets = classes - 1, its fixed choice),
+* ``apgd_t``   vs torchattacks ``APGDT`` (``--targets`` target classes, by default
+  classes - 1; torchattacks takes it as ``n_classes = targets + 1``),
 * ``square``   vs torchattacks ``Square(loss="margin")``,
 
 at the same eps, iterations, queries and restarts (``--steps``, ``--queries``,
@@ -18,7 +19,8 @@ torchattacks (like the authors' Square code) draws a window's corner from [0, h 
 and never searches an image's last row and column; the ``square_fixed`` column runs it
 with that draw widened to [0, h - s], as ours, to show how much of a Square difference
 that explains.  The accuracies must agree within 1 point (docs/results.md, "Strong
-attacks: independent check").
+attacks: independent check").  With ``--json``, the file is rewritten after every cell
+and a rerun skips the cells it already holds, so an interrupted check resumes.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ PAIRS = {
     "apgd_ce": ("APGD", lambda s, c: {"steps": s.steps, "n_restarts": s.restarts,
                                       "loss": "ce"}),
     "apgd_t": ("APGDT", lambda s, c: {"steps": s.steps, "n_restarts": s.restarts,
-                                      "n_classes": c}),
+                                      "n_classes": (s.targets or c - 1) + 1}),
     "square": ("Square", lambda s, c: {"n_queries": s.queries, "n_restarts": 1,
                                        "loss": "margin"}),
 }
@@ -52,6 +54,8 @@ PAIRS = {
 def ours(name: str, model, x, y, eps: float, s) -> torch.Tensor:
     opts = ({"queries": s.queries} if name == "square"
             else {"steps": s.steps, "restarts": s.restarts})
+    if name == "apgd_t":
+        opts["targets"] = s.targets or int(attacks.predict(model, x[:1]).shape[1]) - 1
     return attacks.run(name, model, x, y, eps=eps, generator=torch.Generator().manual_seed(0),
                        **opts)
 
@@ -79,7 +83,7 @@ def batched(fn, x, y, batch: int) -> torch.Tensor:
     return torch.cat([fn(x[i:i + batch], y[i:i + batch]) for i in range(0, len(x), batch)])
 
 
-def check_model(spec: str, args, ta, log) -> list[dict]:
+def check_model(spec: str, args, ta, log, done: dict, save) -> list[dict]:
     m, data = load_for_eval(spec, None, args.data_root, "test", args.device, args.limit)
     model = m.model.eval()
     x = prepare_images(model, data.images)
@@ -89,6 +93,9 @@ def check_model(spec: str, args, ta, log) -> list[dict]:
     rows = []
     for eps in args.eps:
         for name in args.attacks:
+            if (m.name, eps, name) in done:
+                rows.append(done[m.name, eps, name])
+                continue
             row = {"model": m.name, "eps": eps, "attack": name, "images": n,
                    "clean": 100 * clean / n}
             contenders = {"ours": functools.partial(ours, name, model, eps=eps, s=args),
@@ -108,6 +115,8 @@ def check_model(spec: str, args, ta, log) -> list[dict]:
                 + (f" (widened {row['torchattacks_widened']:.2f})" if name == "square" else "")
                 + f" | {row['ours_s']:.0f} s / {row['torchattacks_s']:.0f} s")
             rows.append(row)
+            save([*done.values(), row])
+            done[m.name, eps, name] = row
     return rows
 
 
@@ -134,6 +143,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="any of apgd_ce, apgd_t, square (default all three)")
     ap.add_argument("--steps", type=int, default=100, help="APGD iterations (default 100)")
     ap.add_argument("--restarts", type=int, default=1, help="APGD restarts (default 1)")
+    ap.add_argument("--targets", type=int, default=None,
+                    help="APGD-T target classes (default: classes - 1)")
     ap.add_argument("--queries", type=int, default=5000, help="Square queries (default 5000)")
     ap.add_argument("--limit", type=int, default=None,
                     help="the first N test images (default: all)")
@@ -150,6 +161,8 @@ def main(argv: list[str] | None = None) -> int:
     unknown = sorted(set(args.attacks) - set(PAIRS))
     if unknown or not args.attacks:
         ap.error(f"--attacks: choose from {', '.join(PAIRS)}")
+    if args.targets is not None and args.targets < 1:
+        ap.error("--targets must be a positive number of target classes")
     if args.limit is not None and args.limit < 1:
         ap.error("--limit must be a positive number of images")
     try:
@@ -161,16 +174,28 @@ def main(argv: list[str] | None = None) -> int:
         print(msg, file=sys.stderr, flush=True)
 
     started = time.perf_counter()
-    rows = [r for spec in args.checkpoint for r in check_model(spec, args, ta, log)]
-    print(markdown(rows))
-    if args.json:
-        settings = {k: v for k, v in vars(args).items() if k != "json"}
-        Path(args.json).write_text(json.dumps({
+    settings = {k: v for k, v in vars(args).items() if k != "json"}
+    done: dict = {}
+    if args.json and Path(args.json).exists():
+        saved = json.loads(Path(args.json).read_text())
+        if saved["settings"] != settings:
+            ap.error(f"{args.json} holds a check with other settings: choose another --json")
+        done = {(r["model"], r["eps"], r["attack"]): r for r in saved["rows"]}
+
+    def save(rows: list[dict]) -> None:
+        if not args.json:
+            return
+        tmp = Path(args.json + ".tmp")
+        tmp.write_text(json.dumps({
             "rows": rows, "settings": settings, "torch": torch.__version__,
             "torchattacks": ta.__version__, "threads": torch.get_num_threads(),
             "date": datetime.date.today().isoformat(), "python": platform.python_version(),
             "command": " ".join(["python", *sys.argv]),
             "wall_s": time.perf_counter() - started}, indent=2) + "\n")
+        tmp.replace(args.json)
+
+    rows = [r for spec in args.checkpoint for r in check_model(spec, args, ta, log, done, save)]
+    print(markdown(rows))
     return 0
 
 
