@@ -40,31 +40,32 @@ from cascade_adv import attacks
 from cascade_adv.evaluation import prepare_images
 from cascade_adv.training.runs import load_for_eval
 
-#: (our attack, torchattacks class, torchattacks keyword arguments from the settings)
+#: (our attack, torchattacks class, torchattacks keyword arguments from the settings
+#: and the APGD-T target count)
 PAIRS = {
     "apgd_ce": ("APGD", lambda s, c: {"steps": s.steps, "n_restarts": s.restarts,
                                       "loss": "ce"}),
     "apgd_t": ("APGDT", lambda s, c: {"steps": s.steps, "n_restarts": s.restarts,
-                                      "n_classes": (s.targets or c - 1) + 1}),
+                                      "n_classes": c + 1}),
     "square": ("Square", lambda s, c: {"n_queries": s.queries, "n_restarts": 1,
                                        "loss": "margin"}),
 }
 
 
-def ours(name: str, model, x, y, eps: float, s) -> torch.Tensor:
+def ours(name: str, model, x, y, eps: float, s, targets: int) -> torch.Tensor:
     opts = ({"queries": s.queries} if name == "square"
             else {"steps": s.steps, "restarts": s.restarts})
     if name == "apgd_t":
-        opts["targets"] = s.targets or int(attacks.predict(model, x[:1]).shape[1]) - 1
+        opts["targets"] = targets
     return attacks.run(name, model, x, y, eps=eps, generator=torch.Generator().manual_seed(0),
                        **opts)
 
 
-def theirs(ta, name: str, model, x, y, eps: float, s, classes: int,
+def theirs(ta, name: str, model, x, y, eps: float, s, targets: int,
            widen: bool = False) -> torch.Tensor:
     cls_name, kwargs = PAIRS[name]
     cls = getattr(ta, cls_name)
-    atk = cls(model, norm="Linf", eps=eps / 255, seed=0, **kwargs(s, classes))
+    atk = cls(model, norm="Linf", eps=eps / 255, seed=0, **kwargs(s, targets))
     if widen:  # corners from [0, h - s] instead of [0, h - s - 1]
         draw = cls.random_int
         atk.random_int = lambda low=0, high=1, shape=(1,): draw(atk, low, high + 1, list(shape))
@@ -90,6 +91,7 @@ def check_model(spec: str, args, ta, log, done: dict, save) -> list[dict]:
     y = data.labels.to(x.device)
     n, classes = len(y), int(attacks.predict(model, x[:1]).shape[1])
     clean = correct(model, x, y, args.batch_size)
+    targets = args.targets or classes - 1
     rows = []
     for eps in args.eps:
         for name in args.attacks:
@@ -98,12 +100,13 @@ def check_model(spec: str, args, ta, log, done: dict, save) -> list[dict]:
                 continue
             row = {"model": m.name, "eps": eps, "attack": name, "images": n,
                    "clean": 100 * clean / n}
-            contenders = {"ours": functools.partial(ours, name, model, eps=eps, s=args),
+            contenders = {"ours": functools.partial(ours, name, model, eps=eps, s=args,
+                                                    targets=targets),
                           "torchattacks": functools.partial(theirs, ta, name, model, eps=eps,
-                                                            s=args, classes=classes)}
+                                                            s=args, targets=targets)}
             if name == "square":
                 contenders["torchattacks_widened"] = functools.partial(
-                    theirs, ta, name, model, eps=eps, s=args, classes=classes, widen=True)
+                    theirs, ta, name, model, eps=eps, s=args, targets=targets, widen=True)
             for who, fn in contenders.items():
                 t0 = time.perf_counter()
                 adv = batched(fn, x, y, args.batch_size)
@@ -115,8 +118,8 @@ def check_model(spec: str, args, ta, log, done: dict, save) -> list[dict]:
                 + (f" (widened {row['torchattacks_widened']:.2f})" if name == "square" else "")
                 + f" | {row['ours_s']:.0f} s / {row['torchattacks_s']:.0f} s")
             rows.append(row)
-            save([*done.values(), row])
             done[m.name, eps, name] = row
+            save(list(done.values()))
     return rows
 
 
