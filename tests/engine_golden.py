@@ -42,11 +42,15 @@ MODELS = DATA / "engine_golden_models.safetensors"
 ROWS = DATA / "engine_golden.json"
 
 #: Relative tolerance of the continuous values (logits, correlations): the engine keeps
-#: every computation as it was, so they are expected to agree to the last bit; the slack
-#: only absorbs a reordering of float sums that a backend update may bring.
-REL = 1e-6
-#: Absolute slack for values that are zero up to rounding (a mean logit near 0).
-ABS = 1e-9
+#: every computation as it was, so they agree up to float32 rounding, which a backend
+#: update or another CPU's kernels (AVX2 against AVX-512) reorder.  Measured between the
+#: stored rows and a later machine: logits 3e-7 relative, the linear model's correlations
+#: (about 0.996) 1e-6.
+REL = 1e-5
+#: Absolute slack, on the correlations' scale ([-1, 1]): the std of 24 near-equal
+#: correlations carries their rounding (3e-6 measured on 0.0118, 3e-4 relative), and a mean
+#: logit may be 0 up to rounding.  A changed attack, epsilon or pair moves them by far more.
+ABS = 1e-5
 
 RESNET = {"depth": 8, "width": 0.25, "in_channels": 1, "input_size": 28, "num_classes": 10,
           "normalize": "none"}
