@@ -252,6 +252,31 @@ def test_per_image_eps_is_each_images_own_budget(name):
     torch.testing.assert_close(moved, eps, rtol=0, atol=1e-4)
 
 
+def test_square_image_does_not_depend_on_when_others_leave_the_batch():
+    """Broken images leave the search, but the draws stay the whole batch's: an image's
+    point is the same beside an image broken at once (eps 255) as beside one that never
+    breaks (eps 0), and the generator ends in the same state."""
+    model = LinearNet(scale=0.05).double()
+    x = torch.rand(2, 1, 8, 8, generator=seeded(4), dtype=torch.float64)
+    with torch.no_grad():
+        y = model(x).argmax(dim=1)
+    advs, states, rows = [], [], []
+    model.register_forward_hook(lambda mod, inp, out: rows.append(len(out)))
+    for other in (255.0, 0.0):
+        g = seeded()
+        rows.clear()
+        advs.append(attacks.run("square", model, x, y, eps=torch.tensor([4.0, other]),
+                                queries=300, generator=g))
+        states.append(g.get_state())
+        if other == 255.0:  # the broken image left at the first change of window side
+            assert rows[-1] == 1 and sum(rows) < 2 * 300
+    assert broken(model, advs[0], y).tolist() == [False, True]
+    assert broken(model, advs[1], y).tolist() == [False, False]
+    assert not torch.equal(advs[0][0], x[0])
+    assert torch.equal(advs[0][0], advs[1][0])
+    assert torch.equal(states[0], states[1])
+
+
 def test_square_changes_pixels_by_exactly_eps_from_a_stripe_start():
     model = LinearNet(scale=0.05)
     x = 0.2 + 0.6 * torch.rand(3, 1, 8, 8, generator=seeded(3))
@@ -417,16 +442,19 @@ class SyncCounter(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-@pytest.mark.parametrize("name,budget", [("apgd_ce", "steps"), ("apgd_t", "steps"),
-                                         ("square", "queries")])
-def test_no_host_sync_inside_the_loop(name, budget):
-    """The syncs of a call do not grow with its iterations: none is inside the loop."""
+@pytest.mark.parametrize("name,budget,sizes", [("apgd_ce", "steps", (3, 25)),
+                                               ("apgd_t", "steps", (3, 25)),
+                                               ("square", "queries", (400, 2000))])
+def test_no_host_sync_inside_the_loop(name, budget, sizes):
+    """The syncs of a call do not grow with its iterations: none is inside the loop.
+    (Square reads which images are live once per window side: 400 and 2000 queries both
+    pass the six sides of an 8x8 image, 7, 5, 4, 3, 2 and 1.)"""
     model = tiny_resnet()
     x = torch.rand(4, 1, 8, 8, generator=seeded(9))
     with torch.no_grad():
         y = model(x).argmax(dim=1)
     counts = []
-    for n in (3, 25):
+    for n in sizes:
         opts = {budget: n, "targets": 2} if name == "apgd_t" else {budget: n}
         with attacks.trusted(), SyncCounter() as counter:
             attacks.get(name).fn(model, x, y, torch.full((4,), 1e-3), generator=seeded(),

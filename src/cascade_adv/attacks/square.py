@@ -14,8 +14,9 @@ as AutoAttack runs it (``rescale=False``), at those query numbers whatever the b
 
 Each image draws its own window and signs (the paper's Algorithm 1; AutoAttack's
 version shares one window per batch). Every image's state stays on the device: the
-window side is a host-side integer known from the query index, so no host read-back
-happens inside the loop; images already broken stay in the batch, frozen.
+window side is a host-side integer known from the query index. Broken images are
+frozen; they leave the batch when the window side changes (at most ten host reads per
+run), while the random draws stay those of the whole batch.
 """
 
 from __future__ import annotations
@@ -60,13 +61,19 @@ def random_signs(shape, x: torch.Tensor, generator: torch.Generator | None) -> t
     return (2 * bits - 1).to(x.dtype)
 
 
-def window_mask(n: int, s: int, h: int, w: int, x: torch.Tensor,
-                generator: torch.Generator | None) -> torch.Tensor:
-    """``[n, 1, h, w]`` boolean masks of one random ``s x s`` window per image."""
+def window_draws(n: int, s: int, h: int, w: int, c: int, x: torch.Tensor,
+                 generator: torch.Generator | None):
+    """One query's random draws for ``n`` images: the top and left corners ``[n, 1]`` of
+    an ``s x s`` window and a sign per channel ``[n, c, 1, 1]``."""
     top = torch.randint(0, h - s + 1, (n, 1), device=x.device, generator=generator)
     left = torch.randint(0, w - s + 1, (n, 1), device=x.device, generator=generator)
-    rows = torch.arange(h, device=x.device)
-    cols = torch.arange(w, device=x.device)
+    return top, left, random_signs((n, c, 1, 1), x, generator)
+
+
+def window_mask(top: torch.Tensor, left: torch.Tensor, s: int, h: int, w: int) -> torch.Tensor:
+    """``[n, 1, h, w]`` boolean masks of the ``s x s`` windows at corners ``[n, 1]``."""
+    rows = torch.arange(h, device=top.device)
+    cols = torch.arange(w, device=top.device)
     in_rows = (rows >= top) & (rows < top + s)
     in_cols = (cols >= left) & (cols < left + s)
     return (in_rows[:, :, None] & in_cols[:, None, :])[:, None]
@@ -75,25 +82,56 @@ def window_mask(n: int, s: int, h: int, w: int, x: torch.Tensor,
 def search(net: nn.Module, x: torch.Tensor, y: torch.Tensor, eps01: torch.Tensor,
            queries: int, p_init: float, generator: torch.Generator | None,
            rescale: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One run; returns ``(points, misclassified, -margin)`` per image."""
+    """One run; returns ``(points, misclassified, -margin)`` per image.
+
+    Broken images are frozen, so they leave the batch whenever the window side changes
+    (at most ten times: one host read each) and the model sees only the live ones. The
+    draws stay those of the whole batch, so the result does not depend on when an image
+    left, and the generator ends where it would have."""
     n, c, h, w = x.shape
     x_best = core.project(x + eps01 * random_signs((n, c, 1, w), x, generator), x, eps01)
     logits = net(x_best)
     best = margin(logits, y)
     broken = logits.argmax(dim=1) != y
+    full = (x_best, best, broken)
+    live, state, side = torch.arange(n, device=x.device), full, None
     for i in range(queries):
         s = window_side(p_selection(i, queries, p_init, rescale), h, w)
-        mask = window_mask(n, s, h, w, x, generator)
-        signs = random_signs((n, c, 1, 1), x, generator)
-        cand = core.project(torch.where(mask, x + eps01 * signs, x_best), x, eps01)
-        logits = net(cand)
-        m = margin(logits, y)
-        wrong = logits.argmax(dim=1) != y
-        take = ~broken & (wrong | (m < best))
-        x_best = torch.where(core.rows_view(take, x), cand, x_best)
-        best = torch.where(take, m, best)
-        broken = broken | (take & wrong)
+        if s != side:  # write the live images back, keep the unbroken ones
+            live, side = settle(full, live, state), s
+            fixed = x[live], y[live], eps01[live]
+            state = tuple(t[live] for t in full)
+        draws = window_draws(n, s, h, w, c, x, generator)
+        if live.numel():
+            state = query(net, *fixed, state, [d[live] for d in draws], s)
+    settle(full, live, state)
     return x_best, broken, -best
+
+
+def settle(full: tuple[torch.Tensor, ...], live: torch.Tensor,
+           state: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """Write ``state`` (points, margins, broken) of the ``live`` rows into ``full``; return
+    the rows still unbroken (a host read: the count is data-dependent)."""
+    for t, v in zip(full, state):
+        if v is not t:  # the first call gets the full tensors themselves
+            t[live] = v
+    return live[~state[2]]
+
+
+def query(net: nn.Module, x: torch.Tensor, y: torch.Tensor, eps01: torch.Tensor,
+          state: tuple[torch.Tensor, torch.Tensor, torch.Tensor], draws, s: int):
+    """One query of the live images: ``state`` is ``(points, margins, broken)``; the
+    candidate replaces the point if it lowers the margin or is misclassified."""
+    x_best, best, broken = state
+    top, left, signs = draws
+    mask = window_mask(top, left, s, x.shape[2], x.shape[3])
+    cand = core.project(torch.where(mask, x + eps01 * signs, x_best), x, eps01)
+    logits = net(cand)
+    m = margin(logits, y)
+    wrong = logits.argmax(dim=1) != y
+    take = ~broken & (wrong | (m < best))
+    return (torch.where(core.rows_view(take, x), cand, x_best), torch.where(take, m, best),
+            broken | (take & wrong))
 
 
 def square(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps, *, queries: int = 5000,
