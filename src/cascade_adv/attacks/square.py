@@ -15,8 +15,8 @@ as AutoAttack runs it (``rescale=False``), at those query numbers whatever the b
 Each image draws its own window and signs (the paper's Algorithm 1; AutoAttack's
 version shares one window per batch). Every image's state stays on the device: the
 window side is a host-side integer known from the query index. Broken images are
-frozen; they leave the batch when the window side changes (at most ten host reads per
-run), while the random draws stay those of the whole batch.
+frozen; they leave the batch when the window side changes (one host read per side, at
+most ten, and one at the end), while the random draws stay those of the whole batch.
 """
 
 from __future__ import annotations
@@ -85,7 +85,8 @@ def search(net: nn.Module, x: torch.Tensor, y: torch.Tensor, eps01: torch.Tensor
     """One run; returns ``(points, misclassified, -margin)`` per image.
 
     Broken images are frozen, so they leave the batch whenever the window side changes
-    (at most ten times: one host read each) and the model sees only the live ones. The
+    (at most ten times, one host read each, and one at the end) and the model sees only
+    the live ones. The
     draws stay those of the whole batch, so the result does not depend on when an image
     left, and the generator ends where it would have."""
     n, c, h, w = x.shape
