@@ -16,7 +16,7 @@ Each image draws its own window and signs (the paper's Algorithm 1; AutoAttack's
 version shares one window per batch). Every image's state stays on the device: the
 window side is a host-side integer known from the query index. Broken images are
 frozen; they leave the batch when the window side changes (one host read per side, at
-most ten, and one at the end), while the random draws stay those of the whole batch.
+most ten), while the random draws stay those of the whole batch.
 """
 
 from __future__ import annotations
@@ -85,8 +85,7 @@ def search(net: nn.Module, x: torch.Tensor, y: torch.Tensor, eps01: torch.Tensor
     """One run; returns ``(points, misclassified, -margin)`` per image.
 
     Broken images are frozen, so they leave the batch whenever the window side changes
-    (at most ten times, one host read each, and one at the end) and the model sees only
-    the live ones. The
+    (at most ten times, one host read each) and the model sees only the live ones. The
     draws stay those of the whole batch, so the result does not depend on when an image
     left, and the generator ends where it would have."""
     n, c, h, w = x.shape
@@ -95,28 +94,27 @@ def search(net: nn.Module, x: torch.Tensor, y: torch.Tensor, eps01: torch.Tensor
     best = margin(logits, y)
     broken = logits.argmax(dim=1) != y
     full = (x_best, best, broken)
-    live, state, side = torch.arange(n, device=x.device), full, None
+    live = torch.arange(n, device=x.device)
+    state, side = tuple(t[live] for t in full), None
     for i in range(queries):
         s = window_side(p_selection(i, queries, p_init, rescale), h, w)
-        if s != side:  # write the live images back, keep the unbroken ones
-            live, side = settle(full, live, state), s
+        if s != side:
+            store(full, live, state)
+            live, side = live[~state[2]], s  # the unbroken rows: one host read
             fixed = x[live], y[live], eps01[live]
             state = tuple(t[live] for t in full)
         draws = window_draws(n, s, h, w, c, x, generator)
         if live.numel():
             state = query(net, *fixed, state, [d[live] for d in draws], s)
-    settle(full, live, state)
+    store(full, live, state)
     return x_best, broken, -best
 
 
-def settle(full: tuple[torch.Tensor, ...], live: torch.Tensor,
-           state: tuple[torch.Tensor, ...]) -> torch.Tensor:
-    """Write ``state`` (points, margins, broken) of the ``live`` rows into ``full``; return
-    the rows still unbroken (a host read: the count is data-dependent)."""
+def store(full: tuple[torch.Tensor, ...], live: torch.Tensor,
+          state: tuple[torch.Tensor, ...]) -> None:
+    """Write ``state`` (points, margins, broken) of the ``live`` rows into ``full``."""
     for t, v in zip(full, state):
-        if v is not t:  # the first call gets the full tensors themselves
-            t[live] = v
-    return live[~state[2]]
+        t[live] = v
 
 
 def query(net: nn.Module, x: torch.Tensor, y: torch.Tensor, eps01: torch.Tensor,
