@@ -95,6 +95,15 @@ class StoreWriteError(CascadeAdvError):
     rows were kept in a file that ``cascade-adv store import`` reads."""
 
 
+class StoreConflict(CascadeAdvError, ValueError):
+    """Rows to import that would replace a row of another model hash, or a newer row;
+    nothing was imported.  ``conflicts`` holds one line per conflicting row or model."""
+
+    def __init__(self, message: str, conflicts: list[str]):
+        super().__init__(message)
+        self.conflicts = conflicts
+
+
 class InvalidArgument(CascadeAdvError, ValueError):
     """A bad argument to a command or a library function (empty list, non-positive limit...)."""
 

@@ -482,11 +482,27 @@ def store():
 @click.argument("file", type=click.Path(dir_okay=False))
 @click.option("--results", type=click.Path(dir_okay=False), default=None,
               help="Store to import into [default: the one the file names].")
-def import_(file, results):
+@click.option("--on-conflict", type=click.Choice(["error", "keep", "replace"]),
+              default="error", show_default=True,
+              help="A row or model record that would replace one of another model hash, or "
+              "a newer one: error (list the conflicts, import nothing), keep (the store's "
+              "entries stay, the rest is imported) or replace.")
+def import_(file, results, on_conflict):
     """Put the rows and model records of a pending file into the results store (one
-    transaction; rows with the same key are replaced). The file is left as it is."""
+    transaction), each with the time it was computed. Every row is checked as a freshly
+    computed one; an entry never silently replaces one of another model hash or a newer
+    one (--on-conflict). The file is left as it is."""
+    from cascade_adv.errors import StoreConflict
     from cascade_adv.results.store import import_rows
 
-    path, rows, models = import_rows(file, results)
-    click.echo(f"imported {rows} rows and {models} model records from {file} into {path}; "
-               f"{file} can be deleted")
+    try:
+        done = import_rows(file, results, on_conflict=on_conflict)
+    except StoreConflict as exc:
+        for line in exc.conflicts:
+            click.echo(f"conflict: {line}", err=True)
+        raise
+    verb = "kept as the store had them" if on_conflict == "keep" else "replaced"
+    for line in done.conflicts:
+        click.echo(f"conflict ({verb}): {line}", err=True)
+    click.echo(f"imported {done.rows} rows and {done.models} model records from {file} into "
+               f"{done.store}; {file} can be deleted")

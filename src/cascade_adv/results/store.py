@@ -45,8 +45,22 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from cascade_adv.errors import CascadeAdvError, StoreWriteError, one_line
-from cascade_adv.results.tables import KEY_COLUMNS, ROW_KEYS, ResultTable, normalize_row
+from cascade_adv.errors import (
+    CascadeAdvError,
+    InvalidArgument,
+    StoreConflict,
+    StoreWriteError,
+    echo,
+    one_line,
+)
+from cascade_adv.results.tables import (
+    KEY_COLUMNS,
+    MAX_HASH,
+    MAX_TEXT,
+    ROW_KEYS,
+    ResultTable,
+    normalize_row,
+)
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -60,6 +74,9 @@ _SQLITE_MAGIC = b"SQLite format 3\x00"
 BUSY_TIMEOUT = 30.0
 #: First line of a pending-rows file (:func:`import_rows`).
 PENDING_FORMAT = "cascade-adv/pending-rows/1"
+#: What :func:`import_rows` does with an entry that would replace one of another model
+#: hash or a newer one (:meth:`ResultsStore.merge`).
+ON_CONFLICT = ("error", "keep", "replace")
 
 _SCHEMA = f"""
 CREATE TABLE results (
@@ -122,7 +139,16 @@ def _utc_now() -> str:
 
 def _model_record(name: str, *, model_hash: str = "", dataset: str = "", init: str = "",
                   experiment: str = "", params: Mapping[str, Any] | str | None = None) -> dict:
-    """A model's row of ``models`` (less ``created``), its parameters as JSON text."""
+    """A model's row of ``models`` (less ``created``), its parameters as JSON text; text
+    fields that are not text (or too long, or an empty name) raise one line."""
+    fields = {"name": name, "model_hash": model_hash, "dataset": dataset, "init": init,
+              "experiment": experiment}
+    for key, value in fields.items():
+        limit = MAX_HASH if key == "model_hash" else MAX_TEXT
+        if not isinstance(value, str) or len(value) > limit or (key == "name"
+                                                                 and not value.strip()):
+            raise CascadeAdvError(f"model record's {key!r} must be {'a non-empty ' if key == 'name' else ''}"
+                                  f"text of at most {limit} characters, got {echo(value)}")
     try:
         if isinstance(params, str):  # as a pending file keeps them
             params = json.loads(params)
@@ -131,8 +157,7 @@ def _model_record(name: str, *, model_hash: str = "", dataset: str = "", init: s
         params = json.dumps(dict(params or {}), sort_keys=True)
     except (TypeError, ValueError) as exc:
         raise CascadeAdvError(f"parameters of model {name!r} are not JSON: {exc}") from None
-    return {"name": str(name), "model_hash": str(model_hash), "dataset": str(dataset),
-            "init": str(init), "experiment": str(experiment), "params": params}
+    return {**fields, "params": params}
 
 
 def check_store_path(path: str | os.PathLike) -> Path:
@@ -285,18 +310,47 @@ class ResultsStore:
         count.  When the store cannot be written (locked past the busy timeout, a full
         disk), the rows and models are kept in a pending file and
         :class:`~cascade_adv.errors.StoreWriteError` names it (:func:`import_rows`)."""
-        created = _utc_now()
-        rows = [normalize_row(row) for row in rows]
-        models = [_model_record(**m) for m in models]
+        rows, models = _checked(rows, models)
         try:
             with self._transaction() as conn:
-                for m in models:
-                    conn.execute(_REGISTER, (*m.values(), created))
-                conn.executemany(_UPSERT, [tuple(r[c] for c in ROW_KEYS) + (created,)
-                                           for r in rows])
+                _write(conn, rows, models, _utc_now())
         except sqlite3.Error as exc:
             raise keep_rows(self.path, rows, models, exc) from None
         return len(rows)
+
+    def merge(self, rows: Iterable[Mapping[str, Any]], models: Iterable[Mapping[str, Any]],
+              created: str, on_conflict: str = "error") -> tuple[int, int, list[str]]:
+        """Write ``rows`` and ``models`` computed at ``created`` (UTC ISO time, kept as
+        their ``created``) in one transaction, except where one would replace a row or
+        model record of another model hash or a newer one: a conflict.  ``on_conflict``:
+        ``"error"`` raises :class:`~cascade_adv.errors.StoreConflict` (one line per
+        conflict) and writes nothing; ``"keep"`` keeps the store's entries and writes the
+        rest; ``"replace"`` writes everything.  Returns the counts of rows and models
+        written and the conflict lines.  SQLite errors propagate (nothing written)."""
+        if on_conflict not in ON_CONFLICT:
+            raise InvalidArgument(f"on_conflict must be one of {', '.join(ON_CONFLICT)}, got "
+                                  f"{on_conflict!r}")
+        rows, models = _checked(rows, models)
+        when = parse_time(created, "the rows' created time")
+        with self._transaction() as conn:
+            bad_rows = {i: why for i, r in enumerate(rows)
+                        if (why := _conflict(conn.execute(_ROW_AT, [r[c] for c in KEY_COLUMNS])
+                                             .fetchone(), r["model_hash"], when))}
+            bad_models = {i: why for i, m in enumerate(models)
+                          if (why := _conflict(conn.execute(_MODEL_AT, (m["name"],)).fetchone(),
+                                               m["model_hash"], when))}
+            lines = ([f"model record {models[i]['name']!r}: {why}" for i, why in bad_models.items()]
+                     + [f"row {_describe(rows[i])}: {why}" for i, why in bad_rows.items()])
+            if lines and on_conflict == "error":
+                raise StoreConflict(
+                    f"{len(lines)} entries would replace the store's entries of another model "
+                    "hash or newer ones; nothing was imported; choose with --on-conflict keep (keep the "
+                    "store's, import the rest) or replace (on_conflict= in Python)", lines)
+            if on_conflict == "keep":
+                rows = [r for i, r in enumerate(rows) if i not in bad_rows]
+                models = [m for i, m in enumerate(models) if i not in bad_models]
+            _write(conn, rows, models, when.isoformat(timespec="seconds"))
+        return len(rows), len(models), lines
 
     def upsert(self, rows: ResultTable | Iterable[Mapping[str, Any]]) -> int:
         """Insert rows, replacing those with the same key; one transaction.  Returns the
@@ -366,6 +420,56 @@ class ResultsStore:
     def __repr__(self) -> str:
         state = "closed" if self._conn is None else f"{len(self)} rows"
         return f"ResultsStore({self.path!r}, {state})"
+
+
+_ROW_AT = ("SELECT model_hash, created FROM results WHERE "
+           + " AND ".join(f"{c} = ?" for c in KEY_COLUMNS))
+_MODEL_AT = "SELECT model_hash, created FROM models WHERE name = ?"
+
+
+def parse_time(text: object, what: str) -> datetime:
+    """An ISO time with its UTC offset (as the store writes ``created``); else one line."""
+    try:
+        when = datetime.fromisoformat(text) if isinstance(text, str) else None
+    except ValueError:
+        when = None
+    if when is None or when.utcoffset() is None:
+        raise CascadeAdvError(f"{what} must be an ISO time with its UTC offset (e.g. "
+                              f"2026-01-01T12:00:00+00:00), got {echo(text)}")
+    return when.astimezone(timezone.utc)
+
+
+def _checked(rows: Iterable[Mapping[str, Any]],
+             models: Iterable[Mapping[str, Any]]) -> tuple[list[dict], list[dict]]:
+    return [normalize_row(r) for r in rows], [_model_record(**m) for m in models]
+
+
+def _write(conn: sqlite3.Connection, rows: Sequence[dict], models: Sequence[dict],
+           created: str) -> None:
+    for m in models:
+        conn.execute(_REGISTER, (*m.values(), created))
+    conn.executemany(_UPSERT, [tuple(r[c] for c in ROW_KEYS) + (created,) for r in rows])
+
+
+def _conflict(stored: tuple[str, str] | None, model_hash: str, when: datetime) -> str:
+    """Why an entry computed at ``when`` for ``model_hash`` must not replace the
+    ``stored`` one (its hash and created time), or "" when it may."""
+    if stored is None:
+        return ""
+    old_hash, old_created = stored
+    if old_hash != model_hash:
+        return (f"the store's is of model hash {old_hash[:16] or '(none)'}, the file's of "
+                f"{model_hash[:16] or '(none)'}")
+    try:
+        newer = parse_time(old_created, "") > when
+    except CascadeAdvError:
+        newer = True  # an unreadable time: never assume it is older
+    return f"the store's is newer ({old_created} > {when.isoformat()})" if newer else ""
+
+
+def _describe(row: Mapping[str, Any]) -> str:
+    return (f"{row['model']} {row['attack']} eps {row['eps']:g} ({row['source']}, "
+            f"{row['metric']}, {row['dataset'] or '-'} {row['split'] or '-'})")
 
 
 def _where(filters: Mapping[str, Any]) -> tuple[str, list[Any]]:
@@ -446,41 +550,104 @@ def keep_rows(store: str | os.PathLike, rows: Sequence[Mapping[str, Any]],
         "the command again")
 
 
-def import_rows(file: str | os.PathLike, store: str | os.PathLike | None = None) -> tuple[Path, int, int]:
-    """Put the rows and models of a pending file (:func:`keep_rows`) into ``store`` (by
-    default the store the file names) in one transaction; returns the store path and the
-    counts of rows and models.  A malformed file raises :class:`CascadeAdvError` (one
-    line) and changes nothing."""
-    from cascade_adv.io import check_disjoint
+@dataclass(frozen=True)
+class ImportResult:
+    """What :func:`import_rows` did: the store, the rows and model records written, and
+    one line per conflicting entry that was kept as the store had it (``on_conflict``
+    ``"keep"``) or replaced (``"replace"``)."""
 
+    store: Path
+    rows: int
+    models: int
+    conflicts: list[str] = field(default_factory=list)
+
+
+def read_pending(file: str | os.PathLike) -> tuple[dict, list[dict], list[dict]]:
+    """The header, rows and model records of a pending file (:func:`keep_rows`), each
+    checked as a freshly computed one is (:func:`~cascade_adv.results.tables.normalize_row`)
+    and the header's ``store`` and ``created``; a row or model twice is refused.  Anything
+    off raises :class:`CascadeAdvError` naming the line and the field."""
     file = Path(file)
     if not file.is_file():
         raise CascadeAdvError(f"no pending-rows file at {file}; pass the file that the failed "
                               "command named")
     try:
         lines = file.read_text(encoding="utf-8").splitlines()
-        header = json.loads(lines[0]) if lines else None
-        entries = [json.loads(ln) for ln in lines[1:] if ln.strip()]
+        parsed = [(i, json.loads(ln)) for i, ln in enumerate(lines, 1) if ln.strip()]
     except (OSError, ValueError) as exc:
         raise CascadeAdvError(f"cannot read pending rows {file} ({one_line(exc)}); pass a "
                               "file that a failed store write named") from None
+    header = parsed[0][1] if parsed and parsed[0][0] == 1 else None
     if not isinstance(header, dict) or header.get("format") != PENDING_FORMAT:
         raise CascadeAdvError(f"{file} is not a cascade-adv pending-rows file (its first line "
                               f"must have format {PENDING_FORMAT!r})")
-    rows, models = [], []
-    for i, entry in enumerate(entries, 2):
-        kind = next(iter(entry)) if isinstance(entry, dict) and len(entry) == 1 else None
+    rows: list[dict] = []
+    models: list[dict] = []
+    seen: dict[tuple, int] = {}
+    for i, entry in parsed:
         try:
+            if i == 1:
+                _check_header(entry)
+                continue
+            kind, record = _pending_entry(entry)
             if kind == "row":
-                rows.append(normalize_row(entry["row"]))
-            elif kind == "model" and isinstance(entry["model"], dict):
-                models.append(_model_record(**entry["model"]))
+                record = normalize_row(record)
+                key = (kind, *(record[c] for c in KEY_COLUMNS))
             else:
-                raise CascadeAdvError("neither a row nor a model record")
+                record = _model_record(**record)
+                key = (kind, record["name"])
+            if key in seen:
+                raise CascadeAdvError(f"the same {kind} as line {seen[key]} (each may appear once)")
+            seen[key] = i
+            (rows if kind == "row" else models).append(record)
         except (CascadeAdvError, TypeError) as exc:
             raise CascadeAdvError(f"line {i} of {file}: {one_line(exc)}; nothing was "
                                   "imported") from None
-    target = Path(store if store is not None else str(header.get("store", "")))
-    check_disjoint([("--results", target)], [("FILE", file)])
+    return header, rows, models
+
+
+def _check_header(header: dict) -> None:
+    store = header.get("store")
+    if not isinstance(store, str) or not store or not Path(store).is_absolute():
+        raise CascadeAdvError(f"the header's 'store' must be the store's absolute path, got "
+                              f"{echo(store)}")
+    parse_time(header.get("created"), "the header's 'created'")
+
+
+def _pending_entry(entry: object) -> tuple[str, dict]:
+    if not (isinstance(entry, dict) and len(entry) == 1
+            and next(iter(entry)) in ("row", "model")):
+        raise CascadeAdvError("neither a row nor a model record")
+    kind, record = next(iter(entry.items()))
+    if not isinstance(record, dict):
+        raise CascadeAdvError(f"the {kind} must be an object, got {echo(record)}")
+    if kind == "model" and not (isinstance(record.get("name"), str) and record["name"].strip()):
+        raise CascadeAdvError(f"the model record's 'name' must be a non-empty text, got "
+                              f"{echo(record.get('name'))}")
+    return kind, record
+
+
+def import_rows(file: str | os.PathLike, store: str | os.PathLike | None = None, *,
+                on_conflict: str = "error") -> ImportResult:
+    """Put the rows and models of a pending file (:func:`keep_rows`) into ``store`` (by
+    default the store the file names) in one transaction, each with the time it was
+    computed (the file's ``created``).  An entry never silently replaces one of another
+    model hash or a newer one (:meth:`ResultsStore.merge`, ``on_conflict``).  A malformed
+    file raises :class:`CascadeAdvError` (one line naming the line and the field) and
+    changes nothing; so does a store that cannot be written (the file stays)."""
+    from cascade_adv.io import check_disjoint
+
+    if store is not None:  # an argument that names the file itself: refused before reading
+        check_disjoint([("--results", Path(store))], [("FILE", Path(file))])
+    header, rows, models = read_pending(file)
+    target = Path(store if store is not None else header["store"])
+    check_disjoint([("--results", target)], [("FILE", Path(file))])
     check_store_path(target)
-    return target, store_rows(target, rows, models), len(models)
+    try:
+        with ResultsStore(target) as db:
+            n_rows, n_models, conflicts = db.merge(rows, models, header["created"], on_conflict)
+    except sqlite3.Error as exc:
+        raise StoreWriteError(f"results store {target} could not be written ({one_line(exc)}); "
+                              f"nothing was imported and {file} is kept: run the import again "
+                              "later") from None
+    return ImportResult(target, n_rows, n_models, conflicts)

@@ -22,11 +22,15 @@ import csv
 import io
 import json
 import math
+import numbers
 import os
+import re
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
-from cascade_adv.errors import CascadeAdvError
+import numpy as np
+
+from cascade_adv.errors import CascadeAdvError, echo
 from cascade_adv.io import atomic_write_text
 
 #: The keys of every row, in column order.
@@ -44,43 +48,97 @@ WHITEBOX = "whitebox"
 AUDIT_PREFIX = "audit:"
 
 _STR_KEYS = ("model", "model_hash", "dataset", "split", "attack", "source", "metric")
+#: The text fields that must name something (``dataset`` and ``split`` may be empty:
+#: an audit of tensors given in Python has neither).
+_REQUIRED_TEXT = ("model", "attack", "source", "metric")
+
+
+#: Metrics whose value is a percentage (accuracy, error and transfer rates, their seed
+#: mean and std, the share of attacked images still correct): 0 <= value <= 100.
+_PERCENT_METRIC = re.compile(r"(top|error_top|transfer_top)\d+(_\w+)?")
+#: The longest text a row's field may hold (names, attacks with their options), and the
+#: longest model hash (hex digests are 64 characters).
+MAX_TEXT, MAX_HASH = 1000, 128
+#: The largest image count a row may state (an SQLite integer, and far beyond any set).
+MAX_N = 2**31 - 1
+#: The pixel-unit range of ``eps``.
+MAX_EPS = 255.0
+
+
+def _text(key: str, v: Any) -> str:
+    if key == "model_hash" and v is None:
+        return ""
+    if not isinstance(v, str):
+        raise CascadeAdvError(f"result row's {key!r} must be text, got {echo(v)}")
+    if key in _REQUIRED_TEXT and not v.strip():
+        raise CascadeAdvError(f"result row's {key!r} is empty; name the {key}")
+    limit = MAX_HASH if key == "model_hash" else MAX_TEXT
+    if len(v) > limit:
+        raise CascadeAdvError(f"result row's {key!r} has {len(v):,} characters (at most "
+                              f"{limit:,})")
+    return v
+
+
+def _number(key: str, v: Any, row: Mapping[str, Any]) -> float | int:
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Real):
+        raise CascadeAdvError(f"result row's {key!r} must be a number, got {echo(v)}; eps and "
+                              "value are numbers, n an integer")
+    x = float(v)
+    if not math.isfinite(x):
+        raise CascadeAdvError(f"result row's {key!r} is not finite: {echo(v)}")
+    if key == "n":
+        if x != int(x) or not 0 <= x <= MAX_N:
+            raise CascadeAdvError(f"result row's 'n' must be a whole count in 0..{MAX_N}, got "
+                                  f"{echo(v)}")
+        return int(x)
+    if key == "eps" and not 0 <= x <= MAX_EPS:
+        raise CascadeAdvError(f"result row's 'eps' must lie in [0, {MAX_EPS:g}] (pixel units), "
+                              f"got {echo(v)}")
+    if (key == "value" and isinstance(row.get("metric"), str)
+            and _PERCENT_METRIC.fullmatch(row["metric"]) and not 0 <= x <= 100):
+        raise CascadeAdvError(f"result row's 'value' of metric {row['metric']!r} is a "
+                              f"percentage, so in [0, 100], got {echo(v)}")
+    return x
 
 
 def normalize_row(row: Mapping[str, Any]) -> dict[str, Any]:
-    """Check one row's keys and types; return a new dict in :data:`ROW_KEYS` order.
+    """Check one row's keys, types and ranges; return a new dict in :data:`ROW_KEYS` order.
 
-    ``model_hash`` may be left out (empty string); any other missing or unknown
-    key raises :class:`CascadeAdvError`.
+    ``model_hash`` may be left out (empty string); any other missing or unknown key, text
+    that is not a string (or is empty where a name is needed, or longer than
+    :data:`MAX_TEXT`), a number that is a boolean, text or not finite, an ``eps`` outside
+    [0, 255], a percentage outside [0, 100] or an ``n`` that is not a whole count raise
+    :class:`CascadeAdvError` naming the field.  Freshly computed rows and rows read back
+    (pending files, JSON, CSV after :func:`parse_csv_row`) pass the same checks.
     """
     if not isinstance(row, Mapping):
-        raise CascadeAdvError(f"a result row must be a mapping with keys {ROW_KEYS}, got {row!r}")
-    unknown = sorted(set(row) - set(ROW_KEYS))
+        raise CascadeAdvError(f"a result row must be a mapping with keys {ROW_KEYS}, got "
+                              f"{echo(row)}")
+    unknown = sorted(set(row) - set(ROW_KEYS), key=str)
     if unknown:
         raise CascadeAdvError(
-            f"result row has unknown key {unknown[0]!r}; the keys are: {', '.join(ROW_KEYS)}"
+            f"result row has unknown key {echo(unknown[0])}; the keys are: {', '.join(ROW_KEYS)}"
         )
     missing = [k for k in ROW_KEYS if k not in row and k != "model_hash"]
     if missing:
         raise CascadeAdvError(
             f"result row lacks key {missing[0]!r}; the keys are: {', '.join(ROW_KEYS)}"
         )
-    out: dict[str, Any] = {}
-    try:
-        for k in ROW_KEYS:
-            v = row.get(k, "")
-            if k in _STR_KEYS:
-                out[k] = "" if v is None else str(v)
-            elif k == "n":
-                out[k] = int(v)
-            else:
-                out[k] = float(v)
-    except (TypeError, ValueError):
-        raise CascadeAdvError(
-            f"result row has a non-numeric {k!r}: {row.get(k)!r}; eps and value are numbers, "
-            "n an integer"
-        ) from None
-    if not math.isfinite(out["eps"]):
-        raise CascadeAdvError(f"result row has a non-finite eps: {out['eps']!r}")
+    return {k: _text(k, row.get(k)) if k in _STR_KEYS else _number(k, row[k], row)
+            for k in ROW_KEYS}
+
+
+def parse_csv_row(row: Mapping[str, Any]) -> dict[str, Any]:
+    """A row read from CSV (every field text) with ``eps``, ``value`` and ``n`` as numbers,
+    ready for :func:`normalize_row`; text that is no number raises one line."""
+    out = dict(row)
+    for k in ("eps", "value", "n"):
+        if isinstance(out.get(k), str):
+            try:
+                out[k] = float(out[k])
+            except ValueError:
+                raise CascadeAdvError(f"result row has a non-numeric {k!r}: {echo(out[k])}; eps "
+                                      "and value are numbers, n an integer") from None
     return out
 
 
@@ -242,7 +300,7 @@ class ResultTable:
         """Read a table written by :meth:`to_csv`."""
         try:
             with open(path, newline="", encoding="utf-8") as fh:
-                return cls(csv.DictReader(fh))
+                return cls(parse_csv_row(r) for r in csv.DictReader(fh))
         except OSError as e:
             raise CascadeAdvError(f"cannot read results CSV {path}: {e.strerror}") from None
 
