@@ -206,3 +206,74 @@ def test_a_pending_file_written_by_a_failed_store_write_imports(tmp_path, monkey
     con = sqlite3.connect(db)
     assert con.execute("SELECT created FROM results").fetchone()[0] == header["created"]
     con.close()
+
+
+# --- fuzzing (issue 19's way, extended to pending rows) ---------------------------------
+
+hypothesis = pytest.importorskip("hypothesis")
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+ANY_JSON = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(-10**40, 10**40),
+              st.floats(allow_nan=True, allow_infinity=True),
+              st.text(max_size=8), st.sampled_from(["", " ", "f" * 5000, "2026-13-01", "50"])),
+    lambda inner: st.one_of(st.lists(inner, max_size=3),
+                            st.dictionaries(st.text(max_size=4), inner, max_size=3)),
+    max_leaves=6)
+ROW_FIELDS = [*row(), "extra"]
+HEADER_FIELDS = ["format", "store", "created", "reason"]
+
+
+FIELDS = {"row": ROW_FIELDS, "model": ["name", "model_hash", "dataset", "params", "extra"],
+          "header": HEADER_FIELDS, "line": [""]}
+NUMBERS = st.one_of(st.integers(-10**40, 10**40), st.floats(), st.sampled_from(
+    [1e30, -1, 0.5, 100.0001, 255.5, 2**63, True, False, None, "1", [1], {"a": 1}]))
+
+
+@settings(max_examples=300, deadline=None, derandomize=True, database=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                 HealthCheck.too_slow])
+@given(spot=st.sampled_from(["row", "row", "row", "model", "header", "line"]).flatmap(
+           lambda w: st.tuples(st.just(w), st.sampled_from(FIELDS[w]))),
+       value=st.one_of(ANY_JSON, NUMBERS), drop=st.booleans())
+def test_fuzzed_pending_files_import_right_or_change_nothing(tmp_path_factory, spot, value,
+                                                             drop):
+    """Each case: a valid pending file with one field of a row, a model record or the
+    header replaced by a drawn value (or dropped), or a drawn extra line.  The import ends
+    with one line and exit 2 and every file as it was, or with exit 0 and exactly the
+    file's rows in the store, with the file's time."""
+    where, field = spot
+    tmp = tmp_path_factory.mktemp("fz")
+    db = tmp / "r.db"
+    with ResultsStore(db) as s:
+        s.merge([row(model="m2")], [], OLD)
+    entries = [{"row": row(attack="iter_ll", model_hash="h")}, {"model": {"name": "m1"}}]
+    header = {"format": PENDING_FORMAT, "store": str(db), "created": NEW, "reason": "x"}
+    target = {"row": entries[0]["row"], "model": entries[1]["model"], "header": header}.get(where)
+    if target is not None:
+        if drop:
+            target.pop(field, None)
+        else:
+            target[field] = value
+    lines = [json.dumps(header)] + [json.dumps(e) for e in entries]
+    if where == "line":
+        lines.append(json.dumps(value))
+    file = tmp / "p.jsonl"
+    file.write_text("\n".join(lines) + "\n")
+    before, file_bytes = stored(db), file.read_bytes()
+
+    status, _, err = run_cli(["store", "import", str(file)], tmp)
+    assert "Traceback" not in err and file.read_bytes() == file_bytes
+    assert sorted(p.name for p in tmp.iterdir()) == ["p.jsonl", "r.db"]
+    if status != 0:
+        assert status == 2 and len(err.strip().splitlines()) == 1, err
+        assert stored(db) == before
+        return
+    with ResultsStore(db) as s:
+        got = s.query(model=entries[0]["row"]["model"], attack=entries[0]["row"]["attack"]).rows
+        assert got == [ResultTable([entries[0]["row"]]).rows[0]]
+        assert [m.name for m in s.models()] == [entries[1]["model"]["name"]]
+    con = sqlite3.connect(db)
+    assert {c for (c,) in con.execute("SELECT created FROM results")} == {OLD, NEW}
+    con.close()
