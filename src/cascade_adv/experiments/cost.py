@@ -5,8 +5,11 @@ of a batch of 128 is timed on the run's device (after a warm-up); a step's estim
 is its count of such passes times that time:
 
 * training: one pass per iteration still to run (an interrupted step resumes at its
-  newest checkpoint), plus the one-step attack on k of the m images (``k/m`` of a
-  pass) and, in ``append`` mode, the k extra images (``k/m`` more);
+  newest checkpoint), plus the attack on k of the m images (``k/m`` of a pass per
+  gradient step: one for the one-step methods, R+FGSM, R+Step-LL and FGSM with a random
+  start, ``steps`` for PGD) and, in ``append`` mode, the k extra images (``k/m`` more);
+  with the overfitting monitor on, its PGD and forwards on its images, spread over its
+  interval (:func:`iteration_passes`);
 * white-box evaluation: per attack and epsilon, one pass per attack iteration over the
   test images (iter_* use min(eps + 4, 1.25 eps) iterations, K17 section 2.1), plus
   the clean forward (:func:`attack_passes`);
@@ -208,18 +211,48 @@ def _resumes_at(rec) -> int:
     return max(its, default=0)
 
 
-def _per_iteration(cfg) -> float:
-    """Passes of 128 images one training iteration of ``cfg`` costs (timed-pass model)."""
+def iteration_passes(cfg) -> float:
+    """Passes of 128 images one training iteration of ``cfg`` costs (timed-pass model):
+    the step, the crafting of the adversarial rows (:func:`_crafting`), the k extra
+    rows of ``append`` mode and the overfitting monitor's measurement divided by its
+    interval."""
+    adv, m, passes = cfg.adversarial, cfg.optim.batch_size, 1.0
+    if adv.mode != "none":
+        passes += _crafting(cfg) / m + (adv.k / m if adv.mode == "append" else 0)
+    if cfg.monitor.every is not None:
+        passes += monitor_passes(cfg) / cfg.monitor.every
+    return passes
+
+
+def _crafting(cfg) -> int:
+    """Image passes crafting one iteration's k adversarial rows costs: each source's
+    rows times its method's gradient passes (``steps`` for PGD, else one:
+    :func:`~cascade_adv.training.methods.crafting_passes`; a saved source counts as one
+    pass, as a one-step attack)."""
+    from cascade_adv.training.methods import crafting_passes
+
     adv = cfg.adversarial
-    if adv.mode == "none":
-        return 1.0
-    return 1.0 + adv.k / cfg.optim.batch_size * (2 if adv.mode == "append" else 1)
+    options = adv.method_options()
+    return sum(s.count * crafting_passes(s.method, options) for s in adv.resolved_sources())
+
+
+def monitor_passes(cfg) -> float:
+    """Passes of 128 images one measurement of the overfitting monitor costs: PGD's
+    ``monitor.steps`` gradient passes and two forwards (clean and adversarial) on each
+    of its ``monitor.images``."""
+    mon = cfg.monitor
+    return mon.images / BATCH * (mon.steps + 2 * FORWARD)
 
 
 def _iteration_kind(cfg) -> tuple:
     """What makes iterations of two runs of one model cost the same."""
-    adv = cfg.adversarial
-    return (cfg.optim.batch_size,) + (() if adv.mode == "none" else (adv.mode, adv.k))
+    adv, mon = cfg.adversarial, cfg.monitor
+    kind = (cfg.optim.batch_size,) + (() if adv.mode == "none" else (adv.mode, adv.k))
+    if adv.mode != "none" and _crafting(cfg) != adv.k:  # PGD: more than a pass per row
+        kind += (("craft", _crafting(cfg)),)
+    if mon.every is not None:
+        kind += (("monitor", mon.every, mon.images, mon.steps),)
+    return kind
 
 
 def _passes(rec, cfgs: dict[str, Any], survived: Mapping[str, Survival] | None = None
@@ -231,7 +264,7 @@ def _passes(rec, cfgs: dict[str, Any], survived: Mapping[str, Survival] | None =
         start = _resumes_at(rec)
         if p.get("init") and cfg.init_mode == "continue":
             start = max(start, cfgs[p["init"]].optim.iterations)
-        return _model_key(cfg), max(0, cfg.optim.iterations - start) * _per_iteration(cfg)
+        return _model_key(cfg), max(0, cfg.optim.iterations - start) * iteration_passes(cfg)
     if s.kind == "report":
         return None, 0.0
     model = p.get("model") or p["sources"][0]
@@ -300,7 +333,7 @@ def measured(out: str | Path | None, records=(), cfgs: dict[str, Any] | None = N
             continue
         key = _model_key(cfg)
         found.setdefault(("train", key, _iteration_kind(cfg)), []).append(rate)
-        found.setdefault(("train", key), []).append(rate / _per_iteration(cfg))
+        found.setdefault(("train", key), []).append(rate / iteration_passes(cfg))
     for rec in records if cfgs is not None else ():
         if rec.status == "cached" and rec.step.kind not in ("train", "report") and rec.seconds:
             key, passes = _passes(rec, cfgs, survived)
@@ -352,7 +385,7 @@ def _estimate(records, cfgs: dict[str, Any], device, timing, quick, seen: dict[t
         if rec.step.kind == "train":
             cfg = cfgs[rec.step.name]
             exact = seen.get(("train", key, _iteration_kind(cfg)))
-            rate = exact / _per_iteration(cfg) if exact else seen.get(("train", key))
+            rate = exact / iteration_passes(cfg) if exact else seen.get(("train", key))
         else:  # a pass of this model's audit / evaluation, else of its training
             rate = next((seen[k] for k in ((_bucket(rec), key), ("eval", key),
                                            ("train", key)) if k in seen), None)

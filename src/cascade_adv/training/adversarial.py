@@ -6,9 +6,10 @@ Per iteration (after ``delay`` clean-only iterations), :func:`adversarial_batch`
    the rows of a saved (cascade) source hold images drawn from its set instead, each
    with the clean twin it was crafted from;
 2. each of the k adversarial slots gets an epsilon from the configured sampler and
-   an adversarial image from its source: a one-step attack on the network being
-   trained (in inference mode), the saved image (cascade), or a one-step attack on a
-   fixed network (ensemble);
+   an adversarial image from its source: a one-step attack (or a method with a random
+   start, :mod:`cascade_adv.training.methods`: R+FGSM, R+Step-LL, FGSM with a random
+   start, PGD) on the network being trained (in inference mode), the saved image
+   (cascade), or such an attack on a fixed network (ensemble);
 3. :func:`compose_batch` builds ``B'``: ``replace`` puts the k adversarial images
    in place of the first k clean ones (K17), ``append`` puts them in front of the
    m - k clean images, so rows k..2k-1 are their clean twins (N18);
@@ -45,24 +46,29 @@ from cascade_adv.training.config import AdversarialSection, SourceSection, Train
 from cascade_adv.training.distributed import BatchShard, unwrap
 from cascade_adv.training.epsilon import sample_eps
 from cascade_adv.training.loss import unified_loss
+from cascade_adv.training.methods import METHODS, MethodOptions
 
 #: Training methods beyond the registry's one-step attacks.
 STEP_BOTH = "step_both"
 
 
 def check_method(method: str) -> None:
-    """A training method must be a one-step attack of the registry or ``step_both``."""
-    if method == STEP_BOTH:
+    """A training method must be a one-step attack of the registry, ``step_both`` or a
+    method of :data:`~cascade_adv.training.methods.METHODS`."""
+    if method == STEP_BOTH or method in METHODS:
         return
-    valid = [STEP_BOTH, *attacks.names("one_step"), *attacks.names("random")]
+    valid = [STEP_BOTH, *METHODS, *attacks.names("one_step"), *attacks.names("random")]
     if method not in valid:
         raise ConfigError(f"unknown adversarial training method {method!r}; choose one of: "
                           f"{', '.join(valid)}")
 
 
 def one_step_examples(method: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
-                      eps: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Adversarial images of ``x`` by ``method`` with per-example ``eps`` (pixels).
+                      eps: torch.Tensor, generator: torch.Generator,
+                      options: MethodOptions | None = None) -> torch.Tensor:
+    """Adversarial images of ``x`` by training method ``method`` with per-example
+    ``eps`` (pixels); ``options`` (alpha as a fraction of eps, steps, random start) for
+    the methods of :data:`~cascade_adv.training.methods.METHODS`, ignored by the others.
 
     ``step_both`` (N18 section 3.3): the first half step_ll, the second step_FGSM.
     """
@@ -73,13 +79,19 @@ def one_step_examples(method: str, model: nn.Module, x: torch.Tensor, y: torch.T
             one_step_examples("step_fgsm", model, x[h:], y[h:], eps[h:], generator),
         ])
     with attacks.trusted():  # eps drawn by the sampler: used on its device, unchecked
+        if method in METHODS:
+            return METHODS[method](model, x, y, eps, generator, options)
         return attacks.get(method).fn(model, x, y, eps, generator=generator)
 
 
-def draws_random(method: str) -> bool:
+def draws_random(method: str, options: MethodOptions | None = None) -> bool:
     """Whether training method ``method`` draws from its generator (step_rnd,
-    random_sign, ...), as its registry entry declares.  Under DDP such a method runs on
-    its whole block of rows on every rank, so the draws equal a single process's."""
+    random_sign, a random start...), as its registry entry or its
+    :class:`~cascade_adv.training.methods.Method` declares.  Under DDP such a method
+    runs on its whole block of rows on every rank, so the draws equal a single
+    process's."""
+    if method in METHODS:
+        return METHODS[method].draws_random(options)
     return method != STEP_BOTH and attacks.get(method).stochastic
 
 
@@ -131,6 +143,7 @@ def adversarial_batch(
     eps_sampler: str = "n18",
     generator: torch.Generator | None = None,
     eps: torch.Tensor | None = None,
+    options: MethodOptions | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Algorithm 1 of K17 (``mode="replace"``) and N18 (``mode="append"``) for one batch,
     with any ``nn.Module`` mapping [0, 1] images to logits and any batch source::
@@ -143,8 +156,10 @@ def adversarial_batch(
     Returns ``(x', y')``; pass them and ``k`` to :func:`~cascade_adv.training.loss.unified_loss`
     (``distance`` needs ``mode="append"``).  For N18's m = 128, k = 64, read 64 clean
     images and append; for K17's, read 128 and replace.  ``method`` is a one-step
-    attack of the registry, ``step_both``, or a :data:`Craft` callable (``train()``
-    passes one that mixes the config's sources); ``eps_sampler`` one of
+    attack of the registry, ``step_both``, a method with a random start
+    (``r_fgsm``, ``r_step_ll``, ``fgsm_rs``, ``pgd``; ``options`` sets its alpha, steps
+    and start) or a :data:`Craft` callable (``train()`` passes one that mixes the
+    config's sources); ``eps_sampler`` one of
     :data:`cascade_adv.training.epsilon.SAMPLERS`; ``eps`` (k values, pixels) replaces
     the drawn epsilons.
     """
@@ -159,7 +174,8 @@ def adversarial_batch(
     elif eps.shape != (k,):
         raise ConfigError(f"eps must hold one epsilon per adversarial example, shape ({k},); "
                           f"got {tuple(eps.shape)}")
-    craft = method if callable(method) else functools.partial(one_step_examples, method)
+    craft = method if callable(method) else functools.partial(one_step_examples, method,
+                                                              options=options)
     x_adv = craft(model, x[:k], y[:k], eps, generator)
     return compose_batch(mode, x, y, x_adv, y[:k])
 
@@ -203,6 +219,7 @@ class AdversarialObjective:
                  device: torch.device, rank: int = 0, world: int = 1):
         self.shard = BatchShard(rank, world)
         self.adv: AdversarialSection = cfg.adversarial
+        self.options = self.adv.method_options()
         self.m = cfg.optim.batch_size
         self.train_set = train_set
         self.model_cfg = model_cfg
@@ -276,8 +293,8 @@ class AdversarialObjective:
     def _craft(self, net: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: torch.Tensor,
                generator: torch.Generator, *, saved: dict[int, torch.Tensor]) -> torch.Tensor:
         """Algorithm 1's k adversarial images from the config's sources, block by block:
-        a saved image, or a one-step attack on the current network or on a fixed one
-        (ensemble: one of its networks drawn per iteration)."""
+        a saved image, or the training method's attack on the current network or on a
+        fixed one (ensemble: one of its networks drawn per iteration)."""
         out = []
         for i, src, rows in self._blocks():
             if src.kind == "saved":
@@ -296,15 +313,17 @@ class AdversarialObjective:
 
     def _attack(self, method: str, net: nn.Module, x, y, eps, start: int,
                 generator: torch.Generator) -> torch.Tensor:
-        """One-step images of adversarial rows ``start ..``; under DDP only of the rows
-        this rank keeps (:meth:`BatchShard.select` drops the others, left clean here).
-        A random attack runs on all of them, so that its draws equal one process's."""
-        if self.shard.world == 1 or draws_random(method):
-            return one_step_examples(method, net, x, y, eps, generator)
+        """Adversarial images of rows ``start ..``; under DDP only of the rows this rank
+        keeps (:meth:`BatchShard.select` drops the others, left clean here).  A method
+        that draws random numbers runs on all of them, so that its draws equal one
+        process's."""
+        if self.shard.world == 1 or draws_random(method, self.options):
+            return one_step_examples(method, net, x, y, eps, generator, self.options)
         mine = self.shard.adversarial(start, start + x.shape[0], x.device)
         out = x.clone()
         if mine.numel():  # a shape, known on the host
-            out[mine] = one_step_examples(method, net, x[mine], y[mine], eps[mine], generator)
+            out[mine] = one_step_examples(method, net, x[mine], y[mine], eps[mine], generator,
+                                          self.options)
         return out
 
     def _scaled(self, loss: torch.Tensor) -> torch.Tensor:

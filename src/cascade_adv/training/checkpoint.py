@@ -10,6 +10,8 @@ Layout of a run folder::
       checkpoints/ckpt-0001000/   model.safetensors + state.pt
       checkpoints/latest          name of the newest complete checkpoint
       final/model.safetensors     the trained model (written at the end)
+      best_pgd/                   with the overfitting monitor on: the weights of its best
+                                  PGD accuracy (model.safetensors) and monitor.json
 
 A checkpoint folder is written under a temporary name and renamed into place,
 then ``latest`` is replaced atomically, so a crash at any moment leaves the
@@ -42,36 +44,54 @@ from cascade_adv.models import WEIGHTS_FILE, save_model
 
 STATE_FILE = "state.pt"
 CHECKPOINTS = "checkpoints"
+#: The weights of the best PGD accuracy the overfitting monitor measured.
+BEST_PGD = "best_pgd"
 
 
 def save_checkpoint(run_dir: str | os.PathLike, model: nn.Module, optimizer: torch.optim.Optimizer,
-                    iteration: int, keep: int = 2, init: str = "") -> Path:
-    """Write checkpoint ``ckpt-{iteration}`` and point ``latest`` at it.
+                    iteration: int, keep: int = 2, init: str = "",
+                    extra: dict | None = None) -> Path:
+    """Write checkpoint ``ckpt-{iteration}`` and point ``latest`` at it; ``extra``: more
+    plain values for ``state.pt`` (the overfitting monitor's best, ...).
 
     Its size (weights and optimizer state) is checked against the free space first; a
     full disk or a read-only folder raises :class:`~cascade_adv.errors.DiskFull` naming
     the folder and that size, and the previous checkpoints stay as they were."""
     root = Path(run_dir) / CHECKPOINTS
     name = f"ckpt-{iteration:07d}"
-    need = checkpoint_bytes(model, optimizer)
-    with disk_errors(root, f"checkpoint {name}", need):
-        root.mkdir(parents=True, exist_ok=True)
-        check_free_space(root, need, f"checkpoint {name}")
-        tmp = make_temp_dir(root, name)
-        try:
-            save_model(model, tmp / WEIGHTS_FILE, init=init)
-            state = io.BytesIO()  # in memory first: torch's writer fails obscurely on ENOSPC
-            torch.save({"iteration": iteration, "optimizer": optimizer.state_dict()}, state)
-            atomic_write_bytes(tmp / STATE_FILE, state.getvalue())
-            final = root / name
-            swap_dir(tmp, final)  # an earlier folder of this iteration is replaced, not deleted
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
+    state = io.BytesIO()  # in memory first: torch's writer fails obscurely on ENOSPC
+    torch.save({**(extra or {}), "iteration": iteration, "optimizer": optimizer.state_dict()},
+               state)
+    final = write_model_folder(root / name, model, {STATE_FILE: state.getvalue()}, init=init,
+                               what=f"checkpoint {name}",
+                               need=checkpoint_bytes(model, optimizer))
     atomic_write_text(root / "latest", name + "\n")
     for old in sorted(p for p in root.glob("ckpt-*") if p.is_dir())[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def write_model_folder(folder: Path, model: nn.Module, files: dict[str, bytes], *, init: str,
+                       what: str, need: int | None = None) -> Path:
+    """Write ``folder`` with the model's weights and ``files`` (name -> bytes) at once:
+    built under a temporary name beside it, then swapped into place, so a crash leaves
+    the previous folder whole.  ``need`` bytes (default: the model's) are checked
+    against the free space first (:class:`~cascade_adv.errors.DiskFull`)."""
+    root = folder.parent
+    need = checkpoint_bytes(model) if need is None else need
+    with disk_errors(root, what, need):
+        root.mkdir(parents=True, exist_ok=True)
+        check_free_space(root, need, what)
+        tmp = make_temp_dir(root, folder.name)
+        try:
+            save_model(model, tmp / WEIGHTS_FILE, init=init)
+            for name, data in files.items():
+                atomic_write_bytes(tmp / name, data)
+            swap_dir(tmp, folder)  # an earlier folder of this name is replaced, not deleted
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+    return folder
 
 
 def checkpoint_bytes(model: nn.Module, optimizer: torch.optim.Optimizer | None = None) -> int:
@@ -89,7 +109,7 @@ def remove_stale_run_temps(run_dir: str | os.PathLike) -> list[Path]:
     checkpoint, ``latest``, config, metrics or final weights); removed, and returned."""
     run_dir = Path(run_dir)
     removed = []
-    for folder, names in ((run_dir, ("config.yaml", "metrics.jsonl")),
+    for folder, names in ((run_dir, ("config.yaml", "metrics.jsonl", BEST_PGD)),
                           (run_dir / CHECKPOINTS, ("latest", "ckpt-*")),
                           (run_dir / "final", (WEIGHTS_FILE,))):
         for name in names:

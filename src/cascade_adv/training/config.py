@@ -7,6 +7,7 @@ lists the valid choices (see :func:`load_config`).
 from __future__ import annotations
 
 import itertools
+import math
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -32,6 +33,7 @@ from cascade_adv.models.config import (
 )
 from cascade_adv.speed import SpeedConfig
 from cascade_adv.textdata import load_yaml
+from cascade_adv.training.methods import MAX_STEPS, MethodOptions, option_problem
 
 #: The largest seed: torch's generators take 64 bits.
 MAX_SEED = 2**64 - 1
@@ -163,6 +165,11 @@ class AdversarialSection(_Strict):
     :func:`cascade_adv.training.loss.embedding_distance` and docs/fidelity.md.
     Each adversarial example gets its own epsilon from ``eps_sampler`` with
     ``max_e`` (pixel units).  ``delay`` clean-only iterations come first (K17).
+
+    ``alpha`` (a fraction of each example's epsilon), ``steps`` and ``random_start``
+    configure the methods with a random start (:mod:`cascade_adv.training.methods`:
+    ``r_fgsm``, ``r_step_ll``, ``fgsm_rs``, ``pgd``); unset, each method's default.  A
+    key that none of the config's methods reads is refused.
     """
 
     mode: Literal["none", "replace", "append"] = "none"
@@ -178,6 +185,19 @@ class AdversarialSection(_Strict):
     eps_sampler: Literal["n18", "k17", "fixed", "uniform"] = "n18"
     delay: int = Field(0, ge=0)
     sources: list[SourceSection] | None = None
+    alpha: float | None = None
+    steps: int | None = None
+    random_start: bool | None = None
+
+    @field_validator("alpha", mode="before")
+    @classmethod
+    def _finite_alpha(cls, v: Any) -> Any:
+        return _finite(v, "a fraction of each example's eps, e.g. 0.5")
+
+    @field_validator("steps")
+    @classmethod
+    def _steps_range(cls, v: int | None) -> int | None:
+        return _steps(v, "PGD's gradient steps per image")
 
     @field_validator("distance")
     @classmethod
@@ -187,6 +207,66 @@ class AdversarialSection(_Strict):
     def resolved_sources(self) -> list[SourceSection]:
         """``sources``, or all k from ``method`` on the current network."""
         return self.sources or [SourceSection(kind="current", count=self.k, method=self.method)]
+
+    def method_options(self) -> MethodOptions:
+        """``alpha``, ``steps`` and ``random_start`` for the training methods."""
+        return MethodOptions(self.alpha, self.steps, self.random_start)
+
+    def attack_methods(self) -> list[str]:
+        """The training methods of the sources that attack a network (not ``saved``)."""
+        return [s.method for s in self.resolved_sources() if s.kind != "saved"]
+
+
+class MonitorSection(_Strict):
+    """Catastrophic-overfitting monitor (off unless ``every`` is set): every ``every``
+    iterations, PGD accuracy (``steps`` steps of 2.5 eps / steps from a uniform random
+    start, at ``eps`` pixels, default ``adversarial.max_e``) and clean accuracy of a
+    fixed, seeded batch of ``images`` training images, in inference mode, with its own
+    generator; logged in ``metrics.jsonl``.  A collapse - PGD accuracy more than
+    ``drop`` points below its best while clean accuracy stays within ``clean_hold``
+    points of its best - is reported, and the weights of the best PGD accuracy are
+    kept in ``best_pgd/`` (early stopping, Wong et al. 2020).  See
+    :mod:`cascade_adv.training.monitor`.
+    """
+
+    every: int | None = None
+    images: int = Field(256, ge=1, le=100_000)
+    steps: int = 10
+    eps: float | None = Field(None, gt=0, le=255)
+    drop: float = Field(30.0, gt=0, le=100)
+    clean_hold: float = Field(5.0, ge=0, le=100)
+
+    @field_validator("every")
+    @classmethod
+    def _every_range(cls, v: int | None) -> int | None:
+        if v is not None and v < 1:
+            raise ValueError(f"must be at least 1 (iterations between measurements), got {v}; "
+                             "use e.g. monitor.every=100, or remove monitor.every to turn the "
+                             "monitor off")
+        return v
+
+    @field_validator("steps")
+    @classmethod
+    def _steps_range(cls, v: int) -> int:
+        return _steps(v, "the monitor's PGD steps")
+
+
+def _finite(v: Any, what: str) -> Any:
+    """A non-finite number refused with the fix (before pydantic's generic message)."""
+    try:
+        number = float(v) if isinstance(v, (int, float, str)) and not isinstance(v, bool) \
+            else None
+    except ValueError:
+        return v  # not a number: pydantic names the type
+    if number is not None and not math.isfinite(number):
+        raise ValueError(f"must be a finite number ({what}), got {echo(v)}")
+    return v
+
+
+def _steps(v: int | None, what: str) -> int | None:
+    if v is not None and not 1 <= v <= MAX_STEPS:
+        raise ValueError(f"must lie in 1..{MAX_STEPS} ({what}), got {v}; use e.g. 10")
+    return v
 
 
 class TrainConfig(_Strict):
@@ -207,6 +287,7 @@ class TrainConfig(_Strict):
     optim: OptimSection = OptimSection()
     checkpoint: CheckpointSection = CheckpointSection()
     adversarial: AdversarialSection = AdversarialSection()
+    monitor: MonitorSection = MonitorSection()
     distributed: DistributedSection = DistributedSection()
     #: precision auto|float32|bf16, channels_last auto|true|false, compile false|true
     #: (see :mod:`cascade_adv.speed`; the defaults are float32 on CPU, bf16 on CUDA)
@@ -282,11 +363,29 @@ class TrainConfig(_Strict):
         return self
 
     @model_validator(mode="after")
+    def _monitor_keys(self) -> TrainConfig:
+        # values, not the keys given: a recorded config.yaml writes every key
+        mon, fields = self.monitor, MonitorSection.model_fields
+        unused = [k for k in fields if k != "every" and getattr(mon, k) != fields[k].default]
+        if mon.every is None and unused:
+            raise ValueError(f"monitor.{unused[0]} has no effect while the monitor is off; set "
+                             "monitor.every (e.g. 100) or remove it")
+        return self
+
+    @model_validator(mode="after")
     def _consistent(self) -> TrainConfig:
         ms = self.optim.lr_milestones
         if any(b <= a for a, b in itertools.pairwise(ms)):
             raise ValueError(f"optim.lr_milestones must be increasing, got {ms}")
         adv, m = self.adversarial, self.optim.batch_size
+        options = adv.method_options()
+        if adv.mode == "none" and options != MethodOptions():
+            key = next(k for k in ("alpha", "steps", "random_start") if getattr(adv, k) is not None)
+            raise ValueError(f"adversarial.{key} configures adversarial training, which "
+                             "adversarial.mode none turns off; remove it or set adversarial.mode")
+        problem = option_problem(adv.attack_methods(), options)
+        if problem:
+            raise ValueError(problem)
         if adv.mode == "none":
             return self
         if adv.mode == "append" and 2 * adv.k > m:
@@ -414,6 +513,8 @@ NOT_COMPUTED = {"name": True, "paper": True, "log_every": True, "checkpoint": Tr
 #: Loss options that compute the same thing (docs/fidelity.md): the released code's
 #: pivot is the bidirectional loss, with the same values and gradients.
 SAME_DISTANCE = {"pivot_released": "bidirectional"}
+#: Adversarial options whose unset value computes what configs without them did.
+ADDED_ADVERSARIAL = ("alpha", "steps", "random_start")
 
 
 def training_identity(cfg: TrainConfig) -> dict:
@@ -424,6 +525,13 @@ def training_identity(cfg: TrainConfig) -> dict:
     tree = cfg.model_dump(mode="json", exclude=NOT_COMPUTED)
     adv = tree["adversarial"]
     adv["distance"] = SAME_DISTANCE.get(adv["distance"], adv["distance"])
+    # options added later, left out while unset: the runs cached before they existed
+    # keep their keys
+    for key in ADDED_ADVERSARIAL:
+        if adv[key] is None:
+            del adv[key]
+    if cfg.monitor.every is None:
+        del tree["monitor"]
     return tree
 
 

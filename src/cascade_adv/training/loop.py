@@ -14,6 +14,7 @@ import bisect
 import hashlib
 import json
 import math
+import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -54,6 +55,7 @@ from cascade_adv.training.checkpoint import (
     save_checkpoint,
 )
 from cascade_adv.training.config import TrainConfig, dump_config, format_validation_error
+from cascade_adv.training.monitor import OverfitMonitor
 from cascade_adv.training.optim import make_optimizer
 from cascade_adv.training.resume import check_resume, record_changes
 from cascade_adv.training.signals import StopSignals
@@ -170,6 +172,7 @@ def continue_from(init_from: str | Path, cfg: TrainConfig, model_cfg: ModelConfi
         )
     model = load_model(ckpt, expected=model_cfg, map_location=device)
     state = read_state(ckpt, device)
+    state.pop("monitor", None)  # that run's overfitting monitor: this run starts its own
     if state["iteration"] >= cfg.optim.iterations:
         raise ConfigError(
             f"init_from {init_from} ends at iteration {state['iteration']}, and this run's "
@@ -196,6 +199,7 @@ class TrainingSetup:
     objective: Objective
     speed: Speed
     divergence_hint: str | None  # the adversarial objective's advice, if it is one
+    monitor: OverfitMonitor | None = None  # the catastrophic-overfitting monitor, when on
 
 
 def setup_training(cfg: TrainConfig, device: torch.device, *,
@@ -206,8 +210,9 @@ def setup_training(cfg: TrainConfig, device: torch.device, *,
     (the checks of everything but the starting weights, before any work): clean
     cross-entropy, or with ``adversarial.mode`` set Algorithm 1 with the loss of N18
     section 3.1 (:class:`AdversarialObjective`) keeping the rows of ``shard`` (one
-    process: all), unless ``objective`` is given.  ``train_set`` replaces the config's
-    dataset (the benchmarks' stand-in data)."""
+    process: all), unless ``objective`` is given; the overfitting monitor when
+    ``monitor.every`` is set.  ``train_set`` replaces the config's dataset (the
+    benchmarks' stand-in data)."""
     speed = speed_from_config(cfg.speed, device)  # bad / unsupported options: before any work
     if train_set is None:
         train_set = load_dataset(cfg.data.dataset, "train", root=cfg.data.root,
@@ -223,8 +228,12 @@ def setup_training(cfg: TrainConfig, device: torch.device, *,
                 prepare_model(fixed, Speed(device, channels_last=speed.channels_last))
         objective, hint, batch = adv, adv.divergence_hint(), adv.clean_per_batch
     sampler = Sampler(train_set, cfg, device, batch)
+    monitor = None
+    if cfg.monitor.every is not None:  # streams 5 and 6: none of training's draws
+        monitor = OverfitMonitor(cfg, train_set, model_cfg, device, sampler.generator(0, 5),
+                                 lambda it: sampler.generator(it, 6))
     return TrainingSetup(train_set, model_cfg, sampler, objective or clean_objective, speed,
-                         hint)
+                         hint, monitor)
 
 
 def initial_model(cfg: TrainConfig, setup: TrainingSetup, device: torch.device) -> ResNet:
@@ -306,6 +315,7 @@ class OpenRun:
     start: int  # the first iteration to run
     init: str  # where the weights started (:func:`init_id`), saved with every checkpoint
     metrics: _Metrics | None  # None on the ranks that write no files
+    monitor: dict | None = None  # the overfitting monitor's state in the resumed checkpoint
 
 
 def _empty_ancestor(path: Path) -> Path | None:
@@ -414,7 +424,8 @@ def open_run(cfg: TrainConfig, run_dir: Path, setup: TrainingSetup,
             atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
             record_changes(run_dir, start, changes)
             metrics = _Metrics(run_dir / "metrics.jsonl", start)
-        yield OpenRun(model, optimizer, start, init, metrics)
+        yield OpenRun(model, optimizer, start, init, metrics,
+                      (state or {}).get("monitor"))
 
 
 class DivergenceGuard:
@@ -470,11 +481,27 @@ class DivergenceGuard:
         self.finite_at = done
 
 
+def _watch(cfg: TrainConfig, run_dir: Path, setup: TrainingSetup, run: OpenRun, done: int,
+           progress: bool) -> dict:
+    """The overfitting monitor on the model after ``done`` iterations (rank 0), under the
+    run's speed options: a new best PGD accuracy writes ``best_pgd/``, a collapse is
+    reported in one line when progress is shown.  Returns its ``metrics.jsonl`` fields."""
+    monitor = setup.monitor
+    with setup.speed.autocast(), attacks.fusion(cfg.speed.fuse):
+        reading = monitor.check(run.model, done)
+    if reading.best:
+        monitor.save_best(run_dir, run.model, reading, run.init)
+    if reading.collapse and progress:
+        tqdm.write(monitor.message(reading, run_dir), file=sys.stderr)
+    return reading.metrics()
+
+
 def _iterate(cfg: TrainConfig, run_dir: Path, setup: TrainingSetup,
              ctx: distributed.DistContext, run: OpenRun, guard: DivergenceGuard, *,
              progress: bool, on_step, t0: float) -> float:
     """Iterations ``run.start .. optim.iterations - 1``: a step each, the divergence checks,
-    metrics and checkpoints at their points, a checkpoint and
+    metrics, the overfitting monitor (each of its points also writes a metrics line) and
+    checkpoints at their points, a checkpoint and
     :class:`~cascade_adv.errors.TrainingInterrupted` on SIGINT / SIGTERM.  Returns the
     last loss checked."""
     model, optimizer, metrics, sampler = run.model, run.optimizer, run.metrics, setup.sampler
@@ -501,7 +528,8 @@ def _iterate(cfg: TrainConfig, run_dir: Path, setup: TrainingSetup,
                                               speed=setup.speed, fuse=cfg.speed.fuse)
             guard.add(loss)
             done = it + 1
-            logged = done % cfg.log_every == 0 or done == total
+            monitored = setup.monitor is not None and setup.monitor.due(done)
+            logged = done % cfg.log_every == 0 or done == total or monitored
             saving = done % cfg.checkpoint.every == 0 or done == total or bool(stop.requested)
             if logged or saving or on_step is not None:
                 loss_value = guard.losses(done)  # before any checkpoint is written
@@ -509,16 +537,19 @@ def _iterate(cfg: TrainConfig, run_dir: Path, setup: TrainingSetup,
                 guard.weights(done)
             if logged:
                 acc = _accuracy(logits, labels, ctx)
-                if metrics is not None:
+                if metrics is not None:  # rank 0
+                    watched = _watch(cfg, run_dir, setup, run, done, progress) \
+                        if monitored else {}
                     metrics.write({"iteration": done, "loss": loss_value, "lr": lr,
                                    "train_acc": acc,
                                    "max_abs_logit": logits.detach().abs().max().item(),
-                                   "seconds": round(time.perf_counter() - t0, 3)})
+                                   **watched, "seconds": round(time.perf_counter() - t0, 3)})
                 bar.set_postfix(loss=f"{loss_value:.4f}", acc=f"{acc:.1f}", lr=f"{lr:g}")
             if saving:
                 if ctx.is_main:
                     save_checkpoint(run_dir, model, optimizer, done, keep=cfg.checkpoint.keep,
-                                    init=run.init)
+                                    init=run.init, extra=None if setup.monitor is None else
+                                    {"monitor": setup.monitor.state()})
                 ctx.barrier()
             if stop.requested and done < total:
                 bar.close()
@@ -573,6 +604,11 @@ def train(
     ``cfg.init_mode`` is ``continue``: then the run goes on from that run's last
     checkpoint, its iteration count and optimizer state (:func:`continue_from`).
     Each logged metrics line also records the largest absolute logit of the batch.
+    With ``monitor.every`` set, the catastrophic-overfitting monitor
+    (:mod:`cascade_adv.training.monitor`) adds its PGD and clean accuracy to the metrics
+    line of every ``monitor.every``-th iteration, keeps the weights of its best PGD
+    accuracy in ``best_pgd/`` and reports a collapse in one line (with ``progress``);
+    it draws from generators of its own, so the weights are those of a run without it.
 
     A non-finite loss stops the run with :class:`TrainingDiverged`; the last good
     checkpoint is kept.  So do non-finite weights, BatchNorm statistics or optimizer
@@ -610,6 +646,8 @@ def train(
                   init_from=init_from or cfg.init_from) as run:
         t0 = time.perf_counter()
         guard = DivergenceGuard(cfg, run_dir, run, ctx, hint)
+        if setup.monitor is not None:
+            setup.monitor.restore(run.monitor)  # a resumed run keeps its best
         loss = _iterate(cfg, run_dir, setup, ctx, run, guard, progress=progress,
                         on_step=on_step, t0=t0)
         model = _finish(cfg, run_dir, ctx, run)
