@@ -7,9 +7,10 @@ crash never leaves a half-written file under the final name.  Temporary names ar
 a random part, all required), so that :func:`remove_stale_temps` never mistakes a
 user's file for one of ours.  Everything written gets the permissions a plain
 ``open`` / ``mkdir`` would give under the user's umask.  A symlinked output is
-followed: its target is replaced, the link stays.  A full disk or a read-only
-folder ends in :class:`~cascade_adv.errors.DiskFull` naming the folder and the
-space needed (docs/reliability.md).
+followed: its target is replaced, the link stays; a folder's lock file is the
+exception (:func:`folder_lock` never follows a link, nor writes to anything but its own
+file).  A full disk or a read-only folder ends in :class:`~cascade_adv.errors.DiskFull`
+naming the folder and the space needed (docs/reliability.md).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import hashlib
 import os
 import re
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterator, Sequence
 from fnmatch import fnmatchcase
@@ -217,6 +219,79 @@ def atomic_path(path: str | os.PathLike, size: int | None = None) -> Iterator[Pa
 
 #: The lock file of :func:`folder_lock`, inside the folder it locks.
 LOCK_FILE = ".lock"
+#: What a lock file holds: nothing, or the pid of the process that holds (held) it.
+_LOCK_TEXT = re.compile(rb"\d{0,20}\n?")
+#: ``os.open`` errors that mean something other than a regular file is at the lock's path
+#: (a link, a folder, a socket, a device).
+_NOT_A_FILE_ERRNOS = frozenset({errno.ELOOP, errno.EMLINK, errno.EISDIR, errno.ENXIO,
+                                errno.ENODEV, errno.EOPNOTSUPP})
+
+
+def _not_a_lock(st: os.stat_result) -> str | None:
+    """What the file at a lock's path is (``st`` from ``lstat`` / ``fstat``) when it cannot
+    be a lock file; None for a regular file with one link."""
+    mode = st.st_mode
+    kinds = ((stat.S_ISLNK, "a symbolic link"), (stat.S_ISDIR, "a folder"),
+             (stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISSOCK, "a socket"),
+             (stat.S_ISCHR, "a device file"), (stat.S_ISBLK, "a device file"))
+    kind = next((k for test, k in kinds if test(mode)), None)
+    if kind is None and not stat.S_ISREG(mode):
+        kind = "not a regular file"
+    elif kind is None and st.st_nlink != 1:
+        kind = f"a file with {st.st_nlink} hard links (another name shares its content)"
+    return kind
+
+
+def _lock_refused(path: Path, kind: str, what: str, folder) -> Exception:
+    from cascade_adv.errors import OutputPathError
+
+    target = f" to {os.readlink(path)}" if kind == "a symbolic link" else ""
+    return OutputPathError(f"{what} {folder}: {path} is {kind}{target}, not a cascade-adv lock "
+                           "file, and was left as it is; remove it (or move it elsewhere) and "
+                           "run the command again")
+
+
+def _open_lock(path: Path, flags: int, what: str, folder) -> int:
+    """``path`` opened with ``flags`` once it is known to be a lock file (else
+    :class:`~cascade_adv.errors.OutputPathError`, nothing written): never through a link
+    (``O_NOFOLLOW``), never opening a FIFO, socket or device found there (``lstat``
+    first), and checked again on the open file (``fstat``: type, one link, content)."""
+    try:
+        found = os.lstat(path)
+    except FileNotFoundError:
+        found = None
+    kind = _not_a_lock(found) if found else None
+    if kind:
+        raise _lock_refused(path, kind, what, folder)
+    safe = (getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+            | getattr(os, "O_NOCTTY", 0))
+    try:
+        fd = os.open(path, flags | safe, 0o666)  # umask applies
+    except OSError as exc:  # something else appeared there meanwhile
+        if exc.errno not in _NOT_A_FILE_ERRNOS:
+            raise
+        raise _lock_refused(path, _not_a_lock(os.lstat(path)) or "not a regular file", what,
+                            folder) from None
+    kind = _not_a_lock(os.fstat(fd)) or (  # a regular file: read its start
+        None if _LOCK_TEXT.fullmatch(os.pread(fd, 32, 0))
+        else "a file that holds something other than a process id")
+    if kind:
+        os.close(fd)
+        raise _lock_refused(path, kind, what, folder)
+    return fd
+
+
+def check_lock_file(folder: str | os.PathLike, what: str = "folder") -> None:
+    """Raise :class:`~cascade_adv.errors.OutputPathError` (before any work) when
+    ``folder/.lock`` exists and is not a lock file that :func:`folder_lock` may take: a
+    symlink, a folder, a FIFO, a socket, a device, a hard link, a file with other
+    content.  Nothing is written, created or followed."""
+    if os.name == "nt":  # folder_lock takes no lock file there
+        return
+    try:
+        os.close(_open_lock(Path(folder) / LOCK_FILE, os.O_RDONLY, what, folder))
+    except (FileNotFoundError, NotADirectoryError, PermissionError):
+        return  # nothing there (a lock file we cannot read: folder_lock says so)
 
 
 @contextlib.contextmanager
@@ -227,7 +302,10 @@ def folder_lock(folder: str | os.PathLike, *, wait: bool = True, what: str = "fo
     ``flock``).  The kernel drops the lock when its holder ends, however it ends, so a
     killed process leaves no stale lock.  ``wait``: block until the holder is done;
     otherwise raise :class:`~cascade_adv.errors.FolderInUse` naming ``what``, the folder,
-    the holder's pid and ``fix``, having written nothing."""
+    the holder's pid and ``fix``, having written nothing.  Anything at ``folder/.lock``
+    that is not a lock file (:func:`check_lock_file`: a symlink to a user's file, a
+    folder, a FIFO...) raises :class:`~cascade_adv.errors.OutputPathError` naming it,
+    having written nothing to it."""
     try:
         import fcntl
     except ImportError:  # pragma: no cover - Windows
@@ -235,7 +313,7 @@ def folder_lock(folder: str | os.PathLike, *, wait: bool = True, what: str = "fo
         return
     from cascade_adv.errors import FolderInUse
 
-    fd = os.open(Path(folder) / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666)  # umask applies
+    fd = _open_lock(Path(folder) / LOCK_FILE, os.O_RDWR | os.O_CREAT, what, folder)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))

@@ -28,7 +28,8 @@ Examples:
 
 class SeedList(click.ParamType):
     """``--seeds``: a count N (seeds 0 .. N-1) or a comma list of seeds, checked by
-    :func:`cascade_adv.experiments.reproduce.seed_indices` when the line is parsed."""
+    :func:`cascade_adv.experiments.reproduce.seed_indices` when the line is parsed (its
+    bounds, ``SEEDS_BOUNDS`` there, are those the option's help states)."""
 
     name = "seeds"
 
@@ -115,7 +116,8 @@ def _list(data_dir, device, out, threads, audit) -> None:
 @click.option("--seeds", type=SEEDS, default="1", show_default=True,
               help="Train every configuration with N seeds (its whole chain, pre-training "
               "included), or with the seeds listed (0,3: seed 0 is the configs' own); the "
-              "report gives mean +- std. Cached per seed: raising N trains the new ones.")
+              "report gives mean +- std. Cached per seed: raising N trains the new ones. "
+              "At most 100 seeds, each 0 .. 2147483647 (2^31 - 1).")
 @click.option("--seeds-for", default=None,
               help="Train the seeds after the first only for the models whose config name "
               "contains one of these (comma list, as --only); the others train one seed.")

@@ -109,6 +109,10 @@ class Builder:
         self._trained: dict[str, str] = {}
         #: white-box step name -> the published table whose columns it evaluates
         self._tables: dict[str, str] = {}
+        #: the white-box steps :meth:`audit` has seen (each is audited once)
+        self._audited: set[str] = set()
+        #: (config file, overrides) -> its resolved config (:meth:`_config`)
+        self._configs: dict[tuple[str, tuple[str, ...]], Any] = {}
 
     # -- naming
     @property
@@ -138,12 +142,23 @@ class Builder:
                 f"checkpoint.every={max(1, min(cfg.checkpoint.every, round(it / 4)))}",
                 f"log_every={max(1, min(cfg.log_every, round(it / 10)))}"]
 
+    def _config(self, path: Path, overrides: Sequence[str]):
+        """``load_config(path, overrides)``, read once per builder: every seed of a chain
+        trains the same configs, which differ in their seed alone (:meth:`train`)."""
+        from cascade_adv.training import load_config
+
+        key = (str(path), tuple(overrides))
+        if key not in self._configs:
+            self._configs[key] = load_config(path, overrides)
+        return self._configs[key]
+
     def train(self, config: str, *, name: str | None = None, overrides: Sequence[str] = (),
               experiment: str = "", params: dict | None = None) -> str:
-        """The step that trains ``config`` (a name or a file under ``configs/``)."""
+        """The step that trains ``config`` (a name or a file under ``configs/``).  The
+        config files are read once for all seeds: a seed's config is the first seed's
+        with :func:`chain_seed` in its ``seed``."""
         import yaml
 
-        from cascade_adv.training import load_config
         from cascade_adv.training.config import training_identity
 
         rel = self.index.get(config, config)
@@ -154,10 +169,8 @@ class Builder:
         extra = list(overrides)
         if self.substitute:
             extra.append(f"data.dataset={self.substitute}")
-        cfg = load_config(path, extra)
-        if self.seed:
-            extra.append(f"seed={chain_seed(cfg.seed, self.seed)}")
-            cfg = load_config(path, extra)
+        cfg = self._config(path, extra)
+        seed = chain_seed(cfg.seed, self.seed) if self.seed else cfg.seed
         deps, params_extra, after = [], {}, 0
         if cfg.init_from:
             base = Path(cfg.init_from).name
@@ -180,10 +193,12 @@ class Builder:
             params_extra["sources"] = [s.model_dump() for s in sources]
             deps.append(params_extra["saved"])
         model = f"{name or cfg.name}{self.tag}"
-        all_over = [*extra, *self._scaled(cfg, after), f"name={model}"]
+        scaled = self._scaled(cfg, after)
+        all_over = [*extra, *([f"seed={seed}"] if self.seed else []), *scaled, f"name={model}"]
         # the key hashes what the run computes (the resolved config without its name,
         # paths and paper rows, equivalent losses written one way), not its name
-        ident = load_config(path, [*all_over, "init_from=null", "adversarial.sources=null"])
+        ident = self._config(path, [*extra, *scaled, "init_from=null",
+                                    "adversarial.sources=null"]).model_copy(update={"seed": seed})
         identity = {"config": yaml.safe_dump(training_identity(ident), sort_keys=False),
                     "experiment": experiment, "params": params or {}}
         same = json.dumps([identity, deps], sort_keys=True)
@@ -258,8 +273,9 @@ class Builder:
         out = []
         for name, table in self._tables.items():
             white = self.steps.get(name)
-            if white is None or table not in tables:
+            if white is None or table not in tables or name in self._audited:
                 continue
+            self._audited.add(name)
             model, short = white.params["model"], name.split("/", 1)[1]
             extra = sorted({float(e) for e in extra_eps} - set(white.params["eps"]))
             if extra:

@@ -26,6 +26,7 @@ import hashlib
 import json
 import re
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass
@@ -34,9 +35,9 @@ from pathlib import Path
 from typing import Any
 
 from cascade_adv.data.loading import dataset_inputs
-from cascade_adv.errors import InvalidArgument, one_line
+from cascade_adv.errors import InvalidArgument, echo, one_line
 from cascade_adv.experiments.steps import Runtime, Step, execute, read_done
-from cascade_adv.io import atomic_write_text, check_disjoint, check_writable_dir
+from cascade_adv.io import atomic_write_text, check_disjoint, check_lock_file, check_writable_dir
 
 #: Bumped when what a step computes changes for the same parameters; part of every key.
 CACHE_VERSION = 1
@@ -133,7 +134,9 @@ class Cache:
 
 def plan(steps: Sequence[Step], cache: Cache) -> list[StepRecord]:
     """Every step with its key, folder and whether it is already finished (never the
-    report, which is rebuilt from the cached rows)."""
+    report, which is rebuilt from the cached rows).  The folder of a step to run whose
+    ``.lock`` is not a lock file (a symlink, a folder...) is refused here, before any
+    work (:func:`~cascade_adv.io.check_lock_file`)."""
     keys = step_keys(steps)
     records = []
     for s in steps:
@@ -144,6 +147,8 @@ def plan(steps: Sequence[Step], cache: Cache) -> list[StepRecord]:
         rec = StepRecord(s, keys[s.name], folder)
         if done is not None:
             rec.status, rec.outputs, rec.seconds = "cached", done["outputs"], done["seconds"]
+        elif s.kind != "report":
+            check_lock_file(folder, "step folder")
         records.append(rec)
     return records
 
@@ -301,23 +306,42 @@ def default_configs() -> Path:
     return here if here.is_dir() else Path("configs")
 
 
+#: The most seeds ``--seeds`` takes (a count or a list): every seed trains the whole
+#: chain of every configuration again.
+MAX_SEEDS = 100
+#: The largest seed ``--seeds`` lists: seed J >= 1 is drawn from ``SeedSequence((seed,
+#: J))`` (:func:`~cascade_adv.experiments.recipes.chain_seed`) and names the models
+#: (``-seedJ``); 2^31 - 1 keeps it a 32-bit signed integer everywhere.
+MAX_SEED_INDEX = 2**31 - 1
+#: The bounds of ``--seeds``, as the help and the errors state them.
+SEEDS_BOUNDS = f"at most {MAX_SEEDS} seeds, each 0 .. {MAX_SEED_INDEX} (2^31 - 1)"
+#: The longest list of seeds a report folder's name spells out (:func:`_seeds_label`).
+MAX_LABEL_SEEDS = 60
+
+
 def seed_indices(seeds: int | Sequence[int]) -> list[int]:
     """``seeds`` as the list of chain seeds to train: a count N (seeds 0 .. N-1) or the
-    seeds themselves (seed 0: the configs' own; others: :func:`recipes.chain_seed`)."""
+    seeds themselves (seed 0: the configs' own; others: :func:`recipes.chain_seed`), within
+    :data:`SEEDS_BOUNDS`; anything else raises :class:`InvalidArgument` (a ValueError)."""
     if isinstance(seeds, bool) or not isinstance(seeds, (int, Sequence)) or isinstance(
             seeds, str):
-        raise InvalidArgument(f"--seeds must be a count or a list of seeds, got {seeds!r}")
+        raise InvalidArgument(f"--seeds must be a count or a list of seeds, got {echo(seeds)}")
     if isinstance(seeds, int):
-        if seeds < 1:
-            raise InvalidArgument(f"--seeds must be at least 1, got {seeds}; 3 trains seeds "
-                                  "0, 1 and 2 of every configuration")
+        if not 1 <= seeds <= MAX_SEEDS:
+            raise InvalidArgument(f"--seeds must be at least 1 and at most {MAX_SEEDS}, got "
+                                  f"{echo(seeds)}; 3 trains seeds 0, 1 and 2 of every "
+                                  "configuration")
         return list(range(seeds))
     out = list(seeds)
-    if not out or any(isinstance(j, bool) or not isinstance(j, int) or j < 0 for j in out):
-        raise InvalidArgument(f"--seeds lists seeds as integers >= 0, got {out}")
-    dup = sorted({j for j in out if out.count(j) > 1})
-    if dup:
-        raise InvalidArgument(f"--seeds lists seed {dup[0]} twice; give each seed once "
+    if len(out) > MAX_SEEDS:
+        raise InvalidArgument(f"--seeds lists {len(out)} seeds; give {SEEDS_BOUNDS}")
+    if not out or any(isinstance(j, bool) or not isinstance(j, int)
+                      or not 0 <= j <= MAX_SEED_INDEX for j in out):
+        raise InvalidArgument(f"--seeds lists seeds as integers 0 .. {MAX_SEED_INDEX} "
+                              f"(2^31 - 1), got {echo(out)}; give {SEEDS_BOUNDS}")
+    dup = next((j for j, n in Counter(out).items() if n > 1), None)
+    if dup is not None:
+        raise InvalidArgument(f"--seeds lists seed {dup} twice; give each seed once "
                               f"(e.g. {','.join(map(str, dict.fromkeys(out)))})")
     return out
 
@@ -325,11 +349,15 @@ def seed_indices(seeds: int | Sequence[int]) -> list[int]:
 def _seeds_label(seeds: Sequence[int], seeds_for: Sequence[str]) -> str:
     """The report folder's suffix for seeds other than the configs' own (``-seeds3``,
     ``-seeds0+4``, ``-seeds3-for-baseline``), so that runs with other seeds keep their
-    own report."""
+    own report.  A list longer than :data:`MAX_LABEL_SEEDS` characters is named by its
+    count and a hash (``-seeds40-h1a2b3c4d5e``): a folder name has at most 255 bytes."""
     if list(seeds) == [0]:
         return ""
     count = list(seeds) == list(range(len(seeds)))
-    return ("-seeds" + (str(len(seeds)) if count else "+".join(map(str, seeds)))
+    listed = "+".join(map(str, seeds))
+    if len(listed) > MAX_LABEL_SEEDS:
+        listed = f"{len(seeds)}-h{hashlib.sha256(listed.encode()).hexdigest()[:10]}"
+    return ("-seeds" + (str(len(seeds)) if count else listed)
             + (f"-for-{'+'.join(seeds_for)}" if seeds_for else ""))
 
 
