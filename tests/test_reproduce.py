@@ -166,23 +166,43 @@ def test_comparison_against_hand_computed_differences():
     assert claim["paper"] is True and claim["ours"] is None        # our cells are missing
 
 
-def test_a_claim_within_the_standard_error_is_flagged():
-    from cascade_adv.reporting.reproduction import Cell, Claim
+def _seed_cells(row: str, values: list[float]) -> list:
+    from cascade_adv.reporting.reproduction import Cell
 
-    def cell(row, value, n):
-        return Cell(row, "whitebox", "step_ll", 16.0, "top1", 50.0, value, row, n)
+    mean = sum(values) / len(values)
+    return [Cell(row, "whitebox", "step_ll", 16.0, "top1", 50.0, mean, row, 1000,
+                 seeds=len(values), by_seed=tuple(enumerate(values)))]
+
+
+@pytest.mark.parametrize("a, b, verdict", [
+    ([97.0, 98.0, 96.0], [90.0, 91.0, 89.0], "holds"),       # a clear win
+    ([80.0, 81.0, 82.0], [90.0, 91.0, 89.0], "fails"),       # a clear loss
+    ([97.0, 90.0, 80.0], [90.0, 91.0, 89.0], "undecided"),   # the seeds overlap
+    ([97.0], [90.0], "undecided (one seed"),                 # no spread to judge by
+])
+def test_a_claim_gets_one_of_three_verdicts_on_the_seed_means(a, b, verdict):
+    from cascade_adv.reporting.reproduction import Claim, claim_verdict, render_claims
 
     claim = Claim("a above b", {"row": "a"}, {"row": "b"})
-    # 51 vs 50 on 1000 images: SE of each 1.58, of the difference 2.24 -> not clear
-    (r,) = check_claims([cell("a", 51.0, 1000), cell("b", 50.0, 1000)], [claim], "top1")
-    assert r["ours"] is True and r["ours_clear"] is False
-    # 60 vs 50: 10 > 2 x 2.21
-    (r,) = check_claims([cell("a", 60.0, 1000), cell("b", 50.0, 1000)], [claim], "top1")
-    assert r["ours"] is True and r["ours_clear"] is True
-    from cascade_adv.reporting.reproduction import render_claims
+    (r,) = check_claims(_seed_cells("a", a) + _seed_cells("b", b), [claim], "top1")
+    assert claim_verdict(r).startswith(verdict), claim_verdict(r)
+    assert claim_verdict(r) in render_claims([r])[1]
 
-    assert "within 2 standard errors" in render_claims(
-        check_claims([cell("a", 51.0, 1000), cell("b", 50.0, 1000)], [claim], "top1"))[1]
+
+def test_the_seed_test_is_welchs_interval_computed_by_hand():
+    from cascade_adv.evaluation.stats import compare_seeds
+
+    # means 97 and 90, sample std 1 each over 3 seeds: se = sqrt(1/3 + 1/3) = 0.8165, Welch
+    # df = (2/3)^2 / (2 (1/3)^2 / 2) = 4, t(0.975, 4) = 2.7764: 7 +- 2.267
+    r = compare_seeds([97.0, 98.0, 96.0], [90.0, 91.0, 89.0])
+    assert r.verdict == "holds" and r.df == pytest.approx(4.0)
+    assert r.interval == pytest.approx((7 - 2.2669, 7 + 2.2669), abs=1e-3)
+    # unequal spreads: std 5 over 3 seeds against std 1 over 4 -> df 2.26, t 4.03
+    r = compare_seeds([90.0, 95.0, 100.0], [89.0, 90.0, 91.0, 90.0])
+    se = (25 / 3 + (2 / 3) / 4) ** 0.5
+    df = se ** 4 / ((25 / 3) ** 2 / 2 + ((2 / 3) / 4) ** 2 / 3)
+    assert r.se == pytest.approx(se) and r.df == pytest.approx(df)
+    assert r.verdict == "undecided" and r.interval[0] < 0 < r.interval[1]
 
 
 # --- end to end on the digits --------------------------------------------------------------
@@ -512,8 +532,8 @@ def test_a_claim_is_also_judged_with_each_other_model_of_a_row():
         97.0, 95.0)
     from cascade_adv.reporting.reproduction import render_claims
 
-    assert "does not hold (50.0 vs 95.0); with p-released: holds (97.0 vs 95.0)" in (
-        render_claims([r])[1])
+    assert ("undecided (one seed; 50.0 vs 95.0); with p-released: undecided (one seed; 97.0 "
+            "vs 95.0)") in render_claims([r])[1]
 
 
 def test_sweep_networks_carry_the_scale_once():

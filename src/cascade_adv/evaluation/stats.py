@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import statistics
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from cascade_adv.errors import CascadeAdvError
@@ -112,3 +113,63 @@ def aggregate_seeds(table: ResultTable, groups: Mapping[str, Sequence[str]], *,
                             "split": split, "attack": attack, "eps": eps, "source": source,
                             "metric": f"{metric}_{suffix}", "value": value, "n": n})
     return ResultTable(out)
+
+
+#: The verdicts of :func:`compare_seeds`.
+HOLDS, FAILS, UNDECIDED = "holds", "fails", "undecided"
+
+
+@dataclass(frozen=True)
+class SeedComparison:
+    """:func:`compare_seeds`'s answer to "``higher``'s mean exceeds ``lower``'s": the
+    verdict, the two means, their difference with its standard error, the Welch degrees
+    of freedom and the two-sided ``level`` confidence interval of the difference (``None``
+    where fewer than two seeds per side leave no spread), and the seed counts."""
+
+    verdict: str
+    higher: float
+    lower: float
+    difference: float
+    se: float | None
+    df: float | None
+    interval: tuple[float, float] | list[float] | None
+    seeds: tuple[int, int] | list[int]
+    level: float = 0.95
+
+    def __str__(self) -> str:
+        means = f"{self.higher:.1f} vs {self.lower:.1f}"
+        if self.interval is None:
+            return f"{self.verdict} (one seed; {means})"
+        lo, hi = self.interval
+        return (f"{self.verdict} ({means}, difference {self.difference:+.1f}, "
+                f"{self.level:.0%} CI [{lo:+.1f}, {hi:+.1f}], {self.seeds[0]} vs "
+                f"{self.seeds[1]} seeds)")
+
+
+def compare_seeds(higher: Sequence[float], lower: Sequence[float], *,
+                  level: float = 0.95) -> SeedComparison:
+    """Whether the mean of ``higher`` (one value per seed, e.g. a row's accuracy) exceeds
+    that of ``lower``, judged on the seed means with Welch's t interval: the difference
+    of the means, its standard error ``sqrt(s_h^2 / n_h + s_l^2 / n_l)`` (sample
+    variances over seeds) and the two-sided ``level`` interval with the Welch-Satterthwaite
+    degrees of freedom.  ``holds`` when the interval lies above 0, ``fails`` when below,
+    ``undecided`` when it holds 0 (within the noise) or a side has one seed (no spread to
+    judge by: "undecided (one seed)").  Two sides with no spread at all are decided by
+    the sign of the difference.  Empty or non-finite input raises
+    :class:`CascadeAdvError`."""
+    from scipy.stats import t as student_t
+
+    (mh, sh, nh), (ml, sl, nl) = mean_std(higher), mean_std(lower)
+    d = mh - ml
+    if nh < 2 or nl < 2:
+        return SeedComparison(UNDECIDED, mh, ml, d, None, None, None, (nh, nl), level)
+    vh, vl = sh ** 2 / nh, sl ** 2 / nl
+    se = math.sqrt(vh + vl)
+    if se == 0:
+        verdict = HOLDS if d > 0 else FAILS if d < 0 else UNDECIDED
+        return SeedComparison(verdict, mh, ml, d, 0.0, math.inf, (d, d), (nh, nl), level)
+    df = (vh + vl) ** 2 / (vh ** 2 / (nh - 1) + vl ** 2 / (nl - 1))
+    half = float(student_t.ppf(0.5 + level / 2, df)) * se
+    lo, hi = d - half, d + half
+    verdict = HOLDS if lo > 0 else FAILS if hi < 0 else UNDECIDED
+    return SeedComparison(verdict, mh, ml, d, se, df, (lo, hi), (nh, nl), level)

@@ -13,10 +13,11 @@ import math
 import os
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, fields, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
+from cascade_adv.evaluation.stats import SeedComparison
 from cascade_adv.reporting.figures import save_png
 from cascade_adv.results.published import CLEAN, WHITEBOX, PaperTable
 from cascade_adv.results.tables import ResultTable
@@ -31,6 +32,12 @@ _SEED_TAG = re.compile(r"-seed(\d+)$")
 def seed_tag(index: int) -> str:
     """The suffix of the models of seed ``index`` of a chain (``""`` for seed 0)."""
     return f"-seed{index}" if index else ""
+
+
+def seed_index(name: str) -> int:
+    """The seed index of a chain's model from its name (0: no seed suffix)."""
+    m = _SEED_TAG.search(name)
+    return int(m.group(1)) if m else 0
 
 
 def without_seed(name: str) -> str:
@@ -52,6 +59,8 @@ class Cell:
     primary: bool = True  # the first of our models that maps to ``row``
     std: float | None = None  # sample std of ``ours`` over seeds (two or more)
     seeds: int = 1    # how many seeds ``ours`` is the mean of
+    #: ``(seed index, value)`` of each seed ``ours`` averages (the claims' seed test)
+    by_seed: tuple[tuple[int, float], ...] = ()
 
     @property
     def diff(self) -> float | None:
@@ -95,7 +104,7 @@ def compare(ours: ResultTable | Iterable[Mapping[str, Any]], published: PaperTab
     from cascade_adv.evaluation.stats import mean_std
 
     models: dict[str, list[str]] = {}
-    found: dict[tuple, list[tuple[float, int]]] = {}
+    found: dict[tuple, list[tuple[float, int, int]]] = {}
     for r in ours:
         source = r["source"]
         if published.sources:
@@ -108,7 +117,8 @@ def compare(ours: ResultTable | Iterable[Mapping[str, Any]], published: PaperTab
             if group not in models[label]:
                 models[label].append(group)
             key = (label, group, source, r["attack"], float(r["eps"]), r["metric"])
-            found.setdefault(key, []).append((float(r["value"]), int(r["n"])))
+            found.setdefault(key, []).append((float(r["value"]), int(r["n"]),
+                                              seed_index(r["model"])))
     cells = []
     for row, source, attack, eps, metric in published.grid():
         paper = published.value(row, attack, eps, metric, source if published.sources else None)
@@ -124,7 +134,10 @@ def compare(ours: ResultTable | Iterable[Mapping[str, Any]], published: PaperTab
                               "" if group == "*" else group, hits[-1][1] if hits else 0,
                               primary=i == 0,
                               std=None if published.kind == "mean_std" else spread,
-                              seeds=len(hits) if published.kind != "mean_std" else 1))
+                              seeds=len(hits) if published.kind != "mean_std" else 1,
+                              by_seed=tuple(sorted((h[2], h[0]) for h in hits))
+                              if published.kind != "mean_std"
+                              else tuple(enumerate(h[0] for h in hits))))
     return cells
 
 
@@ -141,29 +154,36 @@ def _mean(values: list[float]) -> float | None:
     return sum(values) / len(values) if values else None
 
 
-def _side(cells: Sequence[Cell], who: str) -> tuple[float | None, float | None]:
-    """Mean of the cells' values and its standard error (binomial per cell, from our
-    image counts ``n``; ``None`` for the paper's cells, whose counts we do not have)."""
-    values = [(getattr(c, who), c.n) for c in cells if getattr(c, who) is not None]
-    if not values:
-        return None, None
-    mean = sum(v for v, _ in values) / len(values)
-    if who != "ours" or any(n <= 0 for _, n in values):
-        return mean, None
-    var = sum((v / 100) * (1 - v / 100) / n for v, n in values) * 100 ** 2
-    return mean, math.sqrt(var) / len(values)
+def _side(cells: Sequence[Cell], who: str) -> float | None:
+    """Mean of the cells' values (``who``: ``"paper"`` or ``"ours"``)."""
+    values = [getattr(c, who) for c in cells if getattr(c, who) is not None]
+    return sum(values) / len(values) if values else None
+
+
+def _per_seed(cells: Sequence[Cell]) -> list[float]:
+    """A claim side's value per seed: the mean of its cells for each seed that all of
+    them have (a cell without per-seed values counts as one seed, its value)."""
+    runs = [dict(c.by_seed) if c.by_seed else {0: c.ours} for c in cells]
+    common = sorted(set.intersection(*(set(r) for r in runs))) if runs else []
+    return [sum(r[s] for r in runs) / len(runs) for s in common]
 
 
 def _holds(cells: Sequence[Cell], claim: Claim, metric: str, who: str
-           ) -> tuple[bool | None, tuple[float | None, float | None], bool | None]:
-    """(holds, (mean higher, mean lower), difference beyond 2 standard errors)."""
+           ) -> tuple[bool | None, tuple[float | None, float | None], Any]:
+    """(higher mean above lower, (mean higher, mean lower), the seed test of ours:
+    :func:`~cascade_adv.evaluation.stats.compare_seeds` as a mapping (JSON, for
+    ``comparison.json``); ``None`` for the paper's side or where cells are missing)."""
+    from cascade_adv.evaluation.stats import compare_seeds
+
     hi, lo = _pick(cells, claim.higher, metric), _pick(cells, claim.lower, metric)
-    (a, se_a), (b, se_b) = _side(hi, who), _side(lo, who)
+    a, b = _side(hi, who), _side(lo, who)
     complete = all(getattr(c, who) is not None for c in [*hi, *lo])
     holds = None if a is None or b is None or not complete else a > b
-    clear = (None if holds is None or se_a is None or se_b is None
-             else abs(a - b) > 2 * math.hypot(se_a, se_b))
-    return holds, (a, b), clear
+    test = None
+    if who == "ours" and holds is not None:
+        seeds_hi, seeds_lo = _per_seed(hi), _per_seed(lo)
+        test = asdict(compare_seeds(seeds_hi, seeds_lo)) if seeds_hi and seeds_lo else None
+    return holds, (a, b), test
 
 
 def _with_model(cells: Sequence[Cell], row: str, model: str) -> list[Cell]:
@@ -175,9 +195,9 @@ def _with_model(cells: Sequence[Cell], row: str, model: str) -> list[Cell]:
 def check_claims(cells: Sequence[Cell], claims: Sequence[Claim], metric: str
                  ) -> list[dict[str, Any]]:
     """For each claim: whether it holds in the paper and on our numbers (``None`` where
-    cells are missing), the two means of each side and, for ours, whether the
-    difference exceeds twice its standard error (``ours_clear``; cells treated as
-    independent binomial estimates). Claims use the first of our models of each row;
+    cells are missing), the two means of each side and, for ours, the three-way test on
+    the seed means (``ours_test``, the fields of a
+    :class:`~cascade_adv.evaluation.stats.SeedComparison`: holds, fails or undecided). Claims use the first of our models of each row;
     ``alternatives`` gives the verdict with each other model of a row (e.g. the
     released code's pivot beside the paper's)."""
     out = []
@@ -189,13 +209,13 @@ def check_claims(cells: Sequence[Cell], claims: Sequence[Claim], metric: str
                 extra[c.row].append(c.model)
     for claim in claims:
         res: dict[str, Any] = {"claim": claim.text}
-        res["paper"], res["paper_means"], _ = _holds(cells, claim, metric, "paper")
-        res["ours"], res["ours_means"], res["ours_clear"] = _holds(cells, claim, metric, "ours")
+        res["paper"], res["paper_means"], *_ = _holds(cells, claim, metric, "paper")
+        res["ours"], res["ours_means"], res["ours_test"] = _holds(cells, claim, metric, "ours")
         named = {r for side in (claim.higher, claim.lower) if "row" in side
                  for r in (side["row"] if isinstance(side["row"], (tuple, list))
                            else (side["row"],))}
         res["alternatives"] = [
-            {"model": m, **dict(zip(("ours", "ours_means", "ours_clear"),
+            {"model": m, **dict(zip(("ours", "ours_means", "ours_test"),
                                     _holds(_with_model(cells, row, m), claim, metric, "ours")))}
             for row, models in extra.items() if not named or row in named for m in models]
         out.append(res)
@@ -270,20 +290,26 @@ def _word(v: bool | None, no: str = "does not hold") -> str:
     return "n/a" if v is None else ("holds" if v else no)
 
 
-def claim_verdict(r: Mapping[str, Any], no: str = "does not hold") -> str:
-    """A :func:`check_claims` result on ours as words: ``holds (a vs b)`` (``no`` when
-    it does not; ``; within 2 standard errors`` where the difference is), then the
-    verdict with each other model of a row; :data:`NOT_TESTABLE` for a claim the audit
-    cannot judge (:func:`check_claims_under_audit`)."""
+def claim_verdict(r: Mapping[str, Any]) -> str:
+    """A :func:`check_claims` result on ours as words, one of three verdicts judged on
+    the seed means (:func:`~cascade_adv.evaluation.stats.compare_seeds`): ``holds``,
+    ``fails`` or ``undecided`` (the 95 % interval of the difference holds 0, or a side
+    has one seed: ``undecided (one seed; a vs b)``), then the verdict with each other
+    model of a row; ``n/a`` where cells are missing; :data:`NOT_TESTABLE` for a claim
+    the audit cannot judge (:func:`check_claims_under_audit`)."""
     if not r.get("testable", True):
         return NOT_TESTABLE
-    a, b = r["ours_means"]
-    text = _word(r["ours"], no)
-    if a is not None and b is not None:
-        text += f" ({a:.1f} vs {b:.1f}" + (
-            "; within 2 standard errors)" if r.get("ours_clear") is False else ")")
-    return text + "".join(f"; with {alt['model']}: {claim_verdict(alt, no)}"
+    test = r.get("ours_test")
+    text = "n/a" if test is None else str(SeedComparison(**test))
+    return text + "".join(f"; with {alt['model']}: {claim_verdict(alt)}"
                           for alt in r.get("alternatives", ()))
+
+
+def verdict_class(r: Mapping[str, Any]) -> str:
+    """The HTML class of a claim's verdict on ours: ``ok`` (holds), ``off`` (fails) or
+    none (undecided, not testable, missing)."""
+    test = (r.get("ours_test") if r.get("testable", True) else None) or {}
+    return {"holds": "ok", "fails": "off"}.get(test.get("verdict", ""), "")
 
 
 def render_claims(results: Sequence[Mapping[str, Any]]) -> tuple[str, str]:
@@ -292,7 +318,7 @@ def render_claims(results: Sequence[Mapping[str, Any]]) -> tuple[str, str]:
     for r in results:
         ours = claim_verdict(r)
         md.append(f"| {r['claim']} | {_word(r['paper'])} | {ours} |")
-        cls = "ok" if r["ours"] else ("off" if r["ours"] is False else "")
+        cls = verdict_class(r)
         h.append(f"<tr><td>{html.escape(r['claim'])}</td><td>{_word(r['paper'])}</td>"
                  f"<td class=\"{cls}\">{html.escape(ours)}</td></tr>")
     h.append("</table>")
@@ -454,7 +480,8 @@ def check_claims_under_audit(cells: Sequence[Cell], claims: Sequence[Claim], met
             return c
         w = worst.get((c.row, c.model, c.source, c.eps, c.metric))
         return replace(c, ours=None if w is None else w.ours, std=None if w is None else w.std,
-                       n=0 if w is None else w.n, seeds=1 if w is None else w.seeds)
+                       n=0 if w is None else w.n, seeds=1 if w is None else w.seeds,
+                       by_seed=() if w is None else w.by_seed)
 
     out = check_claims([audited(c) for c in kept], claims, metric)
     for claim, res in zip(claims, out):
@@ -462,7 +489,7 @@ def check_claims_under_audit(cells: Sequence[Cell], claims: Sequence[Claim], met
             _pick(kept, claim.lower, metric))
         res["testable"] = not same
         if same:
-            res.update(ours=None, ours_clear=None, alternatives=[])
+            res.update(ours=None, ours_test=None, alternatives=[])
     return out
 
 
@@ -499,7 +526,7 @@ def audit_summary(section: Mapping[str, Any]) -> list[str]:
     for model, checks in section["checks"].items():
         out.append(f"  diagnostics of {model}: {summarise_checks(checks)}")
     for r in section["claims"]:
-        out.append(f"  under the audit, {r['claim']}: {claim_verdict(r, 'fails')}")
+        out.append(f"  under the audit, {r['claim']}: {claim_verdict(r)}")
     return out
 
 
@@ -537,10 +564,10 @@ def render_audit(lines: Sequence[AuditLine], checks: Mapping[str, Sequence[Mappi
            "<th>under the audit</th></tr>")]
     for r in audited:
         before = by_claim.get(r["claim"])
-        left = claim_verdict(before, "fails") if before is not None else "-"
-        c_md.append(f"| {r['claim']} | {left} | {claim_verdict(r, 'fails')} |")
+        left = claim_verdict(before) if before is not None else "-"
+        c_md.append(f"| {r['claim']} | {left} | {claim_verdict(r)} |")
         c_h.append(f"<tr><td>{html.escape(r['claim'])}</td><td>{html.escape(left)}</td>"
-                   f"<td>{html.escape(claim_verdict(r, 'fails'))}</td></tr>")
+                   f"<td>{html.escape(claim_verdict(r))}</td></tr>")
     c_h.append("</table>")
     md_text = "\n".join([*md, "", "#### Diagnostics", "", *diag_md, "",
                          "#### Claims under the audit", "", *c_md])
