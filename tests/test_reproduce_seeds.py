@@ -153,6 +153,21 @@ def test_seeds_bad_input_is_one_line_exit_2(tmp_path):
         assert not (tmp_path / "c").exists()
 
 
+
+def test_seeds_with_an_audit_need_the_recipes_undefended_twin(tmp_path):
+    """k17-table1 names no undefended twin: its seeds' transfer diagnostics could not run."""
+    code, _, err = run_cli(["reproduce", "k17-table1", "--seeds", "2", "--audit", "--dry-run",
+                            "--out", str(tmp_path / "c"), "--dataset", "cifar10"], tmp_path)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert "names none" in err and "n18-table1" in err, err
+    assert not (tmp_path / "c").exists()
+    code, _, err = run_cli(["reproduce", "n18-table1", "--seeds", "2", "--audit",
+                              "--audit-version", "quick", "--dry-run", "--out",
+                              str(tmp_path / "d"), "--dataset", "digits", "--scale", "0.01"],
+                             tmp_path)
+    assert code == 0, err
+
+
 # --- one step per training computation -------------------------------------------------------
 
 def test_released_pivot_and_bidirection_share_one_model():

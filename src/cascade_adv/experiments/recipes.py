@@ -629,10 +629,11 @@ def get_recipe(name: str) -> Recipe:
     return RECIPES[key]
 
 
-def check_audit(recipe: Recipe, audit: str | None) -> None:
-    """``--audit`` needs a white-box table to audit the models of: an
-    :class:`InvalidArgument` naming the recipes that have one otherwise; an unknown
-    version raises :class:`~cascade_adv.errors.UnknownAttackError`."""
+def check_audit(recipe: Recipe, audit: str | None, seeds: Sequence[int] = (0,)) -> None:
+    """``--audit`` needs a white-box table to audit the models of, and with several
+    ``seeds`` an undefended twin (:attr:`Recipe.audit_twin`) for every seed's transfer
+    diagnostic: an :class:`InvalidArgument` naming the recipes that have them otherwise;
+    an unknown version raises :class:`~cascade_adv.errors.UnknownAttackError`."""
     if audit is None:
         return
     from cascade_adv.evaluation.audit import resolve_version
@@ -650,6 +651,12 @@ def check_audit(recipe: Recipe, audit: str | None) -> None:
         raise InvalidArgument(
             f"--audit audits the models of a white-box table and {recipe.name} has none "
             f"({what}); drop --audit, or use it with {', '.join(with_table)}")
+    if len(seeds) > 1 and not recipe.audit_twin:
+        with_twin = [n for n, r in RECIPES.items() if r.audit_twin]
+        raise InvalidArgument(
+            f"--seeds with --audit judges every seed's audit beside its own undefended twin "
+            f"(the transfer diagnostic) and {recipe.name} names none; audit one seed, or use "
+            f"--seeds with --audit on {', '.join(with_twin)}")
 
 
 def build_steps(recipe: Recipe, builder: Builder, only: str | Sequence[str] = (),
@@ -663,7 +670,7 @@ def build_steps(recipe: Recipe, builder: Builder, only: str | Sequence[str] = ()
     audit version, e.g. ``"standard"``) adds the audit of every model of the recipe's
     white-box tables (:meth:`Builder.audit`), after each seed's evaluations; a recipe
     without one is refused (:func:`check_audit`)."""
-    check_audit(recipe, audit)
+    check_audit(recipe, audit, seeds)
     only, seeds_for = name_list(only), name_list(seeds_for)
     if seeds_for and len(seeds) < 2:
         raise InvalidArgument(f"--seeds-for {','.join(seeds_for)} picks the models that "
