@@ -77,6 +77,20 @@ def _scale_words(p: dict) -> str:
         else "schedule" if p["scale"] != 1 else "test images only") + trend
 
 
+def _legs(steps: list, deps: dict[str, dict]) -> list[str]:
+    """One line per trained model: where each leg of its training ran (torch version,
+    device and its model, threads; :mod:`cascade_adv.training.provenance`)."""
+    from cascade_adv.training.provenance import describe_legs, read_legs
+
+    lines = []
+    for r in steps:
+        out = deps.get(r.step.name)
+        if r.step.kind == "train" and out:
+            legs = describe_legs(read_legs(out["run"])) or "not recorded (trained before legs were)"
+            lines.append(f"{out['name']}: {legs}")
+    return lines
+
+
 def _unfinished(steps: list) -> list[str]:
     """One line per step of the run that failed (with its error, e.g. a diverged
     training's diagnosis) or was blocked by one: their cells are missing from the
@@ -189,6 +203,11 @@ def write_report(recipe, rec, deps: dict[str, dict], records: dict[str, Any]) ->
         info += " " + " ".join(f"{name} also stands for {', '.join(also)}: the same "
                                "training computation, trained once." for name, also in shared)
     sections.append(("Reproduction", f"<p>{info}</p>", info))
+    legs = _legs(steps, deps)
+    if legs:
+        sections.append(("Training legs",
+                         "<ul>" + "".join(f"<li>{html.escape(g)}</li>" for g in legs) + "</ul>",
+                         "\n".join(f"- {g}" for g in legs)))
     unfinished = _unfinished(steps)
     if unfinished:
         sections.append(("Steps that did not finish",

@@ -57,6 +57,7 @@ from cascade_adv.training.checkpoint import (
 from cascade_adv.training.config import TrainConfig, dump_config, format_validation_error
 from cascade_adv.training.monitor import OverfitMonitor
 from cascade_adv.training.optim import make_optimizer
+from cascade_adv.training.provenance import record_leg
 from cascade_adv.training.resume import check_resume, record_changes
 from cascade_adv.training.signals import StopSignals
 
@@ -423,6 +424,8 @@ def open_run(cfg: TrainConfig, run_dir: Path, setup: TrainingSetup,
         if ctx.is_main:  # under torchrun only rank 0 writes files
             atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
             record_changes(run_dir, start, changes)
+            if start < cfg.optim.iterations:  # a leg that trains
+                record_leg(run_dir, start, device, ctx.world)
             metrics = _Metrics(run_dir / "metrics.jsonl", start)
         yield OpenRun(model, optimizer, start, init, metrics,
                       (state or {}).get("monitor"))
