@@ -4,6 +4,8 @@ resume after an interruption, the engine's checks and the up-front validation.""
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -238,6 +240,166 @@ def test_saved_progress_of_another_audit_is_not_taken_over(tmp_path):
     audit(model, x, y, [32], version=[flaky(None, calls)], store=store, batch_size=8,
           seed=1)  # another seed: another audit, which starts from the first batch
     assert len(calls) == 4
+
+
+# --- progress files that are damaged, inconsistent or not files ---------------------------
+
+
+VERSION = [("pgd", {"steps": 3}), ("iter_fgsm", {"steps": 2})]
+RESUME = {"batch_size": 8, "seed": 3, "model_name": "tiny", "version": VERSION}
+
+
+def interrupted(tmp_path, monkeypatch) -> tuple[dict, Path]:
+    """An audit of four batches interrupted in its third (two attacks, eps 32 and 64):
+    its progress file, parsed, and its path."""
+    import importlib
+
+    audit_module = importlib.import_module("cascade_adv.evaluation.audit")
+    model, x, y = tiny_net()
+    run_attack = audit_module._run_attack
+    calls: list = []
+
+    def crash(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 5:
+            raise KeyboardInterrupt
+        return run_attack(*args, **kwargs)
+
+    with monkeypatch.context() as m:
+        m.setattr(audit_module, "_run_attack", crash)
+        with pytest.raises(KeyboardInterrupt):
+            audit(model, x, y, [32, 64], store=tmp_path / "r.db", **RESUME)
+    (path,) = tmp_path.glob("r.db.audit-*.json")
+    saved = json.loads(path.read_text())
+    assert saved["finished"] == [2, 2, 0, 0]
+    return saved, path
+
+
+def resign(saved: dict) -> dict:
+    """``saved`` with its checksum recomputed: an edit (or a writer's bug) that the
+    checksum cannot tell, so that the field checks must."""
+    from cascade_adv.evaluation.progress import digest
+
+    return {**saved, "digest": digest(saved)}
+
+
+def first(saved: dict, value: int, row: int = 0) -> int:
+    """The first image of eps row ``row`` whose breaking attack is ``value``."""
+    return saved["broken_by"][row].index(value)
+
+
+#: name -> edit of a parsed progress file (re-signed unless said otherwise), and a word
+#: of the warning
+CORRUPTIONS = {
+    "broken_by out of range": (lambda s: s["broken_by"][0].__setitem__(first(s, 0), 5),
+                               "attack indices"),
+    "broken_by below -1": (lambda s: s["broken_by"][1].__setitem__(0, -2), "attack indices"),
+    "finished beyond the attacks": (lambda s: s["finished"].__setitem__(1, 3),
+                                    "finished attacks"),
+    "a finished batch beyond the data": (lambda s: s["finished"].append(2),
+                                         "finished attacks"),
+    "a batch started after an unfinished one": (lambda s: s["finished"].__setitem__(3, 1),
+                                                "after the unfinished batch"),
+    "broken by an attack not run on its batch": (  # batch 2: only attack 0 done
+        lambda s: (s["finished"].__setitem__(2, 1), s["clean"].__setitem__(20, 1),
+                   s["broken_by"][0].__setitem__(20, 1)), "had not run on its batch"),
+    "broken although wrong clean": (
+        lambda s: s["clean"].__setitem__(first(s, 0), 0), "wrong clean"),
+    "clean results of a batch not started": (lambda s: s["clean"].__setitem__(25, 1),
+                                             "had not started"),
+    "clean flag of 2": (lambda s: s["clean"].__setitem__(0, 2), "flags"),
+    "clean flag as text": (lambda s: s["clean"].__setitem__(0, "1"), "flags"),
+    "float attack index": (lambda s: s["broken_by"][0].__setitem__(0, -1.0),
+                           "attack indices"),
+    "boolean finished count": (lambda s: s["finished"].__setitem__(0, True),
+                               "finished attacks"),
+    "a short clean list": (lambda s: s["clean"].pop(), "flags"),
+    "another image count": (lambda s: s.__setitem__("n", 31), "records n"),
+    "other epsilons": (lambda s: s.__setitem__("eps", [32.0]), "records eps"),
+    "other attacks": (lambda s: s["attacks"].reverse(), "records attacks"),
+    "another audit's key": (lambda s: s.__setitem__("key", "0" * 64), "another audit"),
+    "an older layout": (lambda s: s.__setitem__("layout", 1), "another version"),
+}
+
+
+@pytest.mark.parametrize("name", list(CORRUPTIONS) + ["unsigned edit", "not JSON",
+                                                      "cut short", "a folder"])
+def test_a_damaged_progress_file_is_discarded_with_one_warning(tmp_path, monkeypatch, name):
+    """Every kind of damage: the rerun says so in one warning naming the file, starts
+    over, and gives exactly the numbers of a fresh audit; a folder at the path is left
+    as it is (the audit keeps its progress in memory)."""
+    from cascade_adv.errors import CascadeAdvWarning
+
+    model, x, y = tiny_net()
+    fresh = audit(model, x, y, [32, 64], **RESUME)
+    saved, path = interrupted(tmp_path, monkeypatch)
+    if name in CORRUPTIONS:
+        CORRUPTIONS[name][0](saved)
+        path.write_text(json.dumps(resign(saved)))
+        word = CORRUPTIONS[name][1]
+    elif name == "unsigned edit":  # an outcome changed, the checksum not
+        saved["broken_by"][0][first(saved, 0)] = -1
+        path.write_text(json.dumps(saved))
+        word = "checksum"
+    elif name in ("not JSON", "cut short"):
+        text = json.dumps(saved)
+        path.write_text("\x00\xff garbage" if name == "not JSON" else text[:len(text) // 2])
+        word = "not valid JSON"
+    else:
+        path.unlink()
+        (path / "inside").mkdir(parents=True)
+        word = "is a folder"
+    with pytest.warns(CascadeAdvWarning) as record:
+        again = audit(model, x, y, [32, 64], store=tmp_path / "r.db", **RESUME)
+    messages = [str(w.message) for w in record if issubclass(w.category, CascadeAdvWarning)]
+    assert len(messages) == 1 and "\n" not in messages[0], messages
+    assert str(path) in messages[0] and word in messages[0], messages[0]
+    assert torch.equal(again.clean_correct, fresh.clean_correct)
+    assert torch.equal(again.broken_by, fresh.broken_by)
+    assert again.table().rows == fresh.table().rows
+    assert (path / "inside").is_dir() if name == "a folder" else not path.exists()
+
+
+def test_a_valid_progress_file_is_taken_over_without_a_word(tmp_path, monkeypatch, recwarn):
+    model, x, y = tiny_net()
+    fresh = audit(model, x, y, [32, 64], **RESUME)
+    saved, path = interrupted(tmp_path, monkeypatch)
+    path.write_text(json.dumps(resign(saved), indent=1))  # the same content, re-spaced
+    again = audit(model, x, y, [32, 64], store=tmp_path / "r.db", **RESUME)
+    assert not [w for w in recwarn if "progress" in str(w.message)]
+    assert torch.equal(again.broken_by, fresh.broken_by)
+
+
+def test_a_progress_file_that_cannot_be_written_is_one_line(tmp_path, monkeypatch):
+    from cascade_adv.errors import CascadeAdvError
+    from cascade_adv.evaluation import progress
+
+    def refuse(path, text):
+        raise IsADirectoryError(21, "Is a directory", str(path))
+
+    monkeypatch.setattr(progress, "atomic_write_text", refuse)
+    model, x, y = tiny_net()
+    with pytest.raises(CascadeAdvError, match=r"cannot write the audit progress file .*"
+                                              r"r\.db\.audit-.*move away"):
+        audit(model, x, y, [32], store=tmp_path / "r.db", **RESUME)
+
+
+def test_superseded_progress_files_are_removed(tmp_path, monkeypatch):
+    """An audit of the same model, data split and store with other arguments removes the
+    progress of the earlier one (which it supersedes), unless that one's writer is
+    still running; another model's progress stays; a finished audit leaves none."""
+    saved, path = interrupted(tmp_path, monkeypatch)
+    other = path.with_name("r.db.audit-0123456789abcdef.json")
+    other.write_text(json.dumps(resign({**saved, "key": "1" * 64,
+                                        "owner": {**saved["owner"], "model": "other"}})))
+    live = path.with_name("r.db.audit-fedcba9876543210.json")
+    live.write_text(json.dumps(resign({**saved, "key": "2" * 64,
+                                       "writer": {**saved["writer"], "pid": os.getppid()}})))
+    model, x, y = tiny_net()
+    audit(model, x, y, [32], store=tmp_path / "r.db", **RESUME)  # eps changed
+    assert not path.exists() and other.exists() and live.exists()
+    assert sorted(p.name for p in tmp_path.glob("r.db.audit-*")) == sorted([other.name,
+                                                                            live.name])
 
 
 def test_state_path_is_beside_the_store(tmp_path):

@@ -152,14 +152,34 @@ def test_audit_prints_stores_and_registers(trained_run):
     assert not list(trained_run.glob("audit.db.audit-*.json"))
 
 
+def model_variant(trained_run, out: Path, **config) -> Path:
+    """A model file beside the run's: its weights nudged (another model of the same
+    task), or with ``config`` changes a fresh model of that config."""
+    import torch
+
+    from cascade_adv.models import build_model, load_model, save_model
+
+    model = load_model(trained_run / "run" / "final" / "model.safetensors")
+    if config:
+        model = build_model(model.config.model_copy(update=config))
+    else:
+        with torch.no_grad():
+            next(model.parameters()).add_(1e-3)
+    out.mkdir(parents=True, exist_ok=True)
+    save_model(model, out / "model.safetensors")
+    return out / "model.safetensors"
+
+
 def test_audit_prints_every_diagnostic_after_its_table(trained_run, tmp_path):
     """The diagnostics' verdicts follow the table, one line each; ``--twin`` runs the
-    transfer check (the run itself as its twin), ``--no-checks`` leaves them out."""
+    transfer check (a nudged copy of the run as its twin), ``--no-checks`` leaves them
+    out."""
     from cascade_adv.evaluation.diagnostics import CHECKS
 
+    twin = model_variant(trained_run, tmp_path / "twin")
     args = ["audit", "--checkpoint", str(trained_run / "run"), "--eps", "16", "--version",
             "pgd:steps=5,random_sign", "--limit", "40", "--quiet", "--results", "r.db"]
-    result = cli(*args, "--twin", str(trained_run / "run"), cwd=tmp_path)
+    result = cli(*args, "--twin", str(twin), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     start = lines.index(next(line for line in lines if line.startswith("Gradient-masking")))
@@ -211,6 +231,56 @@ def test_audit_bad_input_is_one_line_exit_2_before_any_work(trained_run, tmp_pat
                  "r.db", cwd=tmp_path)
     assert_user_error(result, *words)
     assert not list(tmp_path.iterdir())  # no store, no progress file
+
+
+@pytest.mark.parametrize("twin,words", [
+    ("run", ["--twin", "itself"]),                    # the same run folder
+    ("weights", ["--twin", "itself"]),                # its weights file, by another path
+    ("copy", ["--twin", "itself"]),                   # a copy of its weights file
+    ("mnist", ["--twin", "mnist", "share a dataset"]),  # another dataset's model
+    ("size", ["--twin", "input size 16"]),            # same dataset, other input size
+])
+def test_audit_refuses_a_twin_that_is_the_model_or_of_another_task(
+        trained_run, tmp_path_factory, tmp_path, twin, words):
+    """``--twin`` is checked as ``transfer`` checks a source, and may not be the audited
+    model itself: one line, exit 2, before the data is read (the data root is missing)."""
+    other = tmp_path_factory.mktemp("twins")
+    final = trained_run / "run" / "final" / "model.safetensors"
+    if twin == "copy":
+        shutil.copy(final, other / "model.safetensors")
+    paths = {"run": trained_run / "run", "weights": final, "copy": other / "model.safetensors",
+             "mnist": lambda: model_variant(trained_run, other, dataset="mnist"),
+             "size": lambda: model_variant(trained_run, other, input_size=16)}
+    path = paths[twin]() if callable(paths[twin]) else paths[twin]
+    result = cli("audit", "--checkpoint", str(trained_run / "run"), "--twin", str(path),
+                 "--version", "random_sign", "--results", "r.db", "--data-root",
+                 str(tmp_path / "nowhere"), "--dataset", "mnist", cwd=tmp_path)
+    assert_user_error(result, *words)
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("command,words", [
+    ("audit", ["the audit skips the attack x batches it finished"]),
+    ("eval", ["start it again"]),
+])
+def test_ctrl_c_says_what_a_rerun_does_for_that_command(trained_run, tmp_path, monkeypatch,
+                                                         command, words):
+    """An interrupted audit is told that a rerun resumes it (not that training does);
+    a command that does not resume, that a rerun starts it again."""
+    from cascade_adv import evaluation
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(evaluation, "audit", interrupted)
+    monkeypatch.setattr(evaluation, "evaluate_whitebox", interrupted)
+    extra = ["--version", "random_sign"] if command == "audit" else ["--attacks", "step_ll"]
+    result = cli(command, "--checkpoint", str(trained_run / "run"), *extra, "--limit", "8",
+                 "--quiet", "--results", "r.db", cwd=tmp_path)
+    assert result.returncode == 130
+    err = result.stderr.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("interrupted; rerun"), err
+    assert "training" not in err and all(w in err for w in words), err
 
 
 def test_audit_refuses_more_targets_than_the_model_has_classes(trained_run, tmp_path):

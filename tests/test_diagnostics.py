@@ -334,6 +334,65 @@ def test_bad_diagnostic_options_are_refused_before_any_work(digits, options, wor
     assert ran == []
 
 
+def resnet(dataset: str, size: int, channels: int = 1) -> nn.Module:
+    from cascade_adv.models import build_model
+
+    return build_model({"depth": 8, "width": 0.25, "in_channels": channels,
+                        "input_size": size, "num_classes": 10, "dataset": dataset}).eval()
+
+
+def twin_cases(net):
+    """(twin, words of the refusal) for the audited ``net`` (a digits model)."""
+    import copy
+
+    return {
+        "the model itself": (net, "itself"),
+        "a copy of its weights": (copy.deepcopy(net), "itself"),
+        "another input size": (nn.Sequential(nn.Flatten(), nn.Linear(784, 10)),
+                               "cannot take the audited images"),
+    }
+
+
+@pytest.mark.parametrize("case", ["the model itself", "a copy of its weights",
+                                  "another input size"])
+def test_a_twin_that_is_the_model_or_takes_other_images_is_refused(digits, case):
+    """The transfer check's twin is checked before any work, in the audit and in
+    diagnose: not the audited model (same object or same weights), and it must take
+    the audited images; then the same twin may be given for another model."""
+    net, _, x, y = digits
+    twin, words = twin_cases(net)[case]
+    ran: list[int] = []
+
+    def spy(model, x, y, eps, *, generator=None):
+        ran.append(1)
+        return x
+
+    with pytest.raises(InvalidArgument, match=words):
+        audit(net, x, y, [8], version=[AttackSpec("spy", spy, "iterative", "")],
+              diagnostics={"twin": twin})
+    with pytest.raises(InvalidArgument, match=words):
+        diagnose(net, x, y, [8], twin=twin, sample=8)
+    assert ran == []
+
+
+def test_a_twin_of_another_dataset_is_refused_as_transfer_refuses_it():
+    """Cascade-adv models carry their dataset and input size: a twin trained on another
+    dataset, or of another input size, is refused as ``transfer`` refuses such a
+    source (check_pair), even when its output has the right shape."""
+    from cascade_adv.evaluation import check_pair
+
+    model = resnet("digits", 8)
+    x, y = torch.rand(4, 1, 8, 8), torch.zeros(4, dtype=torch.long)
+    for twin, words in [(resnet("mnist", 8), "share a dataset"),
+                        (resnet("digits", 16), "input size 16")]:
+        with pytest.raises(InvalidArgument, match=words):
+            check_pair("twin", twin, "model", model)
+        with pytest.raises(InvalidArgument, match=words):
+            audit(model, x, y, [8], version=["step_fgsm"], diagnostics={"twin": twin})
+    audit(model, x, y, [8], version=["step_fgsm"],
+          diagnostics={"twin": resnet("digits", 8), "sample": 4})  # another model: runs
+
+
 def test_an_audit_result_of_other_images_or_eps_is_refused(digits):
     net, _, x, y = digits
     result = audit(net, x, y, [8], version=["step_fgsm"])

@@ -283,7 +283,7 @@ def test_square_changes_pixels_by_exactly_eps_from_a_stripe_start():
     eps = torch.tensor([2.0, 8.0, 32.0])
     with torch.no_grad():
         y = model(x).argmax(dim=1)
-    start = attacks.run("square", model, x, y, eps=eps, queries=0, generator=seeded())
+    start = attacks.get("square").fn(model, x, y, eps, queries=0, generator=seeded())
     delta = (start - x) * 255 / eps.view(3, 1, 1, 1)
     torch.testing.assert_close(delta.abs(), torch.ones_like(delta), rtol=0, atol=1e-4)
     # vertical stripes: one sign per column
@@ -358,9 +358,9 @@ def test_restarts_keep_the_worst_case_per_image():
     (same generator); later restarts run on the images it did not break, so the broken
     set only grows and no image's loss drops."""
     model, x, y = linear_case(n=40)
-    one = attacks.run("apgd_ce", model, x, y, eps=16, steps=0, generator=seeded(7))
-    three = attacks.run("apgd_ce", model, x, y, eps=16, steps=0, restarts=3,
-                        generator=seeded(7))
+    one = attacks.get("apgd_ce").fn(model, x, y, 16, steps=0, generator=seeded(7))
+    three = attacks.get("apgd_ce").fn(model, x, y, 16, steps=0, restarts=3,
+                                      generator=seeded(7))
     b1, b3 = broken(model, one, y), broken(model, three, y)
     assert (b3 >= b1).all() and b3.sum() > b1.sum() > 0
     with torch.no_grad():

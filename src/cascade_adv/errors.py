@@ -40,6 +40,12 @@ class CascadeAdvError(Exception):
     """A problem in the user's input, with a one-line message naming the fix."""
 
 
+class CascadeAdvWarning(UserWarning):
+    """Something the library worked around (a damaged progress file it discarded...),
+    said in one line through :func:`warnings.warn`; the command line prints it as
+    ``warning: ...`` on stderr."""
+
+
 class ConfigError(CascadeAdvError, ValueError):
     """An invalid configuration file or override (also a :class:`ValueError`)."""
 

@@ -7,7 +7,8 @@
 ``model`` is any ``nn.Module`` mapping images in [0, 1] to logits; ``eps`` is in
 pixel units of [0, 255], a number or a tensor of shape ``[N]``.  Gradient passes run
 on the model's inference network with BatchNorm folded into the convolutions;
-``with attacks.fusion(False):`` runs the model as it is.
+``with attacks.fusion(False):`` runs the model as it is.  Every option of every attack
+has a type and a range (:mod:`cascade_adv.attacks.options`), checked before any work.
 """
 
 from cascade_adv.attacks.core import (
@@ -21,11 +22,14 @@ from cascade_adv.attacks.core import (
     trusted,
     validate_eps,
 )
+from cascade_adv.attacks.options import OptionSpec, check_options
 from cascade_adv.attacks.registry import AttackSpec, get, names, register, run
 
 __all__ = [
     "AttackSpec",
+    "OptionSpec",
     "attack_network",
+    "check_options",
     "fusion",
     "get",
     "inference_mode",

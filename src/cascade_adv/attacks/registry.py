@@ -12,14 +12,15 @@ maps the names used by every command and config to them.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
 from cascade_adv.attacks import apgd as _apgd
 from cascade_adv.attacks import core
+from cascade_adv.attacks import options as opt
 from cascade_adv.attacks import square as _square
 from cascade_adv.errors import AttackError, UnknownAttackError
 
@@ -33,6 +34,9 @@ class AttackSpec:
     #: draws from its ``generator`` (random labels, noise, a random start): under DDP
     #: such an attack runs on its whole block of rows on every rank (training)
     stochastic: bool = False
+    #: each keyword option's type and range (:mod:`cascade_adv.attacks.options`); every
+    #: registered attack has one per option, an attack built by hand may have none
+    limits: Mapping[str, opt.OptionSpec] = field(default_factory=dict, compare=False)
 
     @property
     def options(self) -> tuple[str, ...]:
@@ -43,14 +47,20 @@ class AttackSpec:
 _REGISTRY: dict[str, AttackSpec] = {}
 
 
-def register(name: str, kind: str, description: str, stochastic: bool = False):
+def register(name: str, kind: str, description: str, stochastic: bool = False,
+             options: Mapping[str, opt.OptionSpec] | None = None):
     """Decorator adding an attack function to the registry under ``name``; ``stochastic``
-    says whether it draws from its ``generator`` (random attacks always do)."""
+    says whether it draws from its ``generator`` (random attacks always do); ``options``
+    gives every keyword option of the function (``generator`` aside) its type and range
+    (:class:`~cascade_adv.attacks.options.OptionSpec`; ``ValueError`` if one is missing)."""
 
     def deco(fn):
         if name in _REGISTRY:
             raise ValueError(f"attack {name!r} registered twice")
-        _REGISTRY[name] = AttackSpec(name, fn, kind, description, stochastic or kind == "random")
+        spec = AttackSpec(name, fn, kind, description, stochastic or kind == "random",
+                          dict(options or {}))
+        opt.check_specs(name, spec.options, spec.limits)
+        _REGISTRY[name] = spec
         return fn
 
     return deco
@@ -75,17 +85,15 @@ def run(name: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor | None = N
     """Run attack ``name`` on images ``x`` in [0, 1] with labels ``y``.
 
     ``eps`` is in pixel units of [0, 255], a number or a tensor of shape ``[N]``.
+    ``options``: the attack's keyword options, each checked against its type and range
+    first (:func:`~cascade_adv.attacks.options.check_options`), and ``generator``.
     The result has the shape and dtype of ``x``.
     """
     spec = get(name)
-    unknown = set(options) - set(spec.options)
-    if unknown:
-        raise AttackError(
-            f"attack {name!r} has no option {min(unknown)!r}; "
-            f"its options are: {', '.join(spec.options) or 'none'}"
-        )
+    seeded = {"generator": options.pop("generator")} if "generator" in options else {}
+    options = opt.check_options(spec, options)
     core.check_images(x, y)
-    return spec.fn(model, x, y, eps, **options).to(x.dtype)
+    return spec.fn(model, x, y, eps, **options, **seeded).to(x.dtype)
 
 
 # --- one-step attacks (K17 section 2.2 and appendix A) ---------------------------------
@@ -152,18 +160,21 @@ def random_normal(model, x, y, eps, *, generator=None):
 # --- iterative attacks (K17 section 2.2) and PGD ---------------------------------------
 
 
-@register("iter_fgsm", "iterative", "basic iterative: alpha = 1, floor(min(eps+4, 1.25 eps)) steps")
+@register("iter_fgsm", "iterative", "basic iterative: alpha = 1, floor(min(eps+4, 1.25 eps)) steps",
+          options={"alpha": opt.ALPHA, "steps": opt.K17_STEPS_OPTION})
 def iter_fgsm(model, x, y, eps, *, alpha=1.0, steps=None, generator=None):
     return core.iterate(model, x, y, eps, core.loss_true, core.true_label, alpha, steps)
 
 
-@register("iter_ll", "iterative", "iterative least likely; y_LL fixed on the clean image")
+@register("iter_ll", "iterative", "iterative least likely; y_LL fixed on the clean image",
+          options={"alpha": opt.ALPHA, "steps": opt.K17_STEPS_OPTION})
 def iter_ll(model, x, y, eps, *, alpha=1.0, steps=None, generator=None):
     return core.iterate(model, x, y, eps, core.loss_target, core.least_likely_label, alpha, steps)
 
 
 @register("pgd", "iterative", "PGD (Madry et al.): random start, restarts keep the worst case",
-          stochastic=True)
+          stochastic=True, options={"alpha": opt.PGD_ALPHA, "steps": opt.K17_STEPS_OPTION,
+                                    "restarts": opt.RESTARTS})
 def pgd(model, x, y, eps, *, alpha=None, steps=None, restarts=1, generator=None):
     """Projected gradient descent on J(X, y_true) from a uniform random start.
 
@@ -199,14 +210,16 @@ def pgd(model, x, y, eps, *, alpha=None, steps=None, restarts=1, generator=None)
 
 @register("apgd_ce", "iterative",
           "APGD, cross-entropy: eta = 2 eps halved at the checkpoints, momentum 0.75, "
-          "random start, restarts keep the worst case", stochastic=True)
+          "random start, restarts keep the worst case", stochastic=True,
+          options={"steps": opt.STEPS, "restarts": opt.RESTARTS, "rho": opt.RHO})
 def apgd_ce(model, x, y, eps, *, steps=100, restarts=1, rho=0.75, generator=None):
     return _apgd.apgd(model, x, y, eps, "ce", steps=steps, restarts=restarts, rho=rho,
                       generator=generator)
 
 
 @register("apgd_dlr", "iterative",
-          "APGD on the DLR loss -(z_y - max_{i!=y} z_i) / (z_pi1 - z_pi3)", stochastic=True)
+          "APGD on the DLR loss -(z_y - max_{i!=y} z_i) / (z_pi1 - z_pi3)", stochastic=True,
+          options={"steps": opt.STEPS, "restarts": opt.RESTARTS, "rho": opt.RHO})
 def apgd_dlr(model, x, y, eps, *, steps=100, restarts=1, rho=0.75, generator=None):
     return _apgd.apgd(model, x, y, eps, "dlr", steps=steps, restarts=restarts, rho=rho,
                       generator=generator)
@@ -214,7 +227,9 @@ def apgd_dlr(model, x, y, eps, *, steps=100, restarts=1, rho=0.75, generator=Non
 
 @register("apgd_t", "iterative",
           "targeted APGD, DLR -(z_y - z_t) / (z_pi1 - (z_pi3 + z_pi4) / 2) towards each of the "
-          "top-T classes (T = min(9, classes - 1) by default)", stochastic=True)
+          "top-T classes (T = min(9, classes - 1) by default)", stochastic=True,
+          options={"targets": opt.TARGETS, "steps": opt.STEPS, "restarts": opt.RESTARTS,
+                   "rho": opt.RHO})
 def apgd_t(model, x, y, eps, *, targets=None, steps=100, restarts=1, rho=0.75,
            generator=None):
     return _apgd.apgd(model, x, y, eps, "dlr_targeted", steps=steps, restarts=restarts,
@@ -226,7 +241,8 @@ def apgd_t(model, x, y, eps, *, targets=None, steps=100, restarts=1, rho=0.75,
 
 @register("square", "query",
           "Square attack: random search on the margin z_y - max_{j!=y} z_j with square "
-          "windows, stripe start, p schedule from p_init (scores only)", stochastic=True)
+          "windows, stripe start, p schedule from p_init (scores only)", stochastic=True,
+          options={"queries": opt.QUERIES, "p_init": opt.P_INIT, "rescale": opt.FLAG})
 def square(model, x, y, eps, *, queries=5000, p_init=0.8, rescale=True, generator=None):
     return _square.square(model, x, y, eps, queries=queries, p_init=p_init, rescale=rescale,
                           generator=generator)

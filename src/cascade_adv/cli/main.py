@@ -6,7 +6,9 @@ Every command calls library functions that the tests also call; user errors
 
 from __future__ import annotations
 
+import contextlib
 import sys
+import warnings
 from pathlib import Path
 
 import click
@@ -25,7 +27,7 @@ from cascade_adv.cli.common import (
     model_data_options,
     save_results,
 )
-from cascade_adv.errors import CascadeAdvError, one_line
+from cascade_adv.errors import CascadeAdvError, CascadeAdvWarning, one_line
 
 EXAMPLES_TRAIN = """
 \b
@@ -291,11 +293,15 @@ def audit_command(eps, version, checks, twin, results, csv_path, json_path, name
     Prints, per eps, the clean accuracy, each attack's cumulative accuracy and the worst
     case, then each gradient-masking diagnostic as holds, flagged or not run (a flagged
     one does not change the exit status, 0); stores the rows (docs/results-schema.md).
-    An interrupted audit resumes where it stopped when rerun with the same arguments.
+    An interrupted audit resumes where it stopped when rerun with the same arguments; a
+    progress file that does not match them exactly is discarded with a one-line warning.
+    Attack options (``NAME:KEY=VALUE``) are checked against their type and range (see
+    ``cascade-adv attacks``) when the command line is parsed.
     """
     from cascade_adv.errors import InvalidArgument
     from cascade_adv.evaluation import audit, format_diagnostics, prepare_images
     from cascade_adv.evaluation.audit import resolve_version
+    from cascade_adv.evaluation.diagnostics import check_twin_pair
     from cascade_adv.training.runs import (
         LoadedModel,
         data_inputs,
@@ -316,6 +322,10 @@ def audit_command(eps, version, checks, twin, results, csv_path, json_path, name
     run.name = name or run.name
     resolve_version(version, run.model.config.num_classes)  # targets: before the data loads
     undefended = LoadedModel(twin, dev) if twin else None
+    if undefended:  # another model of the same task, before the data loads
+        check_twin_pair(run.model, undefended.model, model_name=run.name,
+                        twin_name=f"--twin {twin}", model_hash=run.hash,
+                        twin_hash=undefended.hash)
     data = load_split([run], dataset, data_root, split, limit, dev)
     diagnostics = checks and ({"twin": undefended.model, "twin_name": undefended.name}
                               if undefended else True)
@@ -459,17 +469,53 @@ def quickstart(out, results, device, quiet):
 
 @cli.command(name="attacks")
 def list_attacks():
-    """List every registered attack with its formula."""
+    """List every registered attack with its formula and its options' ranges."""
     from cascade_adv import attacks
 
     for n in attacks.names():
         spec = attacks.get(n)
-        opts = (
-            f"  [options: {', '.join(o for o in spec.options if o != 'generator')}]"
-            if len(spec.options) > 1
-            else ""
-        )
-        click.echo(f"{n:15s} {spec.kind:9s} {spec.description}{opts}")
+        opts = "; ".join(f"{k}: {limit.describe()}" for k, limit in spec.limits.items())
+        click.echo(f"{n:15s} {spec.kind:9s} {spec.description}"
+                   + (f"  [options: {opts}]" if opts else ""))
+
+
+#: What rerunning an interrupted command does, by command (:func:`rerun_note`).
+RERUN_NOTES = {
+    "train": "rerun the same command to resume (training continues from its last "
+             "checkpoint)",
+    "reproduce": "rerun the same command to resume (finished steps are skipped, training "
+                 "continues from its last checkpoint and an audit after its last finished "
+                 "attack x batch)",
+    "audit": "rerun the same command to resume (the audit skips the attack x batches it "
+             "finished, whose progress is kept beside --results)",
+}
+
+
+def rerun_note(argv: list[str]) -> str:
+    """What to do after Ctrl-C interrupted the command of ``argv`` (its first word that is
+    not an option): resume it (``train``, ``reproduce``, ``audit``) or start it again."""
+    command = next((str(a) for a in argv if not str(a).startswith("-")), "")
+    return RERUN_NOTES.get(command, "rerun the same command to start it again")
+
+
+@contextlib.contextmanager
+def one_line_warnings():
+    """Inside the block, a :class:`~cascade_adv.errors.CascadeAdvWarning` (something the
+    library worked around, e.g. a damaged audit progress file it discarded) is printed
+    as one line, ``warning: ...``, on stderr, each time it is raised; other warnings as
+    Python prints them."""
+    with warnings.catch_warnings():
+        plain = warnings.showwarning
+
+        def show(message, category, filename, lineno, file=None, line=None):
+            if issubclass(category, CascadeAdvWarning):
+                click.echo(f"warning: {one_line(message)}", err=True)
+            else:
+                plain(message, category, filename, lineno, file, line)
+
+        warnings.simplefilter("always", CascadeAdvWarning)
+        warnings.showwarning = show
+        yield
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -478,10 +524,11 @@ def main(argv: list[str] | None = None) -> None:
     from cascade_adv.errors import TrainingInterrupted
 
     try:
-        rv = cli.main(args=argv, prog_name="cascade-adv", standalone_mode=False)
+        with one_line_warnings():
+            rv = cli.main(args=argv, prog_name="cascade-adv", standalone_mode=False)
     except (click.exceptions.Abort, KeyboardInterrupt):
-        click.echo("interrupted; rerun the same command to resume (training continues from "
-                   "its last checkpoint)", err=True)
+        click.echo(f"interrupted; {rerun_note(sys.argv[1:] if argv is None else argv)}",
+                   err=True)
         sys.exit(130)
     except click.UsageError as exc:
         where = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""

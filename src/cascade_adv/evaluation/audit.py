@@ -23,20 +23,20 @@ Two layers, so that other evaluations can share the first:
   one device -> host read-back per attack x batch (plus one for the clean pass).
 
 Progress is saved after every attack x batch when the audit writes to a results store
-(a state file next to it, written atomically); a rerun of the same audit skips the work
-already done and gives the same result as an uninterrupted run, because every attack x
-batch draws its random numbers from its own seed.  docs/results-schema.md lists the rows.
+(a state file next to it, written atomically, checked field by field before a rerun
+takes it over: :mod:`cascade_adv.evaluation.progress`); a rerun of the same audit skips
+the work already done and gives the same result as an uninterrupted run, because every
+attack x batch draws its random numbers from its own seed.  docs/results-schema.md lists
+the rows.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -44,6 +44,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from cascade_adv import attacks as attack_registry
+from cascade_adv.attacks.options import check_options as check_attack_options
 from cascade_adv.attacks.registry import AttackSpec
 from cascade_adv.errors import (
     AttackError,
@@ -63,7 +64,7 @@ from cascade_adv.evaluation.engine import (
     seeded_generator,
     stack,
 )
-from cascade_adv.io import atomic_write_text
+from cascade_adv.evaluation.progress import STATE_FORMAT, Plan, Progress, state_path
 from cascade_adv.results.store import ResultsStore, check_store_path, store_rows
 from cascade_adv.results.tables import AUDIT_PREFIX, CLEAN, WHITEBOX, ResultTable
 
@@ -80,10 +81,8 @@ VERSIONS: dict[str, tuple[tuple[str, dict[str, Any]], ...]] = {
               ("apgd_t", {"targets": 3, "steps": 100}),
               ("square", {"queries": 1000, "rescale": False})),
 }
-#: ``format`` of the progress state files.
-STATE_FORMAT = "cascade-adv audit progress"
-
 __all__ = [
+    "STATE_FORMAT",
     "VERSIONS",
     "AttackAccuracy",
     "AuditAttack",
@@ -164,14 +163,7 @@ def _audit_attack(item: Any) -> AuditAttack:
     else:
         raise AttackError(f"an audit attack is a name, an AttackSpec or (either, options), "
                           f"got {item!r}")
-    if not isinstance(options, Mapping):
-        raise AttackError(f"options of attack {spec.name!r} must be a mapping, got {options!r}")
-    allowed = [p for p in spec.options if p != "generator"]
-    for key in options:
-        if key not in allowed:
-            raise AttackError(f"attack {spec.name!r} has no option {key!r}; its options are: "
-                              f"{', '.join(allowed) or 'none'} (random ones are seeded by seed=)")
-    return AuditAttack(spec, dict(options))
+    return AuditAttack(spec, check_attack_options(spec, options))
 
 
 def resolve_version(version: str | Sequence[Any] = "standard",
@@ -217,14 +209,8 @@ def check_targets(attacks: Sequence[AuditAttack], num_classes: int, *,
     or, with ``lower``, lowered to it (a version's default)."""
     out = []
     for a in attacks:
-        t = a.options.get("targets")
-        if t is None:
-            out.append(a)
-            continue
-        if isinstance(t, bool) or not isinstance(t, int) or t < 1:
-            raise AttackError(f"{a.name} targets={t!r} is not a positive whole number of "
-                              "target classes; give e.g. targets=3")
-        if t > num_classes - 1:
+        t = a.options.get("targets")  # registered attacks: a whole number >= 1 by now
+        if isinstance(t, int) and t > num_classes - 1:
             if not lower or num_classes < 2:
                 raise AttackError(
                     f"{a.name} targets={t} asks for more target classes than the model has "
@@ -375,55 +361,6 @@ class AuditResult:
 # --- resuming ----------------------------------------------------------------------------
 
 
-def state_path(store_path: str | os.PathLike, key: str) -> Path:
-    """The progress file of the audit ``key`` next to the results store
-    ``store_path``: ``STORE.audit-KEY16.json``."""
-    p = Path(store_path)
-    return p.with_name(f"{p.name}.audit-{key[:16]}.json")
-
-
-class _Progress:
-    """Per image and eps, which attack flipped it, and per batch how many attacks are
-    done; saved atomically to ``path`` (``None``: kept in memory only)."""
-
-    def __init__(self, path: Path | None, key: str, n: int, n_eps: int, n_batches: int,
-                 resume: bool) -> None:
-        self.path, self.key = path, key
-        self.finished = [0] * n_batches
-        self.clean = torch.zeros(n, dtype=torch.bool)
-        self.broken_by = torch.full((n_eps, n), -1, dtype=torch.int64)
-        if resume and path is not None and path.is_file():
-            self._load(path)
-
-    def _load(self, path: Path) -> None:
-        """Take over a saved state of the same audit; anything else (another key, a
-        damaged file) is ignored and the audit starts over."""
-        try:
-            saved = json.loads(path.read_text(encoding="utf-8"))
-            ok = (isinstance(saved, dict) and saved.get("format") == STATE_FORMAT
-                  and saved.get("key") == self.key)
-            finished = [int(v) for v in saved["finished"]] if ok else []
-            clean = torch.tensor(saved["clean"], dtype=torch.bool) if ok else None
-            broken = torch.tensor(saved["broken_by"], dtype=torch.int64) if ok else None
-        except (OSError, ValueError, KeyError, TypeError):
-            return
-        if (ok and len(finished) == len(self.finished) and clean.shape == self.clean.shape
-                and broken.shape == self.broken_by.shape):
-            self.finished, self.clean, self.broken_by = finished, clean, broken
-
-    def save(self) -> None:
-        if self.path is None:
-            return
-        atomic_write_text(self.path, json.dumps({
-            "format": STATE_FORMAT, "key": self.key, "finished": self.finished,
-            "clean": self.clean.to(torch.int64).tolist(), "broken_by": self.broken_by.tolist(),
-        }, separators=(",", ":")))
-
-    def remove(self) -> None:
-        if self.path is not None:
-            self.path.unlink(missing_ok=True)
-
-
 def _tensor_digest(digest: Any, t: torch.Tensor) -> None:
     t = t.detach().to("cpu").contiguous()
     digest.update(f"{t.dtype}{list(t.shape)}".encode())
@@ -505,7 +442,7 @@ def _clean_pass(run: _Run, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
     return correct
 
 
-def _audit_batch(run: _Run, state: _Progress, k: int, start: int, xb: torch.Tensor,
+def _audit_batch(run: _Run, state: Progress, k: int, start: int, xb: torch.Tensor,
                  yb: torch.Tensor, bar) -> None:
     """The attacks not yet done on batch ``k`` (images ``start..``), each on the rows
     (eps x image, epsilon-major) still correct; the state saved after each."""
@@ -582,7 +519,12 @@ def audit(
     :func:`state_path` next to it, so that a rerun after an interruption skips the work
     done (``resume=False`` starts over) and gives the same result; the file is removed
     once the rows are stored (a store given by its path that cannot take them keeps
-    them in a pending file, :func:`~cascade_adv.results.store.store_rows`).
+    them in a pending file, :func:`~cascade_adv.results.store.store_rows`).  A progress
+    file that is not exactly what this audit would have written is discarded with one
+    :class:`~cascade_adv.errors.CascadeAdvWarning` and the audit starts over; the
+    progress files of the same ``model_name``, ``dataset`` and ``split`` beside the store
+    that belong to an audit with other arguments, run by no live process, are removed
+    (:mod:`cascade_adv.evaluation.progress`).
     ``save_rows=False`` leaves storing the rows to the caller (who writes other files
     first): the store then only keeps the progress.  ``keep_images`` keeps the adversarial images in the
     result (in memory only: such an audit starts over).  ``fuse``: attacks run on the
@@ -607,18 +549,18 @@ def audit(
                           "max_batch")
     classes = check_inputs(model, x, y, prepare)
     if checks is not None:
-        check_twin(checks.get("twin"), x, prepare, classes)
+        check_twin(checks.get("twin"), x, prepare, classes, model,
+                   checks.get("twin_name", "twin"), model_name)
     label, attacks = resolve_version(version, classes)
     owned = store is not None and not isinstance(store, ResultsStore)
     if owned:
         check_store_path(store)
     settings = {"version": [a.label for a in attacks], "eps": eps_values, "seed": int(seed),
                 "batch_size": batch_size, "max_batch": max_batch, "fuse": bool(fuse)}
-    key = _audit_key(model, model_hash, x, y, settings)
-    store_path = None if store is None else (str(store) if owned else store.path)
-    path = None if store_path in (None, ":memory:") else state_path(store_path, key)
-    state = _Progress(path, key, x.shape[0], len(eps_values), math.ceil(x.shape[0] / batch_size),
-                      resume and not keep_images)
+    plan = Plan(_audit_key(model, model_hash, x, y, settings), int(x.shape[0]), batch_size,
+                eps_values, settings["version"],
+                {"model": model_name, "dataset": dataset, "split": split})
+    state = _open_progress(store, plan, resume and not keep_images)
     run = _Run(model, attacks, eps_values, int(seed), max_batch, bool(fuse),
                attack_registry.model_device(model), model_name, None)
     if keep_images:
@@ -641,6 +583,20 @@ def audit(
     return result
 
 
+def _open_progress(store: ResultsStore | str | os.PathLike | None, plan: Plan,
+                   resume: bool) -> Progress:
+    """The audit's progress, kept beside ``store`` (in memory without one, or for an
+    in-memory store), taken over from there when valid (``resume``); the progress files
+    there of the same model, dataset and split whose audit had other arguments are
+    removed."""
+    store_path = None if store is None else (
+        store.path if isinstance(store, ResultsStore) else str(store))
+    path = None if store_path in (None, ":memory:") else state_path(store_path, plan.key)
+    state = Progress(path, plan, resume)
+    state.remove_superseded()
+    return state
+
+
 def _diagnostic_options(diagnostics: bool | Mapping[str, Any]) -> dict[str, Any] | None:
     """``audit(diagnostics=...)`` -> diagnose's options (``None``: no diagnostics),
     checked before any work."""
@@ -655,7 +611,7 @@ def _diagnostic_options(diagnostics: bool | Mapping[str, Any]) -> dict[str, Any]
     return dict(diagnostics)
 
 
-def _run_batches(run: _Run, state: _Progress, x: torch.Tensor, y: torch.Tensor,
+def _run_batches(run: _Run, state: Progress, x: torch.Tensor, y: torch.Tensor,
                  prepare: Callable[[torch.Tensor], torch.Tensor] | None, batch_size: int,
                  progress: bool) -> None:
     """Every batch's attacks not done yet (those of an interrupted run are skipped)."""

@@ -27,7 +27,7 @@ from torch import nn
 
 from cascade_adv.attacks import inference_mode, model_device
 from cascade_adv.data import to_float
-from cascade_adv.errors import CascadeAdvError, ModelFault
+from cascade_adv.errors import CascadeAdvError, InvalidArgument, ModelFault
 from cascade_adv.evaluation.engine import nonfinite_rows
 from cascade_adv.evaluation.whitebox import true_class_rank
 from cascade_adv.results.advsets import AdversarialSet
@@ -61,19 +61,20 @@ def rates_from_ranks(
 def check_pair(source_name: str, source: nn.Module | None, target_name: str,
                target: nn.Module) -> None:
     """Refuse a source / target pair that cannot share images: other dataset, input
-    size, channels or classes (models without a cascade-adv ``config`` pass)."""
+    size, channels or classes (models without a cascade-adv ``config`` pass), with
+    :class:`~cascade_adv.errors.InvalidArgument` (one line)."""
     a, b = getattr(source, "config", None), getattr(target, "config", None)
     if a is None or b is None:
         return
     if a.dataset and b.dataset and a.dataset != b.dataset:
-        raise CascadeAdvError(
+        raise InvalidArgument(
             f"source {source_name} was trained on {a.dataset}, target {target_name} on "
             f"{b.dataset}; black-box pairs must share a dataset"
         )
     for field, what in (("input_size", "input size"), ("in_channels", "input channels"),
                         ("num_classes", "number of classes")):
         if getattr(a, field) != getattr(b, field):
-            raise CascadeAdvError(
+            raise InvalidArgument(
                 f"source {source_name} has {what} {getattr(a, field)}, target {target_name} "
                 f"{getattr(b, field)}; black-box pairs must take the same images"
             )

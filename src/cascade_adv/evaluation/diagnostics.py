@@ -46,6 +46,7 @@ from torch import nn
 from cascade_adv import attacks as attack_registry
 from cascade_adv.attacks import core
 from cascade_adv.errors import InvalidArgument, ModelFault
+from cascade_adv.evaluation.blackbox import check_pair
 from cascade_adv.evaluation.engine import (
     attack_rows,
     check_audit_eps,
@@ -74,6 +75,7 @@ __all__ = [
     "base_attack",
     "check_options",
     "check_twin",
+    "check_twin_pair",
     "diagnose",
     "format_diagnostics",
     "stronger_options",
@@ -554,15 +556,52 @@ def _check_audit_result(result: Any, n: int, eps: list[float]) -> None:
             f"run on ({n} images, eps {', '.join(f'{e:g}' for e in eps)} here)")
 
 
+def _same_weights(a: nn.Module, b: nn.Module) -> bool:
+    """``a`` and ``b`` hold the same tensors under the same names (not vacuously)."""
+    sa, sb = a.state_dict(), b.state_dict()
+    if not sa or sa.keys() != sb.keys():
+        return False
+    return all(t.shape == sb[k].shape and t.dtype == sb[k].dtype
+               and torch.equal(t, sb[k].to(t.device)) for k, t in sa.items())
+
+
+def check_twin_pair(model: nn.Module, twin: nn.Module, *, model_name: str = "the audited model",
+                    twin_name: str = "twin", model_hash: str = "", twin_hash: str = "") -> None:
+    """The transfer check's twin must be another model that takes ``model``'s images:
+    not ``model`` itself (the same object, the same weights hash, or the same tensors
+    under the same names) and, like a source of ``cascade-adv transfer``, of the same
+    dataset, input size, channels and classes
+    (:func:`~cascade_adv.evaluation.blackbox.check_pair`).
+    :class:`~cascade_adv.errors.InvalidArgument` otherwise, one line."""
+    if (twin is model or (model_hash and model_hash == twin_hash)
+            or _same_weights(model, twin)):
+        raise InvalidArgument(
+            f"{twin_name} is the audited model {model_name} itself (the same weights), so "
+            "the transfer check would hold trivially; give another, undefended model of "
+            "the same task as the twin")
+    check_pair(twin_name, twin, model_name, model)
+
+
 def check_twin(twin: nn.Module | None, x: torch.Tensor,
-               prepare: Callable[[torch.Tensor], torch.Tensor] | None, classes: int) -> None:
-    """The twin must give logits of the same ``classes`` on the first image of ``x``
-    (:class:`~cascade_adv.errors.InvalidArgument` otherwise; nothing for no twin)."""
+               prepare: Callable[[torch.Tensor], torch.Tensor] | None, classes: int,
+               model: nn.Module | None = None, twin_name: str = "twin",
+               model_name: str = "the audited model") -> None:
+    """The twin must not be ``model`` and must take its images
+    (:func:`check_twin_pair`) and give logits of the same ``classes`` on the first image
+    of ``x`` (:class:`~cascade_adv.errors.InvalidArgument` otherwise; nothing for no
+    twin)."""
     if twin is None:
         return
+    if model is not None:
+        check_twin_pair(model, twin, model_name=model_name, twin_name=twin_name)
     first = x[:1].to(attack_registry.model_device(twin))
     first = prepare(first) if prepare is not None else first
-    out = attack_registry.predict(twin, first)
+    try:
+        out = attack_registry.predict(twin, first)
+    except (RuntimeError, ValueError, TypeError, IndexError) as exc:
+        raise InvalidArgument(f"twin {twin_name} cannot take the audited images "
+                              f"({type(exc).__name__}: {exc}); give a twin of the same "
+                              "input size and channels") from None
     if not isinstance(out, torch.Tensor) or tuple(out.shape) != (1, classes):
         raise InvalidArgument(f"the twin model must return logits for the same {classes} "
                               f"classes, got {getattr(out, 'shape', type(out).__name__)}")
@@ -578,7 +617,7 @@ def _setup(model, x, y, eps, prepare, seed, fuse, options) -> _Setup:
     xs = x[idx.to(x.device)].to(device)
     xs = prepare(xs) if prepare is not None else xs
     ys = y[idx.to(y.device)].to(device)
-    check_twin(options["twin"], x, prepare, classes)
+    check_twin(options["twin"], x, prepare, classes, model, options["twin_name"])
     return _Setup(model, x, y, prepare, eps_values, idx, xs, ys, classes, int(seed),
                   options["steps"], options["batch_size"], bool(fuse), float(options["tolerance"]))
 

@@ -91,14 +91,7 @@ def _check_attacks(
                 f"attack_options names attack {name!r}, which is not evaluated; "
                 f"key attack_options by one of: {', '.join(out) or '(no attacks)'}"
             )
-        allowed = [p for p in attack_registry.get(name).options if p != "generator"]
-        for key in o:
-            if key not in allowed:
-                raise CascadeAdvError(
-                    f"attack {name!r} has no option {key!r}; its options are: "
-                    f"{', '.join(allowed) or 'none'} (random attacks are seeded with seed=)"
-                )
-        opts[name] = dict(o)
+        opts[name] = attack_registry.check_options(attack_registry.get(name), o)
     return out, opts
 
 
