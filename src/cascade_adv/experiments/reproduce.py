@@ -28,14 +28,14 @@ import re
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
 from cascade_adv.data.loading import dataset_inputs
 from cascade_adv.errors import InvalidArgument, echo, one_line
+from cascade_adv.executors import RayExecutor, check_executor, local_pool
 from cascade_adv.experiments.steps import Runtime, Step, execute, read_done
 from cascade_adv.io import atomic_write_text, check_disjoint, check_lock_file, check_writable_dir
 
@@ -156,33 +156,6 @@ def plan(steps: Sequence[Step], cache: Cache) -> list[StepRecord]:
 Event = Callable[[str, StepRecord], None]
 
 
-class RayExecutor:
-    """Steps as Ray tasks (``pip install "cascade-adv[ray]"``): on a running cluster
-    (``address``, e.g. ``auto``) or a local instance started here. ``gpus`` is the
-    fraction of a GPU each step asks for, so several configurations share one GPU;
-    the step graph and the cache are the same as with local workers."""
-
-    def __init__(self, address: str | None = None, gpus: float = 0.0, cpus: float = 1.0):
-        try:
-            import ray
-        except ImportError:
-            raise InvalidArgument("--executor ray needs Ray: pip install 'cascade-adv[ray]'"
-                                  ) from None
-        self._ray = ray
-        self._started = not ray.is_initialized()
-        if self._started:
-            ray.init(address=address, include_dashboard=False, log_to_driver=False,
-                     configure_logging=False)
-        self._task = ray.remote(execute).options(num_cpus=cpus, num_gpus=gpus, max_retries=0)
-
-    def submit(self, fn, *args) -> Future:
-        return self._task.remote(*args).future()
-
-    def shutdown(self, wait: bool = True, cancel_futures: bool = False) -> None:
-        if self._started:
-            self._ray.shutdown()
-
-
 def run_steps(records: list[StepRecord], rt: Runtime, *, jobs: int = 1,
               report: Callable[[StepRecord, dict[str, dict]], dict] | None = None,
               on_event: Event | None = None, executor: Any = None) -> None:
@@ -202,9 +175,7 @@ def run_steps(records: list[StepRecord], rt: Runtime, *, jobs: int = 1,
     pending = [r for r in records if r.status != "cached"]
     note = on_event or (lambda what, rec: None)
     running: dict[Future, StepRecord] = {}
-    pool = executor if executor is not None else (
-        ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn"))
-        if jobs > 1 else None)
+    pool = executor if executor is not None else (local_pool(jobs) if jobs > 1 else None)
     settled = ("cached", "done", "failed", "blocked")
 
     def state(rec: StepRecord) -> str:
@@ -373,8 +344,7 @@ def _check_options(recipe, dataset: str | None, scale: float, test_images: int |
         raise InvalidArgument(f"--jobs must be at least 1, got {jobs}")
     if not 0 <= gpus_per_step <= 1:
         raise InvalidArgument(f"--gpus-per-step must be in [0, 1], got {gpus_per_step}")
-    if executor not in ("local", "ray"):
-        raise InvalidArgument(f"--executor must be local or ray, got {executor!r}")
+    check_executor(executor)
     if not tolerance >= 0:
         raise InvalidArgument(f"--tolerance must be >= 0 points, got {tolerance}")
     dataset = dataset or recipe.datasets[0]
@@ -496,7 +466,8 @@ def reproduce(name: str, out: str | Path, *, data_dir: str | None = None,
     if dry_run:
         estimate(records, rt, out=cache.out)
         return result
-    pool = RayExecutor(ray_address, gpus_per_step, cpus=threads or 1) if executor == "ray" else None
+    pool = (RayExecutor(ray_address, gpus_per_step, cpus=threads or 1) if executor == "ray"
+            else None)
     cache.open(recipe.name)
 
     def report(rec: StepRecord, deps: dict[str, dict]) -> dict:
