@@ -147,7 +147,8 @@ CONFIGS = st.sampled_from(["missing.yaml", "bin.yaml", "empty.yaml", "comments.y
                            "list.yaml", "syntax.yaml", "unknown.yaml", "wrongtype.yaml",
                            "scalar.yaml", "cycle.yaml", "userdir", *HOSTILE_YAML])
 _KEYS = ("name", "seed", "init_from", "device", "log_every", "data", "model", "optim",
-         "checkpoint", "adversarial", "distributed", "speed", "extends")
+         "checkpoint", "adversarial", "distributed", "speed", "extends", "monitor", "paper",
+         "init_mode")
 _BAD_OVERRIDES = st.sampled_from(["noeq", "=1", "optim=3", "optim.lr=-1", "optim.iterations=0",
                      "name=../x", "name=/abs", "name=a/../../b", "device=foo", "model.depth=9",
                      "data.dataset=svhn", "optim.lr_milestones=[5, 2]", "seed=abc",

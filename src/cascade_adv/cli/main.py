@@ -7,6 +7,7 @@ Every command calls library functions that the tests also call; user errors
 from __future__ import annotations
 
 import contextlib
+import functools
 import sys
 import warnings
 from pathlib import Path
@@ -248,6 +249,10 @@ Examples:
   cascade-adv audit --checkpoint runs/n18_mnist_pivot --eps 16,32 --version quick \\
       --twin runs/mnist_baseline          # the transfer check from an undefended twin
   cascade-adv audit --checkpoint runs/mnist_baseline --eps 16 --no-checks
+  cascade-adv audit --checkpoint runs/n18_mnist_pivot --eps 32 --version quick --limit 1000 \\
+      --jobs 2                            # two single-thread worker processes, one per core
+  cascade-adv audit --checkpoint runs/n18_mnist_pivot --eps 32 --jobs 16 --executor ray \\
+      --ray-address auto                  # shards as Ray tasks on a running cluster
 """
 
 
@@ -284,8 +289,20 @@ Examples:
     help="An undefended model of the same task (run folder or checkpoint): its attacks "
     "are transferred for the transfer check.",
 )
+@click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Split the images into this many shards of whole batches, each audited in "
+              "its own worker with the seeds of a one-process run (identical outcomes).")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="Torch threads per worker when --jobs > 1 [default: 1].")
+@click.option("--executor", type=click.Choice(["local", "ray"]), default="local",
+              show_default=True,
+              help="Where shards run: local worker processes, or Ray tasks (pip install "
+              "'cascade-adv[ray]').")
+@click.option("--ray-address", default=None,
+              help="Ray cluster to join (e.g. auto) [default: start a local instance].")
 @_apply(table_options("SQLite results store (rows are upserted; progress is kept beside it to resume).", fuse=True))
-def audit_command(eps, version, checks, twin, results, csv_path, json_path, name, seed,
+def audit_command(eps, version, checks, twin, jobs, threads, executor, ray_address, results,
+                  csv_path, json_path, name, seed,
                   batch_size, quiet, fuse, checkpoint, dataset, data_root, split, device, limit):
     """Robustness audit: attacks in sequence, each on the images still classified
     correctly, and the per-image worst case (AutoAttack's protocol).
@@ -300,7 +317,7 @@ def audit_command(eps, version, checks, twin, results, csv_path, json_path, name
     """
     from cascade_adv.errors import InvalidArgument
     from cascade_adv.evaluation import audit, format_diagnostics, prepare_images
-    from cascade_adv.evaluation.audit import resolve_version
+    from cascade_adv.evaluation.audit import Workers, check_workers, resolve_version
     from cascade_adv.evaluation.diagnostics import check_twin_pair
     from cascade_adv.training.runs import (
         LoadedModel,
@@ -326,15 +343,24 @@ def audit_command(eps, version, checks, twin, results, csv_path, json_path, name
         check_twin_pair(run.model, undefended.model, model_name=run.name,
                         twin_name=f"--twin {twin}", model_hash=run.hash,
                         twin_hash=undefended.hash)
+    if executor == "ray":  # Ray installed and its address answering, before the data loads
+        from cascade_adv.executors import RayExecutor, require_ray
+
+        require_ray()
+        if ray_address:
+            RayExecutor(ray_address).shutdown()
     data = load_split([run], dataset, data_root, split, limit, dev)
+    workers = check_workers(Workers(jobs, executor, threads or 1, ray_address),
+                            len(data.labels), batch_size)
     diagnostics = checks and ({"twin": undefended.model, "twin_name": undefended.name}
                               if undefended else True)
     result = audit(run.model, data.images, data.labels, eps, version=version,
                    batch_size=batch_size, seed=seed,
-                   prepare=lambda xb: prepare_images(run.model, xb), store=results or None,
+                   prepare=functools.partial(prepare_images, run.model), store=results or None,
                    save_rows=False,
                    fuse=fuse, progress=not quiet, model_name=run.name, model_hash=run.hash,
-                   dataset=data.name, split=data.split, diagnostics=diagnostics)
+                   dataset=data.name, split=data.split, diagnostics=diagnostics,
+                   workers=workers)
     click.echo(result.to_markdown())
     if checks:
         click.echo(format_diagnostics(result.checks))

@@ -33,6 +33,7 @@ the rows.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -64,7 +65,13 @@ from cascade_adv.evaluation.engine import (
     seeded_generator,
     stack,
 )
-from cascade_adv.evaluation.progress import STATE_FORMAT, Plan, Progress, state_path
+from cascade_adv.evaluation.progress import (
+    STATE_FORMAT,
+    Plan,
+    Progress,
+    remove_progress,
+    state_path,
+)
 from cascade_adv.results.store import ResultsStore, check_store_path, store_rows
 from cascade_adv.results.tables import AUDIT_PREFIX, CLEAN, WHITEBOX, ResultTable
 
@@ -87,6 +94,7 @@ __all__ = [
     "AttackAccuracy",
     "AuditAttack",
     "AuditResult",
+    "Workers",
     "audit",
     "check_audit_eps",
     "check_inputs",
@@ -432,6 +440,8 @@ class _Run:
     device: torch.device
     model_name: str
     adversarial: torch.Tensor | None
+    #: the index of this run's first batch in the whole audit (a shard's), for the seeds
+    batch_offset: int = 0
 
 
 def _clean_pass(run: _Run, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
@@ -457,7 +467,8 @@ def _audit_batch(run: _Run, state: Progress, k: int, start: int, xb: torch.Tenso
         attack = run.attacks[a]
         flat = robust.reshape(-1).nonzero().flatten()
         if len(flat):
-            g = seeded_generator(_seed(run.seed, attack.name, k), run.device)
+            g = seeded_generator(_seed(run.seed, attack.name, run.batch_offset + k),
+                                 run.device)
             correct, outs = _run_attack(run.model, xs, ys, es, flat, attack, g, run.max_batch,
                                         run.fuse, run.model_name)
             broken = flat[~correct]
@@ -500,6 +511,7 @@ def audit(
     dataset: str = "",
     split: str = "",
     diagnostics: bool | Mapping[str, Any] = False,
+    workers: Workers | int | None = None,
 ) -> AuditResult:
     """Audit ``model``'s robustness on images ``x`` (``[N, C, H, W]`` in [0, 1]) with
     labels ``y``: the attacks of ``version`` in sequence, each on the images still
@@ -530,6 +542,13 @@ def audit(
     result (in memory only: such an audit starts over).  ``fuse``: attacks run on the
     network with BatchNorm folded into its convolutions.  ``progress``: a tqdm bar.
 
+    ``workers`` (a :class:`Workers`, or a number of local single-thread worker processes)
+    splits the images into that many shards of whole batches, each audited in its own
+    process (or Ray task) with the seeds of its batches in the whole audit, so the merged
+    outcomes equal a one-process run's bit for bit (on the same kind of device and
+    thread count); each shard keeps its own progress file beside ``store`` and resumes
+    from it (:func:`audit_shards`).
+
     ``diagnostics``: ``True`` (or a mapping of
     :func:`~cascade_adv.evaluation.diagnostics.diagnose`'s options, e.g. ``{"twin":
     undefended_model, "sample": 128}``) runs the gradient-masking diagnostics on the
@@ -557,20 +576,18 @@ def audit(
         check_store_path(store)
     settings = {"version": [a.label for a in attacks], "eps": eps_values, "seed": int(seed),
                 "batch_size": batch_size, "max_batch": max_batch, "fuse": bool(fuse)}
-    plan = Plan(_audit_key(model, model_hash, x, y, settings), int(x.shape[0]), batch_size,
-                eps_values, settings["version"],
-                {"model": model_name, "dataset": dataset, "split": split})
-    state = _open_progress(store, plan, resume and not keep_images)
-    run = _Run(model, attacks, eps_values, int(seed), max_batch, bool(fuse),
-               attack_registry.model_device(model), model_name, None)
-    if keep_images:
-        like = prepare(x[:1]) if prepare is not None else x[:1]
-        run.adversarial = torch.empty((len(eps_values), x.shape[0], *like.shape[1:]),
-                                      dtype=like.dtype)
-    _run_batches(run, state, x, y, prepare, batch_size, progress)
-    result = AuditResult(label, tuple(attacks), tuple(eps_values), state.clean,
-                         state.broken_by, run.adversarial, [], model_name, model_hash,
-                         dataset, split)
+    workers = check_workers(workers, x.shape[0], batch_size)
+    shard = _Shard(attacks, eps_values, int(seed), batch_size, max_batch, bool(fuse),
+                   settings, model_name, model_hash, dataset, split, _store_path(store),
+                   resume and not keep_images, keep_images)
+    if workers.jobs > 1:
+        clean, broken_by, adversarial, files = audit_shards(model, x, y, prepare, shard,
+                                                            workers, progress)
+    else:
+        clean, broken_by, adversarial, files = _audit_shard(model, x, y, prepare, shard, 0,
+                                                            progress)
+    result = AuditResult(label, tuple(attacks), tuple(eps_values), clean, broken_by,
+                         adversarial, [], model_name, model_hash, dataset, split)
     if checks is not None:
         result.checks = diagnose(model, x, y, eps_values, audit_result=result, seed=seed,
                                  prepare=prepare, fuse=fuse, **checks)
@@ -579,22 +596,142 @@ def audit(
             store_rows(store, result.table())
         else:
             store.upsert(result.table())
-    state.remove()
+    for path in files:  # the attacks' progress, once their rows are stored
+        remove_progress(path)
     return result
 
 
-def _open_progress(store: ResultsStore | str | os.PathLike | None, plan: Plan,
-                   resume: bool) -> Progress:
-    """The audit's progress, kept beside ``store`` (in memory without one, or for an
-    in-memory store), taken over from there when valid (``resume``); the progress files
-    there of the same model, dataset and split whose audit had other arguments are
-    removed."""
-    store_path = None if store is None else (
+def _store_path(store: ResultsStore | str | os.PathLike | None) -> str | None:
+    """Where progress files go: beside the store (none without one or in memory)."""
+    path = None if store is None else (
         store.path if isinstance(store, ResultsStore) else str(store))
-    path = None if store_path in (None, ":memory:") else state_path(store_path, plan.key)
-    state = Progress(path, plan, resume)
+    return None if path in (None, ":memory:") else path
+
+
+def _open_progress(store_path: str | None, plan: Plan, resume: bool) -> Progress:
+    """The audit's progress, kept beside the store at ``store_path`` (in memory without
+    one), taken over from there when valid (``resume``); the progress files there of the
+    same owner (model, dataset, split and first batch) whose audit had other arguments
+    are removed."""
+    state = Progress(None if store_path is None else state_path(store_path, plan.key), plan,
+                     resume)
     state.remove_superseded()
     return state
+
+
+# --- shards --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Workers:
+    """Where an audit's image shards run: ``jobs`` shards of whole batches, each in a
+    worker process with ``threads`` torch threads (``executor="local"``) or as a Ray task
+    (``"ray"``, on the cluster at ``address``; ``pip install 'cascade-adv[ray]'``).  One
+    thread per process, one process per core is the fast layout on a CPU
+    (docs/performance.md)."""
+
+    jobs: int = 1
+    executor: str = "local"
+    threads: int | None = 1
+    address: str | None = None
+
+
+def check_workers(workers: Workers | int | None, n_images: int, batch_size: int) -> Workers:
+    """``workers`` as a :class:`Workers`, checked before any work (one line each): ``jobs``
+    from 1 to the number of images, a known executor (Ray installed and its address
+    answering for ``"ray"``), ``threads`` >= 1; shards are whole batches, so ``jobs`` above
+    the number of batches runs as many shards as there are batches."""
+    from cascade_adv.executors import check_executor
+
+    if workers is None:
+        return Workers()
+    if not isinstance(workers, Workers):
+        workers = Workers(jobs=workers)
+    jobs = workers.jobs
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise InvalidArgument(f"jobs must be a positive integer (worker processes), got "
+                              f"{jobs!r}")
+    if jobs > n_images:
+        raise InvalidArgument(f"jobs={jobs} is more than the {n_images} images to audit; use "
+                              f"at most {n_images}")
+    if workers.threads is not None and (isinstance(workers.threads, bool)
+                                        or not isinstance(workers.threads, int)
+                                        or workers.threads < 1):
+        raise InvalidArgument(f"threads must be a positive integer, got {workers.threads!r}")
+    check_executor(workers.executor)
+    return Workers(min(jobs, -(-n_images // batch_size)), workers.executor, workers.threads,
+                   workers.address)
+
+
+@dataclass(frozen=True)
+class _Shard:
+    """What every shard of one audit shares (picklable: it travels to the workers)."""
+
+    attacks: list[AuditAttack]
+    eps: list[float]
+    seed: int
+    batch_size: int
+    max_batch: int
+    fuse: bool
+    settings: dict[str, Any]
+    model_name: str
+    model_hash: str
+    dataset: str
+    split: str
+    store: str | None
+    resume: bool
+    keep_images: bool
+
+
+def _audit_shard(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                 prepare: Callable[[torch.Tensor], torch.Tensor] | None, shard: _Shard,
+                 batch_offset: int, progress: bool = False):
+    """The attacks on images ``x`` (batches ``batch_offset ..`` of the whole audit, with
+    their seeds), with their own progress file; returns (clean, broken_by, adversarial
+    images or None, the progress file to remove once the rows are stored)."""
+    owner = {"model": shard.model_name, "dataset": shard.dataset, "split": shard.split,
+             "first_batch": str(batch_offset)}
+    plan = Plan(_audit_key(model, shard.model_hash, x, y,
+                           {**shard.settings, "first_batch": batch_offset}),
+                int(x.shape[0]), shard.batch_size, shard.eps, shard.settings["version"], owner)
+    state = _open_progress(shard.store, plan, shard.resume)
+    run = _Run(model, shard.attacks, shard.eps, shard.seed, shard.max_batch, shard.fuse,
+               attack_registry.model_device(model), shard.model_name, None, batch_offset)
+    if shard.keep_images:
+        like = prepare(x[:1]) if prepare is not None else x[:1]
+        run.adversarial = torch.empty((len(shard.eps), x.shape[0], *like.shape[1:]),
+                                      dtype=like.dtype)
+    _run_batches(run, state, x, y, prepare, shard.batch_size, progress)
+    return state.clean, state.broken_by, run.adversarial, [state.path]
+
+
+def audit_shards(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                 prepare: Callable[[torch.Tensor], torch.Tensor] | None, shard: _Shard,
+                 workers: Workers, progress: bool = False):
+    """The audit's batches in ``workers.jobs`` contiguous shards, run at once on the
+    workers (:mod:`cascade_adv.executors`), merged in image order.  The model, images
+    and ``prepare`` travel to each worker (pickled in memory; ``prepare`` must be a
+    module-level function or a ``functools.partial`` of one)."""
+    from cascade_adv.executors import RayExecutor, local_pool
+
+    n_batches = -(-int(x.shape[0]) // shard.batch_size)
+    bounds = [round(i * n_batches / workers.jobs) for i in range(workers.jobs + 1)]
+    pool = (RayExecutor(workers.address, cpus=workers.threads or 1, threads=workers.threads)
+            if workers.executor == "ray" else local_pool(workers.jobs, workers.threads))
+    try:
+        futures = []
+        for first, last in itertools.pairwise(bounds):
+            sl = slice(first * shard.batch_size, last * shard.batch_size)
+            futures.append(pool.submit(_audit_shard, model, x[sl], y[sl], prepare, shard,
+                                       first))
+        parts = [f.result() for f in tqdm(futures, disable=not progress, unit="shard",
+                                          desc=f"audit {shard.model_name}", leave=False)]
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+    clean = torch.cat([p[0] for p in parts])
+    broken_by = torch.cat([p[1] for p in parts], dim=1)
+    adversarial = (torch.cat([p[2] for p in parts], dim=1) if shard.keep_images else None)
+    return clean, broken_by, adversarial, [f for p in parts for f in p[3]]
 
 
 def _diagnostic_options(diagnostics: bool | Mapping[str, Any]) -> dict[str, Any] | None:

@@ -45,7 +45,8 @@ STATE_LAYOUT = 2
 #: The largest progress file read (bytes) beside :func:`size_limit`'s own bound.
 MAX_PEEK = 64 << 20
 
-__all__ = ["STATE_FORMAT", "Plan", "Progress", "digest", "problem", "state_path"]
+__all__ = ["STATE_FORMAT", "Plan", "Progress", "digest", "problem", "remove_progress",
+           "state_path"]
 
 
 def state_path(store_path: str | os.PathLike, key: str) -> Path:
@@ -256,8 +257,7 @@ class Progress:
 
     def remove(self) -> None:
         """Remove the file (the audit is finished)."""
-        if self.path is not None and not _regular(self.path):
-            _unlink(self.path)
+        remove_progress(self.path)
 
     def remove_superseded(self) -> list[Path]:
         """Remove the progress files beside the same store of the same owner (model,
@@ -272,6 +272,13 @@ class Progress:
                 _unlink(other)
                 removed.append(other)
         return removed
+
+
+def remove_progress(path: Path | None) -> None:
+    """Remove the progress file at ``path`` once its audit is finished (its rows stored);
+    something there that is not a regular file is left as it is."""
+    if path is not None and not _regular(path):
+        _unlink(path)
 
 
 def _unlink(path: Path) -> None:
