@@ -167,7 +167,7 @@ def test_worst_case_is_the_union_of_the_attacks_per_image():
     assert rows[(version, 8.0, "whitebox", "top1")] == (60.0, 10)  # the worst case
     assert result.to_markdown().splitlines()[2:] == ["| 8 | 90.0 | 90.0 | 60.0 | 60.0 |",
                                                      "| 16 | 90.0 | 60.0 | 40.0 | 40.0 |"]
-    assert result.checks == []
+    assert [c.name for c in result.checks] == ["deterministic", "logits", "nonzero_gradients"]
 
 
 def test_max_batch_splits_the_stacked_rows_without_changing_the_result():
@@ -557,3 +557,33 @@ def test_versions_run_their_attacks_in_order_with_their_options(monkeypatch, ver
     result = audit(model, x, y, [8], version=version)
     assert seen == list(zip(("apgd_ce", "apgd_t", "square"), options))
     assert result.version == version and result.source == f"audit:{version}"
+
+
+def test_audit_flags_a_softmax_output_model_with_default_arguments():
+    """AutoAttack's cheap checks run on every call: a model returning probabilities gets
+    its worst case with the ``logits`` check flagged and one warning, and no expensive
+    diagnostic runs unless asked."""
+    import warnings as _warnings
+
+    from cascade_adv.errors import CascadeAdvWarning
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10),
+                                torch.nn.Softmax(dim=1))
+    x = torch.rand(24, 1, 8, 8)
+    y = model(x).argmax(1).detach()
+    with _warnings.catch_warnings(record=True) as seen:
+        _warnings.simplefilter("always")
+        result = audit(model, x, y, [8], version="apgd_ce:steps=3")
+    verdicts = {c.name: c.verdict for c in result.checks}
+    assert verdicts == {"deterministic": "holds", "logits": "flagged",
+                        "nonzero_gradients": "holds"}
+    flagged = [w for w in seen if issubclass(w.category, CascadeAdvWarning)]
+    assert len(flagged) == 1 and "logits" in str(flagged[0].message)
+    plain = torch.nn.Sequential(*list(model)[:2])  # the same network's logits: quiet
+    with _warnings.catch_warnings(record=True) as seen:
+        _warnings.simplefilter("always")
+        result = audit(plain, x, y, [8], version="apgd_ce:steps=3")
+    assert all(c.verdict == "holds" for c in result.checks) and not [
+        w for w in seen if issubclass(w.category, CascadeAdvWarning)]
+    assert audit(plain, x, y, [8], version="apgd_ce:steps=3", diagnostics=False).checks == []

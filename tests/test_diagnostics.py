@@ -303,9 +303,11 @@ def test_format_lists_every_verdict_with_its_numbers():
     assert format_diagnostics([]) == "No diagnostics were run."
 
 
-def test_nothing_prints_and_the_audit_runs_no_diagnostic_unless_asked(digits, capsys):
+def test_nothing_prints_and_the_audit_runs_only_the_cheap_checks_unless_asked(digits, capsys):
     net, _, x, y = digits
-    assert audit(net, x, y, [8], version=["step_fgsm"]).checks == []
+    names = [c.name for c in audit(net, x, y, [8], version=["step_fgsm"]).checks]
+    assert names == ["deterministic", "logits", "nonzero_gradients"]  # AutoAttack's, cheap
+    assert audit(net, x, y, [8], version=["step_fgsm"], diagnostics=False).checks == []
     diagnose(net, x, y, [8], sample=16)
     assert capsys.readouterr() == ("", "")
 
@@ -319,6 +321,7 @@ def test_nothing_prints_and_the_audit_runs_no_diagnostic_unless_asked(digits, ca
     ({"twin": "model.pt"}, "twin must be a torch.nn.Module"),
     ({"twin": nn.Sequential(nn.Flatten(), nn.Linear(64, 3))}, "same 10 classes"),
     ("yes", "diagnostics must be True"),
+    (2, "diagnostics must be True"),
 ])
 def test_bad_diagnostic_options_are_refused_before_any_work(digits, options, words):
     net, _, x, y = digits

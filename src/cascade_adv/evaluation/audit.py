@@ -36,6 +36,7 @@ import hashlib
 import itertools
 import json
 import os
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -49,11 +50,19 @@ from cascade_adv.attacks.options import check_options as check_attack_options
 from cascade_adv.attacks.registry import AttackSpec
 from cascade_adv.errors import (
     AttackError,
+    CascadeAdvWarning,
     InvalidArgument,
     ModelFault,
     UnknownAttackError,
+    echo,
 )
-from cascade_adv.evaluation.diagnostics import Diagnostic, check_options, check_twin, diagnose
+from cascade_adv.evaluation.diagnostics import (
+    FLAGGED,
+    Diagnostic,
+    check_options,
+    check_twin,
+    diagnose,
+)
 from cascade_adv.evaluation.engine import (
     BALL_TOLERANCE,
     attack_rows,
@@ -510,7 +519,7 @@ def audit(
     model_hash: str = "",
     dataset: str = "",
     split: str = "",
-    diagnostics: bool | Mapping[str, Any] = False,
+    diagnostics: bool | str | Mapping[str, Any] = "cheap",
     workers: Workers | int | None = None,
 ) -> AuditResult:
     """Audit ``model``'s robustness on images ``x`` (``[N, C, H, W]`` in [0, 1]) with
@@ -554,7 +563,11 @@ def audit(
     undefended_model, "sample": 128}``) runs the gradient-masking diagnostics on the
     audited images after the attacks, with this audit's ``seed``, ``prepare`` and
     ``fuse``, into :attr:`AuditResult.checks` (before the rows are stored, so an
-    interruption there resumes after the attacks).
+    interruption there resumes after the attacks).  The default, ``"cheap"``, runs
+    AutoAttack's checks on every call (``deterministic``, ``logits``: probabilities
+    instead of logits, ``nonzero_gradients``: a few forward passes and one gradient of a
+    subsample); ``False`` none.  Each flagged diagnostic is also one
+    :class:`~cascade_adv.errors.CascadeAdvWarning`.
 
     Raises :class:`~cascade_adv.errors.CascadeAdvError` subclasses that are also
     ``ValueError`` (unknown names also ``KeyError``) for bad input, before any work, and
@@ -591,6 +604,7 @@ def audit(
     if checks is not None:
         result.checks = diagnose(model, x, y, eps_values, audit_result=result, seed=seed,
                                  prepare=prepare, fuse=fuse, **checks)
+        _warn_flagged(result.checks)
     if store is not None and save_rows:
         if owned:
             store_rows(store, result.table())
@@ -734,16 +748,27 @@ def audit_shards(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
     return clean, broken_by, adversarial, [f for p in parts for f in p[3]]
 
 
-def _diagnostic_options(diagnostics: bool | Mapping[str, Any]) -> dict[str, Any] | None:
+def _warn_flagged(checks: Sequence[Diagnostic]) -> None:
+    """One :class:`~cascade_adv.errors.CascadeAdvWarning` per flagged diagnostic, so that
+    a worst case of a model that, e.g., returns probabilities never passes unremarked."""
+    for c in checks:
+        if c.verdict == FLAGGED:
+            warnings.warn(f"audit diagnostic {c.name} is flagged: {c.meaning}",
+                          CascadeAdvWarning, stacklevel=3)
+
+
+def _diagnostic_options(diagnostics: bool | str | Mapping[str, Any]) -> dict[str, Any] | None:
     """``audit(diagnostics=...)`` -> diagnose's options (``None``: no diagnostics),
     checked before any work."""
     if diagnostics is False or diagnostics is None:
         return None
     if diagnostics is True:
         return {}
+    if diagnostics == "cheap":
+        return {"cheap": True}
     if not isinstance(diagnostics, Mapping):
-        raise InvalidArgument("diagnostics must be True, False or a mapping of diagnose's "
-                              f"options, got {type(diagnostics).__name__}")
+        raise InvalidArgument("diagnostics must be True, False, 'cheap' or a mapping of "
+                              f"diagnose's options, got {echo(diagnostics)}")
     check_options(diagnostics)
     return dict(diagnostics)
 

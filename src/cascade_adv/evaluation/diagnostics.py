@@ -267,7 +267,12 @@ def _gradient_check(s: _Setup) -> Diagnostic:
     """``nonzero_gradients``: the cross-entropy's input gradient per image."""
     zero = []
     for a, b in s.chunks(len(s.xs)):
-        grad = input_gradient(s.model, s.xs[a:b], s.ys[a:b], core.loss_true, fuse=s.fuse)
+        try:
+            grad = input_gradient(s.model, s.xs[a:b], s.ys[a:b], core.loss_true, fuse=s.fuse)
+        except RuntimeError as exc:  # no graph from the inputs to the loss: no gradient
+            if "does not require grad" not in str(exc):
+                raise
+            grad = torch.zeros_like(s.xs[a:b])
         zero.append((grad.flatten(1) == 0).all(dim=1))
     share = _accuracy(torch.cat(zero))
     bad = share > 0
@@ -509,7 +514,10 @@ def _sanity_checks(s: _Setup, m: _Measured, twin_name: str | None) -> list[Diagn
 
 #: The options of :func:`diagnose` that ``audit(..., diagnostics={...})`` passes on.
 OPTIONS: tuple[str, ...] = ("twin", "twin_name", "sample", "robust_sample", "steps", "runs",
-                            "tolerance", "cosine_threshold", "batch_size")
+                            "tolerance", "cosine_threshold", "batch_size", "cheap")
+#: The checks ``cheap=True`` runs (AutoAttack's checks on every call: a few forward passes
+#: and one input gradient of the subsample).
+CHEAP = ("deterministic", "logits", "nonzero_gradients")
 
 
 def check_options(options: Mapping[str, Any]) -> dict[str, Any]:
@@ -641,6 +649,7 @@ def diagnose(
     prepare: Callable[[torch.Tensor], torch.Tensor] | None = None,
     batch_size: int = 256,
     fuse: bool = True,
+    cheap: bool = False,
 ) -> list[Diagnostic]:
     """Run the gradient-masking diagnostics (:data:`CHECKS`, in that order) on ``model``
     (any ``nn.Module`` mapping images in [0, 1] to logits) with images ``x`` and labels
@@ -659,7 +668,8 @@ def diagnose(
     batch of ``x`` to the model's inputs (as in :func:`~cascade_adv.evaluation.audit`);
     ``batch_size`` caps the images of one attack call; ``fuse``: the attacks and
     forward passes run on the inference network with BatchNorm folded into the
-    convolutions, as the audit's do.
+    convolutions, as the audit's do.  ``cheap=True`` runs only the checks of :data:`CHEAP`
+    (what ``audit()`` runs by default).
 
     Bad arguments raise :class:`~cascade_adv.errors.InvalidArgument` (a ``ValueError``)
     before any work; a model with non-finite outputs raises
@@ -668,11 +678,14 @@ def diagnose(
     """
     options = check_options({"twin": twin, "twin_name": twin_name, "sample": sample,
                              "robust_sample": robust_sample, "steps": steps, "runs": runs, "tolerance": tolerance,
-                             "cosine_threshold": cosine_threshold, "batch_size": batch_size})
+                             "cosine_threshold": cosine_threshold, "batch_size": batch_size,
+                             "cheap": cheap})
     s = _setup(model, x, y, eps, prepare, seed, fuse, options)
     _check_audit_result(audit_result, int(x.shape[0]), s.eps)
     checks = _forward_checks(s, runs)
     checks.append(_gradient_check(s))
+    if cheap:
+        return checks
     checks.append(_gradient_free_check(s, audit_result))
     checks.append(_more_iterations_check(s, audit_result, robust_sample))
     measured = _measure(s, twin, audit_result)
