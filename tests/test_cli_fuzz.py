@@ -66,7 +66,8 @@ def work(tmp_path_factory):
     (work / "cfgdir").mkdir()
     (work / "cfgdir" / "c.yaml").write_text(Path(CONFIG).read_text())
     (work / "pending.jsonl").write_text(  # rows a locked store could not take
-        '{"format": "cascade-adv/pending-rows/1", "store": "r.db"}\n{"row": {"model": "m", '
+        '{"format": "cascade-adv/pending-rows/1", "store": "r.db", "created": '
+        '"2026-01-01T00:00:00+00:00"}\n{"row": {"model": "m", '
         '"dataset": "digits", "split": "test", "attack": "clean", "eps": 0, "source": '
         '"whitebox", "metric": "top1", "value": 50.0, "n": 8}}\n')
     assert run(["eval", "--checkpoint", "run", "--limit", "8", "--attacks", "step_ll", "--eps",

@@ -167,7 +167,7 @@ def test_an_entry_given_twice_is_refused(tmp_path, case, lines, words):
 
 @pytest.mark.parametrize("header, field", [
     ({"store": 123}, "'store'"),
-    ({"store": "relative/r.db"}, "'store'"),
+    ({"store": ""}, "'store'"),
     ({"store": ["a"]}, "'store'"),
     ({"created": "yesterday"}, "'created'"),
     ({"created": "2026-01-01T10:00:00"}, "'created'"),  # no UTC offset
@@ -181,6 +181,16 @@ def test_a_header_that_names_no_store_or_time_is_refused(tmp_path, header, field
     assert status == 2 and len(err.strip().splitlines()) == 1, err
     assert "line 1 of" in err and field in err, err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["p.jsonl"]  # no store named 123
+
+
+def test_a_relative_store_path_needs_results(tmp_path):
+    file = tmp_path / "p.jsonl"
+    head = {"format": PENDING_FORMAT, "store": "r.db", "created": OLD}
+    file.write_text(json.dumps(head) + "\n" + json.dumps({"row": row()}) + "\n")
+    with pytest.raises(CascadeAdvError, match="relative path"):
+        import_rows(file)
+    assert not (tmp_path / "r.db").exists()
+    assert import_rows(file, tmp_path / "r.db").rows == 1
 
 
 def test_a_pending_file_written_by_a_failed_store_write_imports(tmp_path, monkeypatch):

@@ -608,8 +608,8 @@ def read_pending(file: str | os.PathLike) -> tuple[dict, list[dict], list[dict]]
 
 def _check_header(header: dict) -> None:
     store = header.get("store")
-    if not isinstance(store, str) or not store or not Path(store).is_absolute():
-        raise CascadeAdvError(f"the header's 'store' must be the store's absolute path, got "
+    if not isinstance(store, str) or not store.strip():
+        raise CascadeAdvError(f"the header's 'store' must be the store's path, got "
                               f"{echo(store)}")
     parse_time(header.get("created"), "the header's 'created'")
 
@@ -640,6 +640,9 @@ def import_rows(file: str | os.PathLike, store: str | os.PathLike | None = None,
     if store is not None:  # an argument that names the file itself: refused before reading
         check_disjoint([("--results", Path(store))], [("FILE", Path(file))])
     header, rows, models = read_pending(file)
+    if store is None and not Path(header["store"]).is_absolute():
+        raise CascadeAdvError(f"{file} names its store by a relative path "
+                              f"({echo(header['store'])}); pass the store with --results")
     target = Path(store if store is not None else header["store"])
     check_disjoint([("--results", target)], [("FILE", Path(file))])
     check_store_path(target)
