@@ -566,8 +566,8 @@ def audit(
     interruption there resumes after the attacks).  The default, ``"cheap"``, runs
     AutoAttack's checks on every call (``deterministic``, ``logits``: probabilities
     instead of logits, ``nonzero_gradients``: a few forward passes and one gradient of a
-    subsample); ``False`` none.  Each flagged diagnostic is also one
-    :class:`~cascade_adv.errors.CascadeAdvWarning`.
+    subsample), each flagged one also a :class:`~cascade_adv.errors.CascadeAdvWarning`
+    (the caller did not ask for them); ``False`` none.
 
     Raises :class:`~cascade_adv.errors.CascadeAdvError` subclasses that are also
     ``ValueError`` (unknown names also ``KeyError``) for bad input, before any work, and
@@ -604,7 +604,8 @@ def audit(
     if checks is not None:
         result.checks = diagnose(model, x, y, eps_values, audit_result=result, seed=seed,
                                  prepare=prepare, fuse=fuse, **checks)
-        _warn_flagged(result.checks)
+        if checks.get("cheap"):  # not asked for: say what they found
+            _warn_flagged(result.checks)
     if store is not None and save_rows:
         if owned:
             store_rows(store, result.table())
