@@ -141,3 +141,32 @@ def test_ray_gives_the_same_result_as_the_local_run(one_thread):
     on_ray = audit(model, x, y, [8], version=VERSION, batch_size=8,
                    workers=Workers(jobs=2, executor="ray"))
     assert torch.equal(local.broken_by, on_ray.broken_by)
+
+
+def test_reproduce_shards_its_audit_steps_when_asked(monkeypatch, tmp_path):
+    """--audit-jobs N reaches every audit step's audit() as N workers (at most the
+    images); without --audit it is refused in one line."""
+    from cascade_adv.experiments import steps
+
+    seen = {}
+
+    def fake_audit(model, x, y, eps, **kw):
+        seen.update(kw)
+        raise RuntimeError("stop here")
+
+    from cascade_adv import evaluation
+
+    monkeypatch.setattr(evaluation, "audit", fake_audit)
+    model, x, y = _task(12)
+    monkeypatch.setattr(steps, "_model", lambda out, device: type(
+        "M", (), {"model": model, "name": "m", "hash": ""})())
+    monkeypatch.setattr(steps, "_split", lambda *a: type(
+        "D", (), {"images": x, "labels": y, "name": "digits", "split": "test"})())
+    rt = steps.Runtime(configs="configs", audit_jobs=16)
+    with pytest.raises(RuntimeError, match="stop here"):
+        steps.audit_step({"model": "m", "eps": [8.0], "version": "quick"}, tmp_path,
+                         {"m": {}}, rt)
+    assert seen["workers"] == 12  # 16 asked, 12 images
+    code, _, err = run_cli(["reproduce", "n18-table1", "--dataset", "digits", "--audit-jobs",
+                            "2", "--dry-run", "--out", str(tmp_path / "c")], tmp_path)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "--audit" in err, err

@@ -22,6 +22,8 @@ Examples:
   cascade-adv reproduce n18-table2 --executor ray --jobs 8 --gpus-per-step 0.25
   cascade-adv reproduce n18-table1 --audit --test-images 2000 --out ~/repro-mnist
   cascade-adv reproduce n18-table1 --audit --audit-version quick --dry-run  # audit cost here
+  cascade-adv reproduce n18-table1 --audit --audit-version quick --audit-jobs 2 --threads 1 \\
+      --test-images 1000 --out ~/repro-mnist   # each audit over two single-thread workers
   cascade-adv reproduce --list --audit --audit-version quick   # every recipe, audit included
 """
 
@@ -128,6 +130,9 @@ def _list(data_dir, device, out, threads, audit) -> None:
 @click.option("--audit-version", type=click.Choice(["standard", "quick"]), default=None,
               help="standard (AutoAttack's: APGD-T with 9 targets, Square with 5000 "
               "queries) or quick (3 targets, 1000 queries; for a CPU) [default: standard].")
+@click.option("--audit-jobs", type=POSITIVE, default=1, show_default=True,
+              help="Split each audit step's images into this many shards, each audited by a "
+              "single-thread worker process (the same outcomes as one process).")
 @click.option("--dry-run", is_flag=True, help="Print the steps, which are cached, and the "
               "estimated time of each; run nothing.")
 @click.option("--tolerance", type=float, default=1.5, show_default=True,
@@ -147,7 +152,8 @@ def _list(data_dir, device, out, threads, audit) -> None:
               help="The configs folder [default: the repository's configs/].")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def reproduce(name, list_, out, data_dir, dataset, scale, test_images, jobs, threads, only,
-              seeds, seeds_for, audit, audit_version, dry_run, tolerance, executor, ray_address,
+              seeds, seeds_for, audit, audit_version, audit_jobs, dry_run, tolerance, executor,
+              ray_address,
               gpus_per_step, download, device, configs, quiet):
     """Reproduce one table or figure of N18 / K17: train, craft, evaluate, report.
 
@@ -192,6 +198,7 @@ def reproduce(name, list_, out, data_dir, dataset, scale, test_images, jobs, thr
                  device=device, configs=configs, tolerance=tolerance, download=download,
                  executor=executor, ray_address=ray_address, gpus_per_step=gpus_per_step,
                  progress=not quiet and jobs == 1, on_event=event, seeds=seeds, audit=audit,
+                 audit_jobs=audit_jobs,
                  seeds_for=_csv_list(seeds_for, option="--seeds-for") if seeds_for else ())
     if dry_run:
         todo = [r for r in result.records if r.status != "cached"]

@@ -411,7 +411,8 @@ def reproduce(name: str, out: str | Path, *, data_dir: str | None = None,
               tolerance: float = 1.5, download: bool = False, progress: bool = False,
               seeds: int | Sequence[int] = 1, seeds_for: str | Sequence[str] = (),
               audit: str | None = None, executor: str = "local", ray_address: str | None = None,
-              gpus_per_step: float = 0.0, on_event: Event | None = None) -> ReproduceResult:
+              gpus_per_step: float = 0.0, audit_jobs: int = 1,
+              on_event: Event | None = None) -> ReproduceResult:
     """Run recipe ``name`` (:mod:`cascade_adv.experiments.recipes`) with its cache in
     ``out``; returns every step's record and, unless ``dry_run``, the report folder.
 
@@ -429,7 +430,9 @@ def reproduce(name: str, out: str | Path, *, data_dir: str | None = None,
     the audit" (a recipe without a white-box table is refused). ``dataset="digits"``
     runs an MNIST recipe on the bundled digits. Bad options, a foreign ``out`` and absent data
     raise one-line errors before anything is written. ``executor="ray"`` runs the
-    steps as Ray tasks (:class:`RayExecutor`), ``jobs`` at a time.
+    steps as Ray tasks (:class:`RayExecutor`), ``jobs`` at a time. ``audit_jobs`` splits
+    each audit step's images into that many shards, each audited by its own single-thread
+    worker process with the outcomes of one process (:class:`~cascade_adv.evaluation.audit.Workers`).
     """
     from cascade_adv.experiments.cost import estimate
     from cascade_adv.experiments.recipes import Builder, build_steps, get_recipe, name_list
@@ -440,6 +443,11 @@ def reproduce(name: str, out: str | Path, *, data_dir: str | None = None,
     base, substitute = _check_options(recipe, dataset, scale, test_images, jobs, tolerance,
                                       executor, gpus_per_step)
     seeds = seed_indices(seeds)
+    if isinstance(audit_jobs, bool) or not isinstance(audit_jobs, int) or audit_jobs < 1:
+        raise InvalidArgument(f"--audit-jobs must be a positive integer, got {audit_jobs!r}")
+    if audit_jobs > 1 and audit is None:
+        raise InvalidArgument("--audit-jobs shards the audit steps; add --audit (or drop "
+                              "--audit-jobs)")
     used = substitute or base
     configs = Path(configs) if configs else default_configs()
     check_disjoint([("--out", out)], [("--configs", configs),
@@ -461,7 +469,7 @@ def reproduce(name: str, out: str | Path, *, data_dir: str | None = None,
     _check_data(used, data_dir, download)
     resolve_device(device)   # an unavailable device: one line before any work
     records = plan(steps, cache)
-    rt = Runtime(str(configs), data_dir, device, threads, progress)
+    rt = Runtime(str(configs), data_dir, device, threads, progress, audit_jobs)
     result = ReproduceResult(recipe.name, records)
     if dry_run:
         estimate(records, rt, out=cache.out)

@@ -43,6 +43,8 @@ class Runtime:
     device: str = "auto"
     threads: int | None = None
     progress: bool = False
+    #: shards of each audit step, each in a single-thread worker (``--audit-jobs``)
+    audit_jobs: int = 1
 
 
 def _device(rt: Runtime):
@@ -162,7 +164,10 @@ def audit_step(p: dict, folder: Path, deps: dict[str, dict], rt: Runtime) -> dic
     (``rows.json``, docs/results-schema.md, "Robustness audit") and the diagnostics (``checks.json``: one object per check with its name,
     verdict, numbers, meaning, origin and what it was measured on). The audit's
     progress is kept in the step folder after every attack x batch, so an interrupted
-    step resumes where it stopped (:func:`execute` keeps the folder)."""
+    step resumes where it stopped (:func:`execute` keeps the folder); with
+    ``rt.audit_jobs`` > 1 the images are split into that many shards, each audited by a
+    single-thread worker with the same outcomes (each shard resumes on its own)."""
+    import functools
     from dataclasses import asdict
 
     from cascade_adv.evaluation import audit, prepare_images
@@ -172,10 +177,11 @@ def audit_step(p: dict, folder: Path, deps: dict[str, dict], rt: Runtime) -> dic
     twin = _model(deps[p["twin"]], device) if p.get("twin") else None
     data = _split([m], rt, p.get("test_images"), device)
     result = audit(m.model, data.images, data.labels, p["eps"], version=p["version"],
-                   prepare=lambda xb: prepare_images(m.model, xb),
+                   prepare=functools.partial(prepare_images, m.model),
                    store=folder / "audit.db", save_rows=False, progress=rt.progress,
                    model_name=m.name, model_hash=m.hash, dataset=data.name, split=data.split,
-                   diagnostics={"twin": twin.model, "twin_name": twin.name} if twin else True)
+                   diagnostics={"twin": twin.model, "twin_name": twin.name} if twin else True,
+                   workers=min(rt.audit_jobs, len(data.labels)))
     atomic_write_text(folder / CHECKS_FILE,
                       json.dumps([asdict(c) for c in result.checks], indent=1))
     return {**_write_rows(folder, result.table()), "checks": str(folder / CHECKS_FILE),
