@@ -40,7 +40,10 @@ def local_pool(jobs: int, threads: int | None = None) -> ProcessPoolExecutor:
 def _ray_init(ray: Any, address: str | None, timeout: float) -> None:
     """``ray.init`` on ``address``, refused with one line if it does not answer within
     ``timeout`` seconds (the attempt goes on in a daemon thread, which the process does
-    not wait for) or refuses."""
+    not wait for) or refuses; without an address, a local instance started here."""
+    if not address:  # a local instance, started here: in this thread (Ray needs it)
+        ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
+        return
     outcome: list[BaseException | None] = []
 
     def connect() -> None:
