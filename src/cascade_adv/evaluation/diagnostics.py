@@ -38,7 +38,7 @@ import inspect
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
@@ -55,12 +55,9 @@ from cascade_adv.evaluation.engine import (
     predict,
     seeded_generator,
 )
+from cascade_adv.evaluation.outcome import FLAGGED, HOLDS, NOT_RUN, AuditResult, Diagnostic
 from cascade_adv.evaluation.sanity import check_results
 from cascade_adv.results.tables import CLEAN, WHITEBOX, ResultTable
-
-if TYPE_CHECKING:  # the audit runs the diagnostics, so this module does not import it
-    from cascade_adv.evaluation.audit import AuditResult
-
 
 __all__ = [
     "CHECKS",
@@ -81,7 +78,6 @@ __all__ = [
     "stronger_options",
 ]
 
-HOLDS, FLAGGED, NOT_RUN = "holds", "flagged", "not run"
 #: Every diagnostic, in the order :func:`diagnose` returns them.
 CHECKS: tuple[str, ...] = (
     "deterministic", "logits", "nonzero_gradients", "gradient_free_no_stronger",
@@ -106,37 +102,6 @@ _TRAMER = "Tramer et al. 2018"
 _GRADIENT_KINDS = ("one_step", "iterative")
 _FREE_KINDS = ("query", "random")
 _NOISE = ("random_sign", "random_normal")
-
-
-@dataclass(frozen=True)
-class Diagnostic:
-    """One diagnostic: ``name`` (one of :data:`CHECKS`), ``verdict`` (``"holds"``,
-    ``"flagged"`` or ``"not run"``), the ``numbers`` it rests on, one sentence on what it
-    ``meaning`` (for ``not run``: why), its ``origin`` and what it was measured on
-    (``measured_on``, e.g. ``"256 of 1000 images"``)."""
-
-    name: str
-    verdict: str
-    numbers: Mapping[str, float] = field(default_factory=dict)
-    meaning: str = ""
-    origin: str = ""
-    measured_on: str = ""
-
-    @property
-    def flagged(self) -> bool:
-        return self.verdict == FLAGGED
-
-    def to_line(self) -> str:
-        """``- **name**: verdict (numbers; measured on). meaning [origin]``."""
-        nums = ", ".join(f"{k} {_num(v)}" for k, v in self.numbers.items())
-        where = "; ".join(p for p in (nums, self.measured_on) if p)
-        meaning = self.meaning[:1].upper() + self.meaning[1:]
-        return (f"- **{self.name}**: {self.verdict}" + (f" ({where})" if where else "")
-                + f". {meaning}." + (f" [{self.origin}]" if self.origin else ""))
-
-
-def _num(v: float) -> str:
-    return f"{v:.4g}" if isinstance(v, float) and not float(v).is_integer() else f"{v:g}"
 
 
 def format_diagnostics(checks: Sequence[Diagnostic]) -> str:
