@@ -53,12 +53,10 @@ def test_sharded_and_unsharded_audits_give_identical_per_image_outcomes(one_thre
     assert torch.equal(whole.broken_by, three.broken_by)
 
 
-def _shard(whole, store, version=VERSION, eps=8.0):
+def _shard(whole, store, eps=8.0):
     """What the shards of ``whole``'s audit (one eps, batches of 8, seed 0) share."""
-    settings = {"version": [a.label for a in whole.attacks], "eps": [eps], "seed": 0,
-                "batch_size": 8, "max_batch": 8, "fuse": True}
-    return audit_mod._Shard(list(whole.attacks), [eps], 0, 8, 8, True, settings, "model", "",
-                            "", "", store, True, False)
+    return audit_mod._Shard(list(whole.attacks), [eps], 0, 8, 8, True, "model", "", "", "",
+                            store, True, False)
 
 
 def test_a_shard_draws_the_seeds_of_its_batches_in_the_whole_audit(one_thread):

@@ -109,7 +109,8 @@ _TEMP = re.compile(r"^" + re.escape(TEMP_PREFIX) +
                    r"(?P<name>.+)\.(?P<pid>\d+)\.[a-z0-9_]{8}(?P<old>\.old)?\.tmp$")
 
 
-def _writer_alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs on this machine (this process counts)."""
     if pid == os.getpid():
         return True
     try:
@@ -227,17 +228,22 @@ _NOT_A_FILE_ERRNOS = frozenset({errno.ELOOP, errno.EMLINK, errno.EISDIR, errno.E
                                 errno.ENODEV, errno.EOPNOTSUPP})
 
 
-def _not_a_lock(st: os.stat_result) -> str | None:
-    """What the file at a lock's path is (``st`` from ``lstat`` / ``fstat``) when it cannot
-    be a lock file; None for a regular file with one link."""
-    mode = st.st_mode
+def non_regular_kind(mode: int) -> str | None:
+    """What is at a path whose ``lstat`` / ``fstat`` mode is ``mode`` ("a symbolic link",
+    "a folder", "a named pipe (FIFO)"...), or None for a regular file: how a refusal
+    names a thing a command will not read or write through."""
     kinds = ((stat.S_ISLNK, "a symbolic link"), (stat.S_ISDIR, "a folder"),
              (stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISSOCK, "a socket"),
              (stat.S_ISCHR, "a device file"), (stat.S_ISBLK, "a device file"))
     kind = next((k for test, k in kinds if test(mode)), None)
-    if kind is None and not stat.S_ISREG(mode):
-        kind = "not a regular file"
-    elif kind is None and st.st_nlink != 1:
+    return kind or (None if stat.S_ISREG(mode) else "not a regular file")
+
+
+def _not_a_lock(st: os.stat_result) -> str | None:
+    """What the file at a lock's path is (``st`` from ``lstat`` / ``fstat``) when it cannot
+    be a lock file; None for a regular file with one link."""
+    kind = non_regular_kind(st.st_mode)
+    if kind is None and st.st_nlink != 1:
         kind = f"a file with {st.st_nlink} hard links (another name shares its content)"
     return kind
 
@@ -477,7 +483,7 @@ def remove_stale_temps(folder: str | os.PathLike, name: str = "*") -> list[Path]
     for p in folder.iterdir():
         m = _TEMP.match(p.name)
         if m is None or not fnmatchcase(m.group("name"), name) \
-                or _writer_alive(int(m.group("pid"))):
+                or process_alive(int(m.group("pid"))):
             continue
         target = folder / m.group("name")
         if m.group("old") and not target.exists() and not target.is_symlink():

@@ -432,11 +432,9 @@ def audit(
     owned = store is not None and not isinstance(store, ResultsStore)
     if owned:
         check_store_path(store)
-    settings = {"version": [a.label for a in attacks], "eps": eps_values, "seed": int(seed),
-                "batch_size": batch_size, "max_batch": max_batch, "fuse": bool(fuse)}
     workers = check_workers(workers, x.shape[0], batch_size)
     shard = _Shard(attacks, eps_values, int(seed), batch_size, max_batch, bool(fuse),
-                   settings, model_name, model_hash, dataset, split, _store_path(store),
+                   model_name, model_hash, dataset, split, _store_path(store),
                    resume and not keep_images, keep_images)
     if workers.jobs > 1:
         clean, broken_by, adversarial, files = audit_shards(model, x, y, prepare, shard,
@@ -507,17 +505,12 @@ def check_workers(workers: Workers | int | None, n_images: int, batch_size: int)
         return Workers()
     if not isinstance(workers, Workers):
         workers = Workers(jobs=workers)
-    jobs = workers.jobs
-    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
-        raise InvalidArgument(f"jobs must be a positive integer (worker processes), got "
-                              f"{jobs!r}")
+    jobs = _positive(workers.jobs, "jobs")
     if jobs > n_images:
         raise InvalidArgument(f"jobs={jobs} is more than the {n_images} images to audit; use "
                               f"at most {n_images}")
-    if workers.threads is not None and (isinstance(workers.threads, bool)
-                                        or not isinstance(workers.threads, int)
-                                        or workers.threads < 1):
-        raise InvalidArgument(f"threads must be a positive integer, got {workers.threads!r}")
+    if workers.threads is not None:
+        _positive(workers.threads, "threads")
     check_executor(workers.executor)
     return Workers(min(jobs, -(-n_images // batch_size)), workers.executor, workers.threads,
                    workers.address)
@@ -533,7 +526,6 @@ class _Shard:
     batch_size: int
     max_batch: int
     fuse: bool
-    settings: dict[str, Any]
     model_name: str
     model_hash: str
     dataset: str
@@ -541,6 +533,16 @@ class _Shard:
     store: str | None
     resume: bool
     keep_images: bool
+
+    @property
+    def labels(self) -> list[str]:
+        return [a.label for a in self.attacks]
+
+    def settings(self, batch_offset: int) -> dict[str, Any]:
+        """What, besides the model and images, makes two shards the same (their key)."""
+        return {"version": self.labels, "eps": self.eps, "seed": self.seed,
+                "batch_size": self.batch_size, "max_batch": self.max_batch,
+                "fuse": self.fuse, "first_batch": batch_offset}
 
 
 def _audit_shard(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
@@ -551,9 +553,8 @@ def _audit_shard(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
     images or None, the progress file to remove once the rows are stored)."""
     owner = {"model": shard.model_name, "dataset": shard.dataset, "split": shard.split,
              "first_batch": str(batch_offset)}
-    plan = Plan(_audit_key(model, shard.model_hash, x, y,
-                           {**shard.settings, "first_batch": batch_offset}),
-                int(x.shape[0]), shard.batch_size, shard.eps, shard.settings["version"], owner)
+    plan = Plan(_audit_key(model, shard.model_hash, x, y, shard.settings(batch_offset)),
+                int(x.shape[0]), shard.batch_size, shard.eps, shard.labels, owner)
     state = _open_progress(shard.store, plan, shard.resume)
     run = _Run(model, shard.attacks, shard.eps, shard.seed, shard.max_batch, shard.fuse,
                attack_registry.model_device(model), shard.model_name, None, batch_offset)

@@ -36,7 +36,7 @@ from typing import Any
 import torch
 
 from cascade_adv.errors import CascadeAdvError, CascadeAdvWarning, OutputPathError
-from cascade_adv.io import _writer_alive, atomic_write_text
+from cascade_adv.io import atomic_write_text, non_regular_kind, process_alive
 
 #: ``format`` of the progress files.
 STATE_FORMAT = "cascade-adv audit progress"
@@ -181,11 +181,8 @@ def _regular(path: Path) -> str:
         return ""
     except OSError as exc:
         return f"cannot be examined ({exc.strerror or type(exc).__name__})"
-    if stat.S_ISREG(mode):
-        return ""
-    kind = ("a folder" if stat.S_ISDIR(mode) else "a symbolic link" if stat.S_ISLNK(mode)
-            else "not a regular file")
-    return f"is {kind}, not a file an audit wrote"
+    kind = non_regular_kind(mode)
+    return f"is {kind}, not a file an audit wrote" if kind else ""
 
 
 def _read(path: Path, limit: int) -> tuple[Any, str]:
@@ -306,4 +303,4 @@ def _superseded(path: Path, plan: Plan, writer: dict[str, Any]) -> bool:
     pid = other.get("pid")
     if type(pid) is not int or pid <= 0 or pid == writer["pid"]:
         return True  # damaged, or this process (which runs one audit at a time)
-    return not _writer_alive(pid)
+    return not process_alive(pid)

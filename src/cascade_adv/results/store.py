@@ -59,6 +59,7 @@ from cascade_adv.results.tables import (
     MAX_TEXT,
     ROW_KEYS,
     ResultTable,
+    check_text,
     normalize_row,
 )
 
@@ -144,11 +145,8 @@ def _model_record(name: str, *, model_hash: str = "", dataset: str = "", init: s
     fields = {"name": name, "model_hash": model_hash, "dataset": dataset, "init": init,
               "experiment": experiment}
     for key, value in fields.items():
-        limit = MAX_HASH if key == "model_hash" else MAX_TEXT
-        if not isinstance(value, str) or len(value) > limit or (key == "name"
-                                                                 and not value.strip()):
-            raise CascadeAdvError(f"model record's {key!r} must be {'a non-empty ' if key == 'name' else ''}"
-                                  f"text of at most {limit} characters, got {echo(value)}")
+        check_text(value, f"model record's {key!r}", required=key == "name",
+                   limit=MAX_HASH if key == "model_hash" else MAX_TEXT)
     try:
         if isinstance(params, str):  # as a pending file keeps them
             params = json.loads(params)

@@ -65,18 +65,24 @@ MAX_N = 2**31 - 1
 MAX_EPS = 255.0
 
 
+def check_text(v: Any, what: str, *, required: bool = False, limit: int = MAX_TEXT) -> str:
+    """``v`` if it is text (non-empty where ``required``, at most ``limit`` characters),
+    else :class:`CascadeAdvError` naming ``what`` (``"result row's 'model'"``): the one
+    check of the text fields of result rows and model records."""
+    if not isinstance(v, str):
+        raise CascadeAdvError(f"{what} must be text, got {echo(v)}")
+    if required and not v.strip():
+        raise CascadeAdvError(f"{what} is empty; give a name")
+    if len(v) > limit:
+        raise CascadeAdvError(f"{what} has {len(v):,} characters (at most {limit:,})")
+    return v
+
+
 def _text(key: str, v: Any) -> str:
     if key == "model_hash" and v is None:
         return ""
-    if not isinstance(v, str):
-        raise CascadeAdvError(f"result row's {key!r} must be text, got {echo(v)}")
-    if key in _REQUIRED_TEXT and not v.strip():
-        raise CascadeAdvError(f"result row's {key!r} is empty; name the {key}")
-    limit = MAX_HASH if key == "model_hash" else MAX_TEXT
-    if len(v) > limit:
-        raise CascadeAdvError(f"result row's {key!r} has {len(v):,} characters (at most "
-                              f"{limit:,})")
-    return v
+    return check_text(v, f"result row's {key!r}", required=key in _REQUIRED_TEXT,
+                      limit=MAX_HASH if key == "model_hash" else MAX_TEXT)
 
 
 def _number(key: str, v: Any, row: Mapping[str, Any]) -> float | int:
