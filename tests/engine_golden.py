@@ -34,7 +34,7 @@ from torch import nn
 from cascade_adv.analysis import gradient_correlation, softmax_argument
 from cascade_adv.analysis.gradients import VALID_PAIRS
 from cascade_adv.data import ImageDataset, load_dataset
-from cascade_adv.evaluation import audit, evaluate_whitebox
+from cascade_adv.evaluation import AuditRecord, AuditRun, audit, evaluate_whitebox
 from cascade_adv.models import build_model
 
 DATA = Path(__file__).resolve().parent / "data"
@@ -150,7 +150,8 @@ def cases() -> dict[str, Callable[[dict], list[dict[str, Any]]]]:
             lambda m, name=name: _rows(audit(
                 m[name][0], m[name][1].images.float() / 255.0, m[name][1].labels, AUDIT_EPS[name],
                 version="apgd_ce:steps=10,apgd_t:targets=2:steps=5,square:queries=40",
-                batch_size=16, max_batch=24, seed=2, model_name=name).table()))
+                run=AuditRun(batch_size=16, max_batch=24, seed=2, channels_last=False),
+                record=AuditRecord(model_name=name)).table()))
     return out
 
 

@@ -14,7 +14,7 @@ from torch import nn
 from cascade_adv import attacks as attack_registry
 from cascade_adv.attacks.registry import AttackSpec
 from cascade_adv.errors import AttackError, ModelFault
-from cascade_adv.evaluation import ResultsStore, attack_rows, audit
+from cascade_adv.evaluation import AuditRecord, AuditRun, ResultsStore, attack_rows, audit
 from cascade_adv.evaluation.audit import (
     AuditAttack,
     check_audit_eps,
@@ -78,7 +78,8 @@ def test_linear_model_worst_case_is_the_closed_form(classes, dtype, version):
     eps = [4.0, 16.0, 48.0]
     model, x, y, margins = linear_case(classes, dtype, eps)
     assert 0 < int((margins < 0).sum()) < margins.numel()  # both outcomes occur
-    result = audit(model, x, y, eps, version=version, batch_size=128, keep_images=True)
+    result = audit(model, x, y, eps, version=version, run=AuditRun(batch_size=128),
+                   record=AuditRecord(keep_images=True))
     clean = (model(x).argmax(1) == y)
     assert torch.equal(result.clean_correct, clean) and not clean.all()
     for i, e in enumerate(eps):
@@ -143,7 +144,7 @@ def test_worst_case_is_the_union_of_the_attacks_per_image():
     calls_a, calls_b = [], []
     a = breaker("a", {0, 1, 2, 9}, 16.0, calls_a)  # at eps 16 only
     b = breaker("b", {2, 3, 4}, 8.0, calls_b)  # at both
-    result = audit(model, x, y, [8, 16], version=[a, b], batch_size=10)
+    result = audit(model, x, y, [8, 16], version=[a, b], run=AuditRun(batch_size=10))
     assert result.clean_accuracy == 90.0
     robust = {e: set(result.robust(e).nonzero().flatten().tolist()) for e in (8.0, 16.0)}
     assert robust == {8.0: {0, 1, 5, 6, 7, 8}, 16.0: {5, 6, 7, 8}}
@@ -175,7 +176,7 @@ def test_max_batch_splits_the_stacked_rows_without_changing_the_result():
     calls: list = []
     whole = audit(model, x, y, [8, 16], version=[breaker("a", {1, 3}, 8, calls)])
     split = audit(model, x, y, [8, 16], version=[breaker("a", {1, 3}, 8, calls)],
-                  max_batch=7)
+                  run=AuditRun(max_batch=7))
     assert [len(c) for c in calls] == [18, 7, 7, 4]
     assert torch.equal(whole.broken_by, split.broken_by)
 
@@ -206,10 +207,11 @@ def tiny_net():
 
 def test_resume_after_an_interruption_gives_the_uninterrupted_result(tmp_path):
     model, x, y = tiny_net()
-    kwargs = {"batch_size": 8, "seed": 3, "model_name": "tiny"}
+    run = AuditRun(batch_size=8, seed=3)
     calls: list = []
     version = [flaky(None, calls), ("pgd", {"steps": 3})]
-    whole = audit(model, x, y, [32, 64], version=version, store=tmp_path / "a.db", **kwargs)
+    whole = audit(model, x, y, [32, 64], version=version, run=run,
+                  record=AuditRecord(store=tmp_path / "a.db", model_name="tiny"))
     assert len(calls) == 4  # four batches
     assert 0 < whole.worst_case[64.0] < whole.worst_case[32.0] < 100.0
 
@@ -217,11 +219,13 @@ def test_resume_after_an_interruption_gives_the_uninterrupted_result(tmp_path):
     calls.clear()
     crashing = [flaky(2, calls), ("pgd", {"steps": 3})]
     with pytest.raises(KeyboardInterrupt):  # on batch 1, after both attacks of batch 0
-        audit(model, x, y, [32, 64], version=crashing, store=store, **kwargs)
+        audit(model, x, y, [32, 64], version=crashing, run=run,
+              record=AuditRecord(store=store, model_name="tiny"))
     saved = list(tmp_path.glob("b.db.audit-*.json"))
     assert len(saved) == 1 and json.loads(saved[0].read_text())["finished"] == [2, 0, 0, 0]
     calls.clear()
-    resumed = audit(model, x, y, [32, 64], version=version, store=store, **kwargs)
+    resumed = audit(model, x, y, [32, 64], version=version, run=run,
+                    record=AuditRecord(store=store, model_name="tiny"))
     assert len(calls) == 3  # batch 0 was not attacked again
     assert torch.equal(resumed.broken_by, whole.broken_by)
     assert torch.equal(resumed.clean_correct, whole.clean_correct)
@@ -235,10 +239,12 @@ def test_saved_progress_of_another_audit_is_not_taken_over(tmp_path):
     calls: list = []
     store = tmp_path / "r.db"
     with pytest.raises(KeyboardInterrupt):
-        audit(model, x, y, [32], version=[flaky(3, calls)], store=store, batch_size=8)
+        audit(model, x, y, [32], version=[flaky(3, calls)], run=AuditRun(batch_size=8),
+              record=AuditRecord(store=store))
     calls.clear()
-    audit(model, x, y, [32], version=[flaky(None, calls)], store=store, batch_size=8,
-          seed=1)  # another seed: another audit, which starts from the first batch
+    # another seed: another audit, which starts from the first batch
+    audit(model, x, y, [32], version=[flaky(None, calls)], run=AuditRun(batch_size=8, seed=1),
+          record=AuditRecord(store=store))
     assert len(calls) == 4
 
 
@@ -246,7 +252,13 @@ def test_saved_progress_of_another_audit_is_not_taken_over(tmp_path):
 
 
 VERSION = [("pgd", {"steps": 3}), ("iter_fgsm", {"steps": 2})]
-RESUME = {"batch_size": 8, "seed": 3, "model_name": "tiny", "version": VERSION}
+RESUME = {"version": VERSION, "run": AuditRun(batch_size=8, seed=3),
+          "record": AuditRecord(model_name="tiny")}
+
+
+def _stored(path):
+    """RESUME's audit kept in the store at ``path``."""
+    return {**RESUME, "record": AuditRecord(store=path, model_name="tiny")}
 
 
 def interrupted(tmp_path, monkeypatch) -> tuple[dict, Path]:
@@ -268,7 +280,7 @@ def interrupted(tmp_path, monkeypatch) -> tuple[dict, Path]:
     with monkeypatch.context() as m:
         m.setattr(audit_module, "_run_attack", crash)
         with pytest.raises(KeyboardInterrupt):
-            audit(model, x, y, [32, 64], store=tmp_path / "r.db", **RESUME)
+            audit(model, x, y, [32, 64], **_stored(tmp_path / "r.db"))
     (path,) = tmp_path.glob("r.db.audit-*.json")
     saved = json.loads(path.read_text())
     assert saved["finished"] == [2, 2, 0, 0]
@@ -350,7 +362,7 @@ def test_a_damaged_progress_file_is_discarded_with_one_warning(tmp_path, monkeyp
         (path / "inside").mkdir(parents=True)
         word = "is a folder"
     with pytest.warns(CascadeAdvWarning) as record:
-        again = audit(model, x, y, [32, 64], store=tmp_path / "r.db", **RESUME)
+        again = audit(model, x, y, [32, 64], **_stored(tmp_path / "r.db"))
     messages = [str(w.message) for w in record if issubclass(w.category, CascadeAdvWarning)]
     assert len(messages) == 1 and "\n" not in messages[0], messages
     assert str(path) in messages[0] and word in messages[0], messages[0]
@@ -365,7 +377,7 @@ def test_a_valid_progress_file_is_taken_over_without_a_word(tmp_path, monkeypatc
     fresh = audit(model, x, y, [32, 64], **RESUME)
     saved, path = interrupted(tmp_path, monkeypatch)
     path.write_text(json.dumps(resign(saved), indent=1))  # the same content, re-spaced
-    again = audit(model, x, y, [32, 64], store=tmp_path / "r.db", **RESUME)
+    again = audit(model, x, y, [32, 64], **_stored(tmp_path / "r.db"))
     assert not [w for w in recwarn if "progress" in str(w.message)]
     assert torch.equal(again.broken_by, fresh.broken_by)
 
@@ -381,7 +393,7 @@ def test_a_progress_file_that_cannot_be_written_is_one_line(tmp_path, monkeypatc
     model, x, y = tiny_net()
     with pytest.raises(CascadeAdvError, match=r"cannot write the audit progress file .*"
                                               r"r\.db\.audit-.*move away"):
-        audit(model, x, y, [32], store=tmp_path / "r.db", **RESUME)
+        audit(model, x, y, [32], **_stored(tmp_path / "r.db"))
 
 
 def test_superseded_progress_files_are_removed(tmp_path, monkeypatch):
@@ -396,7 +408,7 @@ def test_superseded_progress_files_are_removed(tmp_path, monkeypatch):
     live.write_text(json.dumps(resign({**saved, "key": "2" * 64,
                                        "writer": {**saved["writer"], "pid": os.getppid()}})))
     model, x, y = tiny_net()
-    audit(model, x, y, [32], store=tmp_path / "r.db", **RESUME)  # eps changed
+    audit(model, x, y, [32], **_stored(tmp_path / "r.db"))  # eps changed
     assert not path.exists() and other.exists() and live.exists()
     assert sorted(p.name for p in tmp_path.glob("r.db.audit-*")) == sorted([other.name,
                                                                             live.name])
@@ -517,7 +529,7 @@ def test_audit_rows_are_not_black_box_rows_in_checks_and_reports(tmp_path):
 
     model, x, y = switch_case()
     result = audit(model, x, y, [8, 16], version=[breaker("a", {0, 1, 2, 9}, 16.0, [])],
-                   model_name="m")
+                   record=AuditRecord(model_name="m"))
     white = {**result.table().rows[0], "attack": "a", "eps": 16.0, "source": "whitebox",
              "value": 100.0}  # white-box "a" weaker than the audit's cumulative 60 %
     with ResultsStore(tmp_path / "r.db") as store:

@@ -13,7 +13,7 @@ from _cli import run_cli
 from torch import nn
 
 from cascade_adv.errors import InvalidArgument
-from cascade_adv.evaluation.audit import Workers, audit
+from cascade_adv.evaluation.audit import AuditRecord, AuditRun, Workers, audit
 
 audit_mod = importlib.import_module("cascade_adv.evaluation.audit")  # the module, not audit()
 
@@ -39,24 +39,25 @@ def one_thread():
 
 def test_sharded_and_unsharded_audits_give_identical_per_image_outcomes(one_thread, tmp_path):
     model, x, y = _task()
-    kw = {"version": VERSION, "batch_size": 8, "seed": 3}
-    whole = audit(model, x, y, [8, 32], **kw)
-    sharded = audit(model, x, y, [8, 32], **kw, workers=Workers(jobs=2, threads=1),
-                    store=tmp_path / "r.db", keep_images=True)
+    whole = audit(model, x, y, [8, 32], version=VERSION, run=AuditRun(batch_size=8, seed=3))
+    sharded = audit(model, x, y, [8, 32], version=VERSION,
+                    run=AuditRun(batch_size=8, seed=3, workers=Workers(jobs=2, threads=1)),
+                    record=AuditRecord(store=tmp_path / "r.db", keep_images=True))
     assert torch.equal(whole.clean_correct, sharded.clean_correct)
     assert torch.equal(whole.broken_by, sharded.broken_by)
     assert 0 < int((whole.broken_by >= 0).sum()) < whole.broken_by.numel()  # not trivial
     assert sharded.adversarial.shape == (2, 40, 1, 8, 8)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r.db"]  # progress files removed
     # three uneven shards (5 batches): the same outcomes again
-    three = audit(model, x, y, [8, 32], **kw, workers=3)
+    three = audit(model, x, y, [8, 32], version=VERSION,
+                  run=AuditRun(batch_size=8, seed=3, workers=3))
     assert torch.equal(whole.broken_by, three.broken_by)
 
 
 def _shard(whole, store, eps=8.0):
     """What the shards of ``whole``'s audit (one eps, batches of 8, seed 0) share."""
-    return audit_mod._Shard(list(whole.attacks), [eps], 0, 8, 8, True, "model", "", "", "",
-                            store, True, False)
+    return audit_mod._Shard(list(whole.attacks), [eps], 0, 8, 8, True, False, "model", "", "",
+                            "", store, True, False)
 
 
 def test_a_shard_draws_the_seeds_of_its_batches_in_the_whole_audit(one_thread):
@@ -64,7 +65,7 @@ def test_a_shard_draws_the_seeds_of_its_batches_in_the_whole_audit(one_thread):
     batches numbered from 0 instead it differs (Square's random windows at eps 16: the
     test can see a seed mix-up)."""
     model, x, y = _task()
-    whole = audit(model, x, y, [16], version="square:queries=8", batch_size=8)
+    whole = audit(model, x, y, [16], version="square:queries=8", run=AuditRun(batch_size=8))
     shard = _shard(whole, None, eps=16.0)
     _, broken, _, _ = audit_mod._audit_shard(model, x[24:], y[24:], None, shard, 3)
     assert torch.equal(broken, whole.broken_by[:, 24:])
@@ -74,8 +75,7 @@ def test_a_shard_draws_the_seeds_of_its_batches_in_the_whole_audit(one_thread):
 
 def test_a_killed_shard_resumes_from_its_own_progress(one_thread, tmp_path, monkeypatch):
     model, x, y = _task()
-    kw = {"version": VERSION, "batch_size": 8}
-    whole = audit(model, x, y, [8], **kw)
+    whole = audit(model, x, y, [8], version=VERSION, run=AuditRun(batch_size=8))
     shard = _shard(whole, str(tmp_path / "r.db"))
     calls = []
     real = audit_mod._run_attack
@@ -110,7 +110,7 @@ def test_bad_worker_settings_are_refused_before_any_work(workers, words, monkeyp
     model, x, y = _task()
     monkeypatch.setattr(audit_mod, "_run_batches", lambda *a: pytest.fail("work started"))
     with pytest.raises(InvalidArgument, match=words):
-        audit(model, x, y, [8], version=VERSION, workers=workers)
+        audit(model, x, y, [8], version=VERSION, run=AuditRun(workers=workers))
 
 
 def test_the_cli_refuses_bad_jobs_and_a_missing_ray_in_one_line(tmp_path):
@@ -135,9 +135,9 @@ def test_the_cli_refuses_bad_jobs_and_a_missing_ray_in_one_line(tmp_path):
 def test_ray_gives_the_same_result_as_the_local_run(one_thread):
     pytest.importorskip("ray", reason="Ray is an optional extra (cascade-adv[ray])")
     model, x, y = _task()
-    local = audit(model, x, y, [8], version=VERSION, batch_size=8, workers=2)
-    on_ray = audit(model, x, y, [8], version=VERSION, batch_size=8,
-                   workers=Workers(jobs=2, executor="ray"))
+    local = audit(model, x, y, [8], version=VERSION, run=AuditRun(batch_size=8, workers=2))
+    on_ray = audit(model, x, y, [8], version=VERSION,
+                   run=AuditRun(batch_size=8, workers=Workers(jobs=2, executor="ray")))
     assert torch.equal(local.broken_by, on_ray.broken_by)
 
 
@@ -164,7 +164,7 @@ def test_reproduce_shards_its_audit_steps_when_asked(monkeypatch, tmp_path):
     with pytest.raises(RuntimeError, match="stop here"):
         steps.audit_step({"model": "m", "eps": [8.0], "version": "quick"}, tmp_path,
                          {"m": {}}, rt)
-    assert seen["workers"] == 12  # 16 asked, 12 images
+    assert seen["run"].workers == 12  # 16 asked, 12 images
     code, _, err = run_cli(["reproduce", "n18-table1", "--dataset", "digits", "--audit-jobs",
                             "2", "--dry-run", "--out", str(tmp_path / "c")], tmp_path)
     assert code == 2 and len(err.strip().splitlines()) == 1 and "--audit" in err, err

@@ -10,7 +10,14 @@ from torch import nn
 from cascade_adv.attacks.registry import AttackSpec
 from cascade_adv.data import load_dataset, to_float
 from cascade_adv.errors import InvalidArgument
-from cascade_adv.evaluation import Diagnostic, audit, diagnose, format_diagnostics
+from cascade_adv.evaluation import (
+    AuditRecord,
+    AuditRun,
+    Diagnostic,
+    audit,
+    diagnose,
+    format_diagnostics,
+)
 from cascade_adv.evaluation.diagnostics import CHECKS, FLAGGED, HOLDS, NOT_RUN
 
 
@@ -207,7 +214,8 @@ def test_a_randomised_model_audit_resumes_and_reports_its_check(digits, tmp_path
 
         return AttackSpec("flaky", fn, "iterative", "identity that can crash")
 
-    kwargs = {"batch_size": 32, "store": tmp_path / "r.db", "diagnostics": {"sample": 32}}
+    kwargs = {"run": AuditRun(batch_size=32), "record": AuditRecord(store=tmp_path / "r.db"),
+              "diagnostics": {"sample": 32}}
     with pytest.raises(KeyboardInterrupt):
         audit(model, x, y, [16], version=[flaky(True)], **kwargs)
     calls.clear()

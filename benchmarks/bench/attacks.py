@@ -77,8 +77,8 @@ def bench_attacks(s: Settings, device: torch.device, seed: int, peers, speed_opt
         for peer, pf in peer_fns.items():
             contenders[peer] = functools.partial(pf, x, y)
         contenders["floor"] = functools.partial(floor_passes, mine, xm, y, steps, speed)
-        contenders["floor_fused"] = functools.partial(floor_passes, fused_network(mine), xm, y,
-                                                      steps, speed)
+        contenders["floor_fused"] = functools.partial(
+            floor_passes, fused_network(mine, xm, speed), xm, y, steps, speed)
         log(f"  {name}: batch {batch}, {s.attack_rounds} rounds of {', '.join(contenders)} ...")
         times = interleaved(contenders, s.attack_rounds, s.warmup, device)
         res = attack_result(batch, steps, times)

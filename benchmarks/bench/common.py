@@ -217,15 +217,17 @@ def attack_models(device: torch.device, seed: int, speed_opts: dict):
 def ours_attack(fn, model: nn.Module, x: torch.Tensor, y: torch.Tensor, speed, fuse=True,
                 eps: float = ATTACK_EPS):
     """Our attack as ``evaluate_whitebox`` runs it: under the speed options' autocast, on
-    the folded inference network (``fuse``) or the model as it is."""
-    with speed.autocast(), attacks.fusion(fuse):
+    the folded inference network (``fuse``; in the layout ``--channels-last`` pins, else
+    the one the library measures faster here) or the model as it is."""
+    with speed.autocast(), attacks.fusion(fuse), attacks.layout(speed.attack_layout):
         return fn(model, x, y, eps)
 
 
-def fused_network(model: nn.Module) -> nn.Module:
-    """The network our attacks run on (BatchNorm folded into the convolutions)."""
-    with attacks.inference_mode(model):
-        return attacks.attack_network(model)
+def fused_network(model: nn.Module, x: torch.Tensor, speed) -> nn.Module:
+    """The network our attacks run on for inputs like ``x`` (BatchNorm folded into the
+    convolutions, in the layout :func:`ours_attack` uses)."""
+    with attacks.inference_mode(model), attacks.layout(speed.attack_layout):
+        return attacks.attack_network(model, x)
 
 
 def floor_passes(model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int, speed):

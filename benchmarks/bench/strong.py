@@ -119,8 +119,8 @@ def bench_one(name: str, eps: float, *, s: Settings, device, seed: int, ta, mode
         theirs = Kept(functools.partial(peer_attack(ta, name, model, eps, s, seed), x, y))
         contenders["torchattacks"] = theirs
     if name == "apgd_ce":  # the start's gradient pass and one per iteration
-        contenders["floor_fused"] = functools.partial(floor_passes, fused_network(mine), xm,
-                                                      y, s.apgd_steps + 1, speed)
+        contenders["floor_fused"] = functools.partial(
+            floor_passes, fused_network(mine, xm, speed), xm, y, s.apgd_steps + 1, speed)
     log(f"  {name}: batch {s.apgd_batch}, eps {eps:g}, {opts}, {s.apgd_rounds} rounds of "
         f"{', '.join(contenders)} ...")
     times = interleaved(contenders, s.apgd_rounds, s.warmup, device)

@@ -13,7 +13,9 @@ per run (training config section ``speed``) or per call (``evaluate_whitebox``,
 - ``channels_last``: ``auto`` (on for CUDA when the model has 2-D convolutions),
   ``true`` or ``false``; the model's 4-D weights and the input batches are stored
   NHWC, which the GPU's tensor-core convolutions prefer.  The values are the same
-  up to float rounding;
+  up to float rounding.  For the attacks' inference network ``auto`` is the layout
+  measured faster on this machine (:mod:`cascade_adv.models.layout`) and ``true`` /
+  ``false`` pin it (``attack_layout``);
 - ``compile``: ``torch.compile`` of the model's forward (in place,
   :meth:`torch.nn.Module.compile`, so checkpoints keep their keys).  It is
   checked up front (:func:`compile_support`); where it cannot work the run stops
@@ -98,6 +100,9 @@ class Speed:
     dtype: torch.dtype | None = None
     channels_last: bool = False
     compile: bool = False
+    #: the attack network's layout as asked (``None``: ``auto``, measured on a CPU;
+    #: :func:`cascade_adv.attacks.layout`)
+    attack_layout: bool | None = None
 
     @property
     def precision(self) -> str:
@@ -218,9 +223,10 @@ def resolve_speed(
         if why is not None:
             raise ConfigError(f"compile requested where unsupported on {device}: {why}; "
                               f"use {fix['compile']}")
+    asked = None if cl == "auto" else cl
     if cl == "auto":
         cl = cuda and (model is None or _has_conv2d(model))
-    return Speed(device, dtype, cl, compile)
+    return Speed(device, dtype, cl, compile, asked)
 
 
 def speed_from_config(cfg: SpeedConfig, device: torch.device | str) -> Speed:

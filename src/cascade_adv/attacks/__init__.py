@@ -7,7 +7,9 @@
 ``model`` is any ``nn.Module`` mapping images in [0, 1] to logits; ``eps`` is in
 pixel units of [0, 255], a number or a tensor of shape ``[N]``.  Gradient passes run
 on the model's inference network with BatchNorm folded into the convolutions;
-``with attacks.fusion(False):`` runs the model as it is.  Every option of every attack
+``with attacks.fusion(False):`` runs the model as it is, and ``with
+attacks.layout(True | False):`` pins that network's memory layout (by default the one
+measured faster here, :mod:`cascade_adv.models.layout`).  Every option of every attack
 has a type and a range (:mod:`cascade_adv.attacks.options`), checked before any work.
 """
 
@@ -16,6 +18,7 @@ from cascade_adv.attacks.core import (
     fusion,
     inference_mode,
     iterative_steps,
+    layout,
     model_device,
     predict,
     project,
@@ -34,6 +37,7 @@ __all__ = [
     "get",
     "inference_mode",
     "iterative_steps",
+    "layout",
     "model_device",
     "names",
     "predict",

@@ -253,7 +253,7 @@ def apgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps, loss: str, *,
     n = x.shape[0]
     eps01 = core.pixel_eps(eps, n, x)
     with core.inference_mode(model):
-        net = core.attack_network(model)
+        net = core.attack_network(model, x)
         with torch.no_grad():
             clean = core.float_logits(net, x)
         check_classes(loss, clean.shape[1])

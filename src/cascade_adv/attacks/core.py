@@ -47,6 +47,9 @@ LabelRule = Callable[[torch.Tensor, "torch.Tensor | None", "torch.Generator | No
 _FUSE: contextvars.ContextVar[bool] = contextvars.ContextVar("cascade_adv_fuse", default=True)
 _TRUSTED: contextvars.ContextVar[bool] = contextvars.ContextVar("cascade_adv_trusted",
                                                                default=False)
+#: the attack network's layout: None measures it (:mod:`cascade_adv.models.layout`)
+_LAYOUT: contextvars.ContextVar[bool | None] = contextvars.ContextVar("cascade_adv_layout",
+                                                                      default=None)
 
 
 @contextlib.contextmanager
@@ -71,10 +74,25 @@ def trusted() -> Iterator[None]:
         _TRUSTED.reset(token)
 
 
-def attack_network(model: nn.Module) -> nn.Module:
-    """The network an attack's gradient passes run on (see :func:`fusion`); call it
-    with ``model`` in inference mode."""
-    return inference_network(model) if _FUSE.get() else model
+@contextlib.contextmanager
+def layout(channels_last: bool | None = None) -> Iterator[None]:
+    """``with layout(True):`` the attack network (:func:`attack_network`) stores its folded
+    weights and input NHWC, ``False`` NCHW; ``None`` (the default) picks the faster one
+    for the device, measured once per machine and model shape on a CPU
+    (:mod:`cascade_adv.models.layout`)."""
+    if channels_last is not None and not isinstance(channels_last, bool):
+        raise AttackError(f"channels_last must be True, False or None, got {channels_last!r}")
+    token = _LAYOUT.set(channels_last)
+    try:
+        yield
+    finally:
+        _LAYOUT.reset(token)
+
+
+def attack_network(model: nn.Module, x: torch.Tensor | None = None) -> nn.Module:
+    """The network an attack's gradient passes run on (see :func:`fusion` and
+    :func:`layout`) for inputs like ``x``; call it with ``model`` in inference mode."""
+    return inference_network(model, _LAYOUT.get(), x) if _FUSE.get() else model
 
 
 @contextlib.contextmanager
@@ -355,7 +373,8 @@ def one_step(
     """``X_adv = clip(X + eps * direction(grad_X objective))``: one gradient, one step."""
     eps01 = pixel_eps(eps, x.shape[0], x)
     with inference_mode(model):
-        grad, _ = input_gradient(attack_network(model), x, y, objective, label_rule, generator)
+        grad, _ = input_gradient(attack_network(model, x), x, y, objective, label_rule,
+                                 generator)
     return project(x + eps01 * direction(grad), x, eps01).detach()
 
 
@@ -405,7 +424,7 @@ def iterate(
         active_from[stop] = torch.nonzero(counts > stop).flatten().to(x.device)
 
     with inference_mode(model):
-        model = attack_network(model)
+        model = attack_network(model, x)
         if label_rule is None:
             labels = y
         elif label_rule is true_label:  # needs no logits: no extra forward pass

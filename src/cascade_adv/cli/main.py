@@ -181,7 +181,8 @@ def train(config_path, out, resume, quiet, overrides):
     type=click.Choice(["auto", "true", "false"]),
     default="auto",
     show_default=True,
-    help="NHWC weights and images (auto: on CUDA only).",
+    help="NHWC weights and images (auto: the model's on CUDA only; the attacks' folded "
+    "network in the layout measured faster here, cached per machine and model shape).",
 )
 @click.option(
     "--compile/--no-compile",
@@ -300,8 +301,14 @@ Examples:
               "'cascade-adv[ray]').")
 @click.option("--ray-address", default=None,
               help="Ray cluster to join (e.g. auto) [default: start a local instance].")
+@click.option("--channels-last", type=click.Choice(["auto", "true", "false"]), default="auto",
+              show_default=True,
+              help="Layout of the attacked network (BatchNorm folded): auto is NHWC on CUDA "
+              "and on a CPU the layout measured faster here (once per machine and model "
+              "shape, cached); true / false pin it.")
 @_apply(table_options("SQLite results store (rows are upserted; progress is kept beside it to resume).", fuse=True))
-def audit_command(eps, version, checks, twin, jobs, threads, executor, ray_address, results,
+def audit_command(eps, version, checks, twin, jobs, threads, executor, ray_address,
+                  channels_last, results,
                   csv_path, json_path, name, seed,
                   batch_size, quiet, fuse, checkpoint, dataset, data_root, split, device, limit):
     """Robustness audit: attacks in sequence, each on the images still classified
@@ -317,7 +324,13 @@ def audit_command(eps, version, checks, twin, jobs, threads, executor, ray_addre
     """
     from cascade_adv.errors import InvalidArgument
     from cascade_adv.evaluation import audit, format_diagnostics, prepare_images
-    from cascade_adv.evaluation.audit import Workers, check_workers, resolve_version
+    from cascade_adv.evaluation.audit import (
+        AuditRecord,
+        AuditRun,
+        Workers,
+        check_workers,
+        resolve_version,
+    )
     from cascade_adv.evaluation.diagnostics import check_twin_pair
     from cascade_adv.training.runs import (
         LoadedModel,
@@ -355,12 +368,16 @@ def audit_command(eps, version, checks, twin, jobs, threads, executor, ray_addre
     diagnostics = checks and ({"twin": undefended.model, "twin_name": undefended.name}
                               if undefended else True)
     result = audit(run.model, data.images, data.labels, eps, version=version,
-                   batch_size=batch_size, seed=seed,
-                   prepare=functools.partial(prepare_images, run.model), store=results or None,
-                   save_rows=False,
-                   fuse=fuse, progress=not quiet, model_name=run.name, model_hash=run.hash,
-                   dataset=data.name, split=data.split, diagnostics=diagnostics,
-                   workers=workers)
+                   prepare=functools.partial(prepare_images, run.model),
+                   diagnostics=diagnostics,
+                   run=AuditRun(batch_size=batch_size, seed=seed, fuse=fuse,
+                                channels_last={"auto": None, "true": True,
+                                               "false": False}[channels_last],
+                                progress=not quiet,
+                                workers=workers),
+                   record=AuditRecord(store=results or None, save_rows=False,
+                                      model_name=run.name, model_hash=run.hash,
+                                      dataset=data.name, split=data.split))
     click.echo(result.to_markdown())
     if checks:
         click.echo(format_diagnostics(result.checks))

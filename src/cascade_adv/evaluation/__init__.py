@@ -12,7 +12,7 @@ re-exported here).
 """
 
 from cascade_adv.evaluation.advset import craft_adversarial_set
-from cascade_adv.evaluation.audit import AuditResult, audit
+from cascade_adv.evaluation.audit import AuditRecord, AuditResult, AuditRun, Workers, audit
 from cascade_adv.evaluation.blackbox import check_pair, evaluate_transfer, rates_from_ranks
 from cascade_adv.evaluation.diagnostics import Diagnostic, diagnose, format_diagnostics
 from cascade_adv.evaluation.engine import RowOutcome, Stacked, attack_eps, attack_rows
@@ -37,7 +37,9 @@ from cascade_adv.results import (
 __all__ = [
     "SCHEMA_VERSION",
     "AdversarialSet",
+    "AuditRecord",
     "AuditResult",
+    "AuditRun",
     "Diagnostic",
     "ModelInfo",
     "ResultTable",
@@ -45,6 +47,7 @@ __all__ = [
     "RowOutcome",
     "SanityWarning",
     "Stacked",
+    "Workers",
     "aggregate_seeds",
     "attack_eps",
     "attack_rows",

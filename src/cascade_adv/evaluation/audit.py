@@ -82,6 +82,8 @@ from cascade_adv.evaluation.progress import (
     remove_progress,
     state_path,
 )
+from cascade_adv.models.fuse import auto_layout
+from cascade_adv.models.layout import BATCH as LAYOUT_BATCH
 from cascade_adv.results.store import ResultsStore, check_store_path, store_rows
 
 #: The audit's versions: attack names with their options, in the order they run.
@@ -102,7 +104,9 @@ __all__ = [
     "VERSIONS",
     "AttackAccuracy",
     "AuditAttack",
+    "AuditRecord",
     "AuditResult",
+    "AuditRun",
     "Workers",
     "audit",
     "check_audit_eps",
@@ -343,42 +347,36 @@ def _positive(value: Any, name: str) -> int:
     return value
 
 
-def audit(
-    model: nn.Module,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    eps: float | Sequence[float],
-    *,
-    version: str | Sequence[Any] = "standard",
-    batch_size: int = 500,
-    max_batch: int | None = None,
-    seed: int = 0,
-    prepare: Callable[[torch.Tensor], torch.Tensor] | None = None,
-    store: ResultsStore | str | os.PathLike | None = None,
-    save_rows: bool = True,
-    resume: bool = True,
-    keep_images: bool = False,
-    fuse: bool = True,
-    progress: bool = False,
-    model_name: str = "model",
-    model_hash: str = "",
-    dataset: str = "",
-    split: str = "",
-    diagnostics: bool | str | Mapping[str, Any] = "cheap",
-    workers: Workers | int | None = None,
-) -> AuditResult:
-    """Audit ``model``'s robustness on images ``x`` (``[N, C, H, W]`` in [0, 1]) with
-    labels ``y``: the attacks of ``version`` in sequence, each on the images still
-    correct, and the per-image worst case at every ``eps`` (pixel units, in (0, 255]).
+@dataclass(frozen=True)
+class AuditRun:
+    """How an audit runs (its results do not depend on it, except ``seed`` and, within
+    float32 rounding, ``fuse`` and ``channels_last``).
 
-    ``model`` is any ``nn.Module`` mapping images to logits; it is attacked in
-    inference mode on its device (``x`` moves there batch by batch).  ``version``:
-    ``"standard"`` (APGD-CE, APGD-T with 9 targets, Square with 5000 queries),
-    ``"quick"`` (APGD-T with 3 targets, Square with 1000 queries), or a list (see
-    :func:`resolve_version`).  ``prepare`` maps each batch of ``x`` to the model's
-    inputs first (e.g. uint8 images to floats with a center crop).  Every attack x batch
-    draws from its own generator seeded by ``seed``.  ``max_batch`` caps the stacked
-    rows (images x epsilons) of one attack call (default ``batch_size * len(eps)``).
+    ``batch_size`` images per batch; ``max_batch`` caps the stacked rows (images x
+    epsilons) of one attack call (default ``batch_size * len(eps)``); every attack x batch
+    draws from its own generator seeded by ``seed``.  ``fuse``: attacks run on the
+    network with BatchNorm folded into its convolutions; ``channels_last``: that
+    network's layout (``None``: the one measured faster on this machine,
+    :mod:`cascade_adv.models.layout`, chosen once before any attack and used by every
+    shard).  ``workers`` (a :class:`Workers`, or a number of local single-thread worker
+    processes) splits the images into that many shards of whole batches, each audited in
+    its own process (or Ray task) with the seeds of its batches in the whole audit, so
+    the merged outcomes equal a one-process run's bit for bit (on the same kind of
+    device and thread count); each shard keeps its own progress file and resumes from it
+    (:func:`audit_shards`).  ``progress``: a tqdm bar."""
+
+    batch_size: int = 500
+    max_batch: int | None = None
+    seed: int = 0
+    fuse: bool = True
+    channels_last: bool | None = None
+    workers: Workers | int | None = None
+    progress: bool = False
+
+
+@dataclass(frozen=True)
+class AuditRecord:
+    """What an audit is called and where it is kept.
 
     ``store`` (a :class:`ResultsStore` or its path): the rows of :meth:`AuditResult.table`
     are upserted there at the end, and progress is saved after every attack x batch in
@@ -390,73 +388,151 @@ def audit(
     :class:`~cascade_adv.errors.CascadeAdvWarning` and the audit starts over; the
     progress files of the same ``model_name``, ``dataset`` and ``split`` beside the store
     that belong to an audit with other arguments, run by no live process, are removed
-    (:mod:`cascade_adv.evaluation.progress`).
-    ``save_rows=False`` leaves storing the rows to the caller (who writes other files
-    first): the store then only keeps the progress.  ``keep_images`` keeps the adversarial images in the
-    result (in memory only: such an audit starts over).  ``fuse``: attacks run on the
-    network with BatchNorm folded into its convolutions.  ``progress``: a tqdm bar.
+    (:mod:`cascade_adv.evaluation.progress`).  ``save_rows=False`` leaves storing the
+    rows to the caller (who writes other files first): the store then only keeps the
+    progress.  ``keep_images`` keeps the adversarial images in the result (in memory
+    only: such an audit starts over).  ``model_name``, ``model_hash``, ``dataset`` and
+    ``split`` name the rows."""
 
-    ``workers`` (a :class:`Workers`, or a number of local single-thread worker processes)
-    splits the images into that many shards of whole batches, each audited in its own
-    process (or Ray task) with the seeds of its batches in the whole audit, so the merged
-    outcomes equal a one-process run's bit for bit (on the same kind of device and
-    thread count); each shard keeps its own progress file beside ``store`` and resumes
-    from it (:func:`audit_shards`).
+    store: ResultsStore | str | os.PathLike | None = None
+    model_name: str = "model"
+    model_hash: str = ""
+    dataset: str = ""
+    split: str = ""
+    save_rows: bool = True
+    resume: bool = True
+    keep_images: bool = False
+
+
+def audit(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    eps: float | Sequence[float],
+    *,
+    version: str | Sequence[Any] = "standard",
+    prepare: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    diagnostics: bool | str | Mapping[str, Any] = "cheap",
+    run: AuditRun | None = None,
+    record: AuditRecord | None = None,
+) -> AuditResult:
+    """Audit ``model``'s robustness on images ``x`` (``[N, C, H, W]`` in [0, 1]) with
+    labels ``y``: the attacks of ``version`` in sequence, each on the images still
+    correct, and the per-image worst case at every ``eps`` (pixel units, in (0, 255]).
+
+    >>> audit(model, x, y, [16, 32], version="quick")
+    >>> audit(model, x, y, 32, run=AuditRun(batch_size=250, workers=2),
+    ...       record=AuditRecord(store="results.db", model_name="P"))
+
+    ``model`` is any ``nn.Module`` mapping images to logits; it is attacked in
+    inference mode on its device (``x`` moves there batch by batch).  ``version``:
+    ``"standard"`` (APGD-CE, APGD-T with 9 targets, Square with 5000 queries),
+    ``"quick"`` (APGD-T with 3 targets, Square with 1000 queries), or a list (see
+    :func:`resolve_version`).  ``prepare`` maps each batch of ``x`` to the model's
+    inputs first (e.g. uint8 images to floats with a center crop).  ``run``
+    (:class:`AuditRun`): batch sizes, seed, network, shards, progress bar; ``record``
+    (:class:`AuditRecord`): names, the results store, resume.
 
     ``diagnostics``: ``True`` (or a mapping of
     :func:`~cascade_adv.evaluation.diagnostics.diagnose`'s options, e.g. ``{"twin":
     undefended_model, "sample": 128}``) runs the gradient-masking diagnostics on the
-    audited images after the attacks, with this audit's ``seed``, ``prepare`` and
-    ``fuse``, into :attr:`AuditResult.checks` (before the rows are stored, so an
-    interruption there resumes after the attacks).  The default, ``"cheap"``, runs
-    AutoAttack's checks on every call (``deterministic``, ``logits``: probabilities
-    instead of logits, ``nonzero_gradients``: a few forward passes and one gradient of a
-    subsample), each flagged one also a :class:`~cascade_adv.errors.CascadeAdvWarning`
-    (the caller did not ask for them); ``False`` none.
+    audited images after the attacks, with this audit's seed, ``prepare`` and network,
+    into :attr:`AuditResult.checks` (before the rows are stored, so an interruption
+    there resumes after the attacks).  The default, ``"cheap"``, runs AutoAttack's
+    checks on every call (``deterministic``, ``logits``: probabilities instead of logits,
+    ``nonzero_gradients``: a few forward passes and one gradient of a subsample), each
+    flagged one also a :class:`~cascade_adv.errors.CascadeAdvWarning` (the caller did
+    not ask for them); ``False`` none.
 
     Raises :class:`~cascade_adv.errors.CascadeAdvError` subclasses that are also
     ``ValueError`` (unknown names also ``KeyError``) for bad input, before any work, and
     :class:`~cascade_adv.errors.ModelFault` for a model with non-finite outputs.
     """
-    eps_values = check_audit_eps(eps)
-    checks = _diagnostic_options(diagnostics)
-    resolve_version(version)  # names and options, before the model runs
-    batch_size = _positive(batch_size, "batch_size")
-    max_batch = _positive(batch_size * len(eps_values) if max_batch is None else max_batch,
-                          "max_batch")
-    classes = check_inputs(model, x, y, prepare)
-    if checks is not None:
-        check_twin(checks.get("twin"), x, prepare, classes, model,
-                   checks.get("twin_name", "twin"), model_name)
-    label, attacks = resolve_version(version, classes)
-    owned = store is not None and not isinstance(store, ResultsStore)
-    if owned:
-        check_store_path(store)
-    workers = check_workers(workers, x.shape[0], batch_size)
-    shard = _Shard(attacks, eps_values, int(seed), batch_size, max_batch, bool(fuse),
-                   model_name, model_hash, dataset, split, _store_path(store),
-                   resume and not keep_images, keep_images)
-    if workers.jobs > 1:
-        clean, broken_by, adversarial, files = audit_shards(model, x, y, prepare, shard,
-                                                            workers, progress)
-    else:
-        clean, broken_by, adversarial, files = _audit_shard(model, x, y, prepare, shard, 0,
-                                                            progress)
-    result = AuditResult(label, tuple(attacks), tuple(eps_values), clean, broken_by,
-                         adversarial, [], model_name, model_hash, dataset, split)
-    if checks is not None:
-        result.checks = diagnose(model, x, y, eps_values, audit_result=result, seed=seed,
-                                 prepare=prepare, fuse=fuse, **checks)
-        if checks.get("cheap"):  # not asked for: say what they found
-            _warn_flagged(result.checks)
-    if store is not None and save_rows:
-        if owned:
-            store_rows(store, result.table())
+    run, record = _check_groups(run, record)
+    shard, workers, checks, label = _plan(model, x, y, eps, version, prepare, diagnostics,
+                                          run, record)
+    with attack_registry.layout(shard.channels_last):
+        if workers.jobs > 1:
+            clean, broken_by, adversarial, files = audit_shards(model, x, y, prepare, shard,
+                                                                workers, run.progress)
         else:
-            store.upsert(result.table())
+            clean, broken_by, adversarial, files = _audit_shard(model, x, y, prepare, shard,
+                                                                0, run.progress)
+        result = AuditResult(label, tuple(shard.attacks), tuple(shard.eps), clean, broken_by,
+                             adversarial, [], record.model_name, record.model_hash,
+                             record.dataset, record.split)
+        if checks is not None:
+            result.checks = diagnose(model, x, y, shard.eps, audit_result=result,
+                                     seed=run.seed, prepare=prepare, fuse=run.fuse, **checks)
+            if checks.get("cheap"):  # not asked for: say what they found
+                _warn_flagged(result.checks)
+    if record.store is not None and record.save_rows:
+        if isinstance(record.store, ResultsStore):
+            record.store.upsert(result.table())
+        else:
+            store_rows(record.store, result.table())
     for path in files:  # the attacks' progress, once their rows are stored
         remove_progress(path)
     return result
+
+
+def _check_groups(run: Any, record: Any) -> tuple[AuditRun, AuditRecord]:
+    run = AuditRun() if run is None else run
+    record = AuditRecord() if record is None else record
+    if not isinstance(run, AuditRun):
+        raise InvalidArgument(f"run must be an AuditRun, got {echo(run)}")
+    if not isinstance(record, AuditRecord):
+        raise InvalidArgument(f"record must be an AuditRecord, got {echo(record)}")
+    if run.channels_last is not None and not isinstance(run.channels_last, bool):
+        raise InvalidArgument(f"channels_last must be True, False or None, got "
+                              f"{echo(run.channels_last)}")
+    return run, record
+
+
+def _plan(model, x, y, eps, version, prepare, diagnostics, run: AuditRun,
+          record: AuditRecord) -> tuple[_Shard, Workers, dict[str, Any] | None, str]:
+    """Every argument checked (one line each, before any work), the network's layout
+    chosen: what each shard runs, the workers, the diagnostics' options, the label."""
+    eps_values = check_audit_eps(eps)
+    checks = _diagnostic_options(diagnostics)
+    resolve_version(version)  # names and options, before the model runs
+    batch_size = _positive(run.batch_size, "batch_size")
+    max_batch = _positive(batch_size * len(eps_values) if run.max_batch is None
+                          else run.max_batch, "max_batch")
+    classes = check_inputs(model, x, y, prepare)
+    if checks is not None:
+        check_twin(checks.get("twin"), x, prepare, classes, model,
+                   checks.get("twin_name", "twin"), record.model_name)
+    label, attacks = resolve_version(version, classes)
+    if record.store is not None and not isinstance(record.store, ResultsStore):
+        check_store_path(record.store)
+    workers = check_workers(run.workers, x.shape[0], batch_size)
+    channels_last = run.channels_last
+    if channels_last is None:
+        channels_last = run.fuse and _measured_layout(model, x, prepare, batch_size,
+                                                      workers)
+    shard = _Shard(attacks, eps_values, int(run.seed), batch_size, max_batch, bool(run.fuse),
+                   channels_last, record.model_name, record.model_hash, record.dataset,
+                   record.split, _store_path(record.store),
+                   record.resume and not record.keep_images, record.keep_images)
+    return shard, workers, checks, label
+
+
+def _measured_layout(model: nn.Module, x: torch.Tensor,
+                     prepare: Callable[[torch.Tensor], torch.Tensor] | None, batch_size: int,
+                     workers: Workers) -> bool:
+    """The attack network's layout for this audit's batches, measured (or read from the
+    machine's cache) with the thread count the attacks will run with."""
+    sample = x[:min(batch_size, LAYOUT_BATCH)].to(attack_registry.model_device(model))
+    sample = prepare(sample) if prepare is not None else sample
+    threads = torch.get_num_threads()
+    if workers.jobs > 1 and workers.threads:
+        torch.set_num_threads(workers.threads)
+    try:
+        with attack_registry.inference_mode(model):
+            return auto_layout(model, sample)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _store_path(store: ResultsStore | str | os.PathLike | None) -> str | None:
@@ -526,6 +602,7 @@ class _Shard:
     batch_size: int
     max_batch: int
     fuse: bool
+    channels_last: bool
     model_name: str
     model_hash: str
     dataset: str
@@ -542,7 +619,8 @@ class _Shard:
         """What, besides the model and images, makes two shards the same (their key)."""
         return {"version": self.labels, "eps": self.eps, "seed": self.seed,
                 "batch_size": self.batch_size, "max_batch": self.max_batch,
-                "fuse": self.fuse, "first_batch": batch_offset}
+                "fuse": self.fuse, "channels_last": self.channels_last,
+                "first_batch": batch_offset}
 
 
 def _audit_shard(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
@@ -562,7 +640,8 @@ def _audit_shard(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
         like = prepare(x[:1]) if prepare is not None else x[:1]
         run.adversarial = torch.empty((len(shard.eps), x.shape[0], *like.shape[1:]),
                                       dtype=like.dtype)
-    _run_batches(run, state, x, y, prepare, shard.batch_size, progress)
+    with attack_registry.layout(shard.channels_last):  # the same in every shard
+        _run_batches(run, state, x, y, prepare, shard.batch_size, progress)
     return state.clean, state.broken_by, run.adversarial, [state.path]
 
 

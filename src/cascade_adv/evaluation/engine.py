@@ -73,15 +73,19 @@ def _explicit(fuse: bool, speed: Speed | None, device: torch.device) -> Iterator
         cast = torch.autocast(device.type, enabled=False)
     else:
         cast = contextlib.nullcontext()
-    with attack_registry.fusion(fuse), attack_registry.trusted(), cast:
+    pinned = (attack_registry.layout(speed.attack_layout)
+              if speed is not None and speed.attack_layout is not None
+              else contextlib.nullcontext())
+    with attack_registry.fusion(fuse), attack_registry.trusted(), cast, pinned:
         yield
 
 
-def network(model: nn.Module, fuse: bool) -> nn.Module:
-    """The network the attacks run on: ``model``'s inference network with BatchNorm
-    folded into the convolutions when ``fuse`` (cached), else ``model`` itself."""
+def network(model: nn.Module, fuse: bool, x: torch.Tensor | None = None) -> nn.Module:
+    """The network the attacks run on for inputs like ``x``: ``model``'s inference
+    network with BatchNorm folded into the convolutions when ``fuse`` (cached), else
+    ``model`` itself."""
     with attack_registry.fusion(fuse), attack_registry.inference_mode(model):
-        return attack_registry.attack_network(model)
+        return attack_registry.attack_network(model, x)
 
 
 def predict(model: nn.Module, x: torch.Tensor, *, fuse: bool = True,
@@ -90,7 +94,7 @@ def predict(model: nn.Module, x: torch.Tensor, *, fuse: bool = True,
     gradients, under the autocast of ``speed`` (float32 when ``None``).  Returned as the
     model gives them (bf16 under autocast): callers that compare them cast."""
     with _explicit(fuse, speed, x.device):
-        return attack_registry.predict(model, x, network(model, fuse))
+        return attack_registry.predict(model, x, network(model, fuse, x))
 
 
 def input_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
@@ -101,7 +105,7 @@ def input_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
     under the autocast of ``speed`` (float32 when ``None``); the logits reach
     ``objective`` in float32."""
     with _explicit(fuse, speed, x.device), attack_registry.inference_mode(model):
-        grad, _ = input_gradient_core(network(model, fuse), x, y, objective)
+        grad, _ = input_gradient_core(network(model, fuse, x), x, y, objective)
     return grad
 
 

@@ -170,7 +170,7 @@ def audit_step(p: dict, folder: Path, deps: dict[str, dict], rt: Runtime) -> dic
     import functools
     from dataclasses import asdict
 
-    from cascade_adv.evaluation import audit, prepare_images
+    from cascade_adv.evaluation import AuditRecord, AuditRun, audit, prepare_images
 
     device = _device(rt)
     m = _model(deps[p["model"]], device)
@@ -178,10 +178,12 @@ def audit_step(p: dict, folder: Path, deps: dict[str, dict], rt: Runtime) -> dic
     data = _split([m], rt, p.get("test_images"), device)
     result = audit(m.model, data.images, data.labels, p["eps"], version=p["version"],
                    prepare=functools.partial(prepare_images, m.model),
-                   store=folder / "audit.db", save_rows=False, progress=rt.progress,
-                   model_name=m.name, model_hash=m.hash, dataset=data.name, split=data.split,
                    diagnostics={"twin": twin.model, "twin_name": twin.name} if twin else True,
-                   workers=min(rt.audit_jobs, len(data.labels)))
+                   run=AuditRun(progress=rt.progress,
+                                workers=min(rt.audit_jobs, len(data.labels))),
+                   record=AuditRecord(store=folder / "audit.db", save_rows=False,
+                                      model_name=m.name, model_hash=m.hash,
+                                      dataset=data.name, split=data.split))
     atomic_write_text(folder / CHECKS_FILE,
                       json.dumps([asdict(c) for c in result.checks], indent=1))
     return {**_write_rows(folder, result.table()), "checks": str(folder / CHECKS_FILE),

@@ -26,6 +26,8 @@ import weakref
 import torch
 from torch import fx, nn
 
+from cascade_adv.models.layout import preferred_layout
+
 log = logging.getLogger(__name__)
 
 #: the BatchNorm that can follow each convolution
@@ -152,24 +154,38 @@ def _identity(model: nn.Module) -> tuple:
     return tuple(id(t) for t in model.parameters()) + tuple(id(t) for t in model.buffers())
 
 
-def default_channels_last(device: torch.device) -> bool:
-    """NHWC for the folded network on CUDA, where tensor-core convolutions prefer it.  Not
-    on CPU: measured within noise of contiguous there, and torch's one-thread CPU
-    channels_last backward has shown gradient discrepancies (docs/performance.md)."""
-    return device.type == "cuda"
+#: per model, the layout chosen for each (image shape, dtype, thread count)
+_AUTO: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def inference_network(model: nn.Module, channels_last: bool | None = None) -> nn.Module:
+def auto_layout(model: nn.Module, sample: torch.Tensor | None) -> bool:
+    """Whether ``model``'s folded network should be NHWC for inputs like ``sample``
+    (:func:`~cascade_adv.models.layout.preferred_layout`; contiguous where nothing folds:
+    the layout is then the model's own), remembered per model.  Call it with the model
+    in inference mode."""
+    if sample is None or sample.device.type != "cpu":
+        return preferred_layout(model, sample, None)
+    known = _AUTO.setdefault(model, {})
+    shape = (tuple(sample.shape[1:]), sample.dtype, torch.get_num_threads())
+    if shape not in known:
+        known[shape] = (inference_network(model, False) is not model and preferred_layout(
+            model, sample, lambda cl: inference_network(model, cl)))
+    return known[shape]
+
+
+def inference_network(model: nn.Module, channels_last: bool | None = None,
+                      sample: torch.Tensor | None = None) -> nn.Module:
     """The network attacks should run: ``model`` with BatchNorm folded into its
     convolutions (:func:`fold_batchnorm`), built once per model and reused while the
     model holds the same tensors, or ``model`` itself where nothing can be folded.
     Call it with the model in inference mode.  ``channels_last=None`` picks the layout
-    by the model's device (:func:`default_channels_last`)."""
+    for inputs like ``sample``: NHWC on CUDA, on a CPU the one measured faster here
+    (:mod:`cascade_adv.models.layout`), contiguous without a sample."""
     first = next(iter(model.parameters()), None)
     if first is None:
         return model
     if channels_last is None:
-        channels_last = default_channels_last(first.device)
+        channels_last = auto_layout(model, sample)
     ident = (_identity(model), channels_last)
     hit = _CACHE.get(model)
     if hit is not None and hit[0] == ident:

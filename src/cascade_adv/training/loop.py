@@ -257,7 +257,9 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, objective: Ob
     for group in optimizer.param_groups:
         group["lr"] = lr
     x = prepare_input(x, speed)
-    with speed.autocast(), attacks.fusion(fuse):  # autocast: a no-op for float32
+    # the layout of the config (contiguous on a CPU unless asked), never measured: a
+    # resumed training crafts as it did before
+    with speed.autocast(), attacks.fusion(fuse), attacks.layout(speed.channels_last):
         loss, logits, labels = objective(model, x, y, iteration, generator)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
@@ -490,7 +492,8 @@ def _watch(cfg: TrainConfig, run_dir: Path, setup: TrainingSetup, run: OpenRun, 
     run's speed options: a new best PGD accuracy writes ``best_pgd/``, a collapse is
     reported in one line when progress is shown.  Returns its ``metrics.jsonl`` fields."""
     monitor = setup.monitor
-    with setup.speed.autocast(), attacks.fusion(cfg.speed.fuse):
+    with (setup.speed.autocast(), attacks.fusion(cfg.speed.fuse),
+          attacks.layout(setup.speed.channels_last)):
         reading = monitor.check(run.model, done)
     if reading.best:
         monitor.save_best(run_dir, run.model, reading, run.init)

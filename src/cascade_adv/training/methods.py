@@ -94,7 +94,7 @@ def _random_then_step(objective: core.Objective, label_rule: core.LabelRule):
         start01 = alpha * eps01
         start = core.project(x + start01 * core.random_sign_direction(x, generator), x, start01)
         with core.inference_mode(model):
-            grad, _ = core.input_gradient(core.attack_network(model), start, y, objective,
+            grad, _ = core.input_gradient(core.attack_network(model, start), start, y, objective,
                                           label_rule)
         return core.project(start + (eps01 - start01) * core.sign_direction(grad), x,
                             eps01).detach()
