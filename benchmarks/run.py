@@ -80,8 +80,9 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.ArgumentParser, argpars
                     help="the library's speed option (auto: bf16 autocast on CUDA, float32 on "
                          "CPU); peers always run float32")
     ap.add_argument("--channels-last", choices=["auto", "true", "false"], default="auto",
-                    help="the library's speed option, our side only (auto: on for CUDA, off "
-                         "on CPU); peers always get the plain model")
+                    help="the library's speed option, our side only (auto: the model NHWC on "
+                         "CUDA; the attacks' folded network in the layout the library "
+                         "measures faster on this machine); peers always get the plain model")
     ap.add_argument("--compile", action="store_true",
                     help="torch.compile the model (the library's speed option); compile time "
                          "falls in the warm-up calls, recompiles for new shapes do not")

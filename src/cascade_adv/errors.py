@@ -114,6 +114,14 @@ class InvalidArgument(CascadeAdvError, ValueError):
     """A bad argument to a command or a library function (empty list, non-positive limit...)."""
 
 
+class UnknownName(InvalidArgument, KeyError):
+    """A name that is not one of the valid choices (an analysis' method or pair...); also
+    a :class:`KeyError`, as an unknown key is."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
 class FolderInUse(CascadeAdvError):
     """A folder that another running process holds locked (a run folder that a
     ``train`` is writing); the message names the folder and that process."""

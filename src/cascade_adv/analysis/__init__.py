@@ -1,7 +1,8 @@
 """The papers' analyses of trained models (N18 section 4 and appendix A, K17 section 4).
 
 * :func:`softmax_argument` - N18 figures 4 and 6: the argument to the softmax (logits)
-  of the true class and the mean of the false classes vs. epsilon.
+  of the true class and the mean of the false classes vs. epsilon; also (opt-in) at the
+  iter_FGSM and APGD-CE images of each epsilon.
 * :func:`gradient_correlation` - N18 figure 5: Pearson's correlation between the
   input gradients w.r.t. clean and adversarial images vs. epsilon.
 * :mod:`cascade_adv.analysis.sweeps` - analyses that train a family of networks:

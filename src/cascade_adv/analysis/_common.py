@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import numbers
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,11 +13,15 @@ from torch import nn
 from cascade_adv import attacks
 from cascade_adv.attacks import AttackSpec, core
 from cascade_adv.data import ImageDataset
-from cascade_adv.errors import CascadeAdvError
+from cascade_adv.errors import CascadeAdvError, InvalidArgument, UnknownName
 from cascade_adv.evaluation.engine import Stacked, attack_eps, prepare_images, seeded_generator
 
 #: The test-time directions of N18 figures 4-6 ("step_ll", "step_FGSM", "random sign").
 METHODS: tuple[str, ...] = ("step_ll", "step_fgsm", "random_sign")
+#: Iterative attacks whose adversarial image at each eps the softmax analysis can also
+#: follow (beyond N18): the papers' iter_FGSM and the audit's first attack, APGD-CE
+#: (docs/design.md, "Softmax argument along the attacks' images").
+ATTACK_METHODS: tuple[str, ...] = ("iter_fgsm", "apgd_ce")
 
 
 def check_dataset(dataset: Any) -> None:
@@ -83,17 +87,19 @@ def choose_images(dataset: Any, n_images: int = 128, seed: int = 1234) -> ImageD
 
 
 def check_names(names: Any, valid: Sequence[str], what: str) -> list[str]:
-    """``names`` (a string or a sequence of strings), each in ``valid``; duplicates dropped."""
+    """``names`` (a string or a sequence of strings), each in ``valid``; duplicates dropped.
+    An unknown name raises :class:`~cascade_adv.errors.UnknownName` (a ``KeyError`` and a
+    ``ValueError``), none at all :class:`~cascade_adv.errors.InvalidArgument`."""
     if isinstance(names, str):
         names = [names]
     out: list[str] = []
     for name in names:
-        if name not in valid:
-            raise CascadeAdvError(f"unknown {what} {name!r}; choose from: {', '.join(valid)}")
+        if not isinstance(name, str) or name not in valid:
+            raise UnknownName(f"unknown {what} {name!r}; choose from: {', '.join(valid)}")
         if name not in out:
             out.append(name)
     if not out:
-        raise CascadeAdvError(f"no {what} given; choose from: {', '.join(valid)}")
+        raise InvalidArgument(f"no {what} given; choose from: {', '.join(valid)}")
     return out
 
 
@@ -185,7 +191,7 @@ def _one_sign(x: torch.Tensor, generator: torch.Generator | None) -> AttackSpec:
 
 def along_direction(model: nn.Module, method: str, x: torch.Tensor, y: torch.Tensor,
                     adv_eps: Sequence[float], generator: torch.Generator | None, *,
-                    fuse: bool = True) -> Stacked:
+                    fuse: bool = True, options: Mapping[str, Any] | None = None) -> Stacked:
     """``x`` moved by each epsilon of ``adv_eps`` (non-empty) along ``method``, on the
     attack x epsilon engine: ``.x_adv`` is ``[len(adv_eps) * b, ...]``, epsilon-major,
     from one attack call for all epsilons (``.y``: the labels, stacked alike).
@@ -193,8 +199,13 @@ def along_direction(model: nn.Module, method: str, x: torch.Tensor, y: torch.Ten
     N18 figures 4-6 follow one direction per image as epsilon grows: the gradient
     sign for step_ll / step_FGSM (on the fused inference network when ``fuse``), and
     for "random sign" one random sign vector per image drawn once and scaled, so the
-    curve is not a fresh draw at every epsilon.
+    curve is not a fresh draw at every epsilon.  For an iterative attack
+    (:data:`ATTACK_METHODS`) there is no single direction: each row is the attack's own
+    adversarial image at that row's eps (each eps a separate run within the one call,
+    with its own step count and projection), run with ``options`` (its keyword
+    options, checked by the caller) and drawing from ``generator``.
     """
     attack = _one_sign(x, generator) if method == "random_sign" else method
-    (part,) = attack_eps(model, x, y, adv_eps, attack, generator=generator, fuse=fuse)
+    (part,) = attack_eps(model, x, y, adv_eps, attack, options=options, generator=generator,
+                         fuse=fuse)
     return part

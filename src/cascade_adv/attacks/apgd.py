@@ -25,6 +25,7 @@ inside the loop. Differences from the authors' code are listed in docs/design.md
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -180,12 +181,16 @@ def random_start(x: torch.Tensor, eps01: torch.Tensor, generator: torch.Generato
 
 def run_once(net: nn.Module, x: torch.Tensor, y: torch.Tensor, eps01: torch.Tensor,
              loss_fn: Callable[[torch.Tensor], torch.Tensor], steps: int, rho: float,
-             generator: torch.Generator | None
+             generator: torch.Generator | None, trace: core.Trace | None = None
              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One APGD run from a random start; returns ``(points, misclassified, best loss)``:
-    per image the last misclassified iterate if one was, else the best-loss iterate."""
+    per image the last misclassified iterate if one was, else the best-loss iterate.
+    ``trace(step, logits, loss)`` (:data:`~cascade_adv.attacks.core.Trace`) sees the
+    start (step 0) and every iterate ``1 .. steps``."""
     x0 = random_start(x, eps01, generator)
     loss, logits, grad = core.loss_and_gradient(net, x0, loss_fn)
+    if trace is not None:
+        trace(0, logits, loss)
     broken = logits.argmax(dim=1) != y
     x_broken = x0.clone()
     s = Search(x_adv=x0, grad=grad, step=(2 * eps01).expand(x.shape[0], *eps01.shape[1:]),
@@ -202,6 +207,8 @@ def run_once(net: nn.Module, x: torch.Tensor, y: torch.Tensor, eps01: torch.Tens
         x_prev = s.x_adv
         prev_loss = loss
         loss, logits, grad = core.loss_and_gradient(net, x_new, loss_fn)
+        if trace is not None:
+            trace(i + 1, logits, loss)
         wrong = logits.argmax(dim=1) != y
         x_broken = torch.where(core.rows_view(wrong, x), x_new, x_broken)
         broken = broken | wrong
@@ -241,13 +248,16 @@ def target_count(targets: int | None, num_classes: int) -> int:
 
 def apgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps, loss: str, *,
          steps: int = 100, restarts: int = 1, rho: float = 0.75, targets: int | None = None,
-         generator: torch.Generator | None = None) -> torch.Tensor:
+         generator: torch.Generator | None = None, trace: core.Trace | None = None
+         ) -> torch.Tensor:
     """APGD with loss ``"ce"``, ``"dlr"`` or ``"dlr_targeted"`` (then ``targets`` classes,
     the 2nd to (T+1)-th largest clean logits, each with ``restarts`` runs, as AutoAttack).
 
     Each run attacks only the images no earlier run has broken; images misclassified
     clean are returned unchanged.  Per image the result is a misclassified point if any
-    run found one, otherwise the point of the highest loss over the runs."""
+    run found one, otherwise the point of the highest loss over the runs.  ``trace``
+    (:data:`~cascade_adv.attacks.core.Trace`) sees every run's start and iterates with
+    their loss, ``rows`` the images of ``x`` the run attacks."""
     check_options(steps, restarts, rho)
     core.true_label(None, y)
     n = x.shape[0]
@@ -268,7 +278,8 @@ def apgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps, loss: str, *,
                 if idx is None:
                     return worst.x_adv
                 fn = per_example_loss(loss, y[idx], None if rank is None else ranked[idx, rank])
+                seen = None if trace is None else functools.partial(trace, rows=idx)
                 found = run_once(net, x[idx], y[idx], eps01[idx], fn, int(steps), rho,
-                                 generator)
+                                 generator, seen)
                 worst.update(idx, *found)
     return worst.x_adv

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 from collections.abc import Callable, Iterator
 
 import torch
@@ -42,6 +43,13 @@ from cascade_adv.models.fuse import inference_network
 Objective = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 #: Picks the attack's labels from the clean logits and the true labels.
 LabelRule = Callable[[torch.Tensor, "torch.Tensor | None", "torch.Generator | None"], torch.Tensor]
+#: An optional per-step record of an iterative attack (:func:`iterate`, APGD), called
+#: ``trace(step, logits, loss=None, rows=None)`` with the detached logits at iterate
+#: ``step`` (0: the starting point; a new run of the attack starts again at 0) of the
+#: batch rows ``rows`` (``None``: every row), and the attack's loss per row there where
+#: the attack computes one (APGD; ``None`` for :func:`iterate`).  Without a trace the
+#: loops do no extra work (docs/design.md, "Indicators of attack failure").
+Trace = Callable[..., None]
 
 
 _FUSE: contextvars.ContextVar[bool] = contextvars.ContextVar("cascade_adv_fuse", default=True)
@@ -216,6 +224,8 @@ def input_gradient(
     objective: Objective,
     label_rule: LabelRule | None = None,
     generator: torch.Generator | None = None,
+    *,
+    on_logits: Callable[[torch.Tensor], None] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Gradient of ``objective`` with respect to the input only.
 
@@ -223,10 +233,13 @@ def input_gradient(
     logits of this same forward pass (one forward, one input-backward).
     Returns ``(gradient, labels_used)``.  The logits are taken in float32 (a no-op
     unless the model runs under bf16 autocast); the gradient has ``x``'s dtype.
+    ``on_logits``, when given, receives the detached logits of the pass (a trace).
     """
     x = x.detach().requires_grad_(True)
     with torch.enable_grad():
         logits = _float32(model(x))
+        if on_logits is not None:
+            on_logits(logits.detach())
         if label_rule is not None:
             labels = label_rule(logits.detach(), labels, generator)
         loss = objective(logits, labels)
@@ -389,6 +402,7 @@ def iterate(
     steps=None,
     random_start: bool = False,
     generator: torch.Generator | None = None,
+    trace: Trace | None = None,
 ) -> torch.Tensor:
     """``X_{N+1} = Clip_{X,eps}(X_N + alpha * sign(grad objective(X_N)))``.
 
@@ -396,7 +410,9 @@ def iterate(
     per-example ``eps`` every example runs its own count: the loop runs to the
     largest count and finished examples leave the batch, so the result and the work
     equal those of separate calls.  The labels are chosen once, on the clean image
-    (iter_ll fixes its least-likely class there).
+    (iter_ll fixes its least-likely class there).  ``trace`` (:data:`Trace`) receives
+    the logits of every gradient pass, iterates ``0 .. steps - 1`` (not the returned
+    point, which no pass evaluates).
     """
     n = x.shape[0]
     eps01 = pixel_eps(eps, n, x)
@@ -439,13 +455,14 @@ def iterate(
         idx = None  # None: every row
         for step in range(max_steps):
             idx = active_from.get(step, idx)
+            seen = None if trace is None else functools.partial(trace, step, rows=idx)
             if idx is None:
-                grad, _ = input_gradient(model, x_adv, labels, objective)
+                grad, _ = input_gradient(model, x_adv, labels, objective, on_logits=seen)
                 x_adv = project(x_adv + alpha01 * grad.sign(), x, eps01)
                 continue
             xa, x0, e01 = x_adv[idx], x[idx], eps01[idx]
             grad, _ = input_gradient(model, xa, None if labels is None else labels[idx],
-                                     objective)
+                                     objective, on_logits=seen)
             x_adv[idx] = project(xa + alpha01[idx] * grad.sign(), x0, e01)
     return x_adv.detach()
 

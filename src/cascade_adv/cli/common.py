@@ -40,23 +40,28 @@ def _csv_list(value: str, cast=str, option: str = "the list") -> list:
 
 class AttackNames(click.ParamType):
     """Comma-separated attack names, each registered (``clean`` too where ``clean``);
-    ``single``: exactly one name.  Checked when the command line is parsed."""
+    ``single``: exactly one name; ``choices``: only these names.  Checked when the
+    command line is parsed."""
 
     name = "attacks"
 
-    def __init__(self, *, clean: bool = False, single: bool = False):
-        self.clean, self.single = clean, single
+    def __init__(self, *, clean: bool = False, single: bool = False,
+                 choices: tuple[str, ...] | None = None):
+        self.clean, self.single, self.choices = clean, single, choices
 
     def convert(self, value, param, ctx):
         if isinstance(value, list):
             return value
         from cascade_adv import attacks
-        from cascade_adv.errors import CascadeAdvError
+        from cascade_adv.errors import CascadeAdvError, UnknownName
 
         option = param.opts[0] if param is not None else "--attacks"
         try:
             names = [str(value).strip()] if self.single else _csv_list(value, option=option)
             for n in names:
+                if self.choices is not None and n not in self.choices:
+                    raise UnknownName(f"{n!r} is not accepted here; choose from: "
+                                      f"{', '.join(self.choices)}")
                 if not (self.clean and n == "clean"):
                     attacks.get(n)
         except CascadeAdvError as exc:

@@ -15,6 +15,8 @@ from cascade_adv.cli.common import (
     EPS,
     POSITIVE,
     SEED,
+    AttackNames,
+    EpsList,
     _csv_list,
     check_outputs,
     cli,
@@ -137,7 +139,12 @@ EXAMPLES_ANALYZE = """
 \b
 Examples:
   cascade-adv analyze softmax --model B=runs/B1 --model K=runs/K1 --model P=runs/P1
+  cascade-adv analyze softmax --model K=runs/K1 --method step_ll --method iter_fgsm \\
+      --method apgd_ce --apgd-steps 20 --images 16   # what the attacks see vs the audit
   cascade-adv analyze gradcorr --model B=runs/B1 --model K=runs/K1 --model P=runs/P1
+  cascade-adv analyze indicators --model P=runs/P1 --eps 16,32 --twin runs/B1
+  cascade-adv analyze indicators --model P=runs/P1 --eps 32 --attack iter_fgsm \\
+      --attack apgd_t:targets=3 --images 256   # why attacks fail (Pintor et al. 2022)
   cascade-adv analyze transfer-eps --source A=runs/a --target B=runs/b --limit 1000
   cascade-adv analyze lambda2 --config configs/n18/table1_mnist_pivot.yaml \\
       --values 0,1e-4,1e-3,1e-2,0.1 --out runs/lambda2
@@ -151,7 +158,7 @@ Examples:
 
 @cli.group(epilog=EXAMPLES_ANALYZE)
 def analyze():
-    """The papers' analyses: each stores its rows and draws its figure (PNG)."""
+    """The papers' analyses: each stores its rows, most also draw a figure (PNG)."""
 
 
 def _figure_option(default: str):
@@ -160,15 +167,18 @@ def _figure_option(default: str):
 
 
 def _model_analysis(kind, models, eps, images, figure, dataset, data_root, limit,
-                    batch_size, device, results, seed, quiet, **kw):
-    """Shared body of ``softmax`` and ``gradcorr``: run on every model, store, plot."""
+                    batch_size, device, results, seed, quiet, views_figure=None, **kw):
+    """Shared body of ``softmax`` and ``gradcorr``: run on every model, store, plot
+    (``views_figure``: also :func:`~cascade_adv.reporting.figures.plot_attack_views`)."""
     from cascade_adv import analysis
     from cascade_adv.reporting import figures
     from cascade_adv.results.tables import ResultTable
     from cascade_adv.training import resolve_device
     from cascade_adv.training.runs import load_models, load_split
 
-    check_outputs(files=[("--figure", figure)], store=results,
+    outputs = [("--figure", figure)] + ([("--views-figure", views_figure)]
+                                         if views_figure else [])
+    check_outputs(files=outputs, store=results,
                   inputs=_models_inputs(("--model", models), dataset=dataset,
                                         data_root=data_root))
     dev = resolve_device(device)
@@ -181,7 +191,9 @@ def _model_analysis(kind, models, eps, images, figure, dataset, data_root, limit
                          batch_size=batch_size, model_name=m.name, model_hash=m.hash, **kw))
     plot = (figures.plot_softmax_argument if kind == "softmax"
             else figures.plot_gradient_correlation)
-    path = plot(table, figure, models=list(loaded))  # the file asked for first
+    path = plot(table, figure, models=list(loaded))  # the files asked for first
+    if views_figure:
+        path = f"{path}, {figures.plot_attack_views(table, views_figure, models=list(loaded))}"
     save_results(table, results, [m.record() for m in loaded.values()])
     click.echo(f"{len(table)} rows stored in {results}; figure {path}")
 
@@ -199,16 +211,54 @@ def _model_analysis_options(fn):
     return common_options(fn)
 
 
+#: The methods of ``analyze softmax``: N18's directions, then the attacks whose images
+#: it follows (:data:`cascade_adv.analysis.softmax.ALL_METHODS`, kept here so that the
+#: command line parses without importing torch; tests/test_softmax_directions.py checks
+#: that the two agree).
+SOFTMAX_METHODS = ("step_ll", "step_fgsm", "random_sign", "iter_fgsm", "apgd_ce")
+N18_METHODS = SOFTMAX_METHODS[:3]
+
+
+def _softmax_methods(methods, method, apgd_steps) -> tuple[tuple[str, ...], dict]:
+    """``--methods`` then each ``--method`` (duplicates dropped; neither: N18's three)
+    and the attacks' options (``--apgd-steps``, only with apgd_ce)."""
+    names = tuple(dict.fromkeys([*(methods or ()), *method])) or N18_METHODS
+    if apgd_steps is None:
+        return names, {}
+    if "apgd_ce" not in names:
+        raise click.UsageError("--apgd-steps sets the steps of apgd_ce; add --method apgd_ce "
+                               "or drop --apgd-steps")
+    return names, {"apgd_ce": {"steps": apgd_steps}}
+
+
 @analyze.command(epilog=EXAMPLES_ANALYZE)
 @_model_analysis_options
-@click.option("--methods", type=ATTACKS, default="step_ll,step_fgsm,random_sign",
-              show_default=True,
-              help="Directions to move along.")
+@click.option("--methods", type=AttackNames(choices=SOFTMAX_METHODS), default=None,
+              metavar="NAMES",
+              help="Comma-separated methods: N18's directions step_ll, step_fgsm, random_sign "
+                   "(figures 4, 6), and the images of the attacks iter_fgsm and apgd_ce (the "
+                   "audit's first attack). Default, with no --method either: "
+                   + ",".join(N18_METHODS) + ".")
+@click.option("--method", "method", multiple=True, type=click.Choice(SOFTMAX_METHODS),
+              help="One more method (after --methods); repeat for several.")
+@click.option("--apgd-steps", type=click.IntRange(1, 10_000), default=None,
+              help="APGD-CE's steps with --method apgd_ce (default: the attack's 100); fewer "
+                   "run faster and find less. Rows of other steps are stored as "
+                   "apgd_ce:steps=N.")
 @_figure_option("figures/n18_fig4_softmax_argument.png")
-def softmax(methods, **kw):
+@click.option("--views-figure", type=click.Path(dir_okay=False),
+              default="figures/softmax_attack_views.png", show_default=True,
+              help="With iter_fgsm or apgd_ce among the methods: where to write the PNG of "
+                   "step_ll, iter_fgsm and apgd_ce side by side per model.")
+def softmax(methods, method, apgd_steps, views_figure, **kw):
     """N18 figures 4 and 6: logit of the true class and mean logit of the false
-    classes vs epsilon (mean +- std over the images)."""
-    _model_analysis("softmax", methods=tuple(methods), **kw)
+    classes vs epsilon (mean +- std over the images), along N18's directions or at
+    the images of the attacks iter_fgsm and apgd_ce (what the paper's attacks see vs
+    what the audit finds)."""
+    names, options = _softmax_methods(methods, method, apgd_steps)
+    views = views_figure if {"iter_fgsm", "apgd_ce"} & set(names) else None
+    _model_analysis("softmax", methods=names, attack_options=options, views_figure=views,
+                    **kw)
 
 
 @analyze.command(epilog=EXAMPLES_ANALYZE)
@@ -218,6 +268,76 @@ def gradcorr(**kw):
     """N18 figure 5: Pearson correlation of input gradients, clean vs step_ll /
     step_FGSM / random sign and step_ll vs step_FGSM, vs epsilon (mean +- 0.5 std)."""
     _model_analysis("gradcorr", **kw)
+
+
+def _indicator_attacks(ctx, param, value):
+    """``--attack``: names with a per-step trace (``NAME[:KEY=VALUE...]``, repeated or
+    comma-separated), checked when the command line is parsed."""
+    from cascade_adv.evaluation.indicators import check_attacks
+
+    items = [p.strip() for v in value for p in v.split(",") if p.strip()] if value else [
+        "iter_fgsm", "apgd_ce"]
+    try:
+        check_attacks(items)
+    except CascadeAdvError as exc:
+        raise click.BadParameter(str(exc), ctx, param) from None
+    return items
+
+
+@analyze.command(epilog=EXAMPLES_ANALYZE)
+@click.option("--model", "models", multiple=True, required=True,
+              help="Model NAME=PATH (or PATH); repeat for several.")
+@click.option("--eps", type=EpsList(positive=True), default="16", show_default=True,
+              help="Comma-separated epsilons in pixel units (0, 255].")
+@click.option("--attack", "attack_list", multiple=True, callback=_indicator_attacks,
+              help="An attack to trace, NAME[:KEY=VALUE...] of iter_fgsm, iter_ll, apgd_ce, "
+              "apgd_dlr, apgd_t; repeat for several [default: iter_fgsm, apgd_ce].")
+@click.option("--twin", type=click.Path(), default=None,
+              help="A surrogate model (run folder or checkpoint) of the same task: its "
+              "adversarial examples are checked on each model (transfer_failure).")
+@click.option("--images", type=POSITIVE, default=128, show_default=True,
+              help="Randomly chosen test images (the same for every model).")
+@common_options
+def indicators(models, eps, attack_list, twin, images, dataset, data_root, limit, batch_size,
+               device, results, seed, quiet):
+    """Indicators of attack failure (Pintor et al. 2022), per image: silent success,
+    incomplete optimisation, non-converging attack, unavailable gradients, unstable
+    predictions and (with --twin) transfer failure, as the % of the images each fires
+    on, per attack and eps (docs/design.md, "Indicators of attack failure")."""
+    from cascade_adv import analysis
+    from cascade_adv.evaluation import attack_failure_indicators, prepare_images
+    from cascade_adv.evaluation.diagnostics import check_twin_pair
+    from cascade_adv.results.tables import ResultTable
+    from cascade_adv.training import resolve_device
+    from cascade_adv.training.runs import LoadedModel, load_models, load_split, model_inputs
+
+    check_outputs(store=results, inputs=[
+        *_models_inputs(("--model", models), dataset=dataset, data_root=data_root),
+        *model_inputs(twin, "--twin")])
+    dev = resolve_device(device)
+    loaded = load_models(models, dev)
+    surrogate = LoadedModel(twin, dev) if twin else None
+    for m in loaded.values() if surrogate else ():  # before the data loads
+        check_twin_pair(m.model, surrogate.model, model_name=m.name,
+                        twin_name=f"--twin {twin}", model_hash=m.hash,
+                        twin_hash=surrogate.hash)
+    data = load_split(list(loaded.values()), dataset, data_root, "test", limit, dev)
+    subset = analysis.choose_images(data, images, seed)
+    table = ResultTable()
+    for m in loaded.values():
+        result = attack_failure_indicators(
+            m.model, prepare_images(m.model, subset.images), subset.labels, eps,
+            attacks=attack_list, surrogate=surrogate.model if surrogate else None,
+            surrogate_name=f"--twin {twin}", seed=seed, batch_size=batch_size,
+            model_name=m.name, model_hash=m.hash, dataset=subset.name, split=subset.split)
+        click.echo(f"{m.name}: % of the {result.n} images it classifies correctly (of "
+                   f"{len(subset.labels)}) on which each indicator fires")
+        click.echo(result.to_markdown())
+        table.extend(result.table())
+    if not surrogate:
+        click.echo("(--twin RUN adds transfer_failure)")
+    save_results(table, results, [m.record() for m in loaded.values()])
+    click.echo(f"{len(table)} rows stored in {results}")
 
 
 @analyze.command(name="transfer-eps", epilog=EXAMPLES_ANALYZE)

@@ -9,6 +9,7 @@ re-exported here).
 ...     part.x_adv                                           # [2 * len(x), ...], eps-major
 >>> result = audit(model, x, y, [16, 32], version="quick")   # the robustness audit
 >>> checks = diagnose(model, x, y, [16, 32], audit_result=result)   # gradient masking
+>>> print(attack_failure_indicators(model, x, y, 32).to_markdown())  # why attacks fail
 """
 
 from cascade_adv.evaluation.advset import craft_adversarial_set
@@ -16,6 +17,7 @@ from cascade_adv.evaluation.audit import AuditRecord, AuditResult, AuditRun, Wor
 from cascade_adv.evaluation.blackbox import check_pair, evaluate_transfer, rates_from_ranks
 from cascade_adv.evaluation.diagnostics import Diagnostic, diagnose, format_diagnostics
 from cascade_adv.evaluation.engine import RowOutcome, Stacked, attack_eps, attack_rows
+from cascade_adv.evaluation.indicators import IndicatorResult, attack_failure_indicators
 from cascade_adv.evaluation.sanity import SanityWarning, check_results, format_warnings
 from cascade_adv.evaluation.stats import aggregate_seeds, format_mean_std, mean_std
 from cascade_adv.evaluation.transfer import transfer_matrix
@@ -41,6 +43,7 @@ __all__ = [
     "AuditResult",
     "AuditRun",
     "Diagnostic",
+    "IndicatorResult",
     "ModelInfo",
     "ResultTable",
     "ResultsStore",
@@ -50,6 +53,7 @@ __all__ = [
     "Workers",
     "aggregate_seeds",
     "attack_eps",
+    "attack_failure_indicators",
     "attack_rows",
     "audit",
     "check_pair",

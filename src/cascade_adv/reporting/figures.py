@@ -6,6 +6,8 @@ atomically and returns its path.  Missing data raises
 and the command that produces it.
 
 * :func:`plot_softmax_argument` - N18 figures 4 and 6: argument to the softmax vs eps.
+* :func:`plot_attack_views` - the same along step_ll and at the iter_FGSM and APGD-CE
+  images: what the paper's attacks see vs what the audit finds.
 * :func:`plot_gradient_correlation` - N18 figure 5: correlation of input gradients vs eps.
 * :func:`plot_sweep` - N18 figure 3: accuracy vs a training parameter (lambda2).
 * :func:`plot_transfer_vs_eps` - K17 figures 2 (transfer rate) and 5 (error rate) vs eps.
@@ -36,7 +38,9 @@ from cascade_adv.results.tables import CLEAN, WHITEBOX, ResultTable
 
 __all__ = [
     "capacity_ratios",
+    "has_attack_views",
     "plot_accuracy_vs_eps",
+    "plot_attack_views",
     "plot_capacity",
     "plot_gradient_correlation",
     "plot_softmax_argument",
@@ -52,6 +56,11 @@ DPI = 120
 #: ``source`` of the softmax-argument and gradient-correlation rows.
 SOFTMAX_SOURCE = "softmax_argument"
 GRADCORR_SOURCE = "gradient_correlation"
+#: N18's test-time directions of figures 4-6 (``attack`` of softmax-argument rows).
+N18_DIRECTIONS: tuple[str, ...] = ("step_ll", "step_fgsm", "random_sign")
+#: The columns of :func:`plot_attack_views`, with what each shows.
+ATTACK_VIEWS: dict[str, str] = {"step_ll": "N18's direction", "iter_fgsm": "the paper's attack",
+                                "apgd_ce": "the audit"}
 
 _EPS_LABEL = "ε (pixels of [0, 255])"
 _FONT = 8
@@ -168,6 +177,37 @@ def _band(ax, xs, ys, sds, scale: float, color) -> None:
 
 # --- N18 figures 4 and 6 -----------------------------------------------------------------
 
+def _method_title(method: str) -> str:
+    """A panel's method: N18's directions as they are, an attack's rows (``iter_fgsm``,
+    ``apgd_ce:steps=20``) marked as the attack's images (docs/design.md, "Softmax
+    argument along the attacks' images")."""
+    return method if method in N18_DIRECTIONS else f"{method} (its image at ε)"
+
+
+def _softmax_suptitle(methods: Sequence[str]) -> str:
+    n18 = [m for m in methods if m in N18_DIRECTIONS]
+    what = "argument to the softmax vs ε (mean ± 1 std)"
+    if len(n18) == len(methods):
+        return f"{'N18 fig. 4' if methods == ['step_ll'] else 'N18 figs. 4, 6'}: {what}"
+    if not n18:
+        return f"At the attacks' images: {what}"
+    return f"N18 figs. 4, 6 and the attacks' images: {what}"
+
+
+def _softmax_panel(ax, cells, model: str, method: str) -> None:
+    """The true-class (blue) and mean false-class (red) curves, each with its ± 1 std band."""
+    drawn = False
+    for prefix, color, label in (("true", "tab:blue", "true class"),
+                                 ("false", "tab:red", "mean of false classes")):
+        xs, ys, sds = _line(cells, model, method, f"{prefix}_mean", f"{prefix}_std")
+        if xs:
+            drawn = True
+            ax.plot(xs, ys, color=color, label=label, linewidth=1.3)
+            _band(ax, xs, ys, sds, 1.0, color)
+    if not drawn:
+        _no_data(ax)
+
+
 def _figure_softmax_argument(table: ResultTable, *, models: Sequence[str] | None = None,
                              methods: Sequence[str] | None = None) -> Figure:
     table = _as_table(table)
@@ -175,22 +215,12 @@ def _figure_softmax_argument(table: ResultTable, *, models: Sequence[str] | None
                                     "cascade-adv analyze softmax", "method")
     cells = _cells(rows)
     fig, axes = _new_figure(len(methods), len(models), sharex=True, sharey="row")
-    n18 = "N18 fig. 4" if methods == ["step_ll"] else "N18 figs. 4, 6"
-    fig.suptitle(f"{n18}: argument to the softmax vs ε (mean ± 1 std)", fontsize=_FONT + 2)
+    fig.suptitle(_softmax_suptitle(methods), fontsize=_FONT + 2)
     for i, method in enumerate(methods):
         for j, model in enumerate(models):
             ax = axes[i][j]
-            _title(ax, f"{_letter(i * len(models) + j)} {model}, {method}")
-            drawn = False
-            for prefix, color, label in (("true", "tab:blue", "true class"),
-                                         ("false", "tab:red", "mean of false classes")):
-                xs, ys, sds = _line(cells, model, method, f"{prefix}_mean", f"{prefix}_std")
-                if xs:
-                    drawn = True
-                    ax.plot(xs, ys, color=color, label=label, linewidth=1.3)
-                    _band(ax, xs, ys, sds, 1.0, color)
-            if not drawn:
-                _no_data(ax)
+            _title(ax, f"{_letter(i * len(models) + j)} {model}, {_method_title(method)}")
+            _softmax_panel(ax, cells, model, method)
             if i == len(methods) - 1:
                 ax.set_xlabel(_EPS_LABEL, fontsize=_FONT)
             if j == 0:
@@ -215,9 +245,91 @@ def plot_softmax_argument(table: ResultTable, path: str | os.PathLike, *,
     ``true_std``, ``false_mean``, ``false_std``.  ``models`` defaults to the models in
     order of appearance, ``methods`` to the methods present.  A requested model (or an
     explicitly requested method of a model) without rows raises
-    :class:`CascadeAdvError`.
+    :class:`CascadeAdvError`.  Rows of an attack's images (``iter_fgsm``, ``apgd_ce``,
+    ``apgd_ce:steps=20``; beyond N18) get their own rows of panels, titled
+    "METHOD (its image at ε)".
     """
     return save_png(_figure_softmax_argument(table, models=models, methods=methods), path)
+
+
+def _at_attack_images(attack: str) -> bool:
+    """Rows of an attack's images: iter_fgsm or apgd_ce, with or without options."""
+    return attack.split(":", 1)[0] in ATTACK_VIEWS and attack not in N18_DIRECTIONS
+
+
+def _view_series(rows: ResultTable, model: str) -> dict[str, str | None]:
+    """For each column of :func:`plot_attack_views`, the ``attack`` of ``model``'s
+    softmax-argument rows it draws: the view's name itself if present, else the first
+    labelled run of it (``apgd_ce:steps=20``), else ``None``."""
+    present = _in_order(r["attack"] for r in rows.filter(model=model))
+    out: dict[str, str | None] = {}
+    for view in ATTACK_VIEWS:
+        runs = [a for a in present if a.split(":", 1)[0] == view]
+        out[view] = view if view in runs else (runs[0] if runs else None)
+    return out
+
+
+def has_attack_views(table: ResultTable) -> bool:
+    """Whether ``table`` holds softmax-argument rows at an attack's images (iter_fgsm or
+    apgd_ce, with or without options): what :func:`plot_attack_views` needs."""
+    return any(r["source"] == SOFTMAX_SOURCE and _at_attack_images(r["attack"])
+               for r in _as_table(table))
+
+
+def _figure_attack_views(table: ResultTable, *, models: Sequence[str] | None = None) -> Figure:
+    table = _as_table(table)
+    rows = table.filter(source=SOFTMAX_SOURCE)
+    command = "cascade-adv analyze softmax --method step_ll --method iter_fgsm --method apgd_ce"
+    if models is None:
+        models = _in_order(r["model"] for r in rows if _at_attack_images(r["attack"]))
+        if not models:
+            raise CascadeAdvError(f"no softmax_argument rows at the iter_fgsm or apgd_ce "
+                                  f"images; run '{command}' first")
+    models = list(models)
+    for m in models:
+        if not rows.filter(model=m).rows:
+            raise CascadeAdvError(f"no softmax_argument rows for model {m!r}; run '{command}' "
+                                  "first")
+    cells = _cells(rows)
+    fig, axes = _new_figure(len(models), len(ATTACK_VIEWS), sharex=True, sharey="row")
+    fig.suptitle("Argument to the softmax vs ε (mean ± 1 std): what the paper's attacks see "
+                 "vs what the audit finds", fontsize=_FONT + 2)
+    for i, model in enumerate(models):
+        series = _view_series(rows, model)
+        for j, (view, role) in enumerate(ATTACK_VIEWS.items()):
+            ax, method = axes[i][j], series[view]
+            _title(ax, f"{_letter(i * len(ATTACK_VIEWS) + j)} {model}, {method or view}: "
+                       f"{role}")
+            if method is None:
+                _no_data(ax)
+            else:
+                _softmax_panel(ax, cells, model, method)
+            if i == len(models) - 1:
+                ax.set_xlabel(_EPS_LABEL, fontsize=_FONT)
+            if j == 0:
+                ax.set_ylabel("argument to the softmax", fontsize=_FONT)
+    _legend(axes[0][0], loc="best")
+    return fig
+
+
+def plot_attack_views(table: ResultTable, path: str | os.PathLike, *,
+                      models: Sequence[str] | None = None) -> Path:
+    """What the paper's attacks see vs what the audit finds: for each model (one row of
+    panels) the argument to the softmax (true class blue, mean of the false classes red,
+    ± 1 std) along N18's step_ll direction, at the iter_FGSM images and at the APGD-CE
+    images, side by side on one y scale (beyond N18; docs/design.md, "Softmax argument
+    along the attacks' images").
+
+    A network that masks its gradients keeps its true-class logit high along step_ll
+    and at the iter_FGSM images while APGD-CE's images bring it below the false
+    classes'.  Rows: ``source="softmax_argument"`` as :func:`plot_softmax_argument`
+    reads them; a column takes the view's plain rows (``apgd_ce``) or else its first
+    labelled run (``apgd_ce:steps=20``, named in the panel title), and shows "no data"
+    where the model has neither.  ``models`` defaults to the models with rows at an
+    attack's images, in order of appearance; none, or a requested model without
+    softmax-argument rows, raises :class:`CascadeAdvError`.
+    """
+    return save_png(_figure_attack_views(table, models=models), path)
 
 
 # --- N18 figure 5 ------------------------------------------------------------------------

@@ -9,9 +9,10 @@ Sections, each present when the store holds its rows:
 3. black-box matrices (N18 tables 4, 7-10: accuracy; K17 tables 4 and 6:
    transfer and error rate), same-initialisation cells marked;
 4. multi-seed mean +- std (N18 table 3);
-5. the analyses: lambda2 sweep (N18 fig. 3), softmax argument (figs. 4, 6),
-   gradient correlation (fig. 5), label leaking (K17 table 3), transfer rate vs
-   epsilon (K17 figs. 2, 5), model capacity (figs. 1, 4), activations (table 7).
+5. the analyses: lambda2 sweep (N18 fig. 3), softmax argument (figs. 4, 6; and
+   at the iter_FGSM / APGD-CE images where stored), gradient correlation (fig. 5),
+   label leaking (K17 table 3), transfer rate vs epsilon (K17 figs. 2, 5), model
+   capacity (figs. 1, 4), activations (table 7).
 
 Figures are written next to the page (``figures/*.png``) and linked relatively,
 so the folder can be moved or served as it is.
@@ -194,6 +195,25 @@ def _seed_sections(page: _Page, rows: ResultTable, store: ResultsStore) -> None:
              *(render_mean_std(cells, fmt=fmt, title="") for fmt in ("html", "markdown")))
 
 
+def _softmax_figures(add_fig: Callable[[str, Path, str], None], soft: ResultTable,
+                     figdir: Path) -> None:
+    """N18 figures 4, 6 from the rows along N18's directions and, where the store holds
+    rows at the iter_fgsm / apgd_ce images, the figure of what the paper's attacks see
+    vs what the audit finds (docs/design.md, "Softmax argument along the attacks'
+    images")."""
+    n18 = soft.filter(attack=list(figures.N18_DIRECTIONS))
+    if len(n18):
+        path = figures.plot_softmax_argument(n18, figdir / "n18_fig4_softmax_argument.png")
+        add_fig("Argument to the softmax vs epsilon (N18 figures 4, 6)", path,
+                "True-class logit (blue) and mean false-class logit (red), mean ± 1 std")
+    if figures.has_attack_views(soft):
+        path = figures.plot_attack_views(soft, figdir / "softmax_attack_views.png")
+        add_fig("Argument to the softmax: what the paper's attacks see vs what the audit "
+                "finds", path,
+                "Along step_ll and at the iter_FGSM and APGD-CE images of each eps: "
+                "true-class logit (blue) and mean false-class logit (red), mean ± 1 std")
+
+
 def _analysis_sections(page: _Page, rows: ResultTable, store: ResultsStore, root: Path,
                        figdir: Path) -> None:
     def add_fig(title: str, path: Path, caption: str) -> None:
@@ -212,11 +232,7 @@ def _analysis_sections(page: _Page, rows: ResultTable, store: ResultsStore, root
                                   xlabel="lambda2", series=series, log_x=True,
                                   title="N18 fig. 3: accuracy vs lambda2")
         add_fig("Effect of lambda2 (N18 figure 3)", path, "Accuracy vs lambda2")
-    soft = rows.filter(source="softmax_argument")
-    if len(soft):
-        path = figures.plot_softmax_argument(soft, figdir / "n18_fig4_softmax_argument.png")
-        add_fig("Argument to the softmax vs epsilon (N18 figures 4, 6)", path,
-                "True-class logit (blue) and mean false-class logit (red), mean ± 1 std")
+    _softmax_figures(add_fig, rows.filter(source="softmax_argument"), figdir)
     corr = rows.filter(source="gradient_correlation")
     if len(corr):
         path = figures.plot_gradient_correlation(corr, figdir / "n18_fig5_gradient_corr.png")
