@@ -19,6 +19,7 @@ import contextlib
 import errno
 import hashlib
 import os
+import platform
 import re
 import shutil
 import stat
@@ -495,3 +496,14 @@ def remove_stale_temps(folder: str | os.PathLike, name: str = "*") -> list[Path]
             p.unlink(missing_ok=True)
         removed.append(p)
     return removed
+
+
+def processor_name() -> str:
+    """The CPU's model name (``/proc/cpuinfo``'s ``model name``, else the platform's)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"

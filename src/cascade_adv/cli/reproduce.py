@@ -67,7 +67,8 @@ def _list(data_dir, device, out, threads, audit) -> None:
 
     rt = Runtime(str(default_configs()), data_dir, device, threads)
     timing: dict = {}
-    click.echo(f"{'recipe':13s} {'data':22s} {'steps':>5s} {'full recipe here':>16s}  what")
+    wide = max(13, *map(len, RECIPES))
+    click.echo(f"{'recipe':{wide}s} {'data':22s} {'steps':>5s} {'full recipe here':>16s}  what")
     for name, recipe in RECIPES.items():
         dataset = recipe.datasets[0]
         steps = build_steps(recipe, Builder(rt.configs, dataset),
@@ -80,10 +81,10 @@ def _list(data_dir, device, out, threads, audit) -> None:
         spent = sum(r.estimate for r in records)
         share = sum(r.estimate for r in records if r.measured) / spent if spent else 0
         how = f" ({share:.0%} measured)" if share else ""
-        click.echo(f"{name:13s} {need:22s} {len(steps) + 1:5d} "
+        click.echo(f"{name:{wide}s} {need:22s} {len(steps) + 1:5d} "
                    f"{_minutes(spent):>16s}  {recipe.title}{also}{how}")
     for alias, target in ALIASES.items():
-        click.echo(f"{alias:13s} {'':22s} {'':5s} {'':>16s}  same recipe as {target}")
+        click.echo(f"{alias:{wide}s} {'':22s} {'':5s} {'':>16s}  same recipe as {target}")
     click.echo(f"Estimates with --jobs 1 and {threads or 'all'} threads on {device}: measured "
                "where the cache (--out, default runs/reproduce-DATASET) has run the same model "
                "(its seconds per training iteration and per evaluation pass; the share in "
@@ -93,6 +94,27 @@ def _list(data_dir, device, out, threads, audit) -> None:
                   "included, its later attacks priced on the share of images the paper's "
                   "attacks left correct where the cache has them, else as if every attack "
                   "ran on every image (an upper bound)." if audit else ""))
+
+
+def _print_comparison(comparison: dict, tolerance: float) -> None:
+    """The printed summary of each table of the report (``comparison.json``)."""
+    from cascade_adv.reporting.reproduction import audit_summary, claim_verdict
+
+    for table, comp in comparison.items():
+        s = comp["summary"]
+        if comp.get("published", True):
+            click.echo(f"{table}: {s['compared']} cells beside the paper's, {s['off']} more "
+                       f"than {tolerance:g} points off, {s['missing']} missing"
+                       + (f", {s['rows_not_run']} paper rows not run" if s["rows_not_run"]
+                          else ""))
+        else:   # a recipe beyond the papers: ours alone
+            click.echo(f"{table}: {s['measured']} of {s['cells']} cells measured, no "
+                       f"published numbers, {s['missing']} missing"
+                       + (f", {s['rows_not_run']} rows not run" if s["rows_not_run"] else ""))
+        for c in comp["claims"]:
+            click.echo(f"  {c['claim']}: {claim_verdict(c)}")
+        if "audit" in comp:
+            click.echo("\n".join(audit_summary(comp["audit"])))
 
 
 @cli.command(epilog=EXAMPLES)
@@ -167,7 +189,6 @@ def reproduce(name, list_, out, data_dir, dataset, scale, test_images, jobs, thr
     from cascade_adv.errors import InvalidArgument
     from cascade_adv.experiments.recipes import get_recipe
     from cascade_adv.experiments.reproduce import reproduce as run
-    from cascade_adv.reporting.reproduction import audit_summary, claim_verdict
 
     if audit_version is not None and not audit:
         raise InvalidArgument(f"--audit-version {audit_version} is used by the audit only; "
@@ -216,15 +237,7 @@ def reproduce(name, list_, out, data_dir, dataset, scale, test_images, jobs, thr
     cached = sum(r.status == "cached" for r in result.records)
     click.echo(f"{cached} steps cached, {sum(r.status == 'done' for r in result.records)} run "
                f"in {_minutes(result.seconds)}")
-    for table, comp in (result.comparison or {}).items():
-        s = comp["summary"]
-        click.echo(f"{table}: {s['compared']} cells beside the paper's, {s['off']} more than "
-                   f"{tolerance:g} points off, {s['missing']} missing"
-                   + (f", {s['rows_not_run']} paper rows not run" if s["rows_not_run"] else ""))
-        for c in comp["claims"]:
-            click.echo(f"  {c['claim']}: {claim_verdict(c)}")
-        if "audit" in comp:
-            click.echo("\n".join(audit_summary(comp["audit"])))
+    _print_comparison(result.comparison or {}, tolerance)
     failed = [r for r in result.records if r.status in ("failed", "blocked")]
     if result.report:
         click.echo(f"report: {result.report / 'report.html'}")

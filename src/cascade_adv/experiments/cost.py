@@ -236,6 +236,15 @@ def _crafting(cfg) -> int:
     return sum(s.count * crafting_passes(s.method, options) for s in adv.resolved_sources())
 
 
+def crafting_per_iteration(cfg) -> float:
+    """Passes of 128 images crafting one iteration's adversarial rows costs
+    (:func:`_crafting` over the batch of m): k / m for a one-step method, ``steps`` k / m
+    for PGD; 0 without adversarial training."""
+    if cfg.adversarial.mode == "none":
+        return 0.0
+    return _crafting(cfg) / cfg.optim.batch_size
+
+
 def monitor_passes(cfg) -> float:
     """Passes of 128 images one measurement of the overfitting monitor costs: PGD's
     ``monitor.steps`` gradient passes and two forwards (clean and adversarial) on each
@@ -296,10 +305,18 @@ def seconds_per_iteration(run: str | Path) -> float | None:
     """The median seconds per iteration of the training run in folder ``run``, from the
     intervals between its ``metrics.jsonl`` lines (a resumed run restarts its clock:
     the interval across a restart is skipped); ``None`` before two lines."""
+    points = _metric_points(run)
+    rates = [(t1 - t0) / (i1 - i0) for (i0, t0), (i1, t1) in itertools.pairwise(points)
+             if i1 > i0 and t1 > t0]
+    return statistics.median(rates) if rates else None
+
+
+def _metric_points(run: str | Path) -> list[tuple[int, float]]:
+    """``(iteration, seconds)`` of every readable line of the run's ``metrics.jsonl``."""
     try:
         lines = (Path(run) / "metrics.jsonl").read_text().splitlines()
     except OSError:
-        return None
+        return []
     points = []
     for line in lines:
         try:
@@ -307,9 +324,32 @@ def seconds_per_iteration(run: str | Path) -> float | None:
             points.append((int(m["iteration"]), float(m["seconds"])))
         except (ValueError, KeyError, TypeError):
             continue
-    rates = [(t1 - t0) / (i1 - i0) for (i0, t0), (i1, t1) in itertools.pairwise(points)
-             if i1 > i0 and t1 > t0]
-    return statistics.median(rates) if rates else None
+    return points
+
+
+def training_seconds(run: str | Path) -> float | None:
+    """The wall time of the training run in folder ``run``: the seconds of its logged
+    iterations (``metrics.jsonl``), each leg's clock summed. A resumed process restarts
+    the clock; its leg starts at the iteration ``legs.jsonl`` records (else where the
+    seconds fall below the line before). The time between a leg's last line and its
+    interruption is not in the file and not counted. ``None`` without a line."""
+    from cascade_adv.training.provenance import read_legs
+
+    points = _metric_points(run)
+    if not points:
+        return None
+    starts = sorted({leg["iteration"] for leg in read_legs(run)})
+    if starts:   # a leg's lines: the iterations after its start, up to the next start
+        legs: dict[int | None, float] = {}
+        for it, t in points:
+            leg = max((s for s in starts if s < it), default=None)
+            legs[leg] = max(legs.get(leg, 0.0), t)
+        return sum(legs.values())
+    total, last = 0.0, None
+    for _, t in points:
+        total += t if last is None or t < last else t - last
+        last = t
+    return total
 
 
 def measured(out: str | Path | None, records=(), cfgs: dict[str, Any] | None = None,

@@ -7,7 +7,9 @@ by ``--scale``; ``b.whitebox`` / ``b.transfer`` / ``b.analysis`` evaluate, and w
 ``--audit`` ``b.audit`` adds the robustness audit of every model of a white-box table. Which
 paper rows the models reproduce comes from their config's ``paper`` key (a sweep's
 networks: the recipe's ``rows``), the attacks and epsilons of an evaluation from the
-published table's columns, so a recipe lists little more than its configs.
+published table's columns, so a recipe lists little more than its configs. A recipe
+beyond the papers (``beyond-n18-mnist``) has a ``layout`` instead of published tables: a
+published table's columns with rows of its own (``rows``) and no numbers.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from typing import Any
 from cascade_adv.errors import CascadeAdvError, InvalidArgument
 from cascade_adv.experiments.steps import Step
 from cascade_adv.reporting.reproduction import Claim, seed_tag
-from cascade_adv.results.published import CLEAN, get_table
+from cascade_adv.results.published import CLEAN, PaperTable, get_table, layout
 
 #: Kinds of published tables whose cells are white-box accuracies.
 WHITEBOX_KINDS = ("whitebox", "mean_std")
@@ -41,7 +43,7 @@ class Recipe:
     note: str = ""
     #: the networks of a sweep (their name, or its prefix before ``/``, without the
     #: scale suffix) -> paper row label; other models name their rows in their
-    #: config's ``paper`` key
+    #: config's ``paper`` key (except in a ``layout``, whose rows all come from here)
     rows: dict[str, str] = field(default_factory=dict)
     #: epsilons ``--audit`` adds to those of the white-box table (e.g. MNIST's customary
     #: 0.3 x 255); the table's attacks run there too, for ours beside the audit
@@ -50,6 +52,13 @@ class Recipe:
     #: audited model that network (of the same seed) as its undefended twin, for the
     #: diagnostic ``transfer_no_stronger``
     audit_twin: str = ""
+    #: a recipe beyond the papers: its own table (:func:`~cascade_adv.results.published.
+    #: layout`: a published table's columns, the labels of ``rows``, no numbers), which
+    #: its white-box steps evaluate the columns of and its report shows without a paper
+    #: column; ``tables`` then stays empty (nothing published to compare with)
+    layout: PaperTable | None = None
+    #: the row (of ``layout``) the report's training costs are relative to
+    cost_reference: str = ""
 
     @property
     def paper(self) -> str:
@@ -57,9 +66,10 @@ class Recipe:
 
     @property
     def whitebox_tables(self) -> tuple[str, ...]:
-        """The recipe's published tables of white-box accuracy (the ones ``--audit``
-        audits the models of)."""
-        return tuple(t for t in self.tables if get_table(t).kind in WHITEBOX_KINDS)
+        """The recipe's tables of white-box accuracy (the ones ``--audit`` audits the
+        models of): its published ones, then its layout."""
+        own = (self.layout.id,) if self.layout is not None else ()
+        return tuple(t for t in self.tables if get_table(t).kind in WHITEBOX_KINDS) + own
 
 
 # --- the builder ----------------------------------------------------------------------------
@@ -239,11 +249,13 @@ class Builder:
                                "images": images}, (model,)))
 
     # -- evaluation
-    def whitebox(self, model: str, table: str | None = None, *,
+    def whitebox(self, model: str, table: str | PaperTable | None = None, *,
                  attacks: Sequence[str] = (), eps: Sequence[float] = ()) -> str:
-        """White-box rows of ``model`` for the columns of published ``table``."""
+        """White-box rows of ``model`` for the columns of published ``table`` (its id),
+        or of a recipe's layout (:attr:`Recipe.layout`)."""
         if table is not None:
-            cols = get_table(table).columns
+            pub = table if isinstance(table, PaperTable) else get_table(table)
+            table, cols = pub.id, pub.columns
             attacks = [a for a in dict.fromkeys(a for a, _ in cols) if a != CLEAN]
             eps = sorted({e for a, e in cols if a != CLEAN})
         name = f"whitebox/{model.split('/', 1)[1]}"
@@ -324,7 +336,8 @@ class Builder:
 
 # --- recipes ----------------------------------------------------------------------------------
 
-def _whitebox_rows(configs: Sequence[str], table: str) -> Callable[[Builder], None]:
+def _whitebox_rows(configs: Sequence[str], table: str | PaperTable
+                   ) -> Callable[[Builder], None]:
     def build(b: Builder) -> None:
         for c in configs:
             b.whitebox(b.train(c), table)
@@ -483,6 +496,54 @@ _c = Claim  # short, for the tables below
 ONE = ("step_ll", "step_fgsm")
 ITER = ("iter_ll", "iter_fgsm")
 
+# --- beyond the papers -------------------------------------------------------------------------
+
+#: beyond-n18-mnist: config -> its row. Kurakin's and the released Pivot as n18-table1
+#: trains them (the same steps and cache keys: a cache that ran n18-table1 has them),
+#: then the same two trained with each crafting method with a random start
+#: (configs/beyond/, only ``adversarial.method`` and its options differ).
+BEYOND_ROWS = {
+    "n18_mnist_kurakin": "step_ll, Kurakin's",
+    "n18_mnist_pivot-released": "step_ll, Pivot",
+    "beyond_mnist_kurakin_r_step_ll": "r_step_ll, Kurakin's",
+    "beyond_mnist_pivot_r_step_ll": "r_step_ll, Pivot",
+    "beyond_mnist_kurakin_fgsm_rs": "fgsm_rs, Kurakin's",
+    "beyond_mnist_pivot_fgsm_rs": "fgsm_rs, Pivot",
+    "beyond_mnist_pgd": "pgd, Kurakin's",
+    "beyond_mnist_pgd_pivot": "pgd, Pivot",
+}
+#: The crafting methods of its rows, step_ll (K17's, N18's) first.
+BEYOND_METHODS = ("step_ll", "r_step_ll", "fgsm_rs", "pgd")
+BEYOND_LAYOUT = layout(
+    "n18-table1", "beyond-n18-mnist",
+    "N18 table 1's MNIST setting with other crafting methods",
+    list(BEYOND_ROWS.values()),
+    notes=("20-layer ResNet, N18 table 1's schedule (one schedule of 8000 iterations that "
+           "continues the shared 938-iteration pre-training), m 128, k 64, max_e 32, every row "
+           "at the full schedule (PGD included). Kurakin's: K17 replace mode, no distance "
+           "loss; Pivot: the released code's pivot loss (N18 append mode). Crafting: step_ll "
+           "(the papers'), r_step_ll (R+Step-LL, Tramer et al. 2018), fgsm_rs (FGSM from a "
+           "uniform random start, Wong et al. 2020), pgd (10 steps of 0.25 eps from a random "
+           "start, Madry et al. 2018)."))
+
+
+def _embedding_claim(method: str) -> Claim:
+    return Claim(f"{method}: the embedding beats Kurakin's (Pivot above Kurakin's under "
+                 "iterative attacks)",
+                 {"row": f"{method}, Pivot", "attack": ITER},
+                 {"row": f"{method}, Kurakin's", "attack": ITER})
+
+
+def _masking_claim(method: str) -> Claim:
+    return Claim(f"{method}: random start removes the masking (iter_FGSM - audit gap of "
+                 f"step_ll, Kurakin's above that of {method}, Kurakin's)",
+                 {"row": "step_ll, Kurakin's"}, {"row": f"{method}, Kurakin's"},
+                 gap="iter_fgsm")
+
+
+BEYOND_CLAIMS = (*map(_embedding_claim, BEYOND_METHODS),
+                 *map(_masking_claim, BEYOND_METHODS[1:]))
+
 RECIPES: dict[str, Recipe] = {r.name: r for r in [
     Recipe("n18-table1", "N18 table 1: MNIST, white-box", ("mnist",),
            _whitebox_rows(N18_T1, "n18-table1"), ("n18-table1",), (
@@ -616,6 +677,13 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in [
            ("cifar10",), _k17_transfer_eps),
     Recipe("k17-figure3", "K17 figure 3: one-step methods at evaluation, step l.l. training",
            ("cifar10",), _k17_fig3),
+    Recipe("beyond-n18-mnist", "Beyond the papers: N18 table 1 (MNIST) with R+Step-LL, "
+           "FGSM with a random start and PGD", ("mnist",),
+           _whitebox_rows(list(BEYOND_ROWS), BEYOND_LAYOUT), claims=BEYOND_CLAIMS,
+           rows=BEYOND_ROWS, audit_eps=(76.5,), audit_twin="n18_mnist_baseline",
+           layout=BEYOND_LAYOUT, cost_reference="step_ll, Kurakin's",
+           note="no published numbers: the report shows ours alone, the training costs "
+                "relative to Kurakin's and the claims on the seed means"),
 ]}
 #: K17's figures 4 and 5 are the top-5 / error-rate panels of figures 1 and 2.
 ALIASES = {"k17-figure4": "k17-figure1", "k17-figure5": "k17-figure2"}

@@ -8,10 +8,12 @@ from __future__ import annotations
 import html
 import json
 import platform
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from cascade_adv.errors import CascadeAdvError
 from cascade_adv.experiments.recipes import WHITEBOX_KINDS
 from cascade_adv.io import atomic_path, atomic_write_text, make_temp_dir
 from cascade_adv.results.published import get_table, split_paper_entry
@@ -115,13 +117,50 @@ def _seed_words(seeds: list[int], seeds_for: list[str]) -> str:
             f"{' or '.join(seeds_for)}, one of every other")
 
 
-def _audit_section(recipe, pub, rows: ResultTable, claims: list, deps: dict[str, dict],
-                   records: dict[str, Any], rec, paper: dict[str, list[str]]
-                   ) -> tuple[dict[str, Any], str, str]:
+@dataclass
+class _Report:
+    """What the report step's sections are built from."""
+
+    recipe: Any
+    rec: Any                         # the report step's record
+    deps: dict[str, dict]            # step name -> its outputs
+    records: dict[str, Any]          # step name -> its record
+    rows: ResultTable                # the rows of every step
+    paper: dict[str, list[str]]      # model -> the paper rows its config names
+    stage: Path                      # where figures are drawn
+    figures: list[Path] = field(default_factory=list)
+
+    @property
+    def p(self) -> dict:
+        return self.rec.step.params
+
+    def row_of(self, pub):
+        return row_mapper(self.recipe, pub, self.p["suffix"], self.paper)
+
+
+def _audit_intro(version: str, labels: list[str], eps: list[float], published: bool) -> str:
+    head = (f"The audit ({version}: {', '.join(labels)}; AutoAttack's protocol, each attack "
+            f"on the images still correct) on the same test images as the table, at eps "
+            f"{', '.join(f'{e:g}' for e in eps)}. ")
+    replaced = ("The claims are judged again with each attacked cell of a model replaced "
+                "by its audit worst case at that eps (clean cells unchanged).")
+    if published:
+        return head + ("Paper: its lowest cell over the table's attacks at that eps; ours: "
+                       "the same over our cells (both naming the attack); ours - audit: how "
+                       "much the paper's attacks overstate robustness. " + replaced)
+    return head + ("No published numbers. Ours: the lowest cell over the paper's attacks at "
+                   "that eps (naming the attack); ours - audit: how much the paper's attacks "
+                   "overstate robustness. " + replaced + " A masking claim compares the rows' "
+                   "gap iter_FGSM - audit worst case at every audited eps, seed by seed, so "
+                   "it is judged under the audit only.")
+
+
+def _audit_section(r: _Report, pub, claims: list) -> tuple[dict[str, Any], str, str]:
     """The section "Under the audit" of one white-box table (``reproduce --audit``): per
-    row and audit eps the paper's lowest cell, ours under the paper's attacks, the
-    audit's worst case; each audited model's diagnostics (its step's ``checks.json``);
-    the recipe's claims under the audit. Returns (its ``comparison.json`` part, HTML,
+    row and audit eps the paper's lowest cell (none for a layout beyond the papers),
+    ours under the paper's attacks, the audit's worst case; each audited model's
+    diagnostics (its step's ``checks.json``); the recipe's claims under the audit, the
+    masking-gap claims among them. Returns (its ``comparison.json`` part, HTML,
     Markdown)."""
     from cascade_adv.evaluation.audit import resolve_version
     from cascade_adv.reporting.reproduction import (
@@ -129,70 +168,212 @@ def _audit_section(recipe, pub, rows: ResultTable, claims: list, deps: dict[str,
         audit_table,
         check_claims_under_audit,
         compare,
+        gap_cells,
         render_audit,
+        render_gaps,
     )
     from cascade_adv.results.tables import AUDIT_PREFIX
 
-    p = rec.step.params
-    version, attacks = resolve_version(p["audit"])
+    version, attacks = resolve_version(r.p["audit"])
     attack = AUDIT_PREFIX + version
-    audits = [n for n in rec.step.deps if records[n].step.kind == "audit" and deps[n]]
-    eps = sorted({e for n in audits for e in records[n].step.params["eps"]})
+    audits = [n for n in r.rec.step.deps if r.records[n].step.kind == "audit" and r.deps[n]]
+    eps = sorted({e for n in audits for e in r.records[n].step.params["eps"]})
     wide = audit_table(pub, attack, eps)
-    cells = compare(rows, wide, row_mapper(recipe, pub, p["suffix"], paper))
+    cells = compare(r.rows, wide, r.row_of(pub))
     lines = audit_lines(cells, pub, attack, eps)
-    audited = check_claims_under_audit(cells, recipe.claims, pub.metrics[0], pub, attack)
-    checks = {deps[n]["model"]: json.loads(Path(deps[n]["checks"]).read_text())
+    audited = check_claims_under_audit(cells, r.recipe.claims, pub.metrics[0], pub, attack)
+    checks = {r.deps[n]["model"]: json.loads(Path(r.deps[n]["checks"]).read_text())
               for n in audits}
-    h, md = render_audit(lines, checks, claims, audited)
-    intro = (f"The audit ({version}: {', '.join(a.label for a in attacks)}"
-             f"; AutoAttack's protocol, each attack on the images still correct) on the same "
-             f"test images as the table, at eps {', '.join(f'{e:g}' for e in eps)}. Paper: its "
-             "lowest cell over the table's attacks at that eps; ours: the same over our cells "
-             "(both naming the attack); ours - audit: how much the paper's attacks overstate "
-             "robustness. The claims are judged again with each attacked cell of a model "
-             "replaced by its audit worst case at that eps (clean cells unchanged).")
+    h, md = render_audit(lines, checks, claims, audited, paper=pub.published)
+    for gap in dict.fromkeys(c.gap for c in r.recipe.claims if c.gap):
+        gh, gmd = render_gaps(gap_cells(cells, gap, attack))
+        what = f"Masking gap {gap} - audit worst case (points; the masking claims' cells)"
+        h += f"<h4>{html.escape(what)}</h4>{gh}"
+        md += f"\n\n#### {what}\n\n{gmd}"
+    intro = _audit_intro(version, [a.label for a in attacks], eps, pub.published)
     section = {"version": version, "attack": attack, "eps": eps,
+               **({} if pub.published else {"published": False}),
                "lines": [dict(ln.__dict__, gap=ln.gap) for ln in lines],
                "checks": checks, "claims": audited}
     return section, f"<p>{intro}</p>{h}", f"{intro}\n\n{md}"
 
 
-def write_report(recipe, rec, deps: dict[str, dict], records: dict[str, Any]) -> dict:
-    """Build ``OUT/reports/LABEL/`` (report.html, report.md, figures/, results.db,
-    comparison.json); returns its folder and the comparison."""
-    from cascade_adv import __version__
-    from cascade_adv.reporting.report import build_report
+def _trained_iterations(cfg, run: Path, init_run: str | None) -> int | None:
+    """The iterations a run trained: its schedule after the iteration its first leg
+    started at (``legs.jsonl``), else after the pre-training it continues."""
+    from cascade_adv.training import load_config
+    from cascade_adv.training.provenance import read_legs
+
+    legs = read_legs(run)
+    if legs:
+        return cfg.optim.iterations - legs[0]["iteration"]
+    if cfg.init_mode == "continue" and init_run:
+        try:
+            return cfg.optim.iterations - load_config(
+                Path(init_run) / "config.yaml").optim.iterations
+        except (CascadeAdvError, OSError):
+            return None
+    return cfg.optim.iterations if cfg.init_from is None else None
+
+
+def _cost_of(out: dict, init_run: str | None) -> dict[str, Any] | None:
+    """One trained model's cost: priced passes (:mod:`cascade_adv.experiments.cost`)
+    from the config its run recorded, measured times from its ``metrics.jsonl``."""
+    from cascade_adv.experiments.cost import (
+        crafting_per_iteration,
+        iteration_passes,
+        seconds_per_iteration,
+        training_seconds,
+    )
+    from cascade_adv.training import load_config
+    from cascade_adv.training.provenance import read_legs
+
+    run = Path(out["run"])
+    try:
+        cfg = load_config(run / "config.yaml")
+    except (CascadeAdvError, OSError):
+        return None
+    where = dict.fromkeys(f"{leg.get('device', '?')} ({leg.get('model', '?')}, "
+                          f"{leg.get('threads', '?')} thread"
+                          f"{'' if leg.get('threads') == 1 else 's'})" for leg in read_legs(run))
+    return {"iterations": _trained_iterations(cfg, run, init_run),
+            "crafting": crafting_per_iteration(cfg), "passes": iteration_passes(cfg),
+            "seconds_per_iteration": seconds_per_iteration(run),
+            "wall": training_seconds(run), "device": " + ".join(where)}
+
+
+def _mean(values: list) -> float | None:
+    found = [v for v in values if v is not None]
+    return sum(found) / len(found) if found else None
+
+
+def _cost_lines(r: _Report, pub) -> list:
+    """One :class:`~cascade_adv.reporting.reproduction.CostLine` per row of ``pub`` we
+    trained, the mean over its seeds, in the table's row order."""
+    from cascade_adv.reporting.reproduction import CostLine, without_seed
+
+    found: dict[str, list[tuple[str, dict]]] = {}
+    row_of = r.row_of(pub)
+    for n in r.rec.step.deps:
+        out = r.deps.get(n)
+        labels = row_of(out["name"]) if r.records[n].step.kind == "train" and out else []
+        init = r.records[n].step.params.get("init") if labels else None
+        cost = _cost_of(out, (r.deps.get(init) or {}).get("run")) if labels else None
+        if cost is not None:
+            found.setdefault(labels[0], []).append((without_seed(out["name"]), cost))
+    lines = []
+    for row in pub.row_order:
+        runs = found.get(row, [])
+        if runs:
+            costs = [c for _, c in runs]
+            lines.append(CostLine(
+                row, runs[0][0], len(runs), _mean([c["iterations"] for c in costs]),
+                *(_mean([c[k] for c in costs]) for k in ("crafting", "passes",
+                                                         "seconds_per_iteration", "wall")),
+                device=" / ".join(dict.fromkeys(c["device"] for c in costs if c["device"]))))
+    return lines
+
+
+def _cost_section(r: _Report, pub) -> tuple[list[dict], tuple[str, str, str]]:
+    """The training costs of ``pub``'s rows relative to the recipe's ``cost_reference``:
+    (their ``comparison.json`` part, the section)."""
+    from cascade_adv.reporting.reproduction import cost_ratios, render_costs
+
+    ref = r.recipe.cost_reference
+    lines = _cost_lines(r, pub)
+    ratios = cost_ratios(lines, ref)
+    h, md = render_costs(lines, ref)
+    intro = (f"Per row, the mean over its seeds: the iterations it trained after the "
+             "pre-training; forward + backward passes of 128 images per iteration as priced "
+             "(crafting: each adversarial row times its method's gradient steps, PGD's "
+             "steps; passes: the step, the crafting and append mode's extra rows, the price "
+             "reproduce --dry-run uses); the measured median seconds per iteration and wall "
+             "time of the training (metrics.jsonl, its legs summed). Each with its ratio to "
+             f"{ref} (x1.00 there). Measured times compare only between rows that ran on the "
+             "same device with the same threads (ran on; the training legs above).")
+    part = [dict(ln.__dict__, ratios=ratios[ln.row]) for ln in lines]
+    return part, (f"Training cost relative to {ref}", f"<p>{html.escape(intro)}</p>{h}",
+                  f"{intro}\n\n{md}")
+
+
+def _figure_of(r: _Report, cells, pub) -> tuple[str, str]:
+    """Accuracy vs eps of ``cells`` (ours solid, the paper's dashed where published)."""
+    from cascade_adv.reporting.reproduction import plot_ours_vs_paper
+
+    name = f"{pub.id}-ours-vs-paper.png" if pub.published else f"{pub.id}-ours.png"
+    title = f"{pub.paper} table {pub.number}" if pub.published else pub.id
+    fig = plot_ours_vs_paper(cells, r.stage / name, title=title)
+    if fig is None:
+        return "", ""
+    r.figures.append(fig)
+    alt = "ours vs paper" if pub.published else "ours"
+    return (f'<figure><img src="figures/{fig.name}" alt="{alt}"></figure>',
+            f"![{alt}](figures/{fig.name})")
+
+
+def _table_sections(r: _Report, pub) -> tuple[dict[str, Any], list[tuple[str, str, str]]]:
+    """The comparison of one table of the recipe (a published one, or its layout beyond
+    the papers: ours alone, then the training costs), its claims and figure, and with
+    ``--audit`` the section "Under the audit": (its ``comparison.json`` part, sections)."""
     from cascade_adv.reporting.reproduction import (
         check_claims,
         compare,
-        plot_ours_vs_paper,
         render_claims,
         render_comparison,
         summary,
+        summary_ours,
     )
 
+    p = r.p
+    cells = compare(r.rows, pub, r.row_of(pub))
+    h, md = render_comparison(cells, pub, tolerance=p["tolerance"])
+    claims = check_claims(cells, [c for c in r.recipe.claims if not c.gap], pub.metrics[0])
+    ch, cmd = render_claims(claims, paper=pub.published)
+    if pub.published:
+        s = summary(cells, p["tolerance"])
+        line = (f"{s['compared']} cells compared, {s['off']} more than {p['tolerance']:g} "
+                f"points from the paper, {s['missing']} without our number"
+                + (f", {s['rows_not_run']} paper rows not run." if s["rows_not_run"] else "."))
+        title = f"{pub.paper} table {pub.number}: ours (paper, difference)"
+    else:
+        s = summary_ours(cells)
+        line = (f"{pub.title}. No published numbers: ours alone (mean ± sample std over "
+                f"seeds where several). {s['measured']} of {s['cells']} cells measured, "
+                f"{s['missing']} missing" + (f", {s['rows_not_run']} rows not run."
+                                             if s["rows_not_run"] else ".") + f" {pub.notes}")
+        title = f"{pub.id}: ours (no published numbers)"
+    fig_h, fig_md = _figure_of(r, cells, pub)
+    sections = [(title, f"<p>{line}</p>{h}<h3>Claims</h3>{ch}{fig_h}",
+                 f"{line}\n\n{md}\n\n### Claims\n\n{cmd}\n\n{fig_md}")]
+    part = {**({} if pub.published else {"published": False}), "summary": s,
+            "claims": claims, "cells": [dict(c.__dict__, diff=c.diff) for c in cells]}
+    if not pub.published and r.recipe.cost_reference:
+        part["costs"], section = _cost_section(r, pub)
+        sections.append(section)
+    if p.get("audit") and pub.kind in WHITEBOX_KINDS:
+        part["audit"], h, md = _audit_section(r, pub, claims)
+        name = f"{pub.paper} table {pub.number}" if pub.published else pub.id
+        sections.append((f"Under the audit: {name}", h, md))
+    return part, sections
+
+
+def _intro(recipe, rec, steps: list, deps: dict[str, dict], records: dict[str, Any]) -> str:
+    """The report's first paragraph: what ran, how reduced, where, when."""
+    from cascade_adv import __version__
+
     p = rec.step.params
-    label = rec.step.name.split("/", 1)[1]
-    folder = rec.folder.parents[1] / "reports" / label
-    folder.mkdir(parents=True, exist_ok=True)
-    rows = _rows(deps)
-    # the rows each model's config names (read from the steps, so an edited paper key
-    # needs no retraining)
-    paper = {deps[n]["name"]: records[n].step.params.get("paper", [])
-             for n in rec.step.deps if records[n].step.kind == "train" and deps[n]}
-    rec.folder.mkdir(parents=True, exist_ok=True)
-    stage = make_temp_dir(rec.folder, "figs")
-    sections, figures, comparison = [], [], {}
-    steps = [records[n] for n in rec.step.deps]
     spent = sum(r.seconds or 0 for r in steps)
     seeds = p.get("seeds", [0])
+    compared = recipe.layout is None   # a recipe beyond the papers compares with none
     info = (f"{recipe.title}. Dataset {p['dataset']}, {_scale_words(p)}; "
             + _seed_words(seeds, p.get("seeds_for", []))
-            + (" (cells: mean ± sample std; a cell is off when |ours - paper| > "
-               "max(tolerance, 2 std); claims are judged on the means)" if len(seeds) > 1
-               else "")
-            + f"; tolerance {p['tolerance']:g} points. cascade-adv {__version__}, "
+            + ((" (cells: mean ± sample std; a cell is off when |ours - paper| > "
+                "max(tolerance, 2 std); claims are judged on the means)" if compared
+                else " (cells: mean ± sample std; claims are judged on the means)")
+               if len(seeds) > 1 else "")
+            + (f"; tolerance {p['tolerance']:g} points" if compared
+               else "; beyond the papers: no published numbers to compare with")
+            + f". cascade-adv {__version__}, "
             f"{platform.node() or 'this machine'}, {len(steps)} steps, "
             f"{spent / 60:.1f} min of step time; "
             f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC.")
@@ -202,54 +383,56 @@ def write_report(recipe, rec, deps: dict[str, dict], records: dict[str, Any]) ->
     if shared:
         info += " " + " ".join(f"{name} also stands for {', '.join(also)}: the same "
                                "training computation, trained once." for name, also in shared)
-    sections.append(("Reproduction", f"<p>{info}</p>", info))
-    legs = _legs(steps, deps)
-    if legs:
-        sections.append(("Training legs",
-                         "<ul>" + "".join(f"<li>{html.escape(g)}</li>" for g in legs) + "</ul>",
-                         "\n".join(f"- {g}" for g in legs)))
-    unfinished = _unfinished(steps)
-    if unfinished:
-        sections.append(("Steps that did not finish",
-                         "<ul>" + "".join(f"<li>{html.escape(u)}</li>" for u in unfinished)
-                         + "</ul>", "\n".join(f"- {u}" for u in unfinished)))
-    for table_id in recipe.tables:
-        pub = get_table(table_id)
-        cells = compare(rows, pub, row_mapper(recipe, pub, p["suffix"], paper))
-        h, md = render_comparison(cells, pub, tolerance=p["tolerance"])
-        claims = check_claims(cells, recipe.claims, pub.metrics[0])
-        ch, cmd = render_claims(claims)
-        s = summary(cells, p["tolerance"])
-        line = (f"{s['compared']} cells compared, {s['off']} more than {p['tolerance']:g} "
-                f"points from the paper, {s['missing']} without our number"
-                + (f", {s['rows_not_run']} paper rows not run." if s["rows_not_run"] else "."))
-        fig = plot_ours_vs_paper(cells, stage / f"{table_id}-ours-vs-paper.png",
-                                 title=f"{pub.paper} table {pub.number}")
-        fig_h = fig_md = ""
-        if fig is not None:
-            figures.append(fig)
-            fig_h = f'<figure><img src="figures/{fig.name}" alt="ours vs paper"></figure>'
-            fig_md = f"![ours vs paper](figures/{fig.name})"
-        sections.append((f"{pub.paper} table {pub.number}: ours (paper, difference)",
-                         f"<p>{line}</p>{h}<h3>Claims</h3>{ch}{fig_h}",
-                         f"{line}\n\n{md}\n\n### Claims\n\n{cmd}\n\n{fig_md}"))
-        comparison[table_id] = {"summary": s, "claims": claims,
-                                "cells": [dict(c.__dict__, diff=c.diff) for c in cells]}
-        if p.get("audit") and pub.kind in WHITEBOX_KINDS:
-            section, h, md = _audit_section(recipe, pub, rows, claims, deps, records, rec,
-                                            paper)
-            comparison[table_id]["audit"] = section
-            sections.append((f"Under the audit: {pub.paper} table {pub.number}", h, md))
+    return info
+
+
+def _listed(title: str, items: list[str]) -> tuple[str, str, str]:
+    return (title, "<ul>" + "".join(f"<li>{html.escape(g)}</li>" for g in items) + "</ul>",
+            "\n".join(f"- {g}" for g in items))
+
+
+def write_report(recipe, rec, deps: dict[str, dict], records: dict[str, Any]) -> dict:
+    """Build ``OUT/reports/LABEL/`` (report.html, report.md, figures/, results.db,
+    comparison.json); returns its folder and the comparison. A recipe beyond the
+    papers (its :attr:`~cascade_adv.experiments.recipes.Recipe.layout`) gets its table
+    with ours alone, its training costs and its claims, and its models are stored
+    without the paper rows their configs name (the report shows no published number)."""
+    from cascade_adv.reporting.report import build_report
+
+    label = rec.step.name.split("/", 1)[1]
+    folder = rec.folder.parents[1] / "reports" / label
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = _rows(deps)
+    # the rows each model's config names (read from the steps, so an edited paper key
+    # needs no retraining)
+    paper = {deps[n]["name"]: records[n].step.params.get("paper", [])
+             for n in rec.step.deps if records[n].step.kind == "train" and deps[n]}
+    rec.folder.mkdir(parents=True, exist_ok=True)
+    r = _Report(recipe, rec, deps, records, rows, paper, make_temp_dir(rec.folder, "figs"))
+    steps = [records[n] for n in rec.step.deps]
+    info = _intro(recipe, rec, steps, deps, records)
+    sections = [("Reproduction", f"<p>{info}</p>", info)]
+    if legs := _legs(steps, deps):
+        sections.append(_listed("Training legs", legs))
+    if unfinished := _unfinished(steps):
+        sections.append(_listed("Steps that did not finish", unfinished))
+    comparison = {}
+    tables = [get_table(t) for t in recipe.tables]
+    for pub in tables + ([recipe.layout] if recipe.layout is not None else []):
+        comparison[pub.id], more = _table_sections(r, pub)
+        sections += more
     atomic_write_text(folder / "comparison.json", json.dumps(comparison, indent=1))
-    store = _store(folder / "results.db", rows, deps, p, paper)
+    # beyond the papers: no published row in the standard sections either
+    stored = paper if recipe.layout is None else {name: [] for name in paper}
+    store = _store(folder / "results.db", rows, deps, rec.step.params, stored)
     try:
         if len(rows):
             build_report(store, folder, title=f"cascade-adv reproduce {label}", overwrite=True,
-                         sections=sections, extra_figures=figures,
+                         sections=sections, extra_figures=r.figures,
                          accuracy_figures=False)
     finally:
         store.close()
-    for f in figures:
+    for f in r.figures:
         f.unlink(missing_ok=True)
-    stage.rmdir()
+    r.stage.rmdir()
     return {"folder": str(folder), "comparison": comparison}

@@ -21,7 +21,6 @@ import contextlib
 import hashlib
 import json
 import os
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -30,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cascade_adv.io import atomic_write_text
+from cascade_adv.io import atomic_write_text, processor_name
 
 #: A measured layout must be this much faster to replace contiguous (noise margin).
 MARGIN = 0.05
@@ -52,20 +51,12 @@ def cache_path() -> Path:
     return Path(root) / "cascade-adv" / _FILE
 
 
-def _cpu_name() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
-
-
 def layout_key(model: nn.Module, sample: torch.Tensor) -> str:
     """What the choice depends on: the CPU, torch's version and thread count, the model's
     architecture (module types and parameter shapes, not values) and the image shape."""
     arch = [(type(m).__name__, tuple(tuple(p.shape) for p in m.parameters(recurse=False)))
             for m in model.modules()]
-    text = json.dumps([_cpu_name(), torch.__version__, torch.get_num_threads(), repr(arch),
+    text = json.dumps([processor_name(), torch.__version__, torch.get_num_threads(), repr(arch),
                        list(sample.shape[1:]), str(sample.dtype)])
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 

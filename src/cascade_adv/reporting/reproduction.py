@@ -12,6 +12,7 @@ import html
 import math
 import os
 import re
+import statistics
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
@@ -82,6 +83,11 @@ class Claim:
     text: str
     higher: Mapping[str, Any]
     lower: Mapping[str, Any]
+    #: an attack (e.g. ``iter_fgsm``): the claim compares each model's masking gap, its
+    #: accuracy under that attack minus the audit's worst case at the same eps
+    #: (:func:`gap_cells`), and is judged under the audit only
+    #: (:func:`check_claims_under_audit`); the sides then filter by ``row``, ``eps``...
+    gap: str = ""
 
 
 def _labels(found: str | Sequence[str] | None) -> list[str]:
@@ -234,7 +240,9 @@ def render_comparison(cells: Sequence[Cell], published: PaperTable, *,
                       tolerance: float = TOLERANCE) -> tuple[str, str]:
     """(HTML, Markdown): one line per paper row (and metric; per source for black-box
     tables), each cell ``ours (paper, diff)``; cells further than ``tolerance`` points
-    from the paper are marked (class ``off`` in HTML, bold in Markdown)."""
+    from the paper are marked (class ``off`` in HTML, bold in Markdown). A table of a
+    recipe beyond the papers (``published.published`` False) has ours alone in its cells,
+    unmarked: no paper number, no difference."""
     cols = [(s, a, e) for s in (published.sources or (WHITEBOX,)) for a, e in published.columns]
     head = [f"{a} {_eps(e)}" if a != CLEAN else "clean" for _, a, e in cols]
     if published.sources:
@@ -260,6 +268,10 @@ def render_comparison(cells: Sequence[Cell], published: PaperTable, *,
                 ours = _fmt(c.ours) or "n/a"
                 if c.std is not None:
                     ours += f" ± {c.std:.1f}"
+                if not published.published:
+                    md_cells.append(ours)
+                    h_cells.append(f"<td>{html.escape(ours)}</td>")
+                    continue
                 text = (f"{ours} ({_fmt(c.paper) or '-'}"
                         + (f", {d:+.1f})" if d is not None else ")"))
                 off = c.off(tolerance)
@@ -284,6 +296,16 @@ def summary(cells: Sequence[Cell], tolerance: float = TOLERANCE) -> dict[str, An
                            for c in cells),
             "rows_not_run": len({c.row for c in cells} - ran),
             "max_abs_diff": max((abs(c.diff) for c in both), default=None)}
+
+
+def summary_ours(cells: Sequence[Cell]) -> dict[str, Any]:
+    """Counts for a table with no published numbers: its cells, those with our number
+    (``measured``), those without in the rows we ran (``missing``) and the rows we did
+    not run at all (``rows_not_run``, e.g. left out with ``--only``)."""
+    ran = {c.row for c in cells if c.ours is not None}
+    return {"cells": len(cells), "measured": sum(c.ours is not None for c in cells),
+            "missing": sum(c.ours is None and c.row in ran for c in cells),
+            "rows_not_run": len({c.row for c in cells} - ran)}
 
 
 def _word(v: bool | None, no: str = "does not hold") -> str:
@@ -312,15 +334,21 @@ def verdict_class(r: Mapping[str, Any]) -> str:
     return {"holds": "ok", "fails": "off"}.get(test.get("verdict", ""), "")
 
 
-def render_claims(results: Sequence[Mapping[str, Any]]) -> tuple[str, str]:
-    md = ["| claim | paper | ours |", "|---|---|---|"]
-    h = ["<table class=\"claims\"><tr><th>claim</th><th>paper</th><th>ours</th></tr>"]
+def render_claims(results: Sequence[Mapping[str, Any]], *, paper: bool = True
+                  ) -> tuple[str, str]:
+    """(HTML, Markdown): each claim with its verdict in the paper and on ours; with
+    ``paper`` False (a recipe beyond the papers) no paper column."""
+    head = ["claim", *(["paper"] if paper else []), "ours"]
+    md = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+    h = ['<table class="claims"><tr>' + "".join(f"<th>{x}</th>" for x in head) + "</tr>"]
     for r in results:
         ours = claim_verdict(r)
-        md.append(f"| {r['claim']} | {_word(r['paper'])} | {ours} |")
+        said = [_word(r["paper"])] if paper else []
+        md.append("| " + " | ".join([r["claim"], *said, ours]) + " |")
         cls = verdict_class(r)
-        h.append(f"<tr><td>{html.escape(r['claim'])}</td><td>{_word(r['paper'])}</td>"
-                 f"<td class=\"{cls}\">{html.escape(ours)}</td></tr>")
+        h.append(f"<tr><td>{html.escape(r['claim'])}</td>"
+                 + "".join(f"<td>{x}</td>" for x in said)
+                 + f"<td class=\"{cls}\">{html.escape(ours)}</td></tr>")
     h.append("</table>")
     return "\n".join(h), "\n".join(md)
 
@@ -363,7 +391,9 @@ def plot_ours_vs_paper(cells: Sequence[Cell], path: str | os.PathLike, *,
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, fontsize=7, loc="outside right upper")
     if title:
-        fig.suptitle(f"{title}: ours solid, paper dashed", fontsize=9)
+        drawn = ("ours solid, paper dashed" if any(c.paper is not None for c in white)
+                 else "ours (no published numbers)")
+        fig.suptitle(f"{title}: {drawn}", fontsize=9)
     return save_png(fig, path, dpi=110)
 
 
@@ -462,6 +492,59 @@ def _identity(cells: Sequence[Cell]) -> list[tuple]:
                   for c in cells)
 
 
+def gap_attack(attack: str) -> str:
+    """The attack name of the masking-gap cells of ``attack`` (:func:`gap_cells`)."""
+    return f"{attack} - audit"
+
+
+def gap_cells(cells: Sequence[Cell], attack: str, audit_attack: str) -> list[Cell]:
+    """Per model and eps where ``cells`` (:func:`compare` on :func:`audit_table`) have
+    ours both under ``attack`` and under the audit (attack ``audit_attack``), a cell of
+    the gap ``attack`` minus the audit's worst case (attack :func:`gap_attack`, points):
+    how much ``attack`` overstates the model's robustness there, large under gradient
+    masking. Each seed's gap is the difference of that seed's two values (the seeds
+    both cells have); ``ours`` their mean, ``std`` their sample std; ``paper`` None."""
+    worst = {(c.row, c.model, c.source, c.eps, c.metric): c for c in cells
+             if c.attack == audit_attack}
+    out = []
+    for c in cells:
+        w = worst.get((c.row, c.model, c.source, c.eps, c.metric))
+        if c.attack != attack or w is None or c.ours is None or w.ours is None:
+            continue
+        mine, theirs = dict(c.by_seed), dict(w.by_seed)
+        pairs = tuple((j, mine[j] - theirs[j]) for j in sorted(mine.keys() & theirs.keys()))
+        values = [v for _, v in pairs] or [c.ours - w.ours]
+        std = statistics.stdev(values) if len(values) > 1 else None
+        out.append(replace(c, attack=gap_attack(attack), paper=None,
+                           ours=statistics.fmean(values), std=std, seeds=len(values),
+                           by_seed=pairs, n=min(c.n, w.n)))
+    return out
+
+
+def render_gaps(cells: Sequence[Cell]) -> tuple[str, str]:
+    """(HTML, Markdown): the masking gaps of :func:`gap_cells`, one line per row (and
+    model) and one column per eps, each ``gap`` (``± std`` over seeds)."""
+    eps = sorted({c.eps for c in cells})
+    lines = list(dict.fromkeys((c.row, c.model) for c in cells))
+    by = {(c.row, c.model, c.eps): c for c in cells}
+    head = ["row", *(f"eps {_eps(e)}" for e in eps)]
+    md = ["| " + " | ".join(head) + " |", "|---" + "|---:" * len(eps) + "|"]
+    h = ['<table class="gaps"><tr>' + "".join(f"<th>{html.escape(x)}</th>" for x in head)
+         + "</tr>"]
+    for row, model in lines:
+        label = row + (f" [{model}]" if sum(r == row for r, _ in lines) > 1 else "")
+        values = []
+        for e in eps:
+            c = by.get((row, model, e))
+            values.append("-" if c is None else f"{c.ours:+.1f}"
+                          + (f" ± {c.std:.1f}" if c.std is not None else ""))
+        md.append("| " + " | ".join([label, *values]) + " |")
+        h.append("<tr>" + "".join(f"<td>{html.escape(x)}</td>" for x in [label, *values])
+                 + "</tr>")
+    h.append("</table>")
+    return "\n".join(h), "\n".join(md)
+
+
 def check_claims_under_audit(cells: Sequence[Cell], claims: Sequence[Claim], metric: str,
                              published: PaperTable, audit_attack: str
                              ) -> list[dict[str, Any]]:
@@ -469,7 +552,8 @@ def check_claims_under_audit(cells: Sequence[Cell], claims: Sequence[Claim], met
     replaced by the same model's audit worst case (attack ``audit_attack``) at its eps,
     clean cells unchanged; ``cells`` from :func:`compare` on :func:`audit_table`. A claim
     whose two sides become the same cells (it contrasts attacks on one model) has
-    ``testable`` False and no verdict (``ours`` None)."""
+    ``testable`` False and no verdict (``ours`` None). A claim with a ``gap`` is judged
+    on the models' masking gaps instead (:func:`gap_cells`, every audited eps)."""
     worst = {(c.row, c.model, c.source, c.eps, c.metric): c for c in cells
              if c.attack == audit_attack}
     grid = {(a, float(e)) for a, e in published.columns}
@@ -483,13 +567,22 @@ def check_claims_under_audit(cells: Sequence[Cell], claims: Sequence[Claim], met
                        n=0 if w is None else w.n, seeds=1 if w is None else w.seeds,
                        by_seed=() if w is None else w.by_seed)
 
-    out = check_claims([audited(c) for c in kept], claims, metric)
-    for claim, res in zip(claims, out):
+    plain = iter(check_claims([audited(c) for c in kept], [c for c in claims if not c.gap],
+                              metric))
+    out = []
+    for claim in claims:
+        if claim.gap:
+            (res,) = check_claims(gap_cells(cells, claim.gap, audit_attack), [claim], metric)
+            res["testable"] = True
+            out.append(res)
+            continue
+        res = next(plain)
         same = _identity(_pick(kept, claim.higher, metric)) == _identity(
             _pick(kept, claim.lower, metric))
         res["testable"] = not same
         if same:
             res.update(ours=None, ours_test=None, alternatives=[])
+        out.append(res)
     return out
 
 
@@ -514,14 +607,16 @@ def summarise_checks(checks: Sequence[Mapping[str, Any]]) -> str:
 def audit_summary(section: Mapping[str, Any]) -> list[str]:
     """The audit part of a table's comparison (``comparison.json``'s ``audit``) as
     plain lines for the command's printed summary."""
-    out = [(f"under the audit ({section['version']}): paper / ours under the paper's "
-           "attacks (lowest) / audit worst case, ours - audit")]
+    paper = section.get("published", True)   # False: a table beyond the papers
+    out = [(f"under the audit ({section['version']}): " + ("paper / " if paper else "")
+            + "ours under the paper's attacks (lowest) / audit worst case, ours - audit")]
     names = {f.name for f in fields(AuditLine)}
     lines = [AuditLine(**{k: v for k, v in ln.items() if k in names})
              for ln in section["lines"]]
     for ln, name in zip(lines, _line_labels(lines)):
-        out.append(f"  {name}, eps {_eps(ln.eps)}: {_named(ln.paper, ln.paper_attack, '-')}"
-                   f" / {_named(ln.ours, ln.ours_attack, 'n/a')} / {_fmt(ln.audit) or 'n/a'}"
+        said = f"{_named(ln.paper, ln.paper_attack, '-')} / " if paper else ""
+        out.append(f"  {name}, eps {_eps(ln.eps)}: {said}"
+                   f"{_named(ln.ours, ln.ours_attack, 'n/a')} / {_fmt(ln.audit) or 'n/a'}"
                    + (f", {ln.gap:+.1f}" if ln.gap is not None else ""))
     for model, checks in section["checks"].items():
         out.append(f"  diagnostics of {model}: {summarise_checks(checks)}")
@@ -531,16 +626,18 @@ def audit_summary(section: Mapping[str, Any]) -> list[str]:
 
 
 def render_audit(lines: Sequence[AuditLine], checks: Mapping[str, Sequence[Mapping]],
-                 claims: Sequence[Mapping[str, Any]], audited: Sequence[Mapping[str, Any]]
-                 ) -> tuple[str, str]:
+                 claims: Sequence[Mapping[str, Any]], audited: Sequence[Mapping[str, Any]],
+                 *, paper: bool = True) -> tuple[str, str]:
     """(HTML, Markdown) of the section "Under the audit": the table of ``lines``, each
     model's diagnostics (``checks``: model name -> its ``Diagnostic`` fields) with the
     flagged and not-run ones' sentences, and the claims on ours under the paper's
     attacks (``claims``, :func:`check_claims`) beside the same claims under the audit
-    (``audited``, :func:`check_claims_under_audit`)."""
-    head = ["row", "eps", "paper (lowest, attack)", "ours under the paper's attacks",
-            "audit worst case", "ours - audit"]
-    md = ["| " + " | ".join(head) + " |", "|---|---:|---:|---:|---:|---:|"]
+    (``audited``, :func:`check_claims_under_audit`; a masking-gap claim, judged under the
+    audit only, has "-" beside it). ``paper`` False (a table beyond the papers): no
+    paper column."""
+    head = ["row", "eps", *(["paper (lowest, attack)"] if paper else []),
+            "ours under the paper's attacks", "audit worst case", "ours - audit"]
+    md = ["| " + " | ".join(head) + " |", "|---" + "|---:" * (len(head) - 1) + "|"]
     h = ['<table class="audit"><tr>' + "".join(f"<th>{html.escape(x)}</th>" for x in head)
          + "</tr>"]
     for ln, label in zip(lines, _line_labels(lines)):
@@ -548,7 +645,8 @@ def render_audit(lines: Sequence[AuditLine], checks: Mapping[str, Sequence[Mappi
         if ln.audit_std is not None:
             audit += f" ± {ln.audit_std:.1f}"
         cells = [label, _eps(ln.eps),
-                 _named(ln.paper, ln.paper_attack, "-"), _named(ln.ours, ln.ours_attack, "n/a"),
+                 *([_named(ln.paper, ln.paper_attack, "-")] if paper else []),
+                 _named(ln.ours, ln.ours_attack, "n/a"),
                  audit, f"{ln.gap:+.1f}" if ln.gap is not None else "-"]
         md.append("| " + " | ".join(cells) + " |")
         h.append("<tr>" + "".join(f"<td>{html.escape(x)}</td>" for x in cells) + "</tr>")
@@ -574,3 +672,74 @@ def render_audit(lines: Sequence[AuditLine], checks: Mapping[str, Sequence[Mappi
     h_text = "".join([*h, "<h4>Diagnostics</h4><ul>", *diag_h, "</ul>",
                       "<h4>Claims under the audit</h4>", *c_h])
     return h_text, md_text
+
+
+# --- training cost (recipes beyond the papers) -------------------------------------------------
+
+@dataclass(frozen=True)
+class CostLine:
+    """What training one row of ours cost, the mean over its seeds: the iterations it
+    trained (after the pre-training it continues), the forward + backward passes of 128
+    images one iteration costs as priced (``passes``: the step, the crafting and
+    append mode's extra rows; ``crafting``: the crafting alone, each adversarial row
+    times its method's gradient steps), the measured median seconds per iteration and
+    the measured wall time of the training (its legs summed), and where it ran."""
+
+    row: str
+    model: str
+    seeds: int
+    iterations: float | None
+    crafting: float
+    passes: float
+    seconds_per_iteration: float | None = None
+    wall: float | None = None
+    device: str = ""
+
+
+_COST_FIELDS = ("crafting", "passes", "seconds_per_iteration", "wall")
+
+
+def cost_ratios(lines: Sequence[CostLine], reference: str) -> dict[str, dict[str, float | None]]:
+    """Per row, each cost field over the same field of the row ``reference`` (``None``
+    where either is missing, or the reference's is 0)."""
+    ref = next((ln for ln in lines if ln.row == reference), None)
+
+    def ratio(ln: CostLine, name: str) -> float | None:
+        a, b = getattr(ln, name), None if ref is None else getattr(ref, name)
+        return None if a is None or not b else a / b
+
+    return {ln.row: {name: ratio(ln, name) for name in _COST_FIELDS} for ln in lines}
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "n/a"
+    return f"{seconds:.0f} s" if seconds < 120 else (
+        f"{seconds / 60:.1f} min" if seconds < 7200 else f"{seconds / 3600:.2f} h")
+
+
+def render_costs(lines: Sequence[CostLine], reference: str) -> tuple[str, str]:
+    """(HTML, Markdown): one line per row of :class:`CostLine`, each cost with its ratio
+    to the row ``reference`` (``x1.00`` on that row)."""
+    ratios = cost_ratios(lines, reference)
+    head = ["row", "iterations", "crafting passes / iteration", "passes / iteration",
+            "s / iteration (measured)", "training wall time (measured)", "ran on"]
+    md = ["| " + " | ".join(head) + " |", "|---" + "|---:" * (len(head) - 2) + "|---|"]
+    h = ['<table class="costs"><tr>' + "".join(f"<th>{html.escape(x)}</th>" for x in head)
+         + "</tr>"]
+    def cell(text: str, ratio: float | None) -> str:
+        return text + (f" (x{ratio:.2f})" if ratio is not None else "")
+
+    for ln in lines:
+        r = ratios[ln.row]
+        its = "n/a" if ln.iterations is None else f"{ln.iterations:.0f}"
+        label = ln.row + (f" ({ln.seeds} seeds)" if ln.seeds > 1 else "")
+        spi = "n/a" if ln.seconds_per_iteration is None else f"{ln.seconds_per_iteration:.3f}"
+        cells = [label, its, cell(f"{ln.crafting:.2f}", r["crafting"]),
+                 cell(f"{ln.passes:.2f}", r["passes"]),
+                 cell(spi, r["seconds_per_iteration"]), cell(_duration(ln.wall), r["wall"]),
+                 ln.device or "not recorded"]
+        md.append("| " + " | ".join(cells) + " |")
+        h.append("<tr>" + "".join(f"<td>{html.escape(x)}</td>" for x in cells) + "</tr>")
+    h.append("</table>")
+    return "\n".join(h), "\n".join(md)

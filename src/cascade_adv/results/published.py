@@ -37,12 +37,12 @@ those rows uses one evaluation attack).
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from importlib import resources
 from typing import Any
 
-from cascade_adv.errors import CascadeAdvError
+from cascade_adv.errors import CascadeAdvError, InvalidArgument
 from cascade_adv.results.tables import ResultTable
 
 CLEAN = "clean"
@@ -62,6 +62,8 @@ class PaperTable:
     in the paper's order (black-box / transfer tables; ``()`` otherwise);
     ``metrics`` the metrics the table reports; ``holes`` the grid cells
     ``(row label, source, attack, eps, metric)`` the paper leaves empty.
+    ``published`` is False for the layout of a recipe beyond the papers (:func:`layout`):
+    rows of our own in a published table's grid, with no numbers at all.
     """
 
     id: str
@@ -77,6 +79,7 @@ class PaperTable:
     sources: tuple[str, ...] = ()
     metrics: tuple[str, ...] = ("top1",)
     holes: tuple[tuple[str, str, str, float, str], ...] = field(default=(), repr=False)
+    published: bool = True
 
     @property
     def split(self) -> str:
@@ -174,6 +177,21 @@ def get_table(table_id: str) -> PaperTable:
         raise CascadeAdvError(
             f"no published table {table_id!r}; the tables are: {', '.join(PUBLISHED)}"
         ) from None
+
+
+def layout(base: str, table_id: str, title: str, rows: Sequence[str],
+           notes: str = "") -> PaperTable:
+    """The table of a recipe beyond the papers: the grid of published table ``base``
+    (kind, dataset, columns, metrics) with the row labels ``rows`` of our own and no
+    numbers (``published`` False: a report shows ours alone, with no paper column).  It
+    is not one of :data:`PUBLISHED`, and no config's ``paper`` key can name it."""
+    t = get_table(base)
+    if table_id in PUBLISHED:
+        raise InvalidArgument(f"layout {table_id!r} would hide the published table of that id")
+    if not rows or len(set(rows)) != len(rows):
+        raise InvalidArgument(f"layout {table_id!r} needs distinct row labels, got {rows!r}")
+    return replace(t, id=table_id, paper="beyond", number=0, title=title, rows=(),
+                   row_order=tuple(rows), notes=notes, holes=(), published=False)
 
 
 # --- the paper rows a config names ------------------------------------------------------------

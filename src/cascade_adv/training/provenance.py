@@ -11,26 +11,16 @@ thread count and the number of processes.  Reports show it beside the numbers
 from __future__ import annotations
 
 import json
-import platform
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from cascade_adv.io import processor_name
+
 #: The file in a run folder that holds one line per training leg.
 LEGS_FILE = "legs.jsonl"
-
-
-def processor_name() -> str:
-    """The CPU's model name (``/proc/cpuinfo``'s ``model name``, else the platform's)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown CPU"
 
 
 def leg_record(iteration: int, device: torch.device, world: int = 1) -> dict[str, Any]:
