@@ -277,6 +277,31 @@ def test_square_image_does_not_depend_on_when_others_leave_the_batch():
     assert torch.equal(states[0], states[1])
 
 
+def test_square_on_a_cpu_drops_broken_images_after_every_query(monkeypatch):
+    """On a CPU an image Square breaks leaves the batch after the query that broke it
+    (fewer rows through the model than leaving at window-side changes only, the GPU's
+    rule), with the same points and generator state either way."""
+    model = LinearNet(scale=0.05).double()
+    x = torch.rand(8, 1, 8, 8, generator=seeded(5), dtype=torch.float64)
+    with torch.no_grad():
+        y = model(x).argmax(dim=1)
+    eps = torch.linspace(2.0, 40.0, 8, dtype=torch.float64)  # broken at different queries
+    rows = []
+    model.register_forward_hook(lambda mod, inp, out: rows.append(len(out)))
+    runs = {}
+    for devices in (("cpu",), ()):
+        monkeypatch.setattr(square, "COMPACT_EVERY_QUERY", devices)
+        g = seeded()
+        rows.clear()
+        x_adv = attacks.run("square", model, x, y, eps=eps, queries=60, rescale=False,
+                            generator=g)
+        runs[devices] = (x_adv, g.get_state(), sum(rows))
+    every, sides = runs[("cpu",)], runs[()]
+    assert torch.equal(every[0], sides[0]) and torch.equal(every[1], sides[1])
+    assert 0 < int(broken(model, every[0], y).sum()) < 8  # some broke, not all
+    assert every[2] < sides[2]
+
+
 def test_square_changes_pixels_by_exactly_eps_from_a_stripe_start():
     model = LinearNet(scale=0.05)
     x = 0.2 + 0.6 * torch.rand(3, 1, 8, 8, generator=seeded(3))
@@ -445,10 +470,12 @@ class SyncCounter(TorchDispatchMode):
 @pytest.mark.parametrize("name,budget,sizes", [("apgd_ce", "steps", (3, 25)),
                                                ("apgd_t", "steps", (3, 25)),
                                                ("square", "queries", (400, 2000))])
-def test_no_host_sync_inside_the_loop(name, budget, sizes):
+def test_no_host_sync_inside_the_loop(name, budget, sizes, monkeypatch):
     """The syncs of a call do not grow with its iterations: none is inside the loop.
     (Square reads which images are live once per window side: 400 and 2000 queries both
-    pass the six sides of an 8x8 image, 7, 5, 4, 3, 2 and 1.)"""
+    pass the six sides of an 8x8 image, 7, 5, 4, 3, 2 and 1; the GPU's rule, forced here
+    on the CPU, which reads after every query where that costs nothing.)"""
+    monkeypatch.setattr(square, "COMPACT_EVERY_QUERY", ())
     model = tiny_resnet()
     x = torch.rand(4, 1, 8, 8, generator=seeded(9))
     with torch.no_grad():

@@ -16,7 +16,8 @@ Each image draws its own window and signs (the paper's Algorithm 1; AutoAttack's
 version shares one window per batch). Every image's state stays on the device: the
 window side is a host-side integer known from the query index. Broken images are
 frozen; they leave the batch when the window side changes (one host read per side, at
-most ten), while the random draws stay those of the whole batch.
+most ten) and, on a CPU, after every query that broke one, while the random draws stay
+those of the whole batch.
 """
 
 from __future__ import annotations
@@ -29,6 +30,9 @@ from torch import nn
 from cascade_adv.attacks import core
 from cascade_adv.errors import AttackError
 
+#: Devices on which broken images leave the batch after every query (a host read costs
+#: nothing there); elsewhere only when the window side changes.
+COMPACT_EVERY_QUERY = ("cpu",)
 #: The paper's schedule over 10,000 iterations: (last iteration, divisor of p_init).
 P_SCHEDULE = ((10, 1), (50, 2), (200, 4), (500, 8), (1000, 16), (2000, 32), (4000, 64),
               (6000, 128), (8000, 256))
@@ -84,11 +88,13 @@ def search(net: nn.Module, x: torch.Tensor, y: torch.Tensor, eps01: torch.Tensor
            rescale: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One run; returns ``(points, misclassified, -margin)`` per image.
 
-    Broken images are frozen, so they leave the batch whenever the window side changes
-    (at most ten times, one host read each) and the model sees only the live ones. The
-    draws stay those of the whole batch, so the result does not depend on when an image
-    left, and the generator ends where it would have."""
+    Broken images are frozen, so they leave the batch and the model sees only the live
+    ones: on a GPU whenever the window side changes (at most ten times, one host read
+    each), on a CPU, where reading a flag back costs nothing, after any query that broke
+    one. The draws stay those of the whole batch, so the result does not depend on when
+    an image left, and the generator ends where it would have."""
     n, c, h, w = x.shape
+    every_query = x.device.type in COMPACT_EVERY_QUERY
     x_best = core.project(x + eps01 * random_signs((n, c, 1, w), x, generator), x, eps01)
     logits = net(x_best)
     best = margin(logits, y)
@@ -98,7 +104,7 @@ def search(net: nn.Module, x: torch.Tensor, y: torch.Tensor, eps01: torch.Tensor
     state, side = tuple(t[live] for t in full), None
     for i in range(queries):
         s = window_side(p_selection(i, queries, p_init, rescale), h, w)
-        if s != side:
+        if s != side or (every_query and bool(state[2].any())):
             store(full, live, state)
             live, side = live[~state[2]], s  # the unbroken rows: one host read
             fixed = x[live], y[live], eps01[live]

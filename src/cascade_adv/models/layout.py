@@ -21,7 +21,6 @@ import contextlib
 import hashlib
 import json
 import os
-import statistics
 import time
 from pathlib import Path
 
@@ -34,7 +33,7 @@ from cascade_adv.io import atomic_write_text, processor_name
 #: A measured layout must be this much faster to replace contiguous (noise margin).
 MARGIN = 0.05
 #: Interleaved timing rounds per layout (after one warm-up pass each).
-ROUNDS = 3
+ROUNDS = 5
 #: Images of the timed batch, at most.
 BATCH = 128
 #: A contiguous pass faster than this (seconds) is kept without timing the other layout:
@@ -91,9 +90,12 @@ def _pass_seconds(net: nn.Module, x: torch.Tensor) -> float:
 
 def measure_layout(contiguous: nn.Module, channels_last: nn.Module,
                    sample: torch.Tensor) -> dict[bool, float]:
-    """Median seconds per pass of the two networks on ``sample`` (at most :data:`BATCH`
-    images), keyed by ``channels_last``: one warm-up each, then :data:`ROUNDS` rounds
-    alternating which goes first, so slow drifts of the machine hit both alike."""
+    """The fastest of :data:`ROUNDS` passes of each of the two networks on ``sample`` (at
+    most :data:`BATCH` images), keyed by ``channels_last``: one warm-up each, then the
+    rounds alternating which goes first, so slow drifts of the machine hit both alike.
+    The minimum, not the median: another process on the cores only ever adds time (a
+    choice measured beside two other processes by the median came out wrong, 20 % slower;
+    docs/performance.md)."""
     x = sample[:BATCH]
     nets = {False: contiguous, True: channels_last}
     times: dict[bool, list[float]] = {False: [], True: []}
@@ -102,7 +104,7 @@ def measure_layout(contiguous: nn.Module, channels_last: nn.Module,
     for r in range(ROUNDS):
         for cl in ((False, True) if r % 2 == 0 else (True, False)):
             times[cl].append(_pass_seconds(nets[cl], x))
-    return {cl: statistics.median(t) for cl, t in times.items()}
+    return {cl: min(t) for cl, t in times.items()}
 
 
 def preferred_layout(model: nn.Module, sample: torch.Tensor | None, build) -> bool:
