@@ -203,7 +203,7 @@ def project(x_adv: torch.Tensor, x: torch.Tensor, eps01: torch.Tensor) -> torch.
     return torch.maximum(torch.minimum(x_adv, upper), lower)
 
 
-def _float32(out):
+def float32_logits(out):
     """bf16 logits (autocast) -> float32; anything else unchanged, so that callers can
     still check and reject a model output that is not a logits tensor."""
     if isinstance(out, torch.Tensor) and out.dtype in (torch.bfloat16, torch.float16):
@@ -214,7 +214,7 @@ def _float32(out):
 def float_logits(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """``net(x)``, in float32 under bf16 autocast (the precision objectives and label
     rules read logits in)."""
-    return _float32(net(x))
+    return float32_logits(net(x))
 
 
 def input_gradient(
@@ -237,7 +237,7 @@ def input_gradient(
     """
     x = x.detach().requires_grad_(True)
     with torch.enable_grad():
-        logits = _float32(model(x))
+        logits = float32_logits(model(x))
         if on_logits is not None:
             on_logits(logits.detach())
         if label_rule is not None:
@@ -258,7 +258,7 @@ def loss_and_gradient(
     """
     x = x.detach().requires_grad_(True)
     with torch.enable_grad():
-        logits = _float32(net(x))
+        logits = float32_logits(net(x))
         loss = loss_fn(logits)
         (grad,) = torch.autograd.grad(loss.sum(), x)
     return loss.detach(), logits.detach(), grad
@@ -447,7 +447,7 @@ def iterate(
             labels = true_label(None, y, generator)
         else:
             with torch.no_grad():
-                labels = label_rule(_float32(model(x)), y, generator)
+                labels = label_rule(float32_logits(model(x)), y, generator)
         x_adv = x.detach().clone()
         if random_start:
             noise = torch.rand(x.shape, device=x.device, dtype=x.dtype, generator=generator)

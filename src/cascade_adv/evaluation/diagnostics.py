@@ -169,7 +169,7 @@ def _logits(s: _Setup, x: torch.Tensor) -> torch.Tensor:
     if not bool(torch.isfinite(out).all()):
         raise ModelFault("the model gives non-finite outputs (inf / NaN) on the diagnostics' "
                          "images; its robustness would be meaningless: check its weights")
-    return out.float() if out.dtype in (torch.bfloat16, torch.float16) else out
+    return core.float32_logits(out)
 
 
 def _attack(s: _Setup, name: str, eps: float, model: nn.Module | None = None,

@@ -385,8 +385,7 @@ def _transfer_failure(p: _Plan, a: AuditAttack, e: float, b: _Batch,
 
 
 def _logits(model: nn.Module, x: torch.Tensor, fuse: bool) -> torch.Tensor:
-    out = predict(model, x, fuse=fuse)
-    return out.float() if out.dtype in (torch.bfloat16, torch.float16) else out
+    return core.float32_logits(predict(model, x, fuse=fuse))
 
 
 # --- the result ----------------------------------------------------------------------------------

@@ -208,6 +208,15 @@ def _softmax_panel(ax, cells, model: str, method: str) -> None:
         _no_data(ax)
 
 
+def _softmax_axes(ax, *, last_row: bool, first_column: bool) -> None:
+    """The axis labels of a softmax-argument panel: eps under the last row, the
+    quantity beside the first column."""
+    if last_row:
+        ax.set_xlabel(_EPS_LABEL, fontsize=_FONT)
+    if first_column:
+        ax.set_ylabel("argument to the softmax", fontsize=_FONT)
+
+
 def _figure_softmax_argument(table: ResultTable, *, models: Sequence[str] | None = None,
                              methods: Sequence[str] | None = None) -> Figure:
     table = _as_table(table)
@@ -221,10 +230,7 @@ def _figure_softmax_argument(table: ResultTable, *, models: Sequence[str] | None
             ax = axes[i][j]
             _title(ax, f"{_letter(i * len(models) + j)} {model}, {_method_title(method)}")
             _softmax_panel(ax, cells, model, method)
-            if i == len(methods) - 1:
-                ax.set_xlabel(_EPS_LABEL, fontsize=_FONT)
-            if j == 0:
-                ax.set_ylabel("argument to the softmax", fontsize=_FONT)
+            _softmax_axes(ax, last_row=i == len(methods) - 1, first_column=j == 0)
     _legend(axes[0][0], loc="best")
     return fig
 
@@ -304,10 +310,7 @@ def _figure_attack_views(table: ResultTable, *, models: Sequence[str] | None = N
                 _no_data(ax)
             else:
                 _softmax_panel(ax, cells, model, method)
-            if i == len(models) - 1:
-                ax.set_xlabel(_EPS_LABEL, fontsize=_FONT)
-            if j == 0:
-                ax.set_ylabel("argument to the softmax", fontsize=_FONT)
+            _softmax_axes(ax, last_row=i == len(models) - 1, first_column=j == 0)
     _legend(axes[0][0], loc="best")
     return fig
 
