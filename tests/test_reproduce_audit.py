@@ -210,6 +210,30 @@ def test_the_cascade_is_approximated_from_the_cached_whitebox_rows(tmp_path):
                                                        + 0.5 * (300 + 1000 / 3)))
 
 
+
+def test_a_later_seed_is_priced_from_seed_0_until_its_own_rows_run():
+    from cascade_adv.experiments.reproduce import StepRecord
+    from cascade_adv.experiments.steps import Step
+
+    from cascade_adv.training import load_config
+
+    train = next(s for s in build_steps(RECIPES["n18-table1"], Builder(CONFIGS, "mnist"),
+                                        only=["baseline"]) if s.kind == "train")
+    cfg = load_config(CONFIGS / train.params["config"], train.params["overrides"])
+    survived = {"train/m": (0.5, {16.0: 0.2}), "train/n-seed1": (1.0, {16.0: 0.9})}
+
+    def passes(model):
+        step = Step(f"audit/{model}", "audit", {"model": f"train/{model}", "eps": [16.0],
+                                                "version": "quick", "test_images": 1280})
+        return cost._passes(StepRecord(step, "", None), {f"train/{model}": cfg}, survived)[1]
+
+    own = cost.audit_passes(1280, [16.0], "quick", 10, survived["train/m"])
+    assert passes("m-seed2") == pytest.approx(own)           # seed 0's rows
+    assert passes("n-seed1") == pytest.approx(               # its own rows first
+        cost.audit_passes(1280, [16.0], "quick", 10, survived["train/n-seed1"]))
+    assert passes("o-seed1") == pytest.approx(cost.audit_passes(1280, [16.0], "quick", 10))
+
+
 # --- the report, from cells built by hand ----------------------------------------------------
 
 def _rows(model, values, attack_eps=None):
