@@ -214,7 +214,6 @@ def test_the_cascade_is_approximated_from_the_cached_whitebox_rows(tmp_path):
 def test_a_later_seed_is_priced_from_seed_0_until_its_own_rows_run():
     from cascade_adv.experiments.reproduce import StepRecord
     from cascade_adv.experiments.steps import Step
-
     from cascade_adv.training import load_config
 
     train = next(s for s in build_steps(RECIPES["n18-table1"], Builder(CONFIGS, "mnist"),

@@ -37,6 +37,7 @@ TARGETS = {
     "apgd_ce_speedup_vs_torchattacks": (">=", 1.5),
     "apgd_t_speedup_vs_torchattacks": (">=", 1.5),
     "square_speedup_vs_torchattacks": (">=", 1.5),
+    "square_compiled_speedup_vs_torchattacks": (">=", 1.5),
     "speedup_vs_torchattacks": (">=", 1.5),
     "speedup_vs_foolbox": (">=", 2.0),
     "overhead_over_floor_pct": ("<=", 10.0),
@@ -215,11 +216,13 @@ def attack_models(device: torch.device, seed: int, speed_opts: dict):
 
 
 def ours_attack(fn, model: nn.Module, x: torch.Tensor, y: torch.Tensor, speed, fuse=True,
-                eps: float = ATTACK_EPS):
+                eps: float = ATTACK_EPS, compiled: bool = False):
     """Our attack as ``evaluate_whitebox`` runs it: under the speed options' autocast, on
     the folded inference network (``fuse``; in the layout ``--channels-last`` pins, else
-    the one the library measures faster here) or the model as it is."""
-    with speed.autocast(), attacks.fusion(fuse), attacks.layout(speed.attack_layout):
+    the one the library measures faster here) or the model as it is; ``compiled``: a
+    forward-only attack on the model compiled with freezing (``audit --compile``)."""
+    with (speed.autocast(), attacks.fusion(fuse), attacks.layout(speed.attack_layout),
+          attacks.compiled(compiled)):
         return fn(model, x, y, eps)
 
 

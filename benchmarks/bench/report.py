@@ -157,14 +157,22 @@ def strong_rows(strong: dict) -> Rows:
                      fmt(sp) if sp is None else
                      f"{sp:.2f} (per round {q['min']:.2f}-{q['max']:.2f})",
                      check(f"{name}_speedup_vs_torchattacks", sp)))
+        if "compiled_speedup_vs_torchattacks" in a:
+            csp = a["compiled_speedup_vs_torchattacks"]
+            label = f"{name} compiled (audit --compile) images/s | speedup vs torchattacks"
+            rows.append((label, f"{ips['ours_compiled']:.1f} | {csp:.2f}",
+                         check(f"{name}_compiled_speedup_vs_torchattacks", csp)))
         if name == "apgd_ce":
             rows.append(("apgd_ce overhead over the fused floor",
                          f"{a['overhead_over_floor_pct']:+.1f} %", ""))
         wide = rob.get("torchattacks_widened")
+        comp = rob.get("ours_compiled")
         rows.append((f"{name} accuracy after the attack (labels = predictions): ours | "
-                     "torchattacks" + (" | widened corner draw" if wide is not None else ""),
+                     "torchattacks" + (" | widened corner draw" if wide is not None else "")
+                     + (" | ours compiled" if comp is not None else ""),
                      f"{rob['ours']:.3f} | {fmt(rob.get('torchattacks'), '.3f')}"
-                     + (f" | {wide:.3f}" if wide is not None else ""),
+                     + (f" | {wide:.3f}" if wide is not None else "")
+                     + (f" | {comp:.3f}" if comp is not None else ""),
                      "" if ag is None else
                      f"{ag['images_apart']} images apart "
                      f"{'ok' if ag['within_one_image'] else 'DIFFER'}"))

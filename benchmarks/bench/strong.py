@@ -7,7 +7,9 @@ interleaved, with an agreement check of the accuracy after the attack:
 * ``apgd_t`` (100 iterations, 1 restart, T target classes) vs ``APGDT(n_classes=T + 1)``;
 * ``square`` (the query budget, p_init 0.8, the p schedule at the query numbers
   themselves, ``rescale=False``, as AutoAttack and our audit run it) vs
-  ``Square(loss="margin", resc_schedule=False)``.
+  ``Square(loss="margin", resc_schedule=False)``; and ``ours_compiled``, our Square on
+  the model compiled with inductor's freezing (``cascade-adv audit --compile``; where
+  ``torch.compile`` works here; its compile happens in the warm-up call).
 
 The labels are the model's own predictions, so that both sides attack every image (each
 skips the images misclassified clean).  The network is untrained: at eps 16 it loses
@@ -40,7 +42,7 @@ from bench.common import (
     paired_ratios,
 )
 from cascade_adv import attacks
-from cascade_adv.speed import prepare_input
+from cascade_adv.speed import compile_support, prepare_input
 
 STRONG = ("apgd_ce", "apgd_t", "square")
 #: Square's p schedule on both sides (AutoAttack's and the audit's: not rescaled).
@@ -114,6 +116,11 @@ def bench_one(name: str, eps: float, *, s: Settings, device, seed: int, ta, mode
     if name == "apgd_ce":
         contenders["ours_unfused"] = functools.partial(ours_attack, fn, mine, xm, y, speed,
                                                        False, eps=eps)
+    compiled = None
+    if name == "square" and compile_support(device.type) is None:
+        compiled = Kept(functools.partial(ours_attack, fn, mine, xm, y, speed, eps=eps,
+                                          compiled=True))
+        contenders["ours_compiled"] = compiled
     theirs = None
     if ta is not None:
         theirs = Kept(functools.partial(peer_attack(ta, name, model, eps, s, seed), x, y))
@@ -135,9 +142,14 @@ def bench_one(name: str, eps: float, *, s: Settings, device, seed: int, ta, mode
         res["fused_speedup_vs_unfused"] = med["ours_unfused"] / med["ours"]
         res["overhead_over_floor_pct"] = 100 * (med["ours"] / med["floor_fused"] - 1)
     correct = {"ours": n_correct(model, ours.out, y)}
+    if compiled is not None:
+        correct["ours_compiled"] = n_correct(model, compiled.out, y)
     if theirs is not None:
         res["speedup_vs_torchattacks"] = med["torchattacks"] / med["ours"]
         res["speedup_per_round"] = paired_ratios(times["torchattacks"], times["ours"])
+        if compiled is not None:
+            res["compiled_speedup_vs_torchattacks"] = (med["torchattacks"]
+                                                       / med["ours_compiled"])
         correct["torchattacks"] = n_correct(model, theirs.out, y)
         if name == "square":
             widened = peer_attack(ta, name, model, eps, s, seed, widen=True)
@@ -166,6 +178,8 @@ def speedup_keys(strong: dict) -> dict[str, float | None]:
     ``apgd_speedup_vs_torchattacks``, the APGD-CE one under its former name."""
     out = {f"{name}_speedup_vs_torchattacks": res["speedup_vs_torchattacks"]
            for name, res in strong.items()}
+    out.update({f"{name}_compiled_speedup_vs_torchattacks": res["compiled_speedup_vs_torchattacks"]
+                for name, res in strong.items() if "compiled_speedup_vs_torchattacks" in res})
     if "apgd_ce" in strong:
         out["apgd_speedup_vs_torchattacks"] = strong["apgd_ce"]["speedup_vs_torchattacks"]
     return out

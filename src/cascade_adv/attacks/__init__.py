@@ -9,12 +9,15 @@ pixel units of [0, 255], a number or a tensor of shape ``[N]``.  Gradient passes
 on the model's inference network with BatchNorm folded into the convolutions;
 ``with attacks.fusion(False):`` runs the model as it is, and ``with
 attacks.layout(True | False):`` pins that network's memory layout (by default the one
-measured faster here, :mod:`cascade_adv.models.layout`).  Every option of every attack
+measured faster here, :mod:`cascade_adv.models.layout`); ``with attacks.compiled():``
+runs the forward-only attacks (Square) on the model compiled with inductor's freezing
+(:mod:`cascade_adv.models.frozen`).  Every option of every attack
 has a type and a range (:mod:`cascade_adv.attacks.options`), checked before any work.
 """
 
 from cascade_adv.attacks.core import (
     attack_network,
+    compiled,
     fusion,
     inference_mode,
     iterative_steps,
@@ -22,6 +25,7 @@ from cascade_adv.attacks.core import (
     model_device,
     predict,
     project,
+    query_network,
     trusted,
     validate_eps,
 )
@@ -33,6 +37,7 @@ __all__ = [
     "OptionSpec",
     "attack_network",
     "check_options",
+    "compiled",
     "fusion",
     "get",
     "inference_mode",
@@ -42,6 +47,7 @@ __all__ = [
     "names",
     "predict",
     "project",
+    "query_network",
     "register",
     "run",
     "trusted",

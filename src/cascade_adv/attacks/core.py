@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cascade_adv.errors import AttackError
+from cascade_adv.models.frozen import frozen_network
 from cascade_adv.models.fuse import inference_network
 
 #: Maximises the attack objective, given logits and the attack's labels.
@@ -58,6 +59,9 @@ _TRUSTED: contextvars.ContextVar[bool] = contextvars.ContextVar("cascade_adv_tru
 #: the attack network's layout: None measures it (:mod:`cascade_adv.models.layout`)
 _LAYOUT: contextvars.ContextVar[bool | None] = contextvars.ContextVar("cascade_adv_layout",
                                                                       default=None)
+#: the forward-only attacks (Square) run the model compiled with inductor's freezing
+_COMPILE: contextvars.ContextVar[bool] = contextvars.ContextVar("cascade_adv_compile",
+                                                               default=False)
 
 
 @contextlib.contextmanager
@@ -95,6 +99,31 @@ def layout(channels_last: bool | None = None) -> Iterator[None]:
         yield
     finally:
         _LAYOUT.reset(token)
+
+
+@contextlib.contextmanager
+def compiled(enabled: bool = True) -> Iterator[None]:
+    """``with compiled():`` the attacks that only ever run the model forward (Square) run
+    it compiled with inductor's freezing (:func:`query_network`); it needs a working
+    ``torch.compile`` here (``cascade_adv.speed.compile_support``) and costs a compile
+    per model and process."""
+    if not isinstance(enabled, bool):
+        raise AttackError(f"compiled takes True or False, got {enabled!r}")
+    token = _COMPILE.set(enabled)
+    try:
+        yield
+    finally:
+        _COMPILE.reset(token)
+
+
+def query_network(model: nn.Module, x: torch.Tensor | None = None
+                  ) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The network a forward-only attack queries (no gradient): inside
+    :func:`compiled`, ``model`` compiled with freezing
+    (:func:`~cascade_adv.models.frozen.frozen_network`; its weights changed in place
+    since the compile: the eager one), else :func:`attack_network`."""
+    frozen = frozen_network(model) if _COMPILE.get() else None
+    return frozen if frozen is not None else attack_network(model, x)
 
 
 def attack_network(model: nn.Module, x: torch.Tensor | None = None) -> nn.Module:

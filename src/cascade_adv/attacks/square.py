@@ -155,7 +155,7 @@ def square(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps, *, queries: 
     core.true_label(None, y)
     eps01 = core.pixel_eps(eps, x.shape[0], x)
     with core.inference_mode(model), torch.no_grad():
-        net = core.attack_network(model, x)
+        net = core.query_network(model, x)
         clean = core.float_logits(net, x)
         worst = core.WorstCase(x, y, clean)
         idx = worst.rows()

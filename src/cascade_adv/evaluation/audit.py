@@ -85,6 +85,7 @@ from cascade_adv.evaluation.progress import (
 from cascade_adv.models.fuse import auto_layout
 from cascade_adv.models.layout import BATCH as LAYOUT_BATCH
 from cascade_adv.results.store import ResultsStore, check_store_path, store_rows
+from cascade_adv.speed import resolve_speed
 
 #: The audit's versions: attack names with their options, in the order they run.
 #: ``standard`` is AutoAttack's (APGD-CE, APGD-T with 9 targets, Square with 5000
@@ -350,7 +351,7 @@ def _positive(value: Any, name: str) -> int:
 @dataclass(frozen=True)
 class AuditRun:
     """How an audit runs (its results do not depend on it, except ``seed`` and, within
-    float32 rounding, ``fuse`` and ``channels_last``).
+    float32 rounding, ``fuse``, ``channels_last`` and ``compile``).
 
     ``batch_size`` images per batch; ``max_batch`` caps the stacked rows (images x
     epsilons) of one attack call (default ``batch_size * len(eps)``); every attack x batch
@@ -358,7 +359,10 @@ class AuditRun:
     network with BatchNorm folded into its convolutions; ``channels_last``: that
     network's layout (``None``: the one measured faster on this machine,
     :mod:`cascade_adv.models.layout`, chosen once before any attack and used by every
-    shard).  ``workers`` (a :class:`Workers`, or a number of local single-thread worker
+    shard).  ``compile``: Square queries the model compiled with inductor's freezing
+    (:mod:`cascade_adv.models.frozen`; a compile per process, worth it for Square's
+    thousands of forward passes; needs a working ``torch.compile`` here, checked first).
+    ``workers`` (a :class:`Workers`, or a number of local single-thread worker
     processes) splits the images into that many shards of whole batches, each audited in
     its own process (or Ray task) with the seeds of its batches in the whole audit, so
     the merged outcomes equal a one-process run's bit for bit (on the same kind of
@@ -370,6 +374,7 @@ class AuditRun:
     seed: int = 0
     fuse: bool = True
     channels_last: bool | None = None
+    compile: bool = False
     workers: Workers | int | None = None
     progress: bool = False
 
@@ -486,6 +491,8 @@ def _check_groups(run: Any, record: Any) -> tuple[AuditRun, AuditRecord]:
     if run.channels_last is not None and not isinstance(run.channels_last, bool):
         raise InvalidArgument(f"channels_last must be True, False or None, got "
                               f"{echo(run.channels_last)}")
+    if not isinstance(run.compile, bool):
+        raise InvalidArgument(f"compile must be True or False, got {echo(run.compile)}")
     return run, record
 
 
@@ -507,6 +514,8 @@ def _plan(model, x, y, eps, version, prepare, diagnostics, run: AuditRun,
     if record.store is not None and not isinstance(record.store, ResultsStore):
         check_store_path(record.store)
     workers = check_workers(run.workers, x.shape[0], batch_size)
+    if run.compile:  # torch.compile works here, or one line naming the fix
+        resolve_speed(attack_registry.model_device(model), compile=True)
     channels_last = run.channels_last
     if channels_last is None:
         channels_last = run.fuse and _measured_layout(model, x, prepare, batch_size,
@@ -514,7 +523,8 @@ def _plan(model, x, y, eps, version, prepare, diagnostics, run: AuditRun,
     shard = _Shard(attacks, eps_values, int(run.seed), batch_size, max_batch, bool(run.fuse),
                    channels_last, record.model_name, record.model_hash, record.dataset,
                    record.split, _store_path(record.store),
-                   record.resume and not record.keep_images, record.keep_images)
+                   record.resume and not record.keep_images, record.keep_images,
+                   run.compile)
     return shard, workers, checks, label
 
 
@@ -610,6 +620,7 @@ class _Shard:
     store: str | None
     resume: bool
     keep_images: bool
+    compile: bool = False
 
     @property
     def labels(self) -> list[str]:
@@ -620,7 +631,7 @@ class _Shard:
         return {"version": self.labels, "eps": self.eps, "seed": self.seed,
                 "batch_size": self.batch_size, "max_batch": self.max_batch,
                 "fuse": self.fuse, "channels_last": self.channels_last,
-                "first_batch": batch_offset}
+                "first_batch": batch_offset, **({"compile": True} if self.compile else {})}
 
 
 def _audit_shard(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
@@ -640,7 +651,8 @@ def _audit_shard(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
         like = prepare(x[:1]) if prepare is not None else x[:1]
         run.adversarial = torch.empty((len(shard.eps), x.shape[0], *like.shape[1:]),
                                       dtype=like.dtype)
-    with attack_registry.layout(shard.channels_last):  # the same in every shard
+    with (attack_registry.layout(shard.channels_last),  # the same in every shard
+          attack_registry.compiled(shard.compile)):
         _run_batches(run, state, x, y, prepare, shard.batch_size, progress)
     return state.clean, state.broken_by, run.adversarial, [state.path]
 
