@@ -141,7 +141,7 @@ def test_ray_gives_the_same_result_as_the_local_run(one_thread):
     assert torch.equal(local.broken_by, on_ray.broken_by)
 
 
-def test_reproduce_shards_its_audit_steps_when_asked(monkeypatch, tmp_path):
+def test_reproduce_shards_and_compiles_its_audit_steps_when_asked(monkeypatch, tmp_path):
     """--audit-jobs N reaches every audit step's audit() as N workers (at most the
     images); without --audit it is refused in one line."""
     from cascade_adv.experiments import steps
@@ -164,7 +164,25 @@ def test_reproduce_shards_its_audit_steps_when_asked(monkeypatch, tmp_path):
     with pytest.raises(RuntimeError, match="stop here"):
         steps.audit_step({"model": "m", "eps": [8.0], "version": "quick"}, tmp_path,
                          {"m": {}}, rt)
-    assert seen["run"].workers == 12  # 16 asked, 12 images
-    code, _, err = run_cli(["reproduce", "n18-table1", "--dataset", "digits", "--audit-jobs",
-                            "2", "--dry-run", "--out", str(tmp_path / "c")], tmp_path)
-    assert code == 2 and len(err.strip().splitlines()) == 1 and "--audit" in err, err
+    assert seen["run"].workers == 12 and not seen["run"].compile  # 16 asked, 12 images
+    rt = steps.Runtime(configs="configs", audit_compile=True)
+    with pytest.raises(RuntimeError, match="stop here"):
+        steps.audit_step({"model": "m", "eps": [8.0], "version": "quick"}, tmp_path,
+                         {"m": {}}, rt)
+    assert seen["run"].compile  # --audit-compile: Square on the compiled model
+    for flag in (["--audit-jobs", "2"], ["--audit-compile"]):
+        code, _, err = run_cli(["reproduce", "n18-table1", "--dataset", "digits", *flag,
+                                "--dry-run", "--out", str(tmp_path / "c")], tmp_path)
+        assert code == 2 and len(err.strip().splitlines()) == 1 and "--audit" in err, err
+    from cascade_adv import speed
+
+    monkeypatch.setattr(speed, "_cpp_compiler", lambda: None)
+    speed.compile_support.cache_clear()
+    try:
+        code, _, err = run_cli(["reproduce", "n18-table1", "--dataset", "digits", "--audit",
+                                "--audit-compile", "--dry-run", "--out", str(tmp_path / "c")],
+                               tmp_path)
+    finally:
+        speed.compile_support.cache_clear()
+    assert code == 2 and "C++ compiler" in err and "drop --audit-compile" in err, err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "c").exists()

@@ -411,7 +411,7 @@ def reproduce(name: str, out: str | Path, *, data_dir: str | None = None,
               tolerance: float = 1.5, download: bool = False, progress: bool = False,
               seeds: int | Sequence[int] = 1, seeds_for: str | Sequence[str] = (),
               audit: str | None = None, executor: str = "local", ray_address: str | None = None,
-              gpus_per_step: float = 0.0, audit_jobs: int = 1,
+              gpus_per_step: float = 0.0, audit_jobs: int = 1, audit_compile: bool = False,
               on_event: Event | None = None) -> ReproduceResult:
     """Run recipe ``name`` (:mod:`cascade_adv.experiments.recipes`) with its cache in
     ``out``; returns every step's record and, unless ``dry_run``, the report folder.
@@ -433,9 +433,12 @@ def reproduce(name: str, out: str | Path, *, data_dir: str | None = None,
     steps as Ray tasks (:class:`RayExecutor`), ``jobs`` at a time. ``audit_jobs`` splits
     each audit step's images into that many shards, each audited by its own single-thread
     worker process with the outcomes of one process (:class:`~cascade_adv.evaluation.audit.Workers`).
+    ``audit_compile`` runs the audit steps' Square on the compiled model
+    (:class:`~cascade_adv.evaluation.audit.AuditRun`'s ``compile``; checked first).
     """
     from cascade_adv.experiments.cost import estimate
     from cascade_adv.experiments.recipes import Builder, build_steps, get_recipe, name_list
+    from cascade_adv.speed import compile_support
     from cascade_adv.training import resolve_device
 
     start = time.perf_counter()
@@ -448,6 +451,9 @@ def reproduce(name: str, out: str | Path, *, data_dir: str | None = None,
     if audit_jobs > 1 and audit is None:
         raise InvalidArgument("--audit-jobs shards the audit steps; add --audit (or drop "
                               "--audit-jobs)")
+    if audit_compile and audit is None:
+        raise InvalidArgument("--audit-compile is for the audit steps; add --audit (or drop "
+                              "--audit-compile)")
     used = substitute or base
     configs = Path(configs) if configs else default_configs()
     check_disjoint([("--out", out)], [("--configs", configs),
@@ -468,8 +474,13 @@ def reproduce(name: str, out: str | Path, *, data_dir: str | None = None,
     cache.check()
     _check_data(used, data_dir, download)
     resolve_device(device)   # an unavailable device: one line before any work
+    why = audit_compile and compile_support(resolve_device(device).type)
+    if why:                  # torch.compile cannot work here: one line naming the fix
+        raise InvalidArgument(f"--audit-compile needs torch.compile, unsupported here: "
+                              f"{why}; drop --audit-compile")
     records = plan(steps, cache)
-    rt = Runtime(str(configs), data_dir, device, threads, progress, audit_jobs)
+    rt = Runtime(str(configs), data_dir, device, threads, progress, audit_jobs,
+                 bool(audit_compile))
     result = ReproduceResult(recipe.name, records)
     if dry_run:
         estimate(records, rt, out=cache.out)

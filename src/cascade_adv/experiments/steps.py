@@ -45,6 +45,8 @@ class Runtime:
     progress: bool = False
     #: shards of each audit step, each in a single-thread worker (``--audit-jobs``)
     audit_jobs: int = 1
+    #: Square on the compiled model in the audit steps (``--audit-compile``)
+    audit_compile: bool = False
 
 
 def _device(rt: Runtime):
@@ -166,7 +168,8 @@ def audit_step(p: dict, folder: Path, deps: dict[str, dict], rt: Runtime) -> dic
     progress is kept in the step folder after every attack x batch, so an interrupted
     step resumes where it stopped (:func:`execute` keeps the folder); with
     ``rt.audit_jobs`` > 1 the images are split into that many shards, each audited by a
-    single-thread worker with the same outcomes (each shard resumes on its own)."""
+    single-thread worker with the same outcomes (each shard resumes on its own);
+    ``rt.audit_compile``: Square queries the compiled model (``AuditRun(compile=True)``)."""
     import functools
     from dataclasses import asdict
 
@@ -179,7 +182,7 @@ def audit_step(p: dict, folder: Path, deps: dict[str, dict], rt: Runtime) -> dic
     result = audit(m.model, data.images, data.labels, p["eps"], version=p["version"],
                    prepare=functools.partial(prepare_images, m.model),
                    diagnostics={"twin": twin.model, "twin_name": twin.name} if twin else True,
-                   run=AuditRun(progress=rt.progress,
+                   run=AuditRun(progress=rt.progress, compile=rt.audit_compile,
                                 workers=min(rt.audit_jobs, len(data.labels))),
                    record=AuditRecord(store=folder / "audit.db", save_rows=False,
                                       model_name=m.name, model_hash=m.hash,
