@@ -190,11 +190,19 @@ def other_lines(r: dict, name: str, a: dict) -> list[str]:
     ips = a["images_per_s"]
     opts = ", ".join(f"{k} {v}" for k, v in a["options"].items())
     peer = "APGDT" if name == "apgd_t" else "Square(loss='margin')"
-    return [
+    lines = [
         (f"| {name}, {opts}, eps {a['eps']:g}, images/s (batch {a['batch']}): ours / "
          f"torchattacks | {ips['ours']:.1f} / {_num(ips.get('torchattacks'), '.1f')} | | |"),
         _speedup_line(r, name, a, peer),
     ]
+    csp = a.get("compiled_speedup_vs_torchattacks")
+    if csp is not None:  # our Square on the model compiled with freezing (audit --compile)
+        op, bound = _target(r, f"{name}_compiled_speedup_vs_torchattacks", (">=", 1.5))
+        spread = _spread(a["times_s"]["torchattacks"], a["times_s"]["ours_compiled"])
+        lines.append(f"| {name} compiled (`audit --compile`): images/s; speedup vs "
+                     f"torchattacks | {ips['ours_compiled']:.1f}; {csp:.2f}x ({spread}) | "
+                     f"{op} {bound:g}x | {_ok(csp, op, bound)} |")
+    return lines
 
 
 def accuracy_line(name: str, a: dict) -> str:
@@ -202,8 +210,10 @@ def accuracy_line(name: str, a: dict) -> str:
     apart."""
     rob, ag = a["robust_accuracy"], a.get("agreement")
     wide = rob.get("torchattacks_widened")
+    comp = rob.get("ours_compiled")
     value = (f"{rob['ours']:.3f} / {_num(rob.get('torchattacks'), '.3f')}"
-             + (f" / {wide:.3f}" if wide is not None else ""))
+             + (f" / {wide:.3f}" if wide is not None else "")
+             + (f" / {comp:.3f}" if comp is not None else ""))
     if ag is None:
         check = " |"
     else:
@@ -211,6 +221,7 @@ def accuracy_line(name: str, a: dict) -> str:
         check = f" equal or 1 image apart | {'met' if ag['within_one_image'] else '**missed**'}"
     return (f"| {name} robust accuracy, labels = predictions: ours / torchattacks"
             + (" / torchattacks with the corner draw widened" if wide is not None else "")
+            + (" / ours compiled" if comp is not None else "")
             + f" | {value} |{check} |")
 
 
