@@ -310,7 +310,7 @@ Examples:
               "shape, cached); true / false pin it.")
 @click.option("--compile/--no-compile", "compile_square", default=False, show_default=True,
               help="Square queries the model compiled with torch.compile's freezing (a "
-              "compile of 10-60 s per worker; on a CPU its forward passes 1.3-1.4x faster; "
+              "compile of 10-60 s per worker; Square about 1.4x faster on a 2-core CPU; "
               "checked before any work).")
 @_apply(table_options("SQLite results store (rows are upserted; progress is kept beside it to resume).", fuse=True))
 def audit_command(eps, version, checks, twin, jobs, threads, executor, ray_address,

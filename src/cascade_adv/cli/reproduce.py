@@ -158,8 +158,8 @@ def _print_comparison(comparison: dict, tolerance: float) -> None:
               "single-thread worker process (the same outcomes as one process).")
 @click.option("--audit-compile", is_flag=True,
               help="The audit steps run Square on the model compiled with torch.compile's "
-              "freezing (a compile of 10-60 s per audit worker; Square 1.4x faster on a "
-              "CPU; checked before any work).")
+              "freezing (a compile of 10-60 s per audit worker; Square about 1.4x faster on "
+              "a 2-core CPU; checked before any work).")
 @click.option("--dry-run", is_flag=True, help="Print the steps, which are cached, and the "
               "estimated time of each; run nothing.")
 @click.option("--tolerance", type=float, default=1.5, show_default=True,

@@ -2,14 +2,16 @@
 
 ``torch.compile`` with inductor's *freezing* treats the weights as constants: it folds
 BatchNorm into the convolutions, packs the weights once for oneDNN and fuses the
-pointwise work into the convolutions' epilogues.  On a CPU that makes one forward pass
-of ResNet-20 on 24x24x3 1.3-1.4x faster than the folded eager network the attacks run
-otherwise (docs/performance.md, "How fast can Square get?").  It costs a compile of
-10-60 s per model and process, so it is opt-in (``attacks.compiled()``).
+pointwise work into the convolutions' epilogues.  On a 2-core CPU that makes one forward
+pass of ResNet-20 on 24x24x3 1.1-1.6x faster than the folded eager network the attacks
+run otherwise, and Square as a whole 1.4x (docs/performance.md, "How fast can Square
+get?").  It costs a compile of 10-60 s per model and process, so it is opt-in
+(``attacks.compiled()``).
 
-The network is compiled for any batch size (Square's batch shrinks as images break;
-a single image runs as a batch of two) and only ever called without gradients, where freezing applies.  Freezing reads the
-weights once: the compiled graph answers for the tensors it was built from.  Another
+The network is compiled for any batch size (Square's batch shrinks as images break; a
+single image runs as a batch of two) and only ever called without gradients, where
+freezing applies.  Freezing reads the weights once: the compiled graph answers for the
+tensors it was built from.  Another
 set of tensors (``model.to(...)``, a new model) is compiled again, but a weight changed
 in place would leave the compiled graph stale, and compiling again would not help
 (dynamo reuses a graph whose guards still pass), so :func:`frozen_network` answers
