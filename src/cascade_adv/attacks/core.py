@@ -65,55 +65,45 @@ _COMPILE: contextvars.ContextVar[bool] = contextvars.ContextVar("cascade_adv_com
 
 
 @contextlib.contextmanager
-def fusion(enabled: bool = True) -> Iterator[None]:
+def _scoped(var: contextvars.ContextVar, value) -> Iterator[None]:
+    """``var`` set to ``value`` for the block, restored afterwards."""
+    token = var.set(value)
+    try:
+        yield
+    finally:
+        var.reset(token)
+
+
+def fusion(enabled: bool = True) -> contextlib.AbstractContextManager[None]:
     """``with fusion(False):`` attacks run the model as it is instead of its inference
     network with BatchNorm folded into the convolutions (the default)."""
-    token = _FUSE.set(bool(enabled))
-    try:
-        yield
-    finally:
-        _FUSE.reset(token)
+    return _scoped(_FUSE, bool(enabled))
 
 
-@contextlib.contextmanager
-def trusted() -> Iterator[None]:
+def trusted() -> contextlib.AbstractContextManager[None]:
     """Per-example epsilons inside this block were validated by the caller (or drawn
     by the training sampler): they are used on their device, with no host read-back."""
-    token = _TRUSTED.set(True)
-    try:
-        yield
-    finally:
-        _TRUSTED.reset(token)
+    return _scoped(_TRUSTED, True)
 
 
-@contextlib.contextmanager
-def layout(channels_last: bool | None = None) -> Iterator[None]:
+def layout(channels_last: bool | None = None) -> contextlib.AbstractContextManager[None]:
     """``with layout(True):`` the attack network (:func:`attack_network`) stores its folded
     weights and input NHWC, ``False`` NCHW; ``None`` (the default) picks the faster one
     for the device, measured once per machine and model shape on a CPU
     (:mod:`cascade_adv.models.layout`)."""
     if channels_last is not None and not isinstance(channels_last, bool):
         raise AttackError(f"channels_last must be True, False or None, got {channels_last!r}")
-    token = _LAYOUT.set(channels_last)
-    try:
-        yield
-    finally:
-        _LAYOUT.reset(token)
+    return _scoped(_LAYOUT, channels_last)
 
 
-@contextlib.contextmanager
-def compiled(enabled: bool = True) -> Iterator[None]:
+def compiled(enabled: bool = True) -> contextlib.AbstractContextManager[None]:
     """``with compiled():`` the attacks that only ever run the model forward (Square) run
     it compiled with inductor's freezing (:func:`query_network`); it needs a working
     ``torch.compile`` here (``cascade_adv.speed.compile_support``) and costs a compile
     per model and process."""
     if not isinstance(enabled, bool):
         raise AttackError(f"compiled takes True or False, got {enabled!r}")
-    token = _COMPILE.set(enabled)
-    try:
-        yield
-    finally:
-        _COMPILE.reset(token)
+    return _scoped(_COMPILE, enabled)
 
 
 def query_network(model: nn.Module, x: torch.Tensor | None = None

@@ -11,11 +11,11 @@ get?").  It costs a compile of 10-60 s per model and process, so it is opt-in
 The network is compiled for any batch size (Square's batch shrinks as images break; a
 single image runs as a batch of two) and only ever called without gradients, where
 freezing applies.  Freezing reads the weights once: the compiled graph answers for the
-tensors it was built from.  Another
-set of tensors (``model.to(...)``, a new model) is compiled again, but a weight changed
-in place would leave the compiled graph stale, and compiling again would not help
-(dynamo reuses a graph whose guards still pass), so :func:`frozen_network` answers
-``None`` for such a model and the caller runs its eager network.
+tensors it was built from.  Another set of tensors (``model.to(...)``, a new model) is
+compiled again, but a weight changed in place would leave the compiled graph stale, and
+compiling again would not help (dynamo reuses a graph whose guards still pass), so
+:func:`frozen_network` answers ``None`` for such a model and the caller runs its eager
+network.
 """
 
 from __future__ import annotations
@@ -33,13 +33,9 @@ log = logging.getLogger(__name__)
 _CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def _tensors(model: nn.Module) -> list[torch.Tensor]:
-    return [*model.parameters(), *model.buffers()]
-
-
 def _state(model: nn.Module) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """The identities and version counters of ``model``'s tensors."""
-    ts = _tensors(model)
+    ts = [*model.parameters(), *model.buffers()]
     return tuple(id(t) for t in ts), tuple(t._version for t in ts)
 
 
