@@ -316,6 +316,69 @@ def test_a_diverged_training_is_named_in_the_report(first_run, tmp_path, monkeyp
     assert "Steps that did not finish" not in (first_run[1].report / "report.md").read_text()
 
 
+def _without_pivot(first_run, out: Path) -> None:
+    """A copy of the first run's cache whose detached pivot has not finished."""
+    shutil.copytree(first_run[0], out)
+    for kind in ("train", "whitebox"):
+        for d in out.glob(f"steps/{kind}_n18_mnist_pivot-x0.01-digits-*/done.json"):
+            d.unlink()
+
+
+@pytest.mark.slow
+def test_report_only_reports_the_finished_steps_and_runs_no_other(first_run, tmp_path,
+                                                                  monkeypatch):
+    from cascade_adv.experiments import reproduce as rp
+
+    out = tmp_path / "cache"
+    _without_pivot(first_run, out)
+
+    def execute(step, *args):
+        raise AssertionError(f"--report-only ran {step.name}")
+
+    monkeypatch.setattr(rp, "execute", execute)
+    result = reproduce("n18-table1", out, report_only=True, device="cuda:7", **TINY)
+    status = {r.step.name: r.status for r in result.records}
+    waiting = ["train/n18_mnist_pivot-x0.01-digits", "whitebox/n18_mnist_pivot-x0.01-digits"]
+    assert sorted(n for n, s in status.items() if s == "not run") == waiting
+    assert not list(out.glob("steps/*pivot-x0.01-digits-*/done.json"))
+    md = (result.report / "report.md").read_text()
+    assert "A partial report (--report-only): 2 of 9 steps not run yet" in md
+    assert "### Steps not run yet" in md or "## Steps not run yet" in md
+    assert all(f"- {n}" in md for n in waiting)
+    # the finished models' cells as in the full run; the detached pivot's are missing
+    def cells(comparison, leave=""):
+        return sorted((c["row"], c["attack"], c["eps"], c["model"], c["ours"])
+                      for c in comparison["n18-table1"]["cells"] if c["model"] != leave)
+
+    detached = "n18_mnist_pivot-x0.01-digits"
+    assert cells(result.comparison) == cells(first_run[1].comparison, leave=detached)
+    assert cells(result.comparison) != cells(first_run[1].comparison)
+
+
+@pytest.mark.slow
+def test_cli_report_only_says_the_report_is_partial(first_run, tmp_path):
+    out = tmp_path / "cache"
+    _without_pivot(first_run, out)
+    code, stdout, _ = run_cli(["reproduce", "n18-table1", "--out", out, "--dataset", "digits",
+                               "--scale", "0.01", "--test-images", "32", "--report-only"],
+                              tmp_path)
+    assert code == 0
+    assert "a partial report: 2 steps not run yet (--report-only)" in stdout
+    assert "report: " in stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--dry-run"], "--dry-run lists the steps and --report-only reports the finished ones"),
+    ([], "holds no finished step of n18-table1-x0.01-digits-n32: nothing to report yet"),
+])
+def test_cli_report_only_bad_input_one_line_exit_2(tmp_path, args, message):
+    code, _stdout, stderr = run_cli(["reproduce", "n18-table1", "--out", tmp_path / "c",
+                                     "--dataset", "digits", "--scale", "0.01",
+                                     "--test-images", "32", "--report-only", *args], tmp_path)
+    assert code == 2 and message in stderr and len(stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "c").exists()
+
+
 @pytest.mark.slow
 def test_ray_executor_gives_the_same_results(first_run, tmp_path):
     pytest.importorskip("ray", reason="Ray is not installed (pip install 'cascade-adv[ray]')")

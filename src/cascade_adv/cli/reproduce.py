@@ -16,6 +16,8 @@ Examples:
   cascade-adv reproduce n18-table1 --scale 0.1 --test-images 1000 --jobs 2 --dry-run
   cascade-adv reproduce n18-table1 --seeds 3 --test-images 2000 --out ~/repro-mnist
   cascade-adv reproduce n18-table1 --seeds 3 --seeds-for baseline --test-images 2000
+  cascade-adv reproduce n18-table1 --seeds 3 --test-images 2000 --out ~/repro-mnist \\
+      --report-only   # the report so far, while that run goes on
   cascade-adv reproduce n18-figure4 --dataset mnist --out runs/repro-mnist   # reuses table 1
   cascade-adv reproduce n18-table2 --only baseline,step_ll --scale 0.02 --out runs/repro-cifar
   cascade-adv reproduce n18-table1 --dataset digits --scale 0.02 --out runs/repro-digits
@@ -162,6 +164,10 @@ def _print_comparison(comparison: dict, tolerance: float) -> None:
               "a 2-core CPU; checked before any work).")
 @click.option("--dry-run", is_flag=True, help="Print the steps, which are cached, and the "
               "estimated time of each; run nothing.")
+@click.option("--report-only", is_flag=True, help="Write the report from the steps finished "
+              "so far and run nothing else (an interim report of a long run, also while it "
+              "goes on; needs neither the data nor the device). It lists the steps not run "
+              "yet; their cells and seeds are missing.")
 @click.option("--tolerance", type=float, default=1.5, show_default=True,
               help="Points from the paper beyond which a cell is marked.")
 @click.option("--executor", type=click.Choice(["local", "ray"]), default="local",
@@ -180,7 +186,7 @@ def _print_comparison(comparison: dict, tolerance: float) -> None:
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def reproduce(name, list_, out, data_dir, dataset, scale, test_images, jobs, threads, only,
               seeds, seeds_for, audit, audit_version, audit_jobs, audit_compile, dry_run,
-              tolerance, executor,
+              report_only, tolerance, executor,
               ray_address,
               gpus_per_step, download, device, configs, quiet):
     """Reproduce one table or figure of N18 / K17: train, craft, evaluate, report.
@@ -194,6 +200,7 @@ def reproduce(name, list_, out, data_dir, dataset, scale, test_images, jobs, thr
     """
     from cascade_adv.errors import InvalidArgument
     from cascade_adv.experiments.recipes import get_recipe
+    from cascade_adv.experiments.reproduce import NOT_RUN
     from cascade_adv.experiments.reproduce import reproduce as run
 
     if audit_version is not None and not audit:
@@ -225,7 +232,7 @@ def reproduce(name, list_, out, data_dir, dataset, scale, test_images, jobs, thr
                  device=device, configs=configs, tolerance=tolerance, download=download,
                  executor=executor, ray_address=ray_address, gpus_per_step=gpus_per_step,
                  progress=not quiet and jobs == 1, on_event=event, seeds=seeds, audit=audit,
-                 audit_jobs=audit_jobs, audit_compile=audit_compile,
+                 audit_jobs=audit_jobs, audit_compile=audit_compile, report_only=report_only,
                  seeds_for=_csv_list(seeds_for, option="--seeds-for") if seeds_for else ())
     if dry_run:
         todo = [r for r in result.records if r.status != "cached"]
@@ -243,6 +250,8 @@ def reproduce(name, list_, out, data_dir, dataset, scale, test_images, jobs, thr
     cached = sum(r.status == "cached" for r in result.records)
     click.echo(f"{cached} steps cached, {sum(r.status == 'done' for r in result.records)} run "
                f"in {_minutes(result.seconds)}")
+    if waiting := [r for r in result.records if r.status == NOT_RUN]:
+        click.echo(f"a partial report: {len(waiting)} steps not run yet (--report-only)")
     _print_comparison(result.comparison or {}, tolerance)
     failed = [r for r in result.records if r.status in ("failed", "blocked")]
     if result.report:

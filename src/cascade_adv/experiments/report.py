@@ -108,6 +108,13 @@ def _unfinished(steps: list) -> list[str]:
     return out
 
 
+def _not_run(steps: list) -> list[str]:
+    """The steps a ``--report-only`` report was written without (not run yet)."""
+    from cascade_adv.experiments.reproduce import NOT_RUN
+
+    return [r.step.name for r in steps if r.status == NOT_RUN]
+
+
 def _seed_words(seeds: list[int], seeds_for: list[str]) -> str:
     """How many seeds each configuration trained (``reproduce --seeds``, ``--seeds-for``)."""
     many = f"{len(seeds)} seed{'s' if len(seeds) > 1 else ''}"
@@ -383,6 +390,10 @@ def _intro(recipe, rec, steps: list, deps: dict[str, dict], records: dict[str, A
     if shared:
         info += " " + " ".join(f"{name} also stands for {', '.join(also)}: the same "
                                "training computation, trained once." for name, also in shared)
+    if waiting := _not_run(steps):
+        info += (f" A partial report (--report-only): {len(waiting)} of {len(steps)} steps "
+                 "not run yet (listed below); the cells and seeds they would add are missing "
+                 "and every claim is judged on the seeds finished.")
     return info
 
 
@@ -416,6 +427,8 @@ def write_report(recipe, rec, deps: dict[str, dict], records: dict[str, Any]) ->
         sections.append(_listed("Training legs", legs))
     if unfinished := _unfinished(steps):
         sections.append(_listed("Steps that did not finish", unfinished))
+    if waiting := _not_run(steps):
+        sections.append(_listed("Steps not run yet", waiting))
     comparison = {}
     tables = [get_table(t) for t in recipe.tables]
     for pub in tables + ([recipe.layout] if recipe.layout is not None else []):

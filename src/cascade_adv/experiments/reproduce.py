@@ -51,7 +51,7 @@ class StepRecord:
     step: Step
     key: str
     folder: Path
-    status: str = "todo"          # cached | todo | done | failed | blocked
+    status: str = "todo"          # cached | todo | done | failed | blocked | not run
     seconds: float | None = None
     outputs: dict[str, Any] | None = None
     estimate: float | None = None
@@ -155,6 +155,9 @@ def plan(steps: Sequence[Step], cache: Cache) -> list[StepRecord]:
 
 Event = Callable[[str, StepRecord], None]
 
+#: The status of a step that ``reproduce(report_only=True)`` leaves for a later run.
+NOT_RUN = "not run"
+
 
 def run_steps(records: list[StepRecord], rt: Runtime, *, jobs: int = 1,
               report: Callable[[StepRecord, dict[str, dict]], dict] | None = None,
@@ -172,11 +175,11 @@ def run_steps(records: list[StepRecord], rt: Runtime, *, jobs: int = 1,
     replaces the local worker processes.
     """
     by_name = {r.step.name: r for r in records}
-    pending = [r for r in records if r.status != "cached"]
+    pending = [r for r in records if r.status not in ("cached", NOT_RUN)]
     note = on_event or (lambda what, rec: None)
     running: dict[Future, StepRecord] = {}
     pool = executor if executor is not None else (local_pool(jobs) if jobs > 1 else None)
-    settled = ("cached", "done", "failed", "blocked")
+    settled = ("cached", "done", "failed", "blocked", NOT_RUN)
 
     def state(rec: StepRecord) -> str:
         """ready | wait | blocked"""
@@ -404,6 +407,17 @@ def _check_data(dataset: str, data_dir: str | None, download: bool) -> None:
             f"{fetch} ({one_line(exc)})") from None
 
 
+def _leave_unfinished(records: list[StepRecord], out: str | Path, label: str) -> None:
+    """``--report-only``: mark every unfinished step but the report :data:`NOT_RUN`;
+    refuse (one line) a cache with none of the recipe's steps finished."""
+    if not any(r.status == "cached" for r in records):
+        raise InvalidArgument(f"--out {out} holds no finished step of {label}: nothing to "
+                              "report yet; run it without --report-only first")
+    for r in records:
+        if r.status != "cached" and r.step.kind != "report":
+            r.status = NOT_RUN
+
+
 def reproduce(name: str, out: str | Path, *, data_dir: str | None = None,
               dataset: str | None = None, scale: float = 1.0, test_images: int | None = None,
               jobs: int = 1, threads: int | None = None, only: str | Sequence[str] = (),
@@ -412,7 +426,7 @@ def reproduce(name: str, out: str | Path, *, data_dir: str | None = None,
               seeds: int | Sequence[int] = 1, seeds_for: str | Sequence[str] = (),
               audit: str | None = None, executor: str = "local", ray_address: str | None = None,
               gpus_per_step: float = 0.0, audit_jobs: int = 1, audit_compile: bool = False,
-              on_event: Event | None = None) -> ReproduceResult:
+              report_only: bool = False, on_event: Event | None = None) -> ReproduceResult:
     """Run recipe ``name`` (:mod:`cascade_adv.experiments.recipes`) with its cache in
     ``out``; returns every step's record and, unless ``dry_run``, the report folder.
 
@@ -435,6 +449,11 @@ def reproduce(name: str, out: str | Path, *, data_dir: str | None = None,
     worker process with the outcomes of one process (:class:`~cascade_adv.evaluation.audit.Workers`).
     ``audit_compile`` runs the audit steps' Square on the compiled model
     (:class:`~cascade_adv.evaluation.audit.AuditRun`'s ``compile``; checked first).
+    ``report_only`` writes the report from the steps finished so far and runs no other
+    step (a long run's interim report, also while that run goes on; the data and the
+    device are not needed): the others are ``"not run"`` (:data:`NOT_RUN`), listed in
+    the report, and their cells and seeds are missing from it. An ``out`` with no
+    finished step of the recipe is refused (one line).
     """
     from cascade_adv.experiments.cost import estimate
     from cascade_adv.experiments.recipes import Builder, build_steps, get_recipe, name_list
@@ -454,6 +473,9 @@ def reproduce(name: str, out: str | Path, *, data_dir: str | None = None,
     if audit_compile and audit is None:
         raise InvalidArgument("--audit-compile is for the audit steps; add --audit (or drop "
                               "--audit-compile)")
+    if report_only and dry_run:
+        raise InvalidArgument("--dry-run lists the steps and --report-only reports the "
+                              "finished ones; give one of them")
     used = substitute or base
     configs = Path(configs) if configs else default_configs()
     check_disjoint([("--out", out)], [("--configs", configs),
@@ -472,21 +494,24 @@ def reproduce(name: str, out: str | Path, *, data_dir: str | None = None,
                       tuple(s.name for s in steps)))
     cache = Cache(out, used)
     cache.check()
-    _check_data(used, data_dir, download)
-    resolve_device(device)   # an unavailable device: one line before any work
-    why = audit_compile and compile_support(resolve_device(device).type)
-    if why:                  # torch.compile cannot work here: one line naming the fix
-        raise InvalidArgument(f"--audit-compile needs torch.compile, unsupported here: "
-                              f"{why}; drop --audit-compile")
+    if not report_only:      # the report reads the cache alone
+        _check_data(used, data_dir, download)
+        resolve_device(device)   # an unavailable device: one line before any work
+        why = audit_compile and compile_support(resolve_device(device).type)
+        if why:                  # torch.compile cannot work here: one line naming the fix
+            raise InvalidArgument(f"--audit-compile needs torch.compile, unsupported here: "
+                                  f"{why}; drop --audit-compile")
     records = plan(steps, cache)
+    if report_only:
+        _leave_unfinished(records, out, label)
     rt = Runtime(str(configs), data_dir, device, threads, progress, audit_jobs,
                  bool(audit_compile))
     result = ReproduceResult(recipe.name, records)
     if dry_run:
         estimate(records, rt, out=cache.out)
         return result
-    pool = (RayExecutor(ray_address, gpus_per_step, cpus=threads or 1) if executor == "ray"
-            else None)
+    pool = (RayExecutor(ray_address, gpus_per_step, cpus=threads or 1)
+            if executor == "ray" and not report_only else None)
     cache.open(recipe.name)
 
     def report(rec: StepRecord, deps: dict[str, dict]) -> dict:
@@ -495,7 +520,8 @@ def reproduce(name: str, out: str | Path, *, data_dir: str | None = None,
         return write_report(recipe, rec, deps, by_name)
 
     by_name = {r.step.name: r for r in records}
-    run_steps(records, rt, jobs=jobs, report=report, on_event=on_event, executor=pool)
+    run_steps(records, rt, jobs=1 if report_only else jobs, report=report, on_event=on_event,
+              executor=pool)
     final = by_name[f"report/{label}"].outputs or {}
     result.report = Path(final["folder"]) if "folder" in final else None
     result.comparison = final.get("comparison")
