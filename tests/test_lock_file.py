@@ -12,7 +12,7 @@ import pytest
 from _cli import run_cli
 
 from cascade_adv.errors import CascadeAdvError
-from cascade_adv.io import LOCK_FILE, check_lock_file, folder_lock
+from cascade_adv.io import LOCK_FILE, check_lock_file, folder_lock, lock_holder
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = str(ROOT / "configs/digits_baseline.yaml")
@@ -120,6 +120,35 @@ def test_a_lock_file_is_taken_and_holds_this_process_id(tmp_path, content):
     assert not (empty / LOCK_FILE).exists()
     with folder_lock(empty):
         assert (empty / LOCK_FILE).read_text() == f"{os.getpid()}\n"
+
+
+def test_lock_holder_names_the_holder_and_writes_nothing(tmp_path, place):
+    import subprocess
+
+    folder = tmp_path / "step"
+    folder.mkdir()
+    assert lock_holder(folder) is None                    # no lock file: nobody
+    assert not (folder / LOCK_FILE).exists()
+    with folder_lock(folder):
+        assert lock_holder(folder) == os.getpid()
+    assert lock_holder(folder) is None                    # released
+    code = ("import time; from cascade_adv.io import folder_lock\n"
+            f"with folder_lock({str(folder)!r}):\n"
+            "    print('held', flush=True); time.sleep(60)")
+    held = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert held.stdout.readline().strip() == "held"
+        before = _state(tmp_path)
+        assert lock_holder(folder) == held.pid
+        assert _state(tmp_path) == before
+    finally:
+        held.kill()
+        held.wait()
+    assert lock_holder(folder) is None                    # the kernel dropped it
+    other = tmp_path / "other"
+    other.mkdir()
+    place("symlink", other)
+    assert lock_holder(other) is None                     # not a lock file: never opened
 
 
 @pytest.fixture(scope="module")

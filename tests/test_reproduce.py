@@ -17,6 +17,7 @@ import pytest
 
 from cascade_adv.experiments.recipes import ALIASES, RECIPES, Builder, build_steps, get_recipe
 from cascade_adv.experiments.reproduce import default_configs, reproduce, step_keys
+from cascade_adv.io import folder_lock
 from cascade_adv.reporting.reproduction import (
     check_claims,
     compare,
@@ -336,7 +337,9 @@ def test_report_only_reports_the_finished_steps_and_runs_no_other(first_run, tmp
         raise AssertionError(f"--report-only ran {step.name}")
 
     monkeypatch.setattr(rp, "execute", execute)
-    result = reproduce("n18-table1", out, report_only=True, device="cuda:7", **TINY)
+    running = next(out.glob("steps/train_n18_mnist_pivot-x0.01-digits-*"))
+    with folder_lock(running):          # as another reproduce of the cache would
+        result = reproduce("n18-table1", out, report_only=True, device="cuda:7", **TINY)
     status = {r.step.name: r.status for r in result.records}
     waiting = ["train/n18_mnist_pivot-x0.01-digits", "whitebox/n18_mnist_pivot-x0.01-digits"]
     assert sorted(n for n, s in status.items() if s == "not run") == waiting
@@ -344,7 +347,8 @@ def test_report_only_reports_the_finished_steps_and_runs_no_other(first_run, tmp
     md = (result.report / "report.md").read_text()
     assert "A partial report (--report-only): 2 of 9 steps not run yet" in md
     assert "### Steps not run yet" in md or "## Steps not run yet" in md
-    assert all(f"- {n}" in md for n in waiting)
+    assert f"- {waiting[0]}: running now (process {os.getpid()})" in md
+    assert f"- {waiting[1]}\n" in md
     # the finished models' cells as in the full run; the detached pivot's are missing
     def cells(comparison, leave=""):
         return sorted((c["row"], c["attack"], c["eps"], c["model"], c["ours"])

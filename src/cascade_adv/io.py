@@ -338,6 +338,36 @@ def folder_lock(folder: str | os.PathLike, *, wait: bool = True, what: str = "fo
         os.close(fd)
 
 
+def lock_holder(folder: str | os.PathLike) -> int | None:
+    """The pid of the process holding :func:`folder_lock` on ``folder`` now (0 where the
+    lock file names none), else ``None``; reads only: a shared, non-blocking ``flock``
+    on ``folder/.lock`` opened read-only, released at once.  ``None`` also where there
+    is no lock file, it is not a lock file, or there is no ``flock``."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        return None
+    from cascade_adv.errors import OutputPathError
+
+    path = Path(folder) / LOCK_FILE
+    if not path.is_file():
+        return None
+    try:
+        fd = _open_lock(path, os.O_RDONLY, "folder", folder)
+    except (OSError, OutputPathError):
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pid = os.pread(fd, 32, 0).decode(errors="replace").strip()
+            return int(pid) if pid.isdigit() else 0
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     with atomic_path(path, size=len(data)) as tmp:
         tmp.write_bytes(data)

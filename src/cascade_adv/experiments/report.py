@@ -109,10 +109,18 @@ def _unfinished(steps: list) -> list[str]:
 
 
 def _not_run(steps: list) -> list[str]:
-    """The steps a ``--report-only`` report was written without (not run yet)."""
+    """The steps a ``--report-only`` report was written without, each marked "running
+    now" where a process holds its folder's lock (another ``reproduce`` of the cache)."""
     from cascade_adv.experiments.reproduce import NOT_RUN
+    from cascade_adv.io import lock_holder
 
-    return [r.step.name for r in steps if r.status == NOT_RUN]
+    out = []
+    for r in steps:
+        if r.status == NOT_RUN:
+            pid = lock_holder(r.folder)
+            out.append(r.step.name if pid is None else
+                       f"{r.step.name}: running now (process {pid or '?'})")
+    return out
 
 
 def _seed_words(seeds: list[int], seeds_for: list[str]) -> str:
