@@ -540,15 +540,18 @@ def test_audit_rows_are_not_black_box_rows_in_checks_and_reports(tmp_path):
     assert "Black-box" not in page and "audit:a" in page
 
 
-@pytest.mark.parametrize("version,options", [
-    ("standard", [{"steps": 100}, {"targets": 3, "steps": 100},
-                  {"queries": 5000, "rescale": False}]),
-    ("quick", [{"steps": 100}, {"targets": 3, "steps": 100},
-               {"queries": 1000, "rescale": False}]),
+@pytest.mark.parametrize("version,names,options", [
+    ("standard", ("apgd_ce", "apgd_t", "fab_t", "square"),
+     [{"steps": 100}, {"targets": 3, "steps": 100}, {"targets": 3, "steps": 100},
+      {"queries": 5000, "rescale": False}]),
+    ("quick", ("apgd_ce", "apgd_t", "square"),
+     [{"steps": 100}, {"targets": 3, "steps": 100}, {"queries": 1000, "rescale": False}]),
 ])
-def test_versions_run_their_attacks_in_order_with_their_options(monkeypatch, version, options):
-    """The versions' attacks (recorders standing in for APGD-CE, APGD-T and Square), in
-    order, each with its options; a 4-class model lowers standard's 9 targets to 3."""
+def test_versions_run_their_attacks_in_order_with_their_options(monkeypatch, version, names,
+                                                                options):
+    """The versions' attacks (recorders standing in for APGD-CE, APGD-T, FAB-T and
+    Square: AutoAttack's standard ensemble), in order, each with its options; a 4-class
+    model lowers standard's 9 targets to 3."""
     from cascade_adv.attacks import registry
 
     seen: list = []
@@ -563,11 +566,11 @@ def test_versions_run_their_attacks_in_order_with_their_options(monkeypatch, ver
 
         return AttackSpec(name, fn, "iterative", "stand-in")
 
-    for name in ("apgd_ce", "apgd_t", "square"):
+    for name in ("apgd_ce", "apgd_t", "fab_t", "square"):
         monkeypatch.setitem(registry._REGISTRY, name, recorder(name))
     model, x, y = switch_case()
     result = audit(model, x, y, [8], version=version)
-    assert seen == list(zip(("apgd_ce", "apgd_t", "square"), options))
+    assert seen == list(zip(names, options, strict=True))
     assert result.version == version and result.source == f"audit:{version}"
 
 

@@ -165,8 +165,9 @@ def test_an_audit_step_is_priced_by_hand():
 
     _, passes = cost._passes(StepRecord(steps["audit/n18_mnist_baseline"], "", None), cfgs)
     # per image: the clean forward, then at each of the 3 eps APGD-CE (100), APGD-T
-    # (9 targets x 100) and Square (5000 forwards, a third of a pass each)
-    attacks = 2000 / 128 * (1 / 3 + 3 * (100 + 900 + 5000 / 3))
+    # (9 targets x 100), FAB-T (9 targets x 100 steps, each a pass and a forward) and
+    # Square (5000 forwards, a third of a pass each)
+    attacks = 2000 / 128 * (1 / 3 + 3 * (100 + 900 + 900 * 4 / 3 + 5000 / 3))
     # the diagnostics on 256 images: 3 forwards + a gradient + the clean forward, per eps
     # step_fgsm (1), iter_fgsm (20), two noises, each with two forwards, iter_fgsm (20
     # + 2 forwards) at eps 128 and 255; APGD-CE with 200 steps and 2 restarts on 128 rows

@@ -1,5 +1,5 @@
 """Every attack of K17 section 2.2 and appendix A, plus PGD, APGD (CE, DLR, targeted
-DLR) and the Square attack, by name.
+DLR), FAB-T and the Square attack, by name.
 
 All attacks share one signature::
 
@@ -20,6 +20,7 @@ from torch import nn
 
 from cascade_adv.attacks import apgd as _apgd
 from cascade_adv.attacks import core
+from cascade_adv.attacks import fab as _fab
 from cascade_adv.attacks import options as opt
 from cascade_adv.attacks import square as _square
 from cascade_adv.errors import AttackError, UnknownAttackError
@@ -234,6 +235,19 @@ def apgd_t(model, x, y, eps, *, targets=None, steps=100, restarts=1, rho=0.75,
            generator=None):
     return _apgd.apgd(model, x, y, eps, "dlr_targeted", steps=steps, restarts=restarts,
                       rho=rho, targets=targets, generator=generator)
+
+
+# --- strong attacks: FAB-T (Croce & Hein 2020, ICML) ----------------------------------------
+
+
+@register("fab_t", "iterative",
+          "targeted FAB: the smallest L-inf step onto the linearised boundary z_t = z_y, "
+          "biased towards the image, towards each of the top-T classes; kept within eps",
+          stochastic=True, options={"targets": opt.TARGETS, "steps": opt.STEPS,
+                                    "restarts": opt.RESTARTS})
+def fab_t(model, x, y, eps, *, targets=None, steps=100, restarts=1, generator=None):
+    return _fab.fab_t(model, x, y, eps, targets=targets, steps=steps, restarts=restarts,
+                      generator=generator)
 
 
 # --- strong attacks: Square (Andriushchenko et al. 2020) ----------------------------------

@@ -274,8 +274,9 @@ Examples:
     type=AuditVersion(),
     default="standard",
     show_default=True,
-    help="standard (APGD-CE, APGD-T with 9 targets, Square with 5000 queries), quick "
-    "(APGD-T with 3 targets, Square with 1000 queries; for a CPU), or attacks in the "
+    help="standard (AutoAttack's: APGD-CE, APGD-T and FAB-T with 9 targets, Square with "
+    "5000 queries), quick (APGD-CE, APGD-T with 3 targets, Square with 1000 queries; "
+    "for a CPU), or attacks in the "
     "order they run: NAME[:KEY=VALUE...] separated by commas.",
 )
 @click.option(

@@ -153,8 +153,9 @@ def _print_comparison(comparison: dict, tolerance: float) -> None:
               "masking diagnostics) at the table's eps on the same test images; the report "
               "adds 'Under the audit' and judges the paper's claims again on it.")
 @click.option("--audit-version", type=click.Choice(["standard", "quick"]), default=None,
-              help="standard (AutoAttack's: APGD-T with 9 targets, Square with 5000 "
-              "queries) or quick (3 targets, 1000 queries; for a CPU) [default: standard].")
+              help="standard (AutoAttack's: APGD-CE, APGD-T and FAB-T with 9 targets, Square "
+              "with 5000 queries) or quick (APGD-CE, APGD-T with 3 targets, Square with 1000 "
+              "queries; for a CPU) [default: standard].")
 @click.option("--audit-jobs", type=POSITIVE, default=1, show_default=True,
               help="Split each audit step's images into this many shards, each audited by a "
               "single-thread worker process (the same outcomes as one process).")

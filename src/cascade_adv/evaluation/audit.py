@@ -88,13 +88,14 @@ from cascade_adv.results.store import ResultsStore, check_store_path, store_rows
 from cascade_adv.speed import resolve_speed
 
 #: The audit's versions: attack names with their options, in the order they run.
-#: ``standard`` is AutoAttack's (APGD-CE, APGD-T with 9 targets, Square with 5000
-#: queries, its p schedule not rescaled to the budget, as AutoAttack runs it);
-#: ``quick`` is meant for a CPU.  ``targets`` is lowered to the model's
+#: ``standard`` is AutoAttack's (APGD-CE, APGD-T with 9 targets, FAB-T with 9 targets,
+#: Square with 5000 queries, its p schedule not rescaled to the budget, as AutoAttack
+#: runs it); ``quick`` is meant for a CPU (no FAB-T, fewer targets and queries).  ``targets`` is lowered to the model's
 #: number of classes - 1 where that is smaller.
 VERSIONS: dict[str, tuple[tuple[str, dict[str, Any]], ...]] = {
     "standard": (("apgd_ce", {"steps": 100}),
                  ("apgd_t", {"targets": 9, "steps": 100}),
+                 ("fab_t", {"targets": 9, "steps": 100}),
                  ("square", {"queries": 5000, "rescale": False})),
     "quick": (("apgd_ce", {"steps": 100}),
               ("apgd_t", {"targets": 3, "steps": 100}),
@@ -431,7 +432,7 @@ def audit(
 
     ``model`` is any ``nn.Module`` mapping images to logits; it is attacked in
     inference mode on its device (``x`` moves there batch by batch).  ``version``:
-    ``"standard"`` (APGD-CE, APGD-T with 9 targets, Square with 5000 queries),
+    ``"standard"`` (APGD-CE, APGD-T and FAB-T with 9 targets, Square with 5000 queries),
     ``"quick"`` (APGD-T with 3 targets, Square with 1000 queries), or a list (see
     :func:`resolve_version`).  ``prepare`` maps each batch of ``x`` to the model's
     inputs first (e.g. uint8 images to floats with a center crop).  ``run``

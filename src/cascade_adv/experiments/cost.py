@@ -14,8 +14,9 @@ is its count of such passes times that time:
   test images (iter_* use min(eps + 4, 1.25 eps) iterations, K17 section 2.1), plus
   the clean forward (:func:`attack_passes`);
 * the robustness audit (``--audit``, :func:`audit_passes`): per epsilon, its attacks
-  (APGD-CE steps x restarts passes, targeted APGD targets x steps x restarts, Square
-  its queries as forward passes, a third of a pass each), plus the clean forward and
+  (APGD-CE steps x restarts passes, targeted APGD targets x steps x restarts, FAB-T
+  the same plus a forward per step, Square its queries as forward passes, a third of a
+  pass each), plus the clean forward and
   the gradient-masking diagnostics (:func:`diagnostic_passes`). The cascade, in which
   each attack runs only on the images the attacks before it left correct, is
   approximated once the model's white-box rows are in the cache: the first attack
@@ -64,8 +65,8 @@ def attack_passes(attack: str, eps: float, options: Mapping[str, Any] | None = N
     defaults) costs per image at ``eps``: one for one-step and random attacks; for
     iterative ones ``steps`` (K17's ``min(eps + 4, 1.25 eps)`` where it has none) times
     ``restarts``, and for a targeted one (``targets``, APGD-T) times its target classes
-    (default ``min(9, classes - 1)``); for query attacks (Square) ``queries`` forward
-    passes, :data:`FORWARD` of a pass each."""
+    (default ``min(9, classes - 1)``; FAB-T's steps a forward more each); for query
+    attacks (Square) ``queries`` forward passes, :data:`FORWARD` of a pass each."""
     import inspect
 
     from cascade_adv import attacks
@@ -83,7 +84,8 @@ def attack_passes(attack: str, eps: float, options: Mapping[str, Any] | None = N
     runs = opt.get("restarts", 1)
     if "targets" in params:
         runs *= target_count(opt["targets"], classes)
-    return steps * runs
+    # FAB-T's step also predicts its new point (one more forward)
+    return steps * runs * (1 + FORWARD if attack == "fab_t" else 1)
 
 
 #: What the cache's white-box rows say of a model (:func:`survival`): the share of
