@@ -10,6 +10,8 @@ first ``--limit``) under
 * ``apgd_ce``  vs torchattacks ``APGD(loss="ce")``,
 * ``apgd_t``   vs torchattacks ``APGDT`` (``--targets`` target classes, by default
   classes - 1; torchattacks takes it as ``n_classes = targets + 1``),
+* ``fab_t``    vs torchattacks ``FAB(multi_targeted=True)`` (the same targets; it takes
+  them as ``n_classes = targets + 1``; one run per target, from the clean image),
 * ``square``   vs torchattacks ``Square(loss="margin")``,
 
 at the same eps, iterations, queries and restarts (``--steps``, ``--queries``,
@@ -47,6 +49,8 @@ PAIRS = {
                                       "loss": "ce"}),
     "apgd_t": ("APGDT", lambda s, c: {"steps": s.steps, "n_restarts": s.restarts,
                                       "n_classes": c + 1}),
+    "fab_t": ("FAB", lambda s, c: {"steps": s.steps, "n_restarts": s.restarts,
+                                   "multi_targeted": True, "n_classes": c + 1}),
     "square": ("Square", lambda s, c: {"n_queries": s.queries, "n_restarts": 1,
                                        "loss": "margin"}),
 }
@@ -55,7 +59,7 @@ PAIRS = {
 def ours(name: str, model, x, y, eps: float, s, targets: int) -> torch.Tensor:
     opts = ({"queries": s.queries} if name == "square"
             else {"steps": s.steps, "restarts": s.restarts})
-    if name == "apgd_t":
+    if name in ("apgd_t", "fab_t"):
         opts["targets"] = targets
     return attacks.run(name, model, x, y, eps=eps, generator=torch.Generator().manual_seed(0),
                        **opts)
@@ -143,11 +147,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--eps", default="16,32",
                     help="epsilons in pixel units of [0, 255], comma-separated (default 16,32)")
     ap.add_argument("--attacks", default="apgd_ce,apgd_t,square",
-                    help="any of apgd_ce, apgd_t, square (default all three)")
-    ap.add_argument("--steps", type=int, default=100, help="APGD iterations (default 100)")
-    ap.add_argument("--restarts", type=int, default=1, help="APGD restarts (default 1)")
+                    help="any of apgd_ce, apgd_t, fab_t, square (default apgd_ce,apgd_t,square)")
+    ap.add_argument("--steps", type=int, default=100,
+                    help="APGD and FAB-T iterations (default 100)")
+    ap.add_argument("--restarts", type=int, default=1,
+                    help="APGD and FAB-T restarts (default 1)")
     ap.add_argument("--targets", type=int, default=None,
-                    help="APGD-T target classes (default: classes - 1)")
+                    help="APGD-T and FAB-T target classes (default: classes - 1)")
     ap.add_argument("--queries", type=int, default=5000, help="Square queries (default 5000)")
     ap.add_argument("--limit", type=int, default=None,
                     help="the first N test images (default: all)")
