@@ -222,7 +222,9 @@ def run_once(net: nn.Module, x: torch.Tensor, y: torch.Tensor, eps01: torch.Tens
 # --- the attacks -----------------------------------------------------------------------------
 
 
-def check_options(steps: int, restarts: int, rho: float) -> None:
+def check_options(steps: int, restarts: int, rho: float = 0.75) -> None:
+    """``steps`` a whole number >= 0, ``restarts`` >= 1, ``rho`` in (0, 1]
+    (:class:`AttackError` otherwise; FAB-T checks its steps and restarts here too)."""
     if int(steps) != steps or steps < 0:
         raise AttackError(f"steps must be a whole number >= 0, got {steps}")
     if int(restarts) != restarts or restarts < 1:
@@ -262,24 +264,16 @@ def apgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps, loss: str, *,
     core.true_label(None, y)
     n = x.shape[0]
     eps01 = core.pixel_eps(eps, n, x)
-    with core.inference_mode(model):
-        net = core.attack_network(model, x)
-        with torch.no_grad():
-            clean = core.float_logits(net, x)
+    with core.search(model, x, y) as (net, clean, worst):
         check_classes(loss, clean.shape[1])
-        worst = core.WorstCase(x, y, clean)
         ranks = [None]
         if loss == "dlr_targeted":
             ranks = list(range(1, target_count(targets, clean.shape[1]) + 1))
             ranked = clean.argsort(dim=1, descending=True)
-        for rank in ranks:
-            for _ in range(restarts):
-                idx = worst.rows()
-                if idx is None:
-                    return worst.x_adv
-                fn = per_example_loss(loss, y[idx], None if rank is None else ranked[idx, rank])
-                seen = None if trace is None else functools.partial(trace, rows=idx)
-                found = run_once(net, x[idx], y[idx], eps01[idx], fn, int(steps), rho,
-                                 generator, seen)
-                worst.update(idx, *found)
+        for idx, rank in worst.runs(r for r in ranks for _ in range(restarts)):
+            fn = per_example_loss(loss, y[idx], None if rank is None else ranked[idx, rank])
+            seen = None if trace is None else functools.partial(trace, rows=idx)
+            found = run_once(net, x[idx], y[idx], eps01[idx], fn, int(steps), rho,
+                             generator, seen)
+            worst.update(idx, *found)
     return worst.x_adv

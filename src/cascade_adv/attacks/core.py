@@ -30,7 +30,8 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import functools
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from typing import TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -288,6 +289,10 @@ def rows_view(mask: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return mask.view(-1, *([1] * (x.dim() - 1)))
 
 
+#: A run of :meth:`WorstCase.runs`'s plan.
+T = TypeVar("T")
+
+
 class WorstCase:
     """Per image, the worst point that several runs of an attack found (AutoAttack's
     ``x_best_adv`` semantics): a misclassified point as soon as one run found one,
@@ -309,6 +314,16 @@ class WorstCase:
         idx = torch.nonzero(~self.broken).flatten()
         return idx if idx.numel() else None
 
+    def runs(self, plan: Iterable[T]) -> Iterator[tuple[torch.Tensor, T]]:
+        """Each run of ``plan`` (e.g. ``(target rank, restart)``) with the images no
+        earlier run has broken (:meth:`rows`, read after the previous run's
+        :meth:`update`); stops as soon as every image is broken."""
+        for run in plan:
+            idx = self.rows()
+            if idx is None:
+                return
+            yield idx, run
+
     def update(self, idx: torch.Tensor, x_run: torch.Tensor, broken: torch.Tensor,
                loss: torch.Tensor) -> None:
         """Merge one run over the images ``idx``: its points, which of them are
@@ -317,6 +332,18 @@ class WorstCase:
         self.x_adv[idx] = torch.where(rows_view(take, x_run), x_run, self.x_adv[idx])
         self.loss[idx] = torch.where(take, loss.to(self.loss.dtype), self.loss[idx])
         self.broken[idx] = self.broken[idx] | broken
+
+
+@contextlib.contextmanager
+def search(model: nn.Module, x: torch.Tensor, y: torch.Tensor
+           ) -> Iterator[tuple[nn.Module, torch.Tensor, WorstCase]]:
+    """The set-up of the search attacks (APGD, FAB-T): ``model`` in inference mode, and
+    ``(its attack network, the clean logits, the WorstCase of x)`` for the block."""
+    with inference_mode(model):
+        net = attack_network(model, x)
+        with torch.no_grad():
+            clean = float_logits(net, x)
+        yield net, clean, WorstCase(x, y, clean)
 
 
 # --- objectives (maximised by every attack) ----------------------------------------

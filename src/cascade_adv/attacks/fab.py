@@ -106,29 +106,22 @@ def fab_t(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps, *,
     """FAB-T towards ``targets`` classes (by default ``min(9, classes - 1)``), each with
     ``restarts`` runs, every run only on the images no earlier run has broken within
     eps; images misclassified clean are returned unchanged."""
-    check_options(steps, restarts, rho=0.75)   # APGD's checks of steps and restarts
+    check_options(steps, restarts)
     core.true_label(None, y)
-    n = x.shape[0]
-    eps01 = core.pixel_eps(eps, n, x)
-    with core.inference_mode(model):
-        net = core.attack_network(model, x)
-        with torch.no_grad():
-            clean = core.float_logits(net, x)
-        worst = core.WorstCase(x, y, clean)
+    eps01 = core.pixel_eps(eps, x.shape[0], x)
+    with core.search(model, x, y) as (net, clean, worst):
         ranked = clean.argsort(dim=1, descending=True)
-        for rank in range(1, target_count(targets, clean.shape[1]) + 1):
-            for restart in range(restarts):
-                idx = worst.rows()
-                if idx is None:
-                    return worst.x_adv
-                xi, e = x[idx], eps01[idx]
-                start = xi
-                if restart > 0:
-                    u = 2 * torch.rand(xi.shape, device=x.device, dtype=x.dtype,
-                                       generator=generator) - 1
-                    scale = core.rows_view(u.flatten(1).abs().amax(dim=1), xi)
-                    start = (xi + e * u / scale.clamp_min(1e-12) / 2).clamp(0, 1)
-                point, dist = run_once(net, xi, y[idx], ranked[idx, rank], int(steps), start)
-                inside = dist <= e.flatten()
-                worst.update(idx, point, inside, torch.where(inside, 0.0, -torch.inf))
+        plan = [(rank, restart) for rank in range(1, target_count(targets, clean.shape[1]) + 1)
+                for restart in range(restarts)]
+        for idx, (rank, restart) in worst.runs(plan):
+            xi, e = x[idx], eps01[idx]
+            start = xi
+            if restart > 0:
+                u = 2 * torch.rand(xi.shape, device=x.device, dtype=x.dtype,
+                                   generator=generator) - 1
+                scale = core.rows_view(u.flatten(1).abs().amax(dim=1), xi)
+                start = (xi + e * u / scale.clamp_min(1e-12) / 2).clamp(0, 1)
+            point, dist = run_once(net, xi, y[idx], ranked[idx, rank], int(steps), start)
+            inside = dist <= e.flatten()
+            worst.update(idx, point, inside, torch.where(inside, 0.0, -torch.inf))
     return worst.x_adv

@@ -38,6 +38,9 @@ class AttackSpec:
     #: each keyword option's type and range (:mod:`cascade_adv.attacks.options`); every
     #: registered attack has one per option, an attack built by hand may have none
     limits: Mapping[str, opt.OptionSpec] = field(default_factory=dict, compare=False)
+    #: forward passes an iterative attack's step runs besides its gradient pass (FAB-T
+    #: predicts its new point); its price in :mod:`cascade_adv.experiments.cost`
+    step_forwards: int = 0
 
     @property
     def options(self) -> tuple[str, ...]:
@@ -49,17 +52,18 @@ _REGISTRY: dict[str, AttackSpec] = {}
 
 
 def register(name: str, kind: str, description: str, stochastic: bool = False,
-             options: Mapping[str, opt.OptionSpec] | None = None):
+             options: Mapping[str, opt.OptionSpec] | None = None, step_forwards: int = 0):
     """Decorator adding an attack function to the registry under ``name``; ``stochastic``
     says whether it draws from its ``generator`` (random attacks always do); ``options``
     gives every keyword option of the function (``generator`` aside) its type and range
-    (:class:`~cascade_adv.attacks.options.OptionSpec`; ``ValueError`` if one is missing)."""
+    (:class:`~cascade_adv.attacks.options.OptionSpec`; ``ValueError`` if one is missing);
+    ``step_forwards``: :attr:`AttackSpec.step_forwards`."""
 
     def deco(fn):
         if name in _REGISTRY:
             raise ValueError(f"attack {name!r} registered twice")
         spec = AttackSpec(name, fn, kind, description, stochastic or kind == "random",
-                          dict(options or {}))
+                          dict(options or {}), step_forwards)
         opt.check_specs(name, spec.options, spec.limits)
         _REGISTRY[name] = spec
         return fn
@@ -244,7 +248,7 @@ def apgd_t(model, x, y, eps, *, targets=None, steps=100, restarts=1, rho=0.75,
           "targeted FAB: the smallest L-inf step onto the linearised boundary z_t = z_y, "
           "biased towards the image, towards each of the top-T classes; kept within eps",
           stochastic=True, options={"targets": opt.TARGETS, "steps": opt.STEPS,
-                                    "restarts": opt.RESTARTS})
+                                    "restarts": opt.RESTARTS}, step_forwards=1)
 def fab_t(model, x, y, eps, *, targets=None, steps=100, restarts=1, generator=None):
     return _fab.fab_t(model, x, y, eps, targets=targets, steps=steps, restarts=restarts,
                       generator=generator)

@@ -65,7 +65,7 @@ def attack_passes(attack: str, eps: float, options: Mapping[str, Any] | None = N
     defaults) costs per image at ``eps``: one for one-step and random attacks; for
     iterative ones ``steps`` (K17's ``min(eps + 4, 1.25 eps)`` where it has none) times
     ``restarts``, and for a targeted one (``targets``, APGD-T) times its target classes
-    (default ``min(9, classes - 1)``; FAB-T's steps a forward more each); for query
+    (default ``min(9, classes - 1)``), each step with its ``step_forwards`` (FAB-T's one); for query
     attacks (Square) ``queries`` forward passes, :data:`FORWARD` of a pass each."""
     import inspect
 
@@ -84,8 +84,7 @@ def attack_passes(attack: str, eps: float, options: Mapping[str, Any] | None = N
     runs = opt.get("restarts", 1)
     if "targets" in params:
         runs *= target_count(opt["targets"], classes)
-    # FAB-T's step also predicts its new point (one more forward)
-    return steps * runs * (1 + FORWARD if attack == "fab_t" else 1)
+    return steps * runs * (1 + spec.step_forwards * FORWARD)
 
 
 #: What the cache's white-box rows say of a model (:func:`survival`): the share of

@@ -372,8 +372,10 @@ def _table_sections(r: _Report, pub) -> tuple[dict[str, Any], list[tuple[str, st
     return part, sections
 
 
-def _intro(recipe, rec, steps: list, deps: dict[str, dict], records: dict[str, Any]) -> str:
-    """The report's first paragraph: what ran, how reduced, where, when."""
+def _intro(recipe, rec, steps: list, deps: dict[str, dict], records: dict[str, Any],
+           waiting: list[str]) -> str:
+    """The report's first paragraph: what ran, how reduced, where, when; ``waiting``: the
+    steps a ``--report-only`` report lacks (:func:`_not_run`)."""
     from cascade_adv import __version__
 
     p = rec.step.params
@@ -398,7 +400,7 @@ def _intro(recipe, rec, steps: list, deps: dict[str, dict], records: dict[str, A
     if shared:
         info += " " + " ".join(f"{name} also stands for {', '.join(also)}: the same "
                                "training computation, trained once." for name, also in shared)
-    if waiting := _not_run(steps):
+    if waiting:
         info += (f" A partial report (--report-only): {len(waiting)} of {len(steps)} steps "
                  "not run yet (listed below); the cells and seeds they would add are missing "
                  "and every claim is judged on the seeds finished.")
@@ -429,13 +431,14 @@ def write_report(recipe, rec, deps: dict[str, dict], records: dict[str, Any]) ->
     rec.folder.mkdir(parents=True, exist_ok=True)
     r = _Report(recipe, rec, deps, records, rows, paper, make_temp_dir(rec.folder, "figs"))
     steps = [records[n] for n in rec.step.deps]
-    info = _intro(recipe, rec, steps, deps, records)
+    waiting = _not_run(steps)
+    info = _intro(recipe, rec, steps, deps, records, waiting)
     sections = [("Reproduction", f"<p>{info}</p>", info)]
     if legs := _legs(steps, deps):
         sections.append(_listed("Training legs", legs))
     if unfinished := _unfinished(steps):
         sections.append(_listed("Steps that did not finish", unfinished))
-    if waiting := _not_run(steps):
+    if waiting:
         sections.append(_listed("Steps not run yet", waiting))
     comparison = {}
     tables = [get_table(t) for t in recipe.tables]
