@@ -359,6 +359,22 @@ def _check_options(recipe, dataset: str | None, scale: float, test_images: int |
     return dataset, None
 
 
+def _check_modes(audit: str | None, audit_jobs: int, audit_compile: bool,
+                 report_only: bool, dry_run: bool) -> None:
+    """The options that only make sense together (the audit's) or apart."""
+    if isinstance(audit_jobs, bool) or not isinstance(audit_jobs, int) or audit_jobs < 1:
+        raise InvalidArgument(f"--audit-jobs must be a positive integer, got {audit_jobs!r}")
+    if audit_jobs > 1 and audit is None:
+        raise InvalidArgument("--audit-jobs shards the audit steps; add --audit (or drop "
+                              "--audit-jobs)")
+    if audit_compile and audit is None:
+        raise InvalidArgument("--audit-compile is for the audit steps; add --audit (or drop "
+                              "--audit-compile)")
+    if report_only and dry_run:
+        raise InvalidArgument("--dry-run lists the steps and --report-only reports the "
+                              "finished ones; give one of them")
+
+
 _LAYOUT = {"mnist": "DIR/mnist/ with the four MNIST .gz files",
            "cifar10": "DIR/cifar10/cifar-10-batches-bin/ (or cifar-10-binary.tar.gz there)",
            "digits": "nothing (bundled with scikit-learn)",
@@ -465,17 +481,7 @@ def reproduce(name: str, out: str | Path, *, data_dir: str | None = None,
     base, substitute = _check_options(recipe, dataset, scale, test_images, jobs, tolerance,
                                       executor, gpus_per_step)
     seeds = seed_indices(seeds)
-    if isinstance(audit_jobs, bool) or not isinstance(audit_jobs, int) or audit_jobs < 1:
-        raise InvalidArgument(f"--audit-jobs must be a positive integer, got {audit_jobs!r}")
-    if audit_jobs > 1 and audit is None:
-        raise InvalidArgument("--audit-jobs shards the audit steps; add --audit (or drop "
-                              "--audit-jobs)")
-    if audit_compile and audit is None:
-        raise InvalidArgument("--audit-compile is for the audit steps; add --audit (or drop "
-                              "--audit-compile)")
-    if report_only and dry_run:
-        raise InvalidArgument("--dry-run lists the steps and --report-only reports the "
-                              "finished ones; give one of them")
+    _check_modes(audit, audit_jobs, audit_compile, report_only, dry_run)
     used = substitute or base
     configs = Path(configs) if configs else default_configs()
     check_disjoint([("--out", out)], [("--configs", configs),
