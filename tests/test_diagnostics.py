@@ -3,6 +3,8 @@ of them quiet on an honest small network, wired into the audit, and their bad in
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 from torch import nn
@@ -18,7 +20,15 @@ from cascade_adv.evaluation import (
     diagnose,
     format_diagnostics,
 )
-from cascade_adv.evaluation.diagnostics import CHECKS, FLAGGED, HOLDS, NOT_RUN
+from cascade_adv.evaluation.diagnostics import (
+    CHECKS,
+    FLAGGED,
+    HOLDS,
+    NOT_RUN,
+    _Measured,
+    _sanity_checks,
+)
+from cascade_adv.results.tables import CLEAN
 
 
 def train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int = 150) -> nn.Module:
@@ -286,6 +296,31 @@ def test_adversarial_accuracy_above_clean_is_flagged(digits):
     net, _, x, y = digits
     v = verdicts(diagnose(Leaky(net), x, y, [8], fuse=False))
     assert v["adversarial_not_above_clean"] == FLAGGED
+
+
+def test_a_gain_over_clean_within_chance_is_not_label_leaking():
+    """256 images, 200 correct clean.  Noise that fixes 6 and breaks 3 stands 1.2 points
+    above clean, past the 1-point tolerance, but the sign test gives p = 130/512: it
+    holds.  Noise that fixes 12 and breaks none (p = 1/4096) is flagged."""
+    clean = torch.arange(256) < 200
+
+    def leak_check(gained: int, lost: int) -> Diagnostic:
+        noisy = clean.clone()
+        noisy[200:200 + gained] = True
+        noisy[:lost] = False
+        m = _Measured()
+        for cell, correct in (((CLEAN, 0.0), clean), (("random_sign", 8.0), noisy)):
+            m.white[cell] = 100.0 * float(correct.double().mean())
+            m.correct[cell] = correct
+        setup = SimpleNamespace(idx=torch.arange(256), tolerance=1.0, on="256 of 256 images")
+        return next(c for c in _sanity_checks(setup, m, None)
+                    if c.name == "adversarial_not_above_clean")
+
+    chance = leak_check(6, 3)
+    assert chance.verdict == HOLDS
+    assert chance.numbers == {"cells flagged": 0, "cells above clean within chance": 1}
+    leak = leak_check(12, 0)
+    assert leak.flagged and leak.numbers["cells flagged"] == 1
 
 
 def test_a_curved_loss_misaligns_one_step_and_multi_step(digits):

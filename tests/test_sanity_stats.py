@@ -10,7 +10,12 @@ import pytest
 
 from cascade_adv.errors import CascadeAdvError
 from cascade_adv.evaluation.sanity import CHECKS, SanityWarning, check_results, format_warnings
-from cascade_adv.evaluation.stats import aggregate_seeds, format_mean_std, mean_std
+from cascade_adv.evaluation.stats import (
+    aggregate_seeds,
+    format_mean_std,
+    mean_std,
+    paired_gain_p_value,
+)
 from cascade_adv.results.tables import ResultTable
 
 
@@ -356,3 +361,16 @@ def test_aggregate_seeds_errors() -> None:
     with pytest.raises(CascadeAdvError, match="model names"):
         aggregate_seeds(table, {"K": "k0"})
     assert len(aggregate_seeds(table, {})) == 0
+
+
+def test_paired_gain_p_value_is_the_exact_one_sided_sign_test() -> None:
+    """Hand-computed binomial tails with p = 1/2: P(X >= 4 | 4) = 1/16,
+    P(X >= 8 | 12) = (495 + 220 + 66 + 12 + 1) / 4096, P(X >= 6 | 9) = 130 / 512."""
+    assert paired_gain_p_value(4, 0) == pytest.approx(1 / 16)
+    assert paired_gain_p_value(8, 4) == pytest.approx(794 / 4096)
+    assert paired_gain_p_value(6, 3) == pytest.approx(130 / 512)
+    assert paired_gain_p_value(0, 5) == pytest.approx(1.0)
+    assert paired_gain_p_value(0, 0) == 1.0
+    with pytest.raises(ValueError, match="counts >= 0"):
+        paired_gain_p_value(-1, 3)
+

@@ -1,4 +1,5 @@
-"""Statistics over several networks trained with different seeds (N18 table 3).
+"""Statistics over several networks trained with different seeds (N18 table 3), and the
+paired test of two evaluations of one network on the same images.
 
 N18 section 3.5: "we train 20 networks with Kurakin's method and ours with pivot loss
 and report mean accuracy and the standard deviation" (table 3: ``90.9 ± 0.25``).
@@ -17,7 +18,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from cascade_adv.errors import CascadeAdvError
+from cascade_adv.errors import CascadeAdvError, InvalidArgument
 from cascade_adv.results.tables import WHITEBOX, ResultTable
 
 
@@ -173,3 +174,21 @@ def compare_seeds(higher: Sequence[float], lower: Sequence[float], *,
     lo, hi = d - half, d + half
     verdict = HOLDS if lo > 0 else FAILS if hi < 0 else UNDECIDED
     return SeedComparison(verdict, mh, ml, d, se, df, (lo, hi), (nh, nl), level)
+
+
+def paired_gain_p_value(gained: int, lost: int) -> float:
+    """One-sided exact sign test (McNemar's exact test) that a second evaluation of the
+    same images is more often correct than the first: ``gained`` images are correct only
+    under the second, ``lost`` only under the first; under the null each changed image
+    goes either way with probability 1/2, so the p-value is ``P(X >= gained)`` for
+    ``X ~ Binomial(gained + lost, 1/2)`` (1.0 when no image changed).  4 gained and none
+    lost give 1/16; 8 gained and 4 lost give 794/4096.  Negative counts raise
+    :class:`InvalidArgument`."""
+    from scipy.stats import binomtest
+
+    if gained < 0 or lost < 0:
+        raise InvalidArgument(f"paired_gain_p_value needs counts >= 0, got gained={gained!r}, "
+                              f"lost={lost!r}")
+    if gained + lost == 0:
+        return 1.0
+    return float(binomtest(int(gained), int(gained + lost), 0.5, alternative="greater").pvalue)
