@@ -139,7 +139,10 @@ def test_the_pgd_rows_price_grows_with_their_steps(tmp_path, monkeypatch):
     # in append mode (Pivot) the k extra rows: 0.5 more
     assert ten["train/n18_mnist_kurakin"] == pytest.approx(left * 1.5)
     assert ten["train/beyond_mnist_kurakin_r_step_ll"] == pytest.approx(left * 1.5)
-    assert ten["train/beyond_mnist_kurakin_fgsm_rs"] == pytest.approx(left * 1.5)
+    # the FGSM-RS rows run the overfitting monitor every 200 iterations: PGD's 10 gradient
+    # passes and two forwards (a third of a pass each) on 256 images, 2 passes of 128
+    monitor = 256 / 128 * (10 + 2 / 3) / 200
+    assert ten["train/beyond_mnist_kurakin_fgsm_rs"] == pytest.approx(left * (1.5 + monitor))
     assert ten["train/beyond_mnist_pgd"] == pytest.approx(left * (1 + 0.5 * 10))
     assert twenty["train/beyond_mnist_pgd"] == pytest.approx(left * (1 + 0.5 * 20))
     assert ten["train/beyond_mnist_pgd_pivot"] == pytest.approx(left * (1 + 0.5 * 10 + 0.5))

@@ -65,3 +65,23 @@ def test_the_report_lists_each_trained_models_legs(tmp_path):
             "train/b": {"run": str(tmp_path / "b"), "name": "b"}, "whitebox/a": {}}
     assert _legs(steps, deps) == ["a: from iteration 0: torch 2.13.0+cpu, cpu (EPYC), 1 thread",
                                   "b: not recorded (trained before legs were)"]
+
+
+def test_the_report_lists_the_monitor_of_each_model_that_ran_it(tmp_path):
+    from cascade_adv.experiments.report import _monitored
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in [
+        {"iteration": 200, "loss": 1.0, "monitor_pgd_acc": 60.0, "monitor_clean_acc": 95.0},
+        {"iteration": 400, "loss": 0.9, "monitor_pgd_acc": 2.0, "monitor_clean_acc": 97.0,
+         "monitor_collapse": True}]))
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "metrics.jsonl").write_text('{"iteration": 200, "loss": 1.0}\n')
+    steps = [SimpleNamespace(step=SimpleNamespace(name=f"train/{n}", kind="train"))
+             for n in "ab"]
+    deps = {f"train/{n}": {"run": str(tmp_path / n), "name": n} for n in "ab"}
+    assert _monitored(steps, deps) == [(
+        "a: PGD, 2 readings: best 60.0 % at iteration 200, last 2.0 % at iteration 400 "
+        "(clean 97.0 %); collapse at iteration 400; the weights of iteration 200 are kept "
+        "in best_pgd/")]
+

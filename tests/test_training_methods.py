@@ -16,6 +16,7 @@ from cascade_adv.training import load_config, train
 from cascade_adv.training.adversarial import adversarial_batch, draws_random, one_step_examples
 from cascade_adv.training.epsilon import sample_eps
 from cascade_adv.training.methods import MethodOptions
+from cascade_adv.training.monitor import describe_monitor
 
 METHODS = ("r_fgsm", "r_step_ll", "fgsm_rs", "pgd")
 CONFIG = str(Path(__file__).resolve().parents[1] / "configs" / "digits_baseline.yaml")
@@ -420,6 +421,11 @@ def test_monitor_reports_a_planted_collapse_and_keeps_the_best_weights(tmp_path,
     weights = load_model(best).state_dict()
     at_6 = load_model(tmp_path / "run" / "checkpoints" / "ckpt-0000006").state_dict()
     assert all(torch.equal(weights[k], at_6[k]) for k in at_6)
+    # the report's line (experiments/report.py, "Catastrophic-overfitting monitor")
+    assert describe_monitor(tmp_path / "run") == (
+        "PGD at eps 16 (2 steps), 6 readings: best 52.0 % at iteration 6, last 30.0 % at "
+        "iteration 12 (clean 96.0 %); collapse at iteration 8; the weights of iteration 6 "
+        "are kept in best_pgd/")
 
 
 def test_monitor_stays_quiet_on_a_healthy_run(tmp_path, monkeypatch, capsys):
@@ -431,6 +437,14 @@ def test_monitor_stays_quiet_on_a_healthy_run(tmp_path, monkeypatch, capsys):
     assert not any(r.get("monitor_collapse") for r in _metrics(tmp_path / "run"))
     assert json.loads((tmp_path / "run" / "best_pgd" / "monitor.json").read_text())[
         "iteration"] == 12
+    assert describe_monitor(tmp_path / "run").endswith(
+        "best 62.0 % at iteration 12, last 62.0 % at iteration 12 (clean 96.0 %); no collapse")
+
+
+def test_a_run_without_the_monitor_has_no_monitor_line(tmp_path):
+    train(load_config(CONFIG, [*TINY, "optim.iterations=2"]), tmp_path / "run", progress=False)
+    assert (tmp_path / "run" / "metrics.jsonl").is_file()
+    assert describe_monitor(tmp_path / "run") == "" == describe_monitor(tmp_path / "none")
 
 
 def test_a_resumed_run_keeps_the_monitors_best(tmp_path, monkeypatch, capsys):

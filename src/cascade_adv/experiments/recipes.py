@@ -523,8 +523,9 @@ BEYOND_LAYOUT = layout(
            "at the full schedule (PGD included). Kurakin's: K17 replace mode, no distance "
            "loss; Pivot: the released code's pivot loss (N18 append mode). Crafting: step_ll "
            "(the papers'), r_step_ll (R+Step-LL, Tramer et al. 2018), fgsm_rs (FGSM from a "
-           "uniform random start, Wong et al. 2020), pgd (10 steps of 0.25 eps from a random "
-           "start, Madry et al. 2018)."))
+           "uniform random start, Wong et al. 2020; with the catastrophic-overfitting monitor "
+           "every 200 iterations), pgd (10 steps of 0.25 eps from a random start, Madry et al. "
+           "2018)."))
 
 
 def _embedding_claim(method: str) -> Claim:

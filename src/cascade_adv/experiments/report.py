@@ -93,6 +93,19 @@ def _legs(steps: list, deps: dict[str, dict]) -> list[str]:
     return lines
 
 
+def _monitored(steps: list, deps: dict[str, dict]) -> list[str]:
+    """One line per trained model whose catastrophic-overfitting monitor ran (config
+    section ``monitor``; :func:`cascade_adv.training.monitor.describe_monitor`)."""
+    from cascade_adv.training.monitor import describe_monitor
+
+    lines = []
+    for r in steps:
+        out = deps.get(r.step.name)
+        if r.step.kind == "train" and out and (line := describe_monitor(out["run"])):
+            lines.append(f"{out['name']}: {line}")
+    return lines
+
+
 def _unfinished(steps: list) -> list[str]:
     """One line per step of the run that failed (with its error, e.g. a diverged
     training's diagnosis) or was blocked by one: their cells are missing from the
@@ -436,6 +449,8 @@ def write_report(recipe, rec, deps: dict[str, dict], records: dict[str, Any]) ->
     sections = [("Reproduction", f"<p>{info}</p>", info)]
     if legs := _legs(steps, deps):
         sections.append(_listed("Training legs", legs))
+    if monitored := _monitored(steps, deps):
+        sections.append(_listed("Catastrophic-overfitting monitor", monitored))
     if unfinished := _unfinished(steps):
         sections.append(_listed("Steps that did not finish", unfinished))
     if waiting:

@@ -149,3 +149,37 @@ class OverfitMonitor:
             self.best_pgd, self.best_clean = float(state["best_pgd"]), float(state["best_clean"])
             self.best_iteration = int(state["best_iteration"])
             self.collapsed = bool(state["collapsed"])
+
+
+def describe_monitor(run_dir: Path | str) -> str:
+    """One line on the monitor's readings of a run (its ``metrics.jsonl``): the eps and
+    steps of its PGD (from ``best_pgd/``), the best PGD accuracy and its iteration, the
+    last reading, and the iterations of each collapse, or ``"no collapse"``.  ``""``
+    when the run has no reading (the monitor off)."""
+    run_dir = Path(run_dir)
+    readings = []
+    path = run_dir / "metrics.jsonl"
+    for line in path.read_text().splitlines() if path.is_file() else ():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line cut by a crash; the loop trims it on resume
+        if isinstance(record, dict) and "monitor_pgd_acc" in record:
+            readings.append(record)
+    if not readings:
+        return ""
+    best = max(readings, key=lambda r: r["monitor_pgd_acc"])
+    last = readings[-1]
+    try:
+        kept = json.loads((run_dir / BEST_PGD / MONITOR_FILE).read_text())
+        attack = f"PGD at eps {kept['eps']:g} ({kept['steps']} steps)"
+    except (OSError, ValueError, KeyError, TypeError):
+        attack = "PGD"
+    collapses = [str(r["iteration"]) for r in readings if r.get("monitor_collapse")]
+    verdict = (f"collapse at iteration {', '.join(collapses)}; the weights of iteration "
+               f"{best['iteration']} are kept in {BEST_PGD}/" if collapses else "no collapse")
+    return (f"{attack}, {len(readings)} readings: best {best['monitor_pgd_acc']:.1f} % at "
+            f"iteration {best['iteration']}, last {last['monitor_pgd_acc']:.1f} % at "
+            f"iteration {last['iteration']} (clean {last['monitor_clean_acc']:.1f} %); "
+            f"{verdict}")
+
