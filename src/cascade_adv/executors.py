@@ -10,12 +10,17 @@ work; two threads in one process lose badly to anything running beside them).
 
 from __future__ import annotations
 
+import multiprocessing
+import os
+import signal
 import threading
+from collections.abc import Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
+from contextlib import contextmanager
 from multiprocessing import get_context
 from typing import Any
 
-from cascade_adv.errors import InvalidArgument
+from cascade_adv.errors import InvalidArgument, TrainingInterrupted
 
 #: Executors by name (``--executor``).
 EXECUTORS = ("local", "ray")
@@ -35,6 +40,39 @@ def local_pool(jobs: int, threads: int | None = None) -> ProcessPoolExecutor:
     init = (_set_threads, (threads,)) if threads else (None, ())
     return ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn"),
                                initializer=init[0], initargs=init[1])
+
+
+@contextmanager
+def signals_reach_workers() -> Iterator[None]:
+    """While the block runs: SIGINT / SIGTERM sent to this process alone (``kill PID``,
+    a scheduler's stop) are passed on to its worker processes, then raised here as
+    :class:`~cascade_adv.errors.TrainingInterrupted` (exit status 128 + the signal), so
+    that the pool's shutdown waits for them.  A worker that trains writes a checkpoint
+    and stops; one that audits ends at once (its progress file keeps every finished
+    attack x batch).  Without this a killed parent leaves its workers running, still
+    holding their step folders.  Handlers can only be installed from the main thread;
+    elsewhere the block runs as it is.  The previous handlers are restored."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handle(signum, frame) -> None:
+        for child in multiprocessing.active_children():
+            try:
+                os.kill(child.pid, signum)
+            except ProcessLookupError:  # ended meanwhile
+                pass
+        raise TrainingInterrupted(
+            f"interrupted by {signal.Signals(signum).name}; the running steps were stopped "
+            "(a training writes a checkpoint, an audit keeps its finished batches); rerun "
+            "the same command to resume", exit_code=128 + signum)
+
+    previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _ray_init(ray: Any, address: str | None, timeout: float) -> None:
