@@ -16,7 +16,7 @@ import signal
 import threading
 from collections.abc import Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from multiprocessing import get_context
 from typing import Any
 
@@ -73,6 +73,20 @@ def signals_reach_workers() -> Iterator[None]:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+@contextmanager
+def pool_in_use(pool: Any) -> Iterator[Any]:
+    """``with pool_in_use(pool):`` the block's work on ``pool`` (a :func:`local_pool` or a
+    :class:`RayExecutor`), which is shut down at the end, its queued work cancelled; the
+    workers of a local pool also get the SIGINT / SIGTERM sent to this process
+    (:func:`signals_reach_workers`)."""
+    local = isinstance(pool, ProcessPoolExecutor)
+    with signals_reach_workers() if local else nullcontext():
+        try:
+            yield pool
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _ray_init(ray: Any, address: str | None, timeout: float) -> None:

@@ -32,7 +32,6 @@ the rows.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import itertools
 import json
@@ -666,24 +665,20 @@ def audit_shards(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
     workers (:mod:`cascade_adv.executors`), merged in image order.  The model, images
     and ``prepare`` travel to each worker (pickled in memory; ``prepare`` must be a
     module-level function or a ``functools.partial`` of one)."""
-    from cascade_adv.executors import RayExecutor, local_pool, signals_reach_workers
+    from cascade_adv.executors import RayExecutor, local_pool, pool_in_use
 
     n_batches = -(-int(x.shape[0]) // shard.batch_size)
     bounds = [round(i * n_batches / workers.jobs) for i in range(workers.jobs + 1)]
-    ray = workers.executor == "ray"
     pool = (RayExecutor(workers.address, cpus=workers.threads or 1, threads=workers.threads)
-            if ray else local_pool(workers.jobs, workers.threads))
-    with contextlib.nullcontext() if ray else signals_reach_workers():
-        try:
-            futures = []
-            for first, last in itertools.pairwise(bounds):
-                sl = slice(first * shard.batch_size, last * shard.batch_size)
-                futures.append(pool.submit(_audit_shard, model, x[sl], y[sl], prepare, shard,
-                                           first))
-            parts = [f.result() for f in tqdm(futures, disable=not progress, unit="shard",
-                                              desc=f"audit {shard.model_name}", leave=False)]
-        finally:
-            pool.shutdown(wait=True, cancel_futures=True)
+            if workers.executor == "ray" else local_pool(workers.jobs, workers.threads))
+    with pool_in_use(pool):
+        futures = []
+        for first, last in itertools.pairwise(bounds):
+            sl = slice(first * shard.batch_size, last * shard.batch_size)
+            futures.append(pool.submit(_audit_shard, model, x[sl], y[sl], prepare, shard,
+                                       first))
+        parts = [f.result() for f in tqdm(futures, disable=not progress, unit="shard",
+                                          desc=f"audit {shard.model_name}", leave=False)]
     clean = torch.cat([p[0] for p in parts])
     broken_by = torch.cat([p[1] for p in parts], dim=1)
     adversarial = (torch.cat([p[2] for p in parts], dim=1) if shard.keep_images else None)

@@ -36,7 +36,7 @@ from typing import Any
 
 from cascade_adv.data.loading import dataset_inputs
 from cascade_adv.errors import InvalidArgument, echo, one_line
-from cascade_adv.executors import RayExecutor, check_executor, local_pool, signals_reach_workers
+from cascade_adv.executors import RayExecutor, check_executor, local_pool, pool_in_use
 from cascade_adv.experiments.steps import Runtime, Step, execute, read_done
 from cascade_adv.io import atomic_write_text, check_disjoint, check_lock_file, check_writable_dir
 
@@ -180,8 +180,6 @@ def run_steps(records: list[StepRecord], rt: Runtime, *, jobs: int = 1,
     note = on_event or (lambda what, rec: None)
     running: dict[Future, StepRecord] = {}
     pool = executor if executor is not None else (local_pool(jobs) if jobs > 1 else None)
-    signals = (signals_reach_workers() if executor is None and pool is not None
-               else nullcontext())
     settled = ("cached", "done", "failed", "blocked", NOT_RUN)
 
     def state(rec: StepRecord) -> str:
@@ -193,59 +191,55 @@ def run_steps(records: list[StepRecord], rt: Runtime, *, jobs: int = 1,
             return "blocked"
         return "ready" if all(d in ("cached", "done") for d in deps) else "wait"
 
-    with signals:
-        try:
-            while pending or running:
-                for rec in list(pending):
-                    if state(rec) == "blocked":
-                        pending.remove(rec)
-                        rec.status = "blocked"
-                        note("blocked", rec)
-                ready = [r for r in pending if state(r) == "ready"]
-                if not ready and not running:
-                    if pending:
-                        raise RuntimeError(f"steps with unmet dependencies: "
-                                           f"{[r.step.name for r in pending]}")
-                    break
-                for rec in ready:
-                    if pool is not None and len(running) >= jobs:
-                        break
+    with pool_in_use(pool) if pool is not None else nullcontext():
+        while pending or running:
+            for rec in list(pending):
+                if state(rec) == "blocked":
                     pending.remove(rec)
-                    deps = {d: by_name[d].outputs for d in rec.step.deps}
-                    note("start", rec)
-                    rec.seconds = time.perf_counter()
-                    if rec.step.kind == "report" or pool is None:
-                        try:
-                            rec.outputs = (report(rec, deps) if rec.step.kind == "report"
-                                           else execute(rec.step, rec.key, str(rec.folder), deps,
-                                                        rt))
-                        except Exception as exc:
-                            _failed(rec, exc, note)
-                            if rec.step.kind == "report" or _interrupt(exc):
-                                raise
-                            break
-                        _finished(rec, note)
-                        # one step at a time here: the next is the first ready one in the
-                        # records' order, so a chain's evaluation comes before the next chain
+                    rec.status = "blocked"
+                    note("blocked", rec)
+            ready = [r for r in pending if state(r) == "ready"]
+            if not ready and not running:
+                if pending:
+                    raise RuntimeError(f"steps with unmet dependencies: "
+                                       f"{[r.step.name for r in pending]}")
+                break
+            for rec in ready:
+                if pool is not None and len(running) >= jobs:
+                    break
+                pending.remove(rec)
+                deps = {d: by_name[d].outputs for d in rec.step.deps}
+                note("start", rec)
+                rec.seconds = time.perf_counter()
+                if rec.step.kind == "report" or pool is None:
+                    try:
+                        rec.outputs = (report(rec, deps) if rec.step.kind == "report"
+                                       else execute(rec.step, rec.key, str(rec.folder), deps,
+                                                    rt))
+                    except Exception as exc:
+                        _failed(rec, exc, note)
+                        if rec.step.kind == "report" or _interrupt(exc):
+                            raise
                         break
-                    else:
-                        running[pool.submit(execute, rec.step, rec.key, str(rec.folder), deps,
-                                            rt)] = rec
-                if running:
-                    done, _ = wait(running, return_when=FIRST_COMPLETED)
-                    for fut in done:
-                        rec = running.pop(fut)
-                        try:
-                            rec.outputs = fut.result()
-                        except Exception as exc:
-                            _failed(rec, exc, note)
-                            if _interrupt(exc):
-                                raise
-                            continue
-                        _finished(rec, note)
-        finally:
-            if pool is not None:
-                pool.shutdown(wait=True, cancel_futures=True)
+                    _finished(rec, note)
+                    # one step at a time here: the next is the first ready one in the
+                    # records' order, so a chain's evaluation comes before the next chain
+                    break
+                else:
+                    running[pool.submit(execute, rec.step, rec.key, str(rec.folder), deps,
+                                        rt)] = rec
+            if running:
+                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    rec = running.pop(fut)
+                    try:
+                        rec.outputs = fut.result()
+                    except Exception as exc:
+                        _failed(rec, exc, note)
+                        if _interrupt(exc):
+                            raise
+                        continue
+                    _finished(rec, note)
 
 
 def _interrupt(exc: BaseException) -> bool:
