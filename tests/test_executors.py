@@ -1,5 +1,6 @@
-"""Local worker pools: a signal sent to the parent alone reaches its workers, so that no
-worker outlives an interrupted ``reproduce`` or sharded audit (executors.py)."""
+"""Local worker pools in use (``pool_in_use``, as ``reproduce`` and the sharded audit use
+them): a signal sent to the parent alone reaches its workers, so that no worker
+outlives an interrupted run (executors.py)."""
 
 from __future__ import annotations
 
@@ -17,20 +18,16 @@ SCRIPT = """
 import os, sys, time
 from pathlib import Path
 from cascade_adv.errors import TrainingInterrupted
-from cascade_adv.executors import local_pool, signals_reach_workers
+from cascade_adv.executors import local_pool, pool_in_use
 
 def work(path):
     Path(path).write_text(str(os.getpid()))
     time.sleep(300)
 
 if __name__ == "__main__":
-    pool = local_pool(1, 1)
     try:
-        with signals_reach_workers():
-            try:
-                pool.submit(work, sys.argv[1]).result()
-            finally:
-                pool.shutdown(wait=True, cancel_futures=True)
+        with pool_in_use(local_pool(1, 1)) as pool:
+            pool.submit(work, sys.argv[1]).result()
     except TrainingInterrupted as exc:
         print(exc, flush=True)
         sys.exit(exc.exit_code)
