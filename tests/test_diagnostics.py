@@ -309,9 +309,7 @@ def test_a_gain_over_clean_within_chance_is_not_label_leaking():
         noisy[200:200 + gained] = True
         noisy[:lost] = False
         m = _Measured()
-        for cell, correct in (((CLEAN, 0.0), clean), (("random_sign", 8.0), noisy)):
-            m.white[cell] = 100.0 * float(correct.double().mean())
-            m.correct[cell] = correct
+        m.correct.update({(CLEAN, 0.0): clean, ("random_sign", 8.0): noisy})
         setup = SimpleNamespace(idx=torch.arange(256), tolerance=1.0, on="256 of 256 images")
         return next(c for c in _sanity_checks(setup, m, None)
                     if c.name == "adversarial_not_above_clean")

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import json
 import os
 import platform
 import re
@@ -366,6 +367,25 @@ def lock_holder(folder: str | os.PathLike) -> int | None:
         return None
     finally:
         os.close(fd)
+
+
+def read_json_lines(path: str | os.PathLike) -> list[dict]:
+    """The JSON objects of a JSON-lines file (``metrics.jsonl``, ``legs.jsonl``), one per
+    line; a line that is not a JSON object (cut by a crash, damaged) is skipped, and a
+    file that cannot be read gives ``[]``."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return []
+    out = []
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict):
+            out.append(record)
+    return out
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:

@@ -359,32 +359,32 @@ def _more_iterations_check(s: _Setup, result: AuditResult | None, sample: int) -
 
 @dataclass
 class _Measured:
-    """Accuracy (%) on the subsample per (attack, eps) and which images stay correct,
-    the adversarial images of the one-step and the multi-step attack per eps, and the
-    transfers from the twin."""
+    """Which images of the subsample stay correct per (attack, eps) (on the host), the
+    adversarial images of the one-step and the multi-step attack per eps, and the
+    accuracy (%) of the transfers from the twin."""
 
-    white: dict[tuple[str, float], float] = field(default_factory=dict)
     correct: dict[tuple[str, float], torch.Tensor] = field(default_factory=dict)
     images: dict[tuple[str, float], torch.Tensor] = field(default_factory=dict)
     transfer: dict[tuple[str, float], float] = field(default_factory=dict)
 
+    @property
+    def white(self) -> dict[tuple[str, float], float]:
+        """Accuracy (%) per (attack, eps), from :attr:`correct`."""
+        return {cell: _accuracy(c) for cell, c in self.correct.items()}
+
 
 def _measure(s: _Setup, twin: nn.Module | None, result: AuditResult | None) -> _Measured:
     m = _Measured()
-
-    def keep(cell: tuple[str, float], correct: torch.Tensor) -> None:
-        m.white[cell], m.correct[cell] = _accuracy(correct), correct.cpu()
-
-    keep((CLEAN, 0.0), _logits(s, s.xs).argmax(dim=1) == s.ys)
+    m.correct[(CLEAN, 0.0)] = (_logits(s, s.xs).argmax(dim=1) == s.ys).cpu()
     for salt, name in enumerate(("step_fgsm", "iter_fgsm", *_NOISE)):
         for e in s.eps + (list(LARGE_EPS) if name == "iter_fgsm" else []):
             x_adv, correct = _attack(s, name, e, salt=salt * 1000)
-            keep((name, e), correct)
+            m.correct[(name, e)] = correct.cpu()
             if name in ("step_fgsm", "iter_fgsm"):
                 m.images[(name, e)] = x_adv
     if result is not None:
         for e in s.eps:
-            keep((result.source, e), result.robust(e)[s.idx])
+            m.correct[(result.source, e)] = result.robust(e)[s.idx].cpu()
     if twin is not None:
         for name in ("step_fgsm", "iter_fgsm"):
             for e in s.eps:
@@ -395,9 +395,9 @@ def _measure(s: _Setup, twin: nn.Module | None, result: AuditResult | None) -> _
 
 def _chance_check(s: _Setup, m: _Measured) -> Diagnostic:
     chance = 100.0 / s.classes
-    numbers = {f"iter_fgsm % at eps {e:g}": m.white[("iter_fgsm", e)] for e in LARGE_EPS}
-    numbers["chance %"] = chance
-    bad = max(m.white[("iter_fgsm", e)] for e in LARGE_EPS) > chance + s.tolerance
+    at = {f"iter_fgsm % at eps {e:g}": _accuracy(m.correct[("iter_fgsm", e)]) for e in LARGE_EPS}
+    numbers = {**at, "chance %": chance}
+    bad = max(at.values()) > chance + s.tolerance
     return Diagnostic(
         "chance_at_large_eps", FLAGGED if bad else HOLDS, numbers,
         "at eps 128 and 255 any image can be turned into any other, yet the gradient attack "
@@ -409,9 +409,10 @@ def _chance_check(s: _Setup, m: _Measured) -> Diagnostic:
 def _noise_check(s: _Setup, m: _Measured) -> Diagnostic:
     numbers: dict[str, float] = {}
     bad = False
+    accuracy = m.white
     for e in s.eps:
-        noise = min(m.white[(n, e)] for n in _NOISE)
-        white = min(v for (a, ee), v in m.white.items()
+        noise = min(accuracy[(n, e)] for n in _NOISE)
+        white = min(v for (a, ee), v in accuracy.items()
                     if ee == e and a not in _NOISE and a != CLEAN)
         numbers[f"noise % at eps {e:g}"] = noise
         numbers[f"white-box % at eps {e:g}"] = white

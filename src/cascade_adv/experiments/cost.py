@@ -50,6 +50,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from cascade_adv.io import read_json_lines
+
 BATCH = 128
 _SHAPES = {"mnist": (1, 28, 10), "digits": (1, 8, 10), "cifar10": (3, 32, 10),
            "imagenet": (3, 299, 1000)}
@@ -324,14 +326,9 @@ def seconds_per_iteration(run: str | Path) -> float | None:
 
 def _metric_points(run: str | Path) -> list[tuple[int, float]]:
     """``(iteration, seconds)`` of every readable line of the run's ``metrics.jsonl``."""
-    try:
-        lines = (Path(run) / "metrics.jsonl").read_text().splitlines()
-    except OSError:
-        return []
     points = []
-    for line in lines:
+    for m in read_json_lines(Path(run) / "metrics.jsonl"):
         try:
-            m = json.loads(line)
             points.append((int(m["iteration"]), float(m["seconds"])))
         except (ValueError, KeyError, TypeError):
             continue

@@ -79,18 +79,19 @@ def _scale_words(p: dict) -> str:
         else "schedule" if p["scale"] != 1 else "test images only") + trend
 
 
+def _trained(steps: list, deps: dict[str, dict]) -> list[dict]:
+    """The outputs (``name``, ``run``...) of the finished training steps among ``steps``."""
+    return [out for r in steps if r.step.kind == "train" and (out := deps.get(r.step.name))]
+
+
 def _legs(steps: list, deps: dict[str, dict]) -> list[str]:
     """One line per trained model: where each leg of its training ran (torch version,
     device and its model, threads; :mod:`cascade_adv.training.provenance`)."""
     from cascade_adv.training.provenance import describe_legs, read_legs
 
-    lines = []
-    for r in steps:
-        out = deps.get(r.step.name)
-        if r.step.kind == "train" and out:
-            legs = describe_legs(read_legs(out["run"])) or "not recorded (trained before legs were)"
-            lines.append(f"{out['name']}: {legs}")
-    return lines
+    return [f"{out['name']}: " + (describe_legs(read_legs(out["run"]))
+                                  or "not recorded (trained before legs were)")
+            for out in _trained(steps, deps)]
 
 
 def _monitored(steps: list, deps: dict[str, dict]) -> list[str]:
@@ -98,12 +99,8 @@ def _monitored(steps: list, deps: dict[str, dict]) -> list[str]:
     section ``monitor``; :func:`cascade_adv.training.monitor.describe_monitor`)."""
     from cascade_adv.training.monitor import describe_monitor
 
-    lines = []
-    for r in steps:
-        out = deps.get(r.step.name)
-        if r.step.kind == "train" and out and (line := describe_monitor(out["run"])):
-            lines.append(f"{out['name']}: {line}")
-    return lines
+    return [f"{out['name']}: {line}" for out in _trained(steps, deps)
+            if (line := describe_monitor(out["run"]))]
 
 
 def _unfinished(steps: list) -> list[str]:

@@ -35,6 +35,7 @@ from torch import nn
 from cascade_adv import attacks
 from cascade_adv.data import ImageDataset, center_crop, to_float
 from cascade_adv.errors import ConfigError
+from cascade_adv.io import read_json_lines
 from cascade_adv.models import ModelConfig
 from cascade_adv.training.checkpoint import BEST_PGD, write_model_folder
 from cascade_adv.training.config import TrainConfig
@@ -157,15 +158,7 @@ def describe_monitor(run_dir: Path | str) -> str:
     last reading, and the iterations of each collapse, or ``"no collapse"``.  ``""``
     when the run has no reading (the monitor off)."""
     run_dir = Path(run_dir)
-    readings = []
-    path = run_dir / "metrics.jsonl"
-    for line in path.read_text().splitlines() if path.is_file() else ():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a line cut by a crash; the loop trims it on resume
-        if isinstance(record, dict) and "monitor_pgd_acc" in record:
-            readings.append(record)
+    readings = [r for r in read_json_lines(run_dir / "metrics.jsonl") if "monitor_pgd_acc" in r]
     if not readings:
         return ""
     best = max(readings, key=lambda r: r["monitor_pgd_acc"])

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from cascade_adv.io import processor_name
+from cascade_adv.io import processor_name, read_json_lines
 
 #: The file in a run folder that holds one line per training leg.
 LEGS_FILE = "legs.jsonl"
@@ -44,19 +44,8 @@ def record_leg(run_dir: str | Path, iteration: int, device: torch.device,
 
 def read_legs(run_dir: str | Path) -> list[dict[str, Any]]:
     """The legs a run recorded (an unreadable line is skipped; none: ``[]``)."""
-    try:
-        lines = (Path(run_dir) / LEGS_FILE).read_text(encoding="utf-8").splitlines()
-    except OSError:
-        return []
-    legs = []
-    for line in lines:
-        try:
-            leg = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(leg, dict) and isinstance(leg.get("iteration"), int):
-            legs.append(leg)
-    return legs
+    return [leg for leg in read_json_lines(Path(run_dir) / LEGS_FILE)
+            if isinstance(leg.get("iteration"), int)]
 
 
 def describe_legs(legs: list[dict[str, Any]]) -> str:
