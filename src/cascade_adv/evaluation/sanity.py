@@ -146,7 +146,9 @@ def _leak_meaning(attack: str) -> str:
     if attack in RANDOM_ATTACKS:
         return (
             "random noise should not make the model more accurate: suspect an evaluation "
-            "bug (different images or preprocessing for the clean and noisy rows)"
+            "bug (different images or preprocessing for the clean and noisy rows), or a "
+            "model that fits noisy images better than clean ones (one trained on randomly "
+            "started or perturbed images, whose clean accuracy lags)"
         )
     return (
         "label leaking (K17 section 4.2, N18 section 4.2): the adversarial images carry "
