@@ -522,10 +522,10 @@ BEYOND_LAYOUT = layout(
            "continues the shared 938-iteration pre-training; --scale shortens both), m 128, "
            "k 64, max_e 32, every row on that one schedule (PGD included). Kurakin's: K17 "
            "replace mode, no distance loss; Pivot: the released code's pivot loss (N18 "
-           "append mode). Crafting: step_ll (the papers'), r_step_ll (R+Step-LL, Tramer et al. 2018), fgsm_rs (FGSM from a "
-           "uniform random start, Wong et al. 2020; with the catastrophic-overfitting monitor "
-           "every 200 iterations), pgd (10 steps of 0.25 eps from a random start, Madry et al. "
-           "2018)."))
+           "append mode). Crafting: step_ll (the papers'), r_step_ll (R+Step-LL, Tramer et "
+           "al. 2018), fgsm_rs (FGSM from a uniform random start, Wong et al. 2020; with the "
+           "catastrophic-overfitting monitor every 200 iterations), pgd (10 steps of 0.25 eps "
+           "from a random start, Madry et al. 2018)."))
 
 
 def _embedding_claim(method: str) -> Claim:
